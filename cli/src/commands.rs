@@ -1,0 +1,416 @@
+//! virsh's commands: their options (clap), the RPC each calls, and virsh's output layout.
+
+use clap::Subcommand;
+use tonic::Status;
+use vireo_proto::compute::v1 as compute;
+use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
+use vireo_proto::compute::v1::node_service_client::NodeServiceClient;
+
+use crate::Failed;
+use crate::connection::Connection;
+use crate::output::{Format, print_fields, print_json, print_status, print_table};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the client, library and hypervisor versions
+    Version,
+    /// Print the URI this client is connected to
+    Uri,
+    /// Print the host's name
+    Hostname,
+    /// Show the host's CPUs, NUMA cells and memory
+    Nodeinfo,
+    /// Show what this host and its engines can run (libvirt capabilities XML)
+    Capabilities,
+    /// Show free memory per NUMA cell
+    Freecell {
+        /// Every NUMA cell, and the total
+        #[arg(long)]
+        all: bool,
+        /// Only this NUMA cell
+        #[arg(long, value_name = "CELL")]
+        cellno: Option<u32>,
+    },
+    /// Show the host's SMBIOS facts (libvirt sysinfo XML)
+    Sysinfo,
+    /// Show the host's memory statistics
+    Nodememstats,
+    /// Show the host's CPU time statistics
+    Nodecpustats {
+        /// One CPU instead of all
+        #[arg(long)]
+        cpu: Option<u32>,
+    },
+    /// List domains (running ones unless told otherwise)
+    List {
+        /// Active and inactive domains
+        #[arg(long)]
+        all: bool,
+        /// Only inactive domains
+        #[arg(long)]
+        inactive: bool,
+        /// Only domains marked to autostart
+        #[arg(long)]
+        autostart: bool,
+        /// Print only names
+        #[arg(long, conflicts_with = "uuid")]
+        name: bool,
+        /// Print only UUIDs
+        #[arg(long)]
+        uuid: bool,
+    },
+    /// (shell) Connect to another gateway
+    Connect {
+        uri: String,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// Print help for all commands or one
+    Help { command: Option<String> },
+    /// (shell) Leave the interactive shell
+    #[command(alias = "exit")]
+    Quit,
+}
+
+/// What the shell should do after a command.
+pub enum Next {
+    Continue,
+    Quit,
+}
+
+/// Runs one command. Failures are printed here.
+pub async fn run(
+    connection: &mut Connection,
+    format: Format,
+    command: Command,
+) -> Result<Next, Failed> {
+    let outcome = match command {
+        Command::Quit => return Ok(Next::Quit),
+        Command::Help { command } => {
+            crate::shell::print_help(command.as_deref());
+            return Ok(Next::Continue);
+        }
+        Command::Connect { uri, readonly } => {
+            connection.reconnect(&uri, readonly);
+            connection.channel().await?;
+            return Ok(Next::Continue);
+        }
+        Command::Uri => {
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "uri": connection.uri })),
+                Format::Table => println!("{}", connection.uri),
+            }
+            return Ok(Next::Continue);
+        }
+        Command::Version => version(connection, format).await,
+        Command::Hostname => hostname(connection, format).await,
+        Command::Nodeinfo => nodeinfo(connection, format).await,
+        Command::Capabilities => capabilities(connection, format).await,
+        Command::Freecell { all, cellno } => freecell(connection, format, all, cellno).await,
+        Command::Sysinfo => sysinfo(connection, format).await,
+        Command::Nodememstats => nodememstats(connection, format).await,
+        Command::Nodecpustats { cpu } => nodecpustats(connection, format, cpu).await,
+        Command::List {
+            all,
+            inactive,
+            autostart,
+            name,
+            uuid,
+        } => {
+            list(
+                connection,
+                format,
+                ListOptions {
+                    all,
+                    inactive,
+                    autostart,
+                    name,
+                    uuid,
+                },
+            )
+            .await
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(Next::Continue),
+        Err(Call::Failed) => Err(Failed),
+        Err(Call::Status(status)) => {
+            print_status(&status);
+            Err(Failed)
+        }
+    }
+}
+
+/// Why a command failed: already reported (connection), or a gRPC status to print.
+enum Call {
+    Failed,
+    Status(Status),
+}
+
+impl From<Status> for Call {
+    fn from(status: Status) -> Call {
+        Call::Status(status)
+    }
+}
+
+impl From<Failed> for Call {
+    fn from(_: Failed) -> Call {
+        Call::Failed
+    }
+}
+
+async fn node(
+    connection: &mut Connection,
+) -> Result<NodeServiceClient<tonic::transport::Channel>, Call> {
+    Ok(NodeServiceClient::new(connection.channel().await?))
+}
+
+async fn version(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let info = node(connection)
+        .await?
+        .get_version(compute::GetVersionRequest::default())
+        .await?
+        .into_inner();
+    let client = env!("CARGO_PKG_VERSION");
+    match format {
+        Format::Json => {
+            print_json(&serde_json::json!({ "client_version": client, "server": info }))
+        }
+        Format::Table => {
+            println!("Compiled against library: vireo {client}");
+            println!("Using library: vireo {}", info.vireo_version);
+            println!("Using API: vireo {}", info.api_version);
+            let mut hypervisors = Vec::new();
+            if !info.qemu_version.is_empty() {
+                hypervisors.push(format!("QEMU {}", info.qemu_version));
+            }
+            if info.kvm_api_version != 0 {
+                hypervisors.push(format!(
+                    "vireo-vmm {} (KVM API {})",
+                    info.vmm_version, info.kvm_api_version
+                ));
+            }
+            if hypervisors.is_empty() {
+                hypervisors.push("none".to_string());
+            }
+            println!("Running hypervisor: {}", hypervisors.join(", "));
+        }
+    }
+    Ok(())
+}
+
+async fn hostname(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let info = node(connection)
+        .await?
+        .get_hostname(compute::GetHostnameRequest::default())
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&info),
+        Format::Table => println!("{}", info.hostname),
+    }
+    Ok(())
+}
+
+async fn nodeinfo(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let info = node(connection)
+        .await?
+        .get_node_info(compute::GetNodeInfoRequest::default())
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&info),
+        Format::Table => print_fields(&[
+            ("CPU model", info.arch.clone()),
+            ("CPU(s)", info.cpus.to_string()),
+            ("CPU frequency", format!("{} MHz", info.cpu_mhz)),
+            ("CPU socket(s)", info.sockets_per_cell.to_string()),
+            ("Core(s) per socket", info.cores_per_socket.to_string()),
+            ("Thread(s) per core", info.threads_per_core.to_string()),
+            ("NUMA cell(s)", info.numa_cells.to_string()),
+            ("Memory size", format!("{} KiB", info.memory_kib)),
+            // virsh's "CPU model" is the architecture; the processor's name follows on its own line.
+            ("CPU model name", info.cpu_model_name.clone()),
+        ]),
+    }
+    Ok(())
+}
+
+async fn capabilities(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let caps = node(connection)
+        .await?
+        .get_capabilities(compute::GetCapabilitiesRequest::default())
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&caps),
+        Format::Table => print!("{}", caps.xml),
+    }
+    Ok(())
+}
+
+async fn freecell(
+    connection: &mut Connection,
+    format: Format,
+    all: bool,
+    cellno: Option<u32>,
+) -> Result<(), Call> {
+    let request = compute::GetFreeCellsRequest {
+        host: String::new(),
+        cell: cellno,
+    };
+    let cells = node(connection)
+        .await?
+        .get_free_cells(request)
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&cells),
+        Format::Table if cellno.is_some() => {
+            for cell in &cells.cells {
+                println!("{}: {} KiB", cell.cell, cell.free_kib);
+            }
+        }
+        Format::Table if all => {
+            for cell in &cells.cells {
+                println!("{:>5}: {:>10} KiB", cell.cell, cell.free_kib);
+            }
+            println!("--------------------");
+            println!("{:>5}: {:>10} KiB", "Total", cells.total_free_kib);
+        }
+        Format::Table => println!("Total: {} KiB", cells.total_free_kib),
+    }
+    Ok(())
+}
+
+async fn sysinfo(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let info = node(connection)
+        .await?
+        .get_sysinfo(compute::GetSysinfoRequest::default())
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&info),
+        Format::Table => print!("{}", info.xml),
+    }
+    Ok(())
+}
+
+async fn nodememstats(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let stats = node(connection)
+        .await?
+        .get_node_memory_stats(compute::GetNodeMemoryStatsRequest::default())
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&stats),
+        Format::Table => {
+            println!("{:<8}: {} KiB", "total", stats.total_kib);
+            println!("{:<8}: {} KiB", "free", stats.free_kib);
+            println!("{:<8}: {} KiB", "buffers", stats.buffers_kib);
+            println!("{:<8}: {} KiB", "cached", stats.cached_kib);
+        }
+    }
+    Ok(())
+}
+
+async fn nodecpustats(
+    connection: &mut Connection,
+    format: Format,
+    cpu: Option<u32>,
+) -> Result<(), Call> {
+    let request = compute::GetNodeCpuStatsRequest {
+        host: String::new(),
+        cpu,
+    };
+    let stats = node(connection)
+        .await?
+        .get_node_cpu_stats(request)
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&stats),
+        Format::Table => {
+            println!("{:<8}: {:>20}", "user", stats.user_ns);
+            println!("{:<8}: {:>20}", "system", stats.system_ns);
+            println!("{:<8}: {:>20}", "idle", stats.idle_ns);
+            println!("{:<8}: {:>20}", "iowait", stats.iowait_ns);
+        }
+    }
+    Ok(())
+}
+
+struct ListOptions {
+    all: bool,
+    inactive: bool,
+    autostart: bool,
+    name: bool,
+    uuid: bool,
+}
+
+/// libvirt's words for a domain state, as `virsh list` prints them.
+fn state_name(state: i32) -> &'static str {
+    match compute::DomainState::try_from(state) {
+        Ok(compute::DomainState::Running) => "running",
+        Ok(compute::DomainState::Blocked) => "idle",
+        Ok(compute::DomainState::Paused) => "paused",
+        Ok(compute::DomainState::Shutdown) => "in shutdown",
+        Ok(compute::DomainState::Shutoff) => "shut off",
+        Ok(compute::DomainState::Crashed) => "crashed",
+        Ok(compute::DomainState::Pmsuspended) => "pmsuspended",
+        Ok(compute::DomainState::Nostate | compute::DomainState::Unspecified) | Err(_) => {
+            "no state"
+        }
+    }
+}
+
+async fn list(
+    connection: &mut Connection,
+    format: Format,
+    options: ListOptions,
+) -> Result<(), Call> {
+    let request = compute::ListDomainsRequest {
+        host: String::new(),
+        include_active: options.all || !options.inactive,
+        include_inactive: options.all || options.inactive,
+        autostart: options.autostart.then_some(true),
+    };
+    let mut client = DomainServiceClient::new(connection.channel().await?);
+    let domains = client.list_domains(request).await?.into_inner();
+    if format == Format::Json {
+        print_json(&domains);
+        return Ok(());
+    }
+    if options.name || options.uuid {
+        for domain in &domains.domains {
+            println!(
+                "{}",
+                if options.name {
+                    &domain.name
+                } else {
+                    &domain.uuid
+                }
+            );
+        }
+        println!();
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = domains
+        .domains
+        .iter()
+        .map(|domain| {
+            let id = if domain.id < 0 {
+                "-".to_string()
+            } else {
+                domain.id.to_string()
+            };
+            vec![
+                id,
+                domain.name.clone(),
+                state_name(domain.state).to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["Id", "Name", "State"], &rows);
+    Ok(())
+}

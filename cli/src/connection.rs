@@ -1,0 +1,124 @@
+//! The connection to a gateway, opened on first use as virsh does, from a URI.
+
+use std::path::PathBuf;
+
+use tonic::transport::Channel;
+
+use crate::Failed;
+use crate::output::print_error;
+
+/// Where a URI points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+}
+
+/// Parses `unix:///path/to/gateway.sock`; other schemes get a clear refusal.
+pub fn parse_uri(uri: &str) -> Result<Target, String> {
+    let (scheme, rest) = uri
+        .split_once("://")
+        .ok_or_else(|| format!("invalid URI `{uri}`: expected SCHEME://..."))?;
+    match scheme {
+        "unix" => {
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "invalid URI `{uri}`: unix:// needs an absolute socket path, e.g. unix:///run/vireo/gateway.sock"
+                ));
+            }
+            Ok(Target::Unix(PathBuf::from(rest)))
+        }
+        "https" | "tls" => Err(format!(
+            "`{uri}`: TLS connections to a remote gateway arrive with issue #9; use a unix:// URI"
+        )),
+        _ => Err(format!(
+            "unsupported URI scheme `{scheme}` in `{uri}`; use unix:///run/vireo/gateway.sock"
+        )),
+    }
+}
+
+/// The read-only twin of a socket: `gateway.sock` -> `gateway-ro.sock`.
+pub fn readonly_socket(socket: &std::path::Path) -> PathBuf {
+    let stem = socket
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    socket.with_file_name(format!("{stem}-ro.sock"))
+}
+
+pub struct Connection {
+    pub uri: String,
+    pub readonly: bool,
+    channel: Option<Channel>,
+}
+
+impl Connection {
+    pub fn new(uri: &str, readonly: bool) -> Connection {
+        Connection {
+            uri: uri.to_string(),
+            readonly,
+            channel: None,
+        }
+    }
+
+    /// Switches to another gateway (the shell's `connect`).
+    pub fn reconnect(&mut self, uri: &str, readonly: bool) {
+        *self = Connection::new(uri, readonly);
+    }
+
+    pub async fn channel(&mut self) -> Result<Channel, Failed> {
+        if let Some(channel) = &self.channel {
+            return Ok(channel.clone());
+        }
+        let target = parse_uri(&self.uri).map_err(|message| {
+            print_error("failed to connect to the hypervisor");
+            print_error(&message);
+            Failed
+        })?;
+        let Target::Unix(mut socket) = target;
+        if self.readonly {
+            socket = readonly_socket(&socket);
+        }
+        let channel = vireo_runtime::client::connect_unix(&socket)
+            .await
+            .map_err(|err| {
+                print_error("failed to connect to the hypervisor");
+                print_error(&format!("{err}; is vireod running?"));
+                Failed
+            })?;
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        assert_eq!(
+            parse_uri("unix:///run/vireo/gateway.sock"),
+            Ok(Target::Unix("/run/vireo/gateway.sock".into()))
+        );
+        assert!(
+            parse_uri("unix://relative.sock")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            parse_uri("https://h:16514")
+                .unwrap_err()
+                .contains("issue #9")
+        );
+        assert!(
+            parse_uri("qemu:///system")
+                .unwrap_err()
+                .contains("unsupported URI scheme `qemu`")
+        );
+        assert!(parse_uri("garbage").is_err());
+        assert_eq!(
+            readonly_socket(std::path::Path::new("/run/vireo/gateway.sock")),
+            PathBuf::from("/run/vireo/gateway-ro.sock")
+        );
+    }
+}

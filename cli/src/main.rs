@@ -1,0 +1,63 @@
+//! vireo-cli owns `vireo`, the command-line client. It speaks virsh's command names, options and
+//! output layout, talks only to the gateway, and offers `--output json` (the proto3 JSON of the
+//! API's messages) for scripts. With no command it opens an interactive shell, as virsh does.
+
+mod commands;
+mod connection;
+mod output;
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Command;
+use crate::connection::Connection;
+use crate::output::Format;
+
+/// The URI used when neither -c nor $VIREO_DEFAULT_URI is given.
+pub const DEFAULT_URI: &str = "unix:///run/vireo/gateway.sock";
+
+/// Vireo's command-line client: virsh's commands, against a Vireo gateway.
+#[derive(Debug, Parser)]
+#[command(name = "vireo", version, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Gateway URI, e.g. unix:///run/vireo/gateway.sock
+    #[arg(short = 'c', long = "connect", value_name = "URI", env = "VIREO_DEFAULT_URI", default_value = DEFAULT_URI, global = true)]
+    pub uri: String,
+    /// Connect read-only, as `virsh -r`
+    #[arg(short = 'r', long, global = true)]
+    pub readonly: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A command failed; the message has been printed. virsh exits 1 on any command failure.
+pub struct Failed;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut connection = Connection::new(&cli.uri, cli.readonly);
+        match cli.command {
+            None => shell::run(&mut connection, cli.output).await,
+            Some(command) => match commands::run(&mut connection, cli.output, command).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(Failed) => ExitCode::FAILURE,
+            },
+        }
+    })
+}

@@ -1,0 +1,14 @@
+//! vireo-conf owns the one mapping between libvirt XML, Vireo's typed definitions and the proto
+//! messages: parse (pure), fill defaults, validate, format. The services, the gateway and the CLI
+//! all go through it; nothing else reads or writes libvirt XML. Each object kind is pinned by
+//! golden in/out files under `tests/golden/`.
+
+pub mod capabilities;
+pub mod sysinfo;
+mod xml;
+
+pub use xml::XmlError;
+
+/// The XML namespace of Vireo's own elements (engine choice, engine facts), as libvirt does for
+/// its hypervisor-specific extensions.
+pub const VIREO_XML_NAMESPACE: &str = "urn:x-vireo:xmlns:1";

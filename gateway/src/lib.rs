@@ -1,0 +1,95 @@
+//! gateway owns the one public API: it serves every `vireo.*.v1` package, routes each per-host call
+//! to the owning service of the named host (proxying unary and streaming calls byte for byte),
+//! reports the health of every service, and decides who may call what. Cluster-wide calls
+//! (`vireo.cluster.v1`) are answered here.
+
+mod backends;
+mod codec;
+mod health;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use vireo_proto::cluster::v1 as cluster;
+use vireo_runtime::server::{SocketAccess, serve_routes};
+use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, Service, ServiceContext};
+
+pub use backends::Backends;
+
+/// The `[gateway]` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The name of the host this gateway runs on; defaults to the system hostname.
+    pub host_name: Option<String>,
+    /// Sockets of this host's services when they are not `<run-dir>/<service>.sock`.
+    #[serde(default)]
+    pub backends: BTreeMap<String, PathBuf>,
+    /// Serve `<run-dir>/gateway-ro.sock` for read-only clients (default true).
+    pub readonly_socket: Option<bool>,
+}
+
+/// The socket of the read-only API, beside the gateway's own.
+pub fn readonly_socket(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("gateway-ro.sock")
+}
+
+/// Serves the public API on `<run-dir>/gateway.sock` (root only) and the read-only socket until
+/// `shutdown` is cancelled.
+pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
+    context.prepare_state_dir()?;
+    let config: GatewayConfig = context.section()?;
+    let backends = Arc::new(Backends::local(&context.run_dir, &config)?);
+    let services = health::ServiceIndex::from_descriptors()?;
+
+    let server = ServerBuilder::with_health(health::server(backends.clone(), services.clone()))
+        .add_service(cluster::host_service_server::HostServiceServer::new(
+            Cluster,
+        ))
+        .add_service(
+            cluster::cluster_domain_service_server::ClusterDomainServiceServer::new(Cluster),
+        )
+        .add_service(cluster::event_service_server::EventServiceServer::new(
+            Cluster,
+        ))
+        .add_service(cluster::provisioning_service_server::ProvisioningServiceServer::new(Cluster))
+        .add_service(cluster::access_service_server::AccessServiceServer::new(
+            Cluster,
+        ));
+    let (routes, advertised, _) = server.into_routes_advertising(&services.proxied_names())?;
+    let routes = proxy::with_fallback(routes, backends);
+
+    let mut listeners = vec![(context.socket.clone(), SocketAccess::RootOnly)];
+    if config.readonly_socket.unwrap_or(true) {
+        listeners.push((readonly_socket(&context.run_dir), SocketAccess::ReadOnly));
+    }
+    tracing::info!(socket = %context.socket.display(), "gateway serving");
+    serve_routes(routes, &listeners, None, &advertised, shutdown).await?;
+    Ok(())
+}
+
+/// Cluster-wide calls: hosts, merged views, placement, installation. They arrive with issues #9
+/// and #11; until then every method answers UNIMPLEMENTED.
+#[derive(Debug, Clone, Copy)]
+struct Cluster;
+
+#[tonic::async_trait]
+impl cluster::host_service_server::HostService for Cluster {}
+#[tonic::async_trait]
+impl cluster::cluster_domain_service_server::ClusterDomainService for Cluster {}
+#[tonic::async_trait]
+impl cluster::event_service_server::EventService for Cluster {}
+#[tonic::async_trait]
+impl cluster::provisioning_service_server::ProvisioningService for Cluster {}
+#[tonic::async_trait]
+impl cluster::access_service_server::AccessService for Cluster {}
+
+/// Which process owns a gRPC path (`/vireo.storage.v1.StoragePoolService/ListPools` -> Storage).
+pub fn owner_of_path(path: &str) -> Option<Service> {
+    let service = path.trim_start_matches('/').split('/').next()?;
+    let package = service.rsplit_once('.')?.0;
+    Service::owning(package)
+}

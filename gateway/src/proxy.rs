@@ -1,0 +1,88 @@
+//! Forwarding any per-host call to the owning service, unary or streaming, as raw bytes. Streams
+//! flow both ways with HTTP/2 flow control, so a slow reader slows its writer (backpressure).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::uri::PathAndQuery;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::backends::{Backends, HOST_METADATA};
+use crate::codec::{RawCodec, leading_host_field};
+use crate::owner_of_path;
+
+type Reply = Result<Response<BoxStream<'static, Result<Bytes, Status>>>, Status>;
+
+/// The gateway's own routes, with every other path forwarded to its owning service.
+pub fn with_fallback(routes: Routes, backends: Arc<Backends>) -> Routes {
+    let proxy = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let backends = backends.clone();
+        async move { Ok::<_, Infallible>(forward_http(backends, request).await) }
+    });
+    Routes::from(routes.into_axum_router().fallback_service(proxy))
+}
+
+async fn forward_http(
+    backends: Arc<Backends>,
+    request: http::Request<axum::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let path = request.uri().path().to_owned();
+    let mut grpc = tonic::server::Grpc::new(RawCodec);
+    let method = tower::service_fn(move |call: Request<Streaming<Bytes>>| {
+        let backends = backends.clone();
+        let path = path.clone();
+        async move { forward(&backends, &path, call).await }
+    });
+    grpc.streaming(method, request).await
+}
+
+async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>>) -> Reply {
+    let method = path.trim_start_matches('/');
+    let service = owner_of_path(path)
+        .filter(|service| *service != vireo_runtime::Service::Gateway)
+        .ok_or_else(|| Status::unimplemented(format!("unknown method {method}")))?;
+    let path_and_query = PathAndQuery::try_from(path)
+        .map_err(|_| Status::invalid_argument(format!("malformed method path {path}")))?;
+
+    let (metadata, extensions, mut inbound) = call.into_parts();
+    // The first request message names the host; read it before choosing where to send the call.
+    let first = inbound.message().await?;
+    let host = match metadata.get(HOST_METADATA) {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| Status::invalid_argument(format!("{HOST_METADATA}: not valid text")))?
+            .to_string(),
+        None => first
+            .as_deref()
+            .and_then(leading_host_field)
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let channel = backends.channel(&host, service)?;
+
+    // A client-side stream error simply ends the forwarded stream; the backend sees the end.
+    let outbound = futures::stream::iter(first).chain(
+        inbound
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .filter_map(|item| std::future::ready(item.ok())),
+    );
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|err| backends.unavailable(service, Status::unavailable(err.to_string())))?;
+    let response = client
+        .streaming(
+            Request::from_parts(metadata, extensions, outbound),
+            path_and_query,
+            RawCodec,
+        )
+        .await
+        .map_err(|status| backends.unavailable(service, status))?;
+    let (metadata, replies, extensions) = response.into_parts();
+    Ok(Response::from_parts(metadata, replies.boxed(), extensions))
+}

@@ -1,0 +1,45 @@
+//! Connecting to a Vireo server over its unix socket.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {path}: {source}")]
+    Unix {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A channel to the gRPC server on `socket`. Connects eagerly, so a missing or dead socket is
+/// reported here and not on the first call.
+pub async fn connect_unix(socket: &Path) -> Result<Channel, ConnectError> {
+    let endpoint = unix_endpoint();
+    let path = socket.to_path_buf();
+    let connector_path = path.clone();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = connector_path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|source| ConnectError::Unix { path, source })
+}
+
+/// A channel to `socket` that connects on first use and reconnects after the server restarts.
+pub fn lazy_unix(socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    unix_endpoint().connect_with_connector_lazy(tower::service_fn(move |_| {
+        let path = path.clone();
+        async move { UnixStream::connect(path).await.map(TokioIo::new) }
+    }))
+}
+
+fn unix_endpoint() -> Endpoint {
+    // The authority is never resolved: the connector dials the socket.
+    Endpoint::from_static("http://localhost")
+}

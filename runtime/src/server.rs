@@ -1,0 +1,291 @@
+//! Serving gRPC on unix sockets: health, reflection, the not-yet-built answer, socket modes, and a
+//! graceful stop on a cancellation token that removes the sockets it created.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::access::ReadOnlyLayer;
+use crate::pending::PendingLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another server is already listening on {0}")]
+    AlreadyServing(PathBuf),
+    #[error("cannot bind {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("serving {path}: {source}")]
+    Serve {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Who may connect to a socket, and with what rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// Mode 0600: root only, every call allowed.
+    RootOnly,
+    /// Mode 0666: anyone, Get/List/Watch only (like `virsh -r`).
+    ReadOnly,
+}
+
+/// Collects a server's services, then serves them with health and reflection.
+pub struct ServerBuilder {
+    routes: RoutesBuilder,
+    advertised: Vec<&'static str>,
+    health: Option<HealthReporter>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder::new()
+    }
+}
+
+impl ServerBuilder {
+    /// A server with the standard health service, which reports every added service SERVING once
+    /// the socket is bound.
+    pub fn new() -> ServerBuilder {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        ServerBuilder {
+            routes,
+            advertised: Vec::new(),
+            health: Some(reporter),
+        }
+    }
+
+    /// A server whose health service is the caller's own (the gateway's, which asks its backends).
+    pub fn with_health<S>(health_service: S) -> ServerBuilder
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        ServerBuilder {
+            routes,
+            advertised: Vec::new(),
+            health: None,
+        }
+    }
+
+    pub fn add_service<S>(mut self, service: S) -> ServerBuilder
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.advertised.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// The health reporter of a standard-health server.
+    pub fn health(&self) -> Option<HealthReporter> {
+        self.health.clone()
+    }
+
+    /// Adds reflection (advertising the added services and health) and returns the routes.
+    pub fn into_routes(
+        self,
+    ) -> Result<(Routes, Vec<&'static str>, Option<HealthReporter>), ServerError> {
+        self.into_routes_advertising(&[])
+    }
+
+    /// Like `into_routes`, also advertising services that another process answers (the gateway's
+    /// proxied services).
+    pub fn into_routes_advertising(
+        mut self,
+        extra: &[String],
+    ) -> Result<(Routes, Vec<&'static str>, Option<HealthReporter>), ServerError> {
+        let advertised = self.advertised.clone();
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(vireo_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            for name in advertised.iter().copied() {
+                builder = builder.with_service_name(name);
+            }
+            for name in extra {
+                builder = builder.with_service_name(name.clone());
+            }
+            builder
+        };
+        let v1 = reflection()
+            .build_v1()
+            .map_err(|err| ServerError::Reflection(err.to_string()))?;
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|err| ServerError::Reflection(err.to_string()))?;
+        self.routes.add_service(v1);
+        self.routes.add_service(v1alpha);
+        Ok((self.routes.routes(), self.advertised, self.health))
+    }
+
+    /// Serves on `socket` (root only) until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        socket: &Path,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        let (routes, advertised, health) = self.into_routes()?;
+        serve_routes(
+            routes,
+            &[(socket.to_path_buf(), SocketAccess::RootOnly)],
+            health,
+            &advertised,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Serves `routes` on every listener until `shutdown` is cancelled, marking `advertised` (and the
+/// overall "" service) SERVING once every socket is bound, and NOT_SERVING when stopping.
+pub async fn serve_routes(
+    routes: Routes,
+    listeners: &[(PathBuf, SocketAccess)],
+    health: Option<HealthReporter>,
+    advertised: &[&'static str],
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let mut bound = Vec::new();
+    for (path, access) in listeners {
+        bound.push((bind_socket(path, *access)?, *access));
+    }
+    if let Some(health) = &health {
+        for name in advertised {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    for (socket, access) in bound {
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        servers.spawn(async move {
+            let BoundSocket { listener, file } = socket;
+            let incoming = UnixListenerStream::new(listener);
+            let stopped = shutdown.cancelled_owned();
+            let result = match access {
+                SocketAccess::RootOnly => {
+                    tonic::transport::Server::builder()
+                        .layer(PendingLayer)
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await
+                }
+                SocketAccess::ReadOnly => {
+                    tonic::transport::Server::builder()
+                        .layer(ReadOnlyLayer)
+                        .layer(PendingLayer)
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await
+                }
+            };
+            result.map_err(|source| ServerError::Serve {
+                path: file.0.clone(),
+                source,
+            })
+        });
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = servers.join_next().await {
+        if let Ok(Err(err)) = joined {
+            // One socket failing stops the others: a half-served process is worse than none.
+            shutdown.cancel();
+            outcome = Err(err);
+        }
+    }
+    if let Some(health) = &health {
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+    outcome
+}
+
+/// A bound socket and the guard that removes its file.
+struct BoundSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+/// Removes the socket file when the server using it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds a socket with its final mode already set: bind a private name, chmod, then rename, so no
+/// client ever sees it with a wider mode. A stale socket (nobody listening) is replaced.
+fn bind_socket(path: &Path, access: SocketAccess) -> Result<BoundSocket, ServerError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServerError::AlreadyServing(path.to_path_buf()));
+    }
+    let private = path.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&private);
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(&private).map_err(bind_err)?;
+    let mode = match access {
+        SocketAccess::RootOnly => 0o600,
+        SocketAccess::ReadOnly => 0o666,
+    };
+    let placed = std::fs::set_permissions(&private, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&private, path));
+    if let Err(source) = placed {
+        let _ = std::fs::remove_file(&private);
+        return Err(bind_err(source));
+    }
+    Ok(BoundSocket {
+        listener,
+        file: SocketFile(path.to_path_buf()),
+    })
+}

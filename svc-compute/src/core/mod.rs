@@ -1,0 +1,4 @@
+//! Compute logic, free of gRPC types.
+
+pub mod engines;
+pub mod host;
