@@ -1,1 +1,278 @@
-//! placeholder
+//! vireo-tests owns the end-to-end harness: it starts the real binaries (vireod, the services,
+//! vireo) with temporary `--state-dir`/`--run-dir`, waits for health under a deadline, talks only
+//! to the public API, and kills what it started on drop. Tests that cannot run here skip with a
+//! message naming what they need.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// Prints why a test cannot run here and returns from it. It never counts as a pass of the
+/// behaviour: the message names what is missing.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        eprintln!("SKIPPED: {}", format!($($reason)*));
+        return;
+    }};
+}
+
+/// The directory holding the workspace's built binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the build command when it is missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The repository root (for scripts).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn wait_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A one-shot tokio runtime for gRPC calls from synchronous tests.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// A running server process with its own temporary directories.
+pub struct Server {
+    pub child: Child,
+    pub dirs: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Server {
+    /// Starts `binary` with temporary state and run directories, plus `extra` arguments, and
+    /// waits until it reports itself SERVING on `socket_name`.
+    pub fn start(binary_name: &str, socket_name: &str, extra: &[&str]) -> Server {
+        let dirs = tempfile::tempdir().expect("temp dir");
+        let state_dir = dirs.path().join("state");
+        let run_dir = dirs.path().join("run");
+        let log = std::fs::File::create(dirs.path().join("log")).expect("log file");
+        let child = Command::new(binary(binary_name))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {binary_name}: {err}"));
+        let socket = run_dir.join(socket_name);
+        let mut server = Server {
+            child,
+            dirs,
+            state_dir,
+            run_dir,
+            socket,
+        };
+        server.wait_serving("");
+        server
+    }
+
+    /// vireod on temporary directories, with every service SERVING through the gateway.
+    pub fn vireod() -> Server {
+        let mut server = Server::start("vireod", "gateway.sock", &[]);
+        for name in server.service_names() {
+            server.wait_serving(&name);
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dirs.path().join("log")).unwrap_or_default()
+    }
+
+    /// A gRPC channel to this server's socket.
+    pub async fn connect(&self) -> Channel {
+        vireo_runtime::client::connect_unix(&self.socket)
+            .await
+            .expect("connect to server socket")
+    }
+
+    /// The health status of `service` ("" for the server itself), or None if unreachable.
+    pub fn health(&self, service: &str) -> Option<ServingStatus> {
+        block_on(async {
+            let channel = vireo_runtime::client::connect_unix(&self.socket)
+                .await
+                .ok()?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+                .ok()?;
+            Some(reply.into_inner().status())
+        })
+    }
+
+    fn wait_serving(&mut self, service: &str) {
+        let started = Instant::now();
+        loop {
+            if self.health(service) == Some(ServingStatus::Serving) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "server exited with {status} before serving `{service}`; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "`{service}` not SERVING after 30 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Services listed by server reflection.
+    pub fn service_names(&self) -> Vec<String> {
+        block_on(async {
+            let mut client = ServerReflectionClient::new(self.connect().await);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .expect("reflection")
+                .into_inner();
+            let reply = replies
+                .message()
+                .await
+                .expect("reflection reply")
+                .expect("one reply");
+            match reply.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection reply {other:?}"),
+            }
+        })
+    }
+
+    /// Runs `vireo -c unix://<socket> ARGS`.
+    pub fn vireo(&self, args: &[&str]) -> Output {
+        self.vireo_with_stdin(args, "")
+    }
+
+    pub fn vireo_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_stdin(
+            Command::new(binary("vireo"))
+                .arg("-c")
+                .arg(format!("unix://{}", self.socket.display()))
+                .args(args),
+            stdin,
+        )
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Socket files left in the run directory.
+    pub fn sockets_left(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.to_string_lossy().contains(".sock"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command with `stdin` fed in, capturing stdout and stderr.
+pub fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for command")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
