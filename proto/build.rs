@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every RPC without a real handler answers UNIMPLEMENTED; the server's pending-work layer
         // rewrites the message to name the issue that brings it.
         .generate_default_stubs(true)
-        .compile_protos(&protos, &[root.clone()])?;
+        .compile_protos(&protos, std::slice::from_ref(&root))?;
 
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()

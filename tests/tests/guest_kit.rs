@@ -11,7 +11,8 @@ use vireo_tests::{repo_root, skip, stdout};
 const MARKER: &str = "VIREO-GUEST-READY";
 
 fn kit_dir() -> PathBuf {
-    std::env::var_os("VIREO_GUEST_DIR").map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
+    std::env::var_os("VIREO_GUEST_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
 }
 
 /// Boots the kit under `qemu-system-x86_64 -accel tcg` with `cmdline`, returns the serial output
@@ -19,14 +20,27 @@ fn kit_dir() -> PathBuf {
 fn boot(cmdline: &str, deadline: Duration) -> String {
     let kit = kit_dir();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-m", "512", "-nodefaults", "-nographic", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-M",
+            "q35",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+        ])
         .args(["-serial", "stdio", "-monitor", "none"])
         .args(["-device", "virtio-rng-pci"])
         .arg("-kernel")
         .arg(kit.join("vmlinuz"))
         .arg("-initrd")
         .arg(kit.join("initramfs.cpio.gz"))
-        .args(["-append", &format!("console=ttyS0 quiet panic=-1 {cmdline}")])
+        .args([
+            "-append",
+            &format!("console=ttyS0 quiet panic=-1 {cmdline}"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,21 +59,39 @@ fn boot(cmdline: &str, deadline: Duration) -> String {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut serial = String::new();
-    qemu.stdout.take().expect("stdout").read_to_string(&mut serial).expect("serial output");
+    qemu.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut serial)
+        .expect("serial output");
     let mut errors = String::new();
-    qemu.stderr.take().expect("stderr").read_to_string(&mut errors).expect("qemu stderr");
-    assert!(status.success(), "qemu exited with {status}: {errors}\nserial:\n{serial}");
+    qemu.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut errors)
+        .expect("qemu stderr");
+    assert!(
+        status.success(),
+        "qemu exited with {status}: {errors}\nserial:\n{serial}"
+    );
     eprintln!("guest booted and powered off in {:?}", started.elapsed());
     serial
 }
 
 fn kit_ready() -> Result<(), String> {
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Err("qemu-system-x86_64 (Debian package qemu-system-x86)".into());
     }
     let kit = kit_dir();
     if !kit.join("vmlinuz").exists() || !kit.join("initramfs.cpio.gz").exists() {
-        return Err(format!("the test-guest kit in {} (run scripts/guest-kit)", kit.display()));
+        return Err(format!(
+            "the test-guest kit in {} (run scripts/guest-kit)",
+            kit.display()
+        ));
     }
     Ok(())
 }
@@ -74,7 +106,11 @@ fn kit_is_cached_and_current() {
         .arg(kit_dir())
         .output()
         .expect("run scripts/guest-kit --check");
-    assert!(output.status.success(), "the kit is out of date or broken: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the kit is out of date or broken: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = Command::new(repo_root().join("scripts/guest-kit"))
         .args(["--print-dir", "--quiet", "--out"])
         .arg(kit_dir())
@@ -90,8 +126,14 @@ fn kit_boots_to_the_marker_under_qemu_tcg() {
         skip!("needs {needs}");
     }
     let serial = boot("", Duration::from_secs(120));
-    assert!(serial.lines().any(|line| line.trim_end() == MARKER), "no {MARKER} line in:\n{serial}");
-    assert!(!serial.contains("VIREO-MODULE-FAILED"), "a virtio module failed to load:\n{serial}");
+    assert!(
+        serial.lines().any(|line| line.trim_end() == MARKER),
+        "no {MARKER} line in:\n{serial}"
+    );
+    assert!(
+        !serial.contains("VIREO-MODULE-FAILED"),
+        "a virtio module failed to load:\n{serial}"
+    );
 }
 
 #[test]
@@ -99,9 +141,16 @@ fn kit_runs_the_command_line_command() {
     if let Err(needs) = kit_ready() {
         skip!("needs {needs}");
     }
-    let release = std::fs::read_to_string(kit_dir().join("kernel-version")).expect("kernel-version");
+    let release =
+        std::fs::read_to_string(kit_dir().join("kernel-version")).expect("kernel-version");
     let serial = boot("vireo.run=\"uname -r\"", Duration::from_secs(120));
-    let after_marker = serial.split(MARKER).nth(1).unwrap_or_else(|| panic!("no marker in:\n{serial}"));
-    assert!(after_marker.contains(release.trim()), "uname -r output missing:\n{serial}");
+    let after_marker = serial
+        .split(MARKER)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no marker in:\n{serial}"));
+    assert!(
+        after_marker.contains(release.trim()),
+        "uname -r output missing:\n{serial}"
+    );
     assert!(after_marker.contains("VIREO-RUN-EXIT=0"), "{serial}");
 }

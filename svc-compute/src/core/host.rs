@@ -182,11 +182,10 @@ impl Host {
         let cpu_model_name = colon_field(&cpuinfo, "model name")
             .unwrap_or("unknown")
             .to_string();
+        // "2449.998": virsh prints whole MHz, truncated.
         let cpu_mhz = colon_field(&cpuinfo, "cpu MHz")
-            .and_then(|mhz| mhz.parse::<f64>().ok())
-            .map_or(0, |mhz| {
-                mhz.max(0.0).min(f64::from(u32::MAX)).floor() as u32
-            });
+            .and_then(|mhz| mhz.split('.').next()?.parse::<u32>().ok())
+            .unwrap_or(0);
 
         let online = self.online_cpus()?;
         let cpu_dir = self.root.sys_dir.join("devices/system/cpu");
