@@ -1,6 +1,12 @@
 //! vireo-vmm owns Vireo's hypervisor: one process per running guest on /dev/kvm (kvm-ioctls,
-//! vm-memory, linux-loader, vm-superio, virtio-queue), its control socket and its saved state.
-//! Layout follows docs/architecture.md: `vstate/` is the only caller of kvm-ioctls.
-//! Today it holds the KVM probe that `capabilities` reports; booting guests arrives with issue #3.
+//! vm-memory, linux-loader, vm-superio), its control socket and, later, its saved state.
+//! Modules: `arch/` (memory layout, boot protocol, registers, CPUID, ACPI), `vstate/` (the only
+//! kvm-ioctls caller: VM, memory, vCPUs, the KVM probe), `devices/`, `control/` (the socket),
+//! `config` (what was asked) and `builder` (builds the VM and runs its event loop).
 
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod control;
+pub mod devices;
 pub mod vstate;

@@ -1,11 +1,102 @@
-//! The `vireo-vmm` binary: one process per guest. Today it answers `probe` (what KVM offers here);
-//! booting guests arrives with issue #3, and until then it refuses to pretend.
+//! The `vireo-vmm` binary: `run` boots one guest and exits with a status that says how it ended
+//! (0 poweroff, 3 reboot, 4 crash, 5 stopped, 1 VMM failure, 2 bad arguments); `probe` reports
+//! what KVM offers here.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use vireo_vmm::builder::{self, VmExit};
+use vireo_vmm::config::VmConfig;
+use vireo_vmm::devices::serial::SerialOutput;
+use vireo_vmm::vstate::memory::MemoryOptions;
+
+const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
+                     [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
+       vireo-vmm probe
+       vireo-vmm --version";
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("vireo-vmm: {message}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String> {
+    let mut kernel = None;
+    let mut initrd = None;
+    let mut cmdline = String::new();
+    let mut vcpus: u64 = 1;
+    let mut memory_mib: u64 = 128;
+    let mut serial = SerialOutput::Stdout;
+    let mut control_socket = None;
+    let mut memory = MemoryOptions {
+        hugepages: false,
+        ksm: true,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--kernel" => kernel = Some(PathBuf::from(value()?)),
+            "--initrd" => initrd = Some(PathBuf::from(value()?)),
+            "--cmdline" => cmdline = value()?,
+            "--vcpus" => {
+                vcpus = value()?
+                    .parse()
+                    .map_err(|_| "--vcpus needs a number".to_string())?
+            }
+            "--memory" => {
+                memory_mib = value()?
+                    .parse()
+                    .map_err(|_| "--memory needs a number of MiB".to_string())?
+            }
+            "--serial" => serial = value()?.parse()?,
+            "--control" => control_socket = Some(PathBuf::from(value()?)),
+            "--hugepages" => memory.hugepages = true,
+            "--no-ksm" => memory.ksm = false,
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    let kernel = kernel.ok_or("--kernel is required")?;
+    let vcpus = VmConfig::validate(vcpus, memory_mib).map_err(|err| err.to_string())?;
+    Ok(VmConfig {
+        vcpus,
+        memory_mib,
+        kernel,
+        initrd,
+        cmdline,
+        serial,
+        control_socket,
+        memory,
+    })
+}
+
+fn run(config: &VmConfig) -> ExitCode {
+    let vmm = match builder::build(config) {
+        Ok(vmm) => vmm,
+        Err(err) => {
+            eprintln!("vireo-vmm: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(pty) = &vmm.serial().pty {
+        eprintln!("vireo-vmm: serial console on {}", pty.display());
+    }
+    let exit = vmm.run();
+    match &exit {
+        VmExit::Poweroff => eprintln!("vireo-vmm: guest powered off"),
+        VmExit::Reboot(reason) => eprintln!("vireo-vmm: guest reboot: {reason}"),
+        VmExit::Crash(reason) => eprintln!("vireo-vmm: guest crashed: {reason}"),
+        VmExit::Stopped => eprintln!("vireo-vmm: stopped"),
+    }
+    ExitCode::from(exit.exit_code())
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("run") => match parse_run(args) {
+            Ok(config) => run(&config),
+            Err(message) => usage_error(&message),
+        },
         Some("probe") => {
             let probe = vireo_vmm::vstate::probe::probe_kvm();
             if probe.available {
@@ -30,11 +121,7 @@ fn main() -> ExitCode {
             println!("vireo-vmm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!(
-                "vireo-vmm: booting guests is not implemented yet (issue #3); usage: vireo-vmm probe | --version"
-            );
-            ExitCode::from(2)
-        }
+        Some(other) => usage_error(&format!("unknown command `{other}`")),
+        None => usage_error("no command"),
     }
 }

@@ -1,0 +1,264 @@
+//! Builds a VM from a `VmConfig` and runs its event loop until the guest powers off, reboots,
+//! crashes, or is stopped.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::{acpi, boot, regs};
+use crate::config::VmConfig;
+use crate::control::{self, Request};
+use crate::devices::GuestRequest;
+use crate::devices::acpi_pm::{ACPI_PM_PORT_COUNT, AcpiPm, PM1A_EVT_PORT, SCI_IRQ};
+use crate::devices::bus::PioBus;
+use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_COUNT};
+use crate::devices::rtc::{RTC_PORT, RTC_PORT_COUNT, Rtc};
+use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialInfo};
+use crate::vstate::vcpu::{self, RunControl, RunState, VcpuThread};
+use crate::vstate::vm::Vm;
+use crate::vstate::{VmEvent, memory};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Vm(#[from] crate::vstate::vm::VmError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Serial(#[from] serial::SerialError),
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("starting vCPU threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// How the VM ended; the process exit status tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5): exit status 0.
+    Poweroff,
+    /// The guest reset itself, or a reset was requested: exit status 3.
+    Reboot(String),
+    /// Triple fault, KVM internal error, failed entry: exit status 4.
+    Crash(String),
+    /// Stopped through the control socket: exit status 5.
+    Stopped,
+}
+
+impl VmExit {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmExit::Poweroff => 0,
+            VmExit::Reboot(_) => 3,
+            VmExit::Crash(_) => 4,
+            VmExit::Stopped => 5,
+        }
+    }
+
+    fn event(&self) -> String {
+        match self {
+            VmExit::Poweroff => control::event_line("poweroff", None),
+            VmExit::Reboot(reason) => control::event_line("reboot", Some(reason)),
+            VmExit::Crash(reason) => control::event_line("crash", Some(reason)),
+            VmExit::Stopped => control::event_line("stopped", None),
+        }
+    }
+}
+
+/// A built, running VM.
+pub struct Vmm {
+    _vm: Arc<Vm>,
+    _memory: GuestMemoryMmap,
+    vcpus: Vec<VcpuThread>,
+    run_control: Arc<RunControl>,
+    power: Arc<Mutex<AcpiPm>>,
+    events: Receiver<VmEvent>,
+    _events_sender: Sender<VmEvent>,
+    watchers: Vec<Sender<String>>,
+    serial: SerialInfo,
+    memory_mib: u64,
+}
+
+/// Builds the VM and starts its vCPUs.
+pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
+    config.check_files()?;
+    let vm = Arc::new(Vm::new()?);
+    let guest_memory = memory::create(config.memory_bytes(), config.memory)?;
+    vm.register_memory(&guest_memory)?;
+    let boot_info = boot::load(
+        &guest_memory,
+        config.memory_bytes(),
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+    )?;
+    regs::write_boot_tables(&guest_memory)?;
+    acpi::write_tables(&guest_memory, config.vcpus)?;
+
+    let (sender, events) = mpsc::channel();
+    let mut bus = PioBus::default();
+    let (serial_port, serial_interrupt, serial_info) = serial::build(&config.serial)?;
+    vm.register_irqfd(&serial_interrupt, COM1_IRQ)?;
+    // The eventfd must outlive the VM's use of it; KVM holds its own reference once registered.
+    std::mem::forget(serial_interrupt);
+    bus.insert(
+        COM1_PORT,
+        COM1_PORT_COUNT,
+        Arc::new(Mutex::new(serial_port)),
+    );
+    bus.insert(
+        I8042_DATA_PORT,
+        I8042_PORT_COUNT,
+        Arc::new(Mutex::new(I8042::new(sender.clone()))),
+    );
+    bus.insert(
+        RTC_PORT,
+        RTC_PORT_COUNT,
+        Arc::new(Mutex::new(Rtc::default())),
+    );
+    let sci_vm = vm.clone();
+    let sci: crate::devices::acpi_pm::IrqLine = Box::new(move |level| {
+        let _ = sci_vm.fd.set_irq_line(u32::from(SCI_IRQ), level);
+    });
+    let power = Arc::new(Mutex::new(AcpiPm::new(sci, sender.clone())));
+    bus.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, power.clone());
+    let bus = Arc::new(bus);
+
+    if let Some(path) = &config.control_socket {
+        control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+
+    vcpu::install_kick_handler().map_err(BuildError::Threads)?;
+    let run_control = Arc::new(RunControl::default());
+    let mut vcpu_fds = Vec::new();
+    for id in 0..config.vcpus {
+        vcpu_fds.push(vcpu::create(&vm, id, config.vcpus, boot_info)?);
+    }
+    let mut vcpus = Vec::new();
+    for (id, fd) in (0..config.vcpus).zip(vcpu_fds) {
+        let thread = vcpu::spawn(id, fd, bus.clone(), run_control.clone(), sender.clone())
+            .map_err(BuildError::Threads)?;
+        vcpus.push(thread);
+    }
+    Ok(Vmm {
+        _vm: vm,
+        _memory: guest_memory,
+        vcpus,
+        run_control,
+        power,
+        events,
+        _events_sender: sender,
+        watchers: Vec::new(),
+        serial: serial_info,
+        memory_mib: config.memory_mib,
+    })
+}
+
+impl Vmm {
+    pub fn serial(&self) -> &SerialInfo {
+        &self.serial
+    }
+
+    fn notify(&mut self, line: &str) {
+        self.watchers
+            .retain(|watcher| watcher.send(line.to_string()).is_ok());
+    }
+
+    fn info(&self) -> serde_json::Value {
+        let state = match self.run_control.state() {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopping => "stopping",
+        };
+        let vcpus: Vec<_> = self
+            .vcpus
+            .iter()
+            .map(|vcpu| json!({ "id": vcpu.id, "cpu_time_ns": vcpu.cpu_time_ns() }))
+            .collect();
+        json!({
+            "state": state,
+            "pid": std::process::id(),
+            "memory_mib": self.memory_mib,
+            "vcpus": vcpus,
+            "pty": self.serial.pty.as_ref().map(|path| path.display().to_string()),
+        })
+    }
+
+    fn control(&mut self, request: Request) -> Result<Option<VmExit>, String> {
+        match request {
+            Request::Info | Request::Watch(_) => Ok(None),
+            Request::Pause => {
+                if !vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
+                    return Err("vCPUs did not pause in time".into());
+                }
+                self.notify(&control::event_line("paused", None));
+                Ok(None)
+            }
+            Request::Resume => {
+                vcpu::transition(&self.run_control, &self.vcpus, RunState::Running);
+                self.notify(&control::event_line("resumed", None));
+                Ok(None)
+            }
+            Request::Shutdown => {
+                self.power
+                    .lock()
+                    .map_err(|_| "power device unavailable".to_string())?
+                    .press_power_button();
+                self.notify(&control::event_line("shutdown-requested", None));
+                Ok(None)
+            }
+            Request::Reset => Ok(Some(VmExit::Reboot("reset requested".into()))),
+            Request::Stop => Ok(Some(VmExit::Stopped)),
+        }
+    }
+
+    /// Runs until the VM ends; stops the vCPUs and tells watchers how it ended.
+    pub fn run(mut self) -> VmExit {
+        let exit = loop {
+            let Ok(event) = self.events.recv() else {
+                break VmExit::Crash("event channel closed".into());
+            };
+            match event {
+                VmEvent::Guest(GuestRequest::Poweroff) => break VmExit::Poweroff,
+                VmEvent::Guest(GuestRequest::Reset) => break VmExit::Reboot("guest reset".into()),
+                VmEvent::Crash { vcpu, reason } => {
+                    break VmExit::Crash(format!("vCPU {vcpu}: {reason}"));
+                }
+                VmEvent::Control(request, reply) => {
+                    let watch = match &request {
+                        Request::Watch(sender) => Some(sender.clone()),
+                        _ => None,
+                    };
+                    let outcome = self.control(request);
+                    if let Some(watcher) = watch {
+                        self.watchers.push(watcher);
+                    }
+                    let _ = reply.send(outcome.as_ref().map(|_| self.info()).map_err(Clone::clone));
+                    if let Ok(Some(exit)) = outcome {
+                        break exit;
+                    }
+                }
+            }
+        };
+        vcpu::transition(&self.run_control, &self.vcpus, RunState::Stopping);
+        let line = exit.event();
+        self.notify(&line);
+        exit
+    }
+}

@@ -1,0 +1,84 @@
+//! What was asked for: the VM description a `vireo-vmm run` command line gives, validated.
+
+use std::path::PathBuf;
+
+use crate::devices::serial::SerialOutput;
+use crate::vstate::memory::MemoryOptions;
+
+/// The most vCPUs: APIC IDs are one byte and the IOAPIC takes the ID after the last vCPU.
+pub const MAX_VCPUS: u8 = 254;
+/// The least memory a guest gets; below it, the fixed low-memory layout does not fit.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// The most memory a guest gets (1 TiB), far beyond these hosts but safe from overflow.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub serial: SerialOutput,
+    pub control_socket: Option<PathBuf>,
+    pub memory: MemoryOptions,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
+    Vcpus(u64),
+    #[error("--memory {0} MiB: must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")]
+    Memory(u64),
+    #[error("--kernel {0}: no such file")]
+    Kernel(String),
+    #[error("--initrd {0}: no such file")]
+    Initrd(String),
+}
+
+impl VmConfig {
+    pub fn validate(vcpus: u64, memory_mib: u64) -> Result<u8, ConfigError> {
+        let vcpus = u8::try_from(vcpus)
+            .ok()
+            .filter(|count| (1..=MAX_VCPUS).contains(count))
+            .ok_or(ConfigError::Vcpus(vcpus))?;
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(ConfigError::Memory(memory_mib));
+        }
+        Ok(vcpus)
+    }
+
+    /// Checks what validation of the numbers cannot: the files exist.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if !self.kernel.is_file() {
+            return Err(ConfigError::Kernel(self.kernel.display().to_string()));
+        }
+        if let Some(initrd) = &self.initrd
+            && !initrd.is_file()
+        {
+            return Err(ConfigError::Initrd(initrd.display().to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds() {
+        assert_eq!(VmConfig::validate(2, 256), Ok(2));
+        assert_eq!(VmConfig::validate(0, 256), Err(ConfigError::Vcpus(0)));
+        assert_eq!(VmConfig::validate(255, 256), Err(ConfigError::Vcpus(255)));
+        assert_eq!(
+            VmConfig::validate(1, 1 << 63),
+            Err(ConfigError::Memory(1 << 63))
+        );
+        assert_eq!(VmConfig::validate(1, 8), Err(ConfigError::Memory(8)));
+    }
+}

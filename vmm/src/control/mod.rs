@@ -1,0 +1,178 @@
+//! The control socket: one JSON object per line each way. The socket threads only parse requests
+//! into `Request`s for the event loop, which owns the VM and answers.
+//!
+//! Requests: `{"cmd":"info"}`, `pause`, `resume`, `shutdown` (ACPI power button: the guest
+//! decides), `reset` (hard reset: the VMM exits with the reboot status, and its supervisor starts
+//! it again), `stop` (end the VM now), `watch` (stream events until the VMM exits).
+//! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. Events: `{"event":"poweroff"}`,
+//! `reboot`, `crash` (with `reason`), `paused`, `resumed`, `shutdown-requested`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::mpsc::{self, Sender};
+
+use serde_json::{Value, json};
+
+use crate::vstate::VmEvent;
+
+#[derive(Debug)]
+pub enum Request {
+    Info,
+    Pause,
+    Resume,
+    Shutdown,
+    Reset,
+    Stop,
+    /// Send every event line to this channel from now on.
+    Watch(Sender<String>),
+}
+
+pub type Reply = Result<Value, String>;
+
+/// The largest request line accepted; anything longer is refused, not buffered.
+const MAX_REQUEST_BYTES: u64 = 4096;
+
+fn parse(line: &str) -> Result<Request, String> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|err| format!("request is not JSON: {err}"))?;
+    let command = value
+        .get("cmd")
+        .and_then(Value::as_str)
+        .ok_or("request has no \"cmd\" string")?;
+    Ok(match command {
+        "info" => Request::Info,
+        "pause" => Request::Pause,
+        "resume" => Request::Resume,
+        "shutdown" => Request::Shutdown,
+        "reset" => Request::Reset,
+        "stop" => Request::Stop,
+        other => {
+            return Err(format!(
+                "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop or watch"
+            ));
+        }
+    })
+}
+
+fn reply_line(reply: Reply) -> String {
+    let value = match reply {
+        Ok(Value::Object(mut fields)) => {
+            fields.insert("ok".into(), Value::Bool(true));
+            Value::Object(fields)
+        }
+        Ok(_) => json!({ "ok": true }),
+        Err(error) => json!({ "ok": false, "error": error }),
+    };
+    format!("{value}\n")
+}
+
+fn serve_client(stream: UnixStream, events: &Sender<VmEvent>) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        let read = std::io::Read::take(&mut reader, MAX_REQUEST_BYTES).read_line(&mut line)?;
+        if read == 0 {
+            return Ok(());
+        }
+        if !line.ends_with('\n') && read as u64 >= MAX_REQUEST_BYTES {
+            writer.write_all(
+                reply_line(Err(format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes"
+                )))
+                .as_bytes(),
+            )?;
+            return Ok(());
+        }
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if serde_json::from_str::<Value>(trimmed)
+            .ok()
+            .and_then(|v| v.get("cmd").cloned())
+            == Some(json!("watch"))
+        {
+            let (sender, receiver) = mpsc::channel();
+            let (reply_to, reply) = mpsc::channel();
+            if events
+                .send(VmEvent::Control(Request::Watch(sender), reply_to))
+                .is_err()
+            {
+                return Ok(());
+            }
+            writer.write_all(
+                reply_line(reply.recv().unwrap_or(Err("VMM is exiting".into()))).as_bytes(),
+            )?;
+            for event in receiver {
+                writer.write_all(event.as_bytes())?;
+            }
+            return Ok(());
+        }
+        let reply = match parse(trimmed) {
+            Err(error) => Err(error),
+            Ok(request) => {
+                let (reply_to, reply) = mpsc::channel();
+                if events.send(VmEvent::Control(request, reply_to)).is_err() {
+                    return Ok(());
+                }
+                reply.recv().unwrap_or(Err("VMM is exiting".into()))
+            }
+        };
+        writer.write_all(reply_line(reply).as_bytes())?;
+    }
+}
+
+/// Listens on `path`; each client gets its own thread.
+pub fn serve(path: &Path, events: Sender<VmEvent>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let events = events.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || {
+                        let _ = serve_client(stream, &events);
+                    });
+            }
+        })?;
+    Ok(())
+}
+
+/// An event line for watchers.
+pub fn event_line(event: &str, reason: Option<&str>) -> String {
+    let value = match reason {
+        Some(reason) => json!({ "event": event, "reason": reason }),
+        None => json!({ "event": event }),
+    };
+    format!("{value}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        assert!(matches!(parse(r#"{"cmd":"pause"}"#), Ok(Request::Pause)));
+        assert!(
+            parse(r#"{"cmd":"fly"}"#)
+                .unwrap_err()
+                .contains("unknown cmd `fly`")
+        );
+        assert!(parse("nonsense").unwrap_err().contains("not JSON"));
+        assert!(parse(r#"{"cmd":5}"#).is_err());
+        assert_eq!(
+            reply_line(Ok(json!({"state":"running"}))),
+            "{\"ok\":true,\"state\":\"running\"}\n"
+        );
+        assert_eq!(
+            reply_line(Err("no".into())),
+            "{\"error\":\"no\",\"ok\":false}\n"
+        );
+    }
+}

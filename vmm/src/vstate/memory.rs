@@ -1,0 +1,96 @@
+//! Guest memory through vm-memory: anonymous private mappings below and above the MMIO hole, with
+//! optional 2 MiB hugepages and KSM merging.
+
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::arch::layout::ram_ranges;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot map {size_mib} MiB of guest memory{hint}: {source}")]
+    Map {
+        size_mib: u64,
+        hint: &'static str,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory layout: {0}")]
+    Layout(String),
+}
+
+/// How guest memory is backed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryOptions {
+    pub hugepages: bool,
+    /// Mark memory MADV_MERGEABLE so KSM may share identical pages between guests.
+    pub ksm: bool,
+}
+
+pub fn create(mem_bytes: u64, options: MemoryOptions) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    if options.hugepages {
+        flags |= libc::MAP_HUGETLB;
+    }
+    let mut regions = Vec::new();
+    for (start, len) in ram_ranges(mem_bytes) {
+        let size = usize::try_from(len).map_err(|_| MemoryError::Layout(format!("{len} bytes")))?;
+        let hint = if options.hugepages {
+            " with hugepages (are enough reserved in /proc/sys/vm/nr_hugepages?)"
+        } else {
+            ""
+        };
+        let mapping = MmapRegion::build(None, size, libc::PROT_READ | libc::PROT_WRITE, flags)
+            .map_err(|source| MemoryError::Map {
+                size_mib: len >> 20,
+                hint,
+                source,
+            })?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| MemoryError::Layout(format!("region at {start:#x} overflows")))?;
+        regions.push(region);
+    }
+    let memory = GuestMemoryMmap::from_regions(regions)
+        .map_err(|err| MemoryError::Layout(err.to_string()))?;
+    if options.ksm {
+        for region in memory.iter() {
+            let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let Ok(len) = usize::try_from(region.len()) else {
+                continue;
+            };
+            // SAFETY: the range is exactly one mapping we own; MADV_MERGEABLE changes no contents.
+            unsafe { libc::madvise(host.cast(), len, libc::MADV_MERGEABLE) };
+        }
+    }
+    Ok(memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn maps_and_is_usable() {
+        let memory = create(
+            64 << 20,
+            MemoryOptions {
+                hugepages: false,
+                ksm: true,
+            },
+        )
+        .unwrap();
+        memory
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            memory.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert!(memory.write_obj(1u8, GuestAddress(64 << 20)).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! vCPUs: set-up (CPUID, MSRs, registers, LAPIC) and one thread each running KVM_RUN, handing port
+//! I/O to the device bus. A vCPU is paused or stopped by a signal that makes KVM_RUN return.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::VmEvent;
+use super::vm::{Vm, VmError};
+use crate::arch::boot::BootInfo;
+use crate::arch::{cpuid, regs};
+use crate::devices::GuestRequest;
+use crate::devices::bus::PioBus;
+
+/// KVM_SYSTEM_EVENT types.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+const SYSTEM_EVENT_CRASH: u32 = 3;
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Creates and configures vCPU `id` of `count`; the BSP (id 0) gets the boot entry state, the APs
+/// wait for INIT/SIPI from the guest.
+pub fn create(vm: &Vm, id: u8, count: u8, boot: BootInfo) -> Result<VcpuFd, VmError> {
+    let vcpu = vm
+        .fd
+        .create_vcpu(u64::from(id))
+        .map_err(kvm_error("KVM_CREATE_VCPU"))?;
+    let mut supported = vm
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
+    cpuid::adjust(supported.as_mut_slice(), u32::from(id), u32::from(count));
+    vcpu.set_cpuid2(&supported)
+        .map_err(kvm_error("KVM_SET_CPUID2"))?;
+    let msrs = regs::boot_msrs().map_err(|_| VmError::Kvm {
+        what: "MSR list",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    vcpu.set_msrs(&msrs).map_err(kvm_error("KVM_SET_MSRS"))?;
+    vcpu.set_fpu(&regs::boot_fpu())
+        .map_err(kvm_error("KVM_SET_FPU"))?;
+    let mut lapic = vcpu.get_lapic().map_err(kvm_error("KVM_GET_LAPIC"))?;
+    regs::set_lint(&mut lapic);
+    vcpu.set_lapic(&lapic).map_err(kvm_error("KVM_SET_LAPIC"))?;
+    if id == 0 {
+        vcpu.set_regs(&regs::boot_regs(boot.entry, boot.zero_page))
+            .map_err(kvm_error("KVM_SET_REGS"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&regs::boot_sregs(sregs))
+            .map_err(kvm_error("KVM_SET_SREGS"))?;
+    }
+    Ok(vcpu)
+}
+
+/// Whether vCPUs run, wait, or end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    Stopping,
+}
+
+/// Shared between the event loop and the vCPU threads.
+pub struct RunControl {
+    state: Mutex<RunState>,
+    changed: Condvar,
+    /// vCPUs currently parked (paused) or ended.
+    parked: AtomicUsize,
+}
+
+impl Default for RunControl {
+    fn default() -> Self {
+        RunControl {
+            state: Mutex::new(RunState::Running),
+            changed: Condvar::new(),
+            parked: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl RunControl {
+    pub fn state(&self) -> RunState {
+        self.state.lock().map_or(RunState::Stopping, |state| *state)
+    }
+
+    fn set(&self, state: RunState) {
+        if let Ok(mut current) = self.state.lock() {
+            *current = state;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU after KVM_RUN returned: waits while paused. Returns false when stopping.
+    fn checkpoint(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        if *state == RunState::Paused {
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            while *state == RunState::Paused {
+                state = match self.changed.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return false,
+                };
+            }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+        }
+        *state == RunState::Running
+    }
+}
+
+/// The signal that kicks a vCPU out of KVM_RUN.
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the kick handler without SA_RESTART, so KVM_RUN returns EINTR.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with a valid handler and empty mask is well-formed.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_kick as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: valid pointers; the handler is async-signal-safe (it does nothing).
+    let result = unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(kick_signal(), &action, std::ptr::null_mut())
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    pub id: u8,
+    handle: JoinHandle<()>,
+    /// The thread's CPU-time clock, for per-vCPU time.
+    cpu_clock: Arc<AtomicI32>,
+}
+
+impl VcpuThread {
+    fn kick(&self) {
+        // SAFETY: the pthread is alive until joined; the signal has a no-op handler.
+        unsafe { libc::pthread_kill(self.handle.as_pthread_t(), kick_signal()) };
+    }
+
+    /// CPU time this vCPU has used, in nanoseconds.
+    pub fn cpu_time_ns(&self) -> u64 {
+        let clock = self.cpu_clock.load(Ordering::SeqCst);
+        if clock == 0 {
+            return 0;
+        }
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id from pthread_getcpuclockid and a valid pointer.
+        if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+            return 0;
+        }
+        u64::try_from(time.tv_sec).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(time.tv_nsec).unwrap_or(0)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// Starts the run loop of `vcpu` on its own thread.
+pub fn spawn(
+    id: u8,
+    vcpu: VcpuFd,
+    bus: Arc<PioBus>,
+    control: Arc<RunControl>,
+    events: Sender<VmEvent>,
+) -> std::io::Result<VcpuThread> {
+    let cpu_clock = Arc::new(AtomicI32::new(0));
+    let clock_slot = cpu_clock.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: pthread_self is always valid; the out pointer is valid.
+            if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+                clock_slot.store(clock, Ordering::SeqCst);
+            }
+            run_loop(id, vcpu, &bus, &control, &events);
+            control.parked.fetch_add(1, Ordering::SeqCst);
+        })?;
+    Ok(VcpuThread {
+        id,
+        handle,
+        cpu_clock,
+    })
+}
+
+fn run_loop(
+    id: u8,
+    mut vcpu: VcpuFd,
+    bus: &PioBus,
+    control: &RunControl,
+    events: &Sender<VmEvent>,
+) {
+    let crash = |reason: String| {
+        let _ = events.send(VmEvent::Crash { vcpu: id, reason });
+    };
+    loop {
+        if !control.checkpoint() {
+            return;
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data),
+            // No MMIO devices yet: reads see nothing there, writes are dropped.
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(
+                VcpuExit::MmioWrite(..) | VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr,
+            ) => {}
+            Ok(VcpuExit::Shutdown) => {
+                return crash("triple fault (KVM_EXIT_SHUTDOWN)".to_string());
+            }
+            Ok(VcpuExit::InternalError) => {
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the union is valid.
+                let internal = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
+                return crash(format!(
+                    "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror {}{})",
+                    internal.suberror,
+                    if internal.suberror == 1 {
+                        ": instruction emulation failure"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                let event = match kind {
+                    SYSTEM_EVENT_SHUTDOWN => VmEvent::Guest(GuestRequest::Poweroff),
+                    SYSTEM_EVENT_RESET => VmEvent::Guest(GuestRequest::Reset),
+                    SYSTEM_EVENT_CRASH => VmEvent::Crash {
+                        vcpu: id,
+                        reason: "guest crash (KVM_SYSTEM_EVENT_CRASH)".into(),
+                    },
+                    other => VmEvent::Crash {
+                        vcpu: id,
+                        reason: format!("unknown KVM system event {other}"),
+                    },
+                };
+                let _ = events.send(event);
+                return;
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return crash(format!(
+                    "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on CPU {cpu}"
+                ));
+            }
+            Ok(other) => return crash(format!("unexpected KVM exit {other:?}")),
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(err) => return crash(format!("KVM_RUN failed: {err}")),
+        }
+    }
+}
+
+/// Moves every vCPU to `state` and waits (bounded) until they all noticed.
+pub fn transition(control: &RunControl, threads: &[VcpuThread], state: RunState) -> bool {
+    control.set(state);
+    if state == RunState::Running {
+        return true;
+    }
+    // A kick can arrive just before a vCPU enters KVM_RUN; kick again until everyone parked.
+    for _ in 0..2000 {
+        let done = match state {
+            RunState::Paused => control.parked.load(Ordering::SeqCst) >= threads.len(),
+            _ => threads.iter().all(VcpuThread::is_finished),
+        };
+        if done {
+            return true;
+        }
+        for thread in threads.iter().filter(|thread| !thread.is_finished()) {
+            thread.kick();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    false
+}
