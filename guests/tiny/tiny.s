@@ -291,7 +291,9 @@ copy_cmdline:
 # ---------------------------------------------------------------------------- main
 main:
         mov $stack_top, %esp
-        PUTS "TINY: boot entry="
+        # The empty line ends whatever firmware left on the serial line (SeaBIOS does not
+        # end "Booting from ROM.." with a newline), so every TINY line starts a line.
+        PUTS "\nTINY: boot entry="
         mov boot_kind(%rip), %rdi
         call puts
         PUTS "\nTINY: cmdline="
@@ -537,7 +539,8 @@ delay:
 
 # ---------------------------------------------------------------------------- ACPI
 acpi_init:
-        movq $0xfee00000, lapic_base(%rip)
+        mov $0xfee00000, %eax
+        mov %rax, lapic_base(%rip)
         movq $5, s5_typ(%rip)
         mov rsdp(%rip), %rax
         test %rax, %rax

@@ -88,6 +88,8 @@ fn kit_ready() -> Result<(), String> {
     }
     let kit = kit_dir();
     if !kit.join("vmlinuz").exists() || !kit.join("initramfs.cpio.gz").exists() {
+        // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing kit is a failure.
+        assert!(std::env::var_os("VIREO_GUEST_DIR").is_none(), "the kit in {} is incomplete", kit.display());
         return Err(format!(
             "the test-guest kit in {} (run scripts/guest-kit)",
             kit.display()

@@ -95,7 +95,7 @@ pub struct Vmm {
 /// Builds the VM and starts its vCPUs.
 pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     config.check_files()?;
-    let vm = Arc::new(Vm::new()?);
+    let vm = Arc::new(Vm::new(&config.kvm_device)?);
     let guest_memory = memory::create(config.memory_bytes(), config.memory)?;
     vm.register_memory(&guest_memory)?;
     let boot_info = boot::load(

@@ -22,6 +22,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     pub control_socket: Option<PathBuf>,
     pub memory: MemoryOptions,
+    /// The KVM device, /dev/kvm unless told otherwise.
+    pub kvm_device: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

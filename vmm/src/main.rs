@@ -12,6 +12,8 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
+                     [--kvm-device PATH]
+       vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch
        vireo-vmm probe
        vireo-vmm --version";
 
@@ -32,6 +34,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
         hugepages: false,
         ksm: true,
     };
+    let mut kvm_device = PathBuf::from("/dev/kvm");
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -52,6 +55,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
             "--control" => control_socket = Some(PathBuf::from(value()?)),
             "--hugepages" => memory.hugepages = true,
             "--no-ksm" => memory.ksm = false,
+            "--kvm-device" => kvm_device = PathBuf::from(value()?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -66,6 +70,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
         serial,
         control_socket,
         memory,
+        kvm_device,
     })
 }
 
@@ -90,6 +95,35 @@ fn run(config: &VmConfig) -> ExitCode {
     ExitCode::from(exit.exit_code())
 }
 
+/// Sends one request to a running VMM's control socket and prints the reply (and, for `watch`,
+/// every event until the VMM exits). Exits 1 when the VMM answers with an error.
+fn control_client(socket: &str, command: &str) -> ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err) => {
+            eprintln!("vireo-vmm: cannot connect to {socket}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = format!("{}\n", serde_json::json!({ "cmd": command }));
+    if let Err(err) = stream.write_all(request.as_bytes()) {
+        eprintln!("vireo-vmm: {socket}: {err}");
+        return ExitCode::FAILURE;
+    }
+    let mut ok = true;
+    for (index, line) in BufReader::new(stream).lines().map_while(Result::ok).enumerate() {
+        println!("{line}");
+        if index == 0 {
+            ok = serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|reply| reply["ok"] == true);
+            if command != "watch" {
+                break;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -97,6 +131,12 @@ fn main() -> ExitCode {
             Ok(config) => run(&config),
             Err(message) => usage_error(&message),
         },
+        Some("control") => {
+            let (Some(socket), Some(command)) = (args.next(), args.next()) else {
+                return usage_error("control needs SOCKET and a command");
+            };
+            control_client(&socket, &command)
+        }
         Some("probe") => {
             let probe = vireo_vmm::vstate::probe::probe_kvm();
             if probe.available {

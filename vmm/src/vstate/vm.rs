@@ -9,7 +9,7 @@ use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("cannot open /dev/kvm: {0}")]
+    #[error("cannot open KVM: {0}")]
     OpenKvm(String),
     #[error("{what}: {source}")]
     Kvm {
@@ -28,15 +28,18 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm and creates a VM with an in-kernel irqchip and PIT.
-    pub fn new() -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(|err| {
+    /// Opens the KVM device (normally /dev/kvm) and creates a VM with an in-kernel irqchip and PIT.
+    pub fn new(kvm_device: &std::path::Path) -> Result<Vm, VmError> {
+        let device = kvm_device.display();
+        let path = std::ffi::CString::new(kvm_device.as_os_str().as_encoded_bytes())
+            .map_err(|_| VmError::OpenKvm(format!("{device}: path contains a NUL byte")))?;
+        let kvm = Kvm::new_with_path(path).map_err(|err| {
             VmError::OpenKvm(match err.errno() {
-                libc::ENOENT => "/dev/kvm does not exist (is KVM enabled?)".to_string(),
+                libc::ENOENT => format!("{device} does not exist (is KVM enabled in this kernel?)"),
                 libc::EACCES | libc::EPERM => {
-                    "permission denied (run as root or join the kvm group)".to_string()
+                    format!("{device}: permission denied (run as root or join its group)")
                 }
-                _ => err.to_string(),
+                _ => format!("{device}: {err}"),
             })
         })?;
         let fd = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;

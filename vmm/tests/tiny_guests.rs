@@ -1,0 +1,260 @@
+//! vireo-vmm on this machine's /dev/kvm, driven by the project's tiny test guests (built by
+//! scripts/guest-kit into the kit directory): boot through both the ELF and the bzImage path,
+//! command line and e820, SMP bring-up, memory, i8042 reset, ACPI power-off, a graceful shutdown
+//! request, and crashes reported with their reason. Each runs with 1 and 2 vCPUs where it applies.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn kit_dir() -> PathBuf {
+    std::env::var_os("VIREO_GUEST_DIR").map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
+}
+
+/// The tiny guest image, or why the test cannot run here.
+fn tiny(image: &str) -> Result<PathBuf, String> {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return Err("a usable /dev/kvm".into());
+    }
+    let path = kit_dir().join(image);
+    // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing guest is a failure.
+    if !path.is_file() {
+        assert!(std::env::var_os("VIREO_GUEST_DIR").is_none(), "{} is missing from the kit", path.display());
+        return Err(format!("{} (run scripts/guest-kit)", path.display()));
+    }
+    Ok(path)
+}
+
+macro_rules! tiny_or_skip {
+    ($image:expr) => {
+        match tiny($image) {
+            Ok(path) => path,
+            Err(needs) => {
+                eprintln!("SKIPPED: needs {needs}");
+                return;
+            }
+        }
+    };
+}
+
+struct Run {
+    status: Option<i32>,
+    serial: String,
+    stderr: String,
+}
+
+impl Run {
+    fn lines(&self) -> Vec<&str> {
+        self.serial.lines().map(str::trim_end).collect()
+    }
+
+    fn line_starting(&self, prefix: &str) -> &str {
+        self.lines()
+            .into_iter()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting `{prefix}` in serial output:\n{}\nstderr:\n{}", self.serial, self.stderr))
+    }
+}
+
+struct Guest {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Guest {
+    fn start(kernel: &Path, vcpus: u8, memory_mib: u64, tests: &str) -> Guest {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(VMM)
+            .args(["run", "--kernel"])
+            .arg(kernel)
+            .args(["--vcpus", &vcpus.to_string(), "--memory", &memory_mib.to_string()])
+            .args(["--cmdline", &format!("console=ttyS0 tiny.test={tests}")])
+            .arg("--serial")
+            .arg(format!("file:{}", dir.path().join("serial").display()))
+            .arg("--control")
+            .arg(dir.path().join("control.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vireo-vmm");
+        Guest { child, dir }
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serial")).unwrap_or_default()
+    }
+
+    fn wait_for_line(&mut self, needle: &str) {
+        let started = Instant::now();
+        while !self.serial().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("vireo-vmm exited ({status}) before `{needle}`:\n{}", self.serial());
+            }
+            assert!(started.elapsed() < DEADLINE, "no `{needle}` within {DEADLINE:?}:\n{}", self.serial());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn control(&self, command: &str) -> serde_json::Value {
+        let mut stream = UnixStream::connect(self.dir.path().join("control.sock")).expect("control socket");
+        stream.write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).expect("JSON reply")
+    }
+
+    fn finish(mut self) -> Run {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("vireo-vmm still running after {DEADLINE:?}; serial:\n{}", self.serial());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        Run { status: status.code(), serial: self.serial(), stderr }
+    }
+}
+
+fn run(kernel: &Path, vcpus: u8, memory_mib: u64, tests: &str) -> Run {
+    Guest::start(kernel, vcpus, memory_mib, tests).finish()
+}
+
+/// RAM the e820 map gives a guest of `memory_mib`: all of it but the EBDA/BIOS hole below 1 MiB.
+fn e820_ram_bytes(memory_mib: u64) -> u64 {
+    (memory_mib << 20) - (0x100000 - 0x9fc00)
+}
+
+#[test]
+fn boots_elf_and_bzimage_with_cmdline_and_e820() {
+    for image in ["tiny.elf", "tiny.bzImage"] {
+        let kernel = tiny_or_skip!(image);
+        for vcpus in [1, 2] {
+            let run = run(&kernel, vcpus, 64, "poweroff");
+            assert_eq!(run.status, Some(0), "{image} with {vcpus} vCPUs: {}\n{}", run.serial, run.stderr);
+            assert_eq!(run.line_starting("TINY: boot"), "TINY: boot entry=linux64");
+            assert_eq!(run.line_starting("TINY: cmdline="), "TINY: cmdline=console=ttyS0 tiny.test=poweroff");
+            let e820 = run.line_starting("TINY: e820 ");
+            assert!(e820.contains(&format!("ram_bytes={}", e820_ram_bytes(64))), "{e820}");
+            let acpi = run.line_starting("TINY: acpi ");
+            assert!(acpi.contains(&format!("cpus={vcpus}")) && acpi.contains("hw_reduced=0"), "{acpi}");
+        }
+    }
+}
+
+#[test]
+fn brings_up_every_ap() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let run = run(&kernel, vcpus, 64, "smp,poweroff");
+        assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
+        let expected = (0..vcpus).map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(run.line_starting("TINY: smp"), format!("TINY: smp cpus={vcpus} apic_ids={expected}"));
+    }
+}
+
+#[test]
+fn writes_and_verifies_memory() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let run = run(&kernel, vcpus, 128, "mem,poweroff tiny.mem_mib=32");
+        assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
+        assert_eq!(run.line_starting("TINY: mem"), "TINY: mem ok mib=32");
+    }
+}
+
+#[test]
+fn i8042_reset_is_a_reboot() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let run = run(&kernel, vcpus, 64, "reset");
+        assert_eq!(run.status, Some(3), "{}\n{}", run.serial, run.stderr);
+        assert!(run.stderr.contains("guest reboot"), "{}", run.stderr);
+        assert!(!run.serial.contains("reset FAIL"), "{}", run.serial);
+    }
+}
+
+#[test]
+fn graceful_shutdown_request_powers_off() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let mut guest = Guest::start(&kernel, vcpus, 64, "wait-shutdown");
+        guest.wait_for_line("TINY: waiting for shutdown request");
+        let info = guest.control("info");
+        assert_eq!(info["state"], "running");
+        assert_eq!(info["vcpus"].as_array().map(Vec::len), Some(usize::from(vcpus)));
+        assert_eq!(guest.control("pause")["state"], "paused");
+        assert_eq!(guest.control("resume")["state"], "running");
+        assert_eq!(guest.control("shutdown")["ok"], true);
+        let run = guest.finish();
+        assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
+        assert!(run.lines().contains(&"TINY: shutdown request"), "{}", run.serial);
+    }
+}
+
+#[test]
+fn triple_fault_is_a_crash_with_its_reason() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let run = run(&kernel, vcpus, 64, "triple-fault");
+        assert_eq!(run.status, Some(4), "{}\n{}", run.serial, run.stderr);
+        assert!(run.stderr.contains("guest crashed") && run.stderr.contains("triple fault"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn stop_and_reset_through_the_control_socket() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let mut guest = Guest::start(&kernel, 1, 64, "wait-shutdown");
+    guest.wait_for_line("TINY: waiting for shutdown request");
+    guest.control("stop");
+    assert_eq!(guest.finish().status, Some(5));
+    let mut guest = Guest::start(&kernel, 1, 64, "wait-shutdown");
+    guest.wait_for_line("TINY: waiting for shutdown request");
+    guest.control("reset");
+    assert_eq!(guest.finish().status, Some(3));
+}
+
+#[test]
+fn without_kvm_one_clear_line_and_nonzero_exit() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let missing = Command::new(VMM).args(["run", "--kernel"]).arg(&kernel).args(["--kvm-device", "/nonexistent/kvm"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/kvm does not exist"), "{stderr}");
+
+    // An unprivileged user cannot open the root-only /dev/kvm.
+    let denied = Command::new(VMM).args(["run", "--kernel"]).arg(&kernel).uid(65534).gid(65534).output().unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let output = Command::new(VMM).args(["run", "--kernel", "/x", "--memory", "9223372036854775807"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--memory 9223372036854775807 MiB"));
+    let output = Command::new(VMM).args(["run", "--kernel", "/no/such/kernel"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--kernel /no/such/kernel: no such file"));
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, b"not a kernel").unwrap();
+    let output = Command::new(VMM).args(["run", "--kernel"]).arg(&garbage).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("neither an ELF vmlinux nor a bzImage"));
+}
