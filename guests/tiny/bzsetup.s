@@ -9,8 +9,9 @@
 # - 16-bit boot protocol loaders (QEMU -kernel, SeaBIOS/qboot) load this part at a segment
 #   boundary and jump to it at offset 0x200 in real mode: the code at 0x1000 fills the
 #   boot_params (this very sector: e820 via int 15h; the loader wrote cmd_line_ptr), enables
-#   A20, switches to protected mode and jumps to the 32-bit entry at 0x100000 with
-#   ESI = boot_params. The guest then reports `entry=linux32`.
+#   A20, identity-maps the first 1 GiB, switches straight to long mode and enters the image
+#   at 0x100200 with RSI = boot_params, as a 64-bit boot protocol VMM does. So
+#   `qemu -kernel tiny.bzImage` exercises the same entry64 path (`entry=linux64`).
 # Offsets 0-0x1f0 and 0x26c-0xfff are the zero page (struct boot_params) fields and stay 0
 # in the file.
 
@@ -97,17 +98,58 @@ setup16:
         xor %esi, %esi                  # ESI = linear address of boot_params
         mov %ds, %si
         shl $4, %esi
-        cli
-        lgdtl gdtp
-        mov %cr0, %eax
-        orl $1, %eax
-        mov %eax, %cr0
-        mov $0x10, %ax
-        mov %ax, %ds
+        # Page tables as a 64-bit boot protocol VMM builds them: the first 1 GiB identity-mapped
+        # with 2 MiB pages. PML4, PDPT, PD in the 3 pages from the first 4 KiB boundary at or
+        # above boot_params + 0x2000 (free: we use 0x0000-0x11ff and the stack below 0xe000).
+        lea 0x2fff(%esi), %ebp
+        and $0xfffff000, %ebp
+        mov %ebp, %eax
+        shr $4, %eax
         mov %ax, %es
-        mov %ax, %ss
-        ljmpl $0x08, $entry32
+        xor %di, %di
+        mov $0xc00, %cx
+        xor %eax, %eax
+        rep stosl
+        lea 0x1003(%ebp), %eax
+        mov %eax, %es:0
+        lea 0x2003(%ebp), %eax
+        mov %eax, %es:0x1000
+        mov $0x83, %eax
+        mov $0x2000, %di
+        mov $512, %cx
+3:      mov %eax, %es:(%di)
+        add $0x200000, %eax
+        add $8, %di
+        loop 3b
+        lea stub64(%esi), %eax          # far pointer to stub64 (linear address)
+        mov %eax, farp
+        movw $0x18, farp + 4
+        cli
+        lgdtl gdtp                      # tiny's GDT: 0x10 data, 0x18 64-bit code
+        mov %cr4, %eax
+        orl $0x20, %eax                 # PAE
+        mov %eax, %cr4
+        mov %ebp, %cr3
+        mov $0xc0000080, %ecx           # EFER.LME
+        rdmsr
+        orl $0x100, %eax
+        wrmsr
+        mov %cr0, %eax
+        orl $0x80000001, %eax           # PG + PE: straight to IA-32e mode
+        mov %eax, %cr0
+        ljmpl *farp                     # DS still has the real-mode base (CS is DS + 0x200)
+        .code64
+stub64:                                 # long mode, 64-bit boot protocol state
+        mov $0x10, %eax
+        mov %eax, %ds
+        mov %eax, %es
+        mov %eax, %ss
+        mov %esi, %esi                  # RSI = boot_params
+        mov $entry64, %eax
+        jmp *%rax
         .balign 8
 gdtp:   .word tiny_gdt_limit
         .long gdt
+farp:   .long 0
+        .word 0
         .org (SETUP_SECTS + 1) * 512

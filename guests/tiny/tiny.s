@@ -66,6 +66,9 @@
 entry32:                                # 32-bit boot protocol: ESI = boot_params
         cli
         cld
+        mov $0x3f8, %dx                 # a newline at once: the first serial byte marks guest start
+        mov $0x0a, %al
+        out %al, %dx
         mov $far_bp64, %ebp
         jmp common32
 
@@ -73,6 +76,9 @@ entry32:                                # 32-bit boot protocol: ESI = boot_param
 pvh_entry:                              # PVH: EBX = struct hvm_start_info
         cli
         cld
+        mov $0x3f8, %dx                 # a newline at once: the first serial byte marks guest start
+        mov $0x0a, %al
+        out %al, %dx
         mov %ebx, %esi
         mov $far_pvh64, %ebp
         jmp common32
@@ -83,6 +89,9 @@ pvh_entry:                              # PVH: EBX = struct hvm_start_info
 entry64:                                # 64-bit boot protocol: RSI = boot_params
         cli
         cld
+        mov $0x3f8, %dx                 # a newline at once: the first serial byte marks guest start
+        mov $0x0a, %al
+        out %al, %dx
         mov $_bss_start, %edi           # still on the VMM's page tables (identity map)
         mov $_bss_end, %ecx
         sub %edi, %ecx
@@ -291,9 +300,9 @@ copy_cmdline:
 # ---------------------------------------------------------------------------- main
 main:
         mov $stack_top, %esp
-        # The empty line ends whatever firmware left on the serial line (SeaBIOS does not
-        # end "Booting from ROM.." with a newline), so every TINY line starts a line.
-        PUTS "\nTINY: boot entry="
+        # Every entry wrote a newline first: it ends whatever firmware left on the serial line
+        # (SeaBIOS does not end "Booting from ROM.." with one) and marks when the guest started.
+        PUTS "TINY: boot entry="
         mov boot_kind(%rip), %rdi
         call puts
         PUTS "\nTINY: cmdline="
@@ -516,24 +525,28 @@ rdtsc_rax:
         or %rdx, %rax
         ret
 
-# delay: RDI = TSC cycles to wait. Also ends after RDI/2048 loop iterations, in case the
-# TSC does not advance (an iteration costs ~2 us on an emulating KVM: about the same time).
+# delay: RDI = TSC cycles to wait (the TSC runs at ~2-3 GHz on this project's hosts; under
+# QEMU TCG it follows the host's). Returns early if the TSC stops advancing (1000 equal reads).
 delay:
         push %rbx
         push %rbp
+        push %r12
         mov %rdi, %rbx
-        mov %rdi, %rbp
-        shr $11, %rbp
-        inc %rbp
         call rdtsc_rax
-        mov %rax, %rcx
+        mov %rax, %rcx                  # start
+        mov %rax, %r12                  # previous read
+        mov $1000, %ebp
 1:      call rdtsc_rax
+        cmp %r12, %rax
+        jne 2f
+        dec %ebp
+        jz 3f
+2:      mov %rax, %r12
         sub %rcx, %rax
         cmp %rbx, %rax
-        jae 2f
-        dec %rbp
-        jnz 1b
-2:      pop %rbp
+        jb 1b
+3:      pop %r12
+        pop %rbp
         pop %rbx
         ret
 
@@ -794,18 +807,13 @@ act_smp:
         mov $400000, %edi               # ~200 us
         call delay
         call ipi_all_aps                # second SIPI (ignored by APs already started)
-        call rdtsc_rax                  # wait for the APs: ~5 s of TSC, or as many iterations
-        mov %rax, %r14
-        mov $2500000, %ebp
+        mov $5000, %r14d                # wait for the APs: up to 5000 x ~1 ms
 1:      mov ap_done(%rip), %eax
         cmp %r15d, %eax
         jae 2f
-        call rdtsc_rax
-        sub %r14, %rax
-        mov $10000000000, %rcx
-        cmp %rcx, %rax
-        jae 2f
-        dec %ebp
+        mov $2000000, %edi
+        call delay
+        dec %r14d
         jnz 1b
 2:      mov ap_done(%rip), %ebp         # APs online
         cmp $MAX_CPUS - 1, %ebp
@@ -894,6 +902,10 @@ act_mem:
         mov $16, %esi
         call param_uint
         mov %rax, %rbp                  # N MiB
+        cmp $4096, %rax
+        ja .Lmem_not_mapped
+        test %rax, %rax
+        jz .Lmem_ok
         mov $MEM_TEST_START, %ebx
         mov %rax, %rcx
         shl $20, %rcx
@@ -944,6 +956,7 @@ act_mem:
         add $256, %rax
         cmp %rcx, %rax
         jb 4b
+.Lmem_ok:
         PUTS "TINY: mem ok mib="
         mov %rbp, %rdi
         call put_dec

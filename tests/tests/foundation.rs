@@ -2,6 +2,8 @@
 //! CLI's host commands against the host's real facts, honest UNIMPLEMENTED answers, the read-only
 //! socket, standalone service binaries, and clean stops.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The test-guest kit: its Debian kernel and busybox initramfs boot under QEMU (TCG) to the marker,
 //! and run what the kernel command line asks. `scripts/test` builds the kit before the suite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -89,7 +91,11 @@ fn kit_ready() -> Result<(), String> {
     let kit = kit_dir();
     if !kit.join("vmlinuz").exists() || !kit.join("initramfs.cpio.gz").exists() {
         // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing kit is a failure.
-        assert!(std::env::var_os("VIREO_GUEST_DIR").is_none(), "the kit in {} is incomplete", kit.display());
+        assert!(
+            std::env::var_os("VIREO_GUEST_DIR").is_none(),
+            "the kit in {} is incomplete",
+            kit.display()
+        );
         return Err(format!(
             "the test-guest kit in {} (run scripts/guest-kit)",
             kit.display()

@@ -80,7 +80,7 @@ impl VmExit {
 
 /// A built, running VM.
 pub struct Vmm {
-    _vm: Arc<Vm>,
+    vm: Arc<Vm>,
     _memory: GuestMemoryMmap,
     vcpus: Vec<VcpuThread>,
     run_control: Arc<RunControl>,
@@ -98,6 +98,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     let guest_memory = memory::create(config.memory_bytes(), config.memory)?;
     vm.register_memory(&guest_memory)?;
+    vm.create_irqchip_and_pit()?;
     let boot_info = boot::load(
         &guest_memory,
         config.memory_bytes(),
@@ -107,6 +108,10 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     )?;
     regs::write_boot_tables(&guest_memory)?;
     acpi::write_tables(&guest_memory, config.vcpus)?;
+    let supported = vcpu::supported_cpuid(&vm)?;
+    let vcpu_fds = (0..config.vcpus)
+        .map(|id| vcpu::create(&vm, id, config.vcpus, boot_info, &supported))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let (sender, events) = mpsc::channel();
     let mut bus = PioBus::default();
@@ -146,10 +151,6 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     vcpu::install_kick_handler().map_err(BuildError::Threads)?;
     let run_control = Arc::new(RunControl::default());
-    let mut vcpu_fds = Vec::new();
-    for id in 0..config.vcpus {
-        vcpu_fds.push(vcpu::create(&vm, id, config.vcpus, boot_info)?);
-    }
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.vcpus).zip(vcpu_fds) {
         let thread = vcpu::spawn(id, fd, bus.clone(), run_control.clone(), sender.clone())
@@ -157,7 +158,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         vcpus.push(thread);
     }
     Ok(Vmm {
-        _vm: vm,
+        vm,
         _memory: guest_memory,
         vcpus,
         run_control,
@@ -259,6 +260,7 @@ impl Vmm {
         vcpu::transition(&self.run_control, &self.vcpus, RunState::Stopping);
         let line = exit.event();
         self.notify(&line);
+        self.vm.defer_teardown();
         exit
     }
 }

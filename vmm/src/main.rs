@@ -112,16 +112,25 @@ fn control_client(socket: &str, command: &str) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut ok = true;
-    for (index, line) in BufReader::new(stream).lines().map_while(Result::ok).enumerate() {
+    for (index, line) in BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .enumerate()
+    {
         println!("{line}");
         if index == 0 {
-            ok = serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|reply| reply["ok"] == true);
+            ok = serde_json::from_str::<serde_json::Value>(&line)
+                .is_ok_and(|reply| reply["ok"] == true);
             if command != "watch" {
                 break;
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {

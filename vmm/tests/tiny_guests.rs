@@ -3,6 +3,8 @@
 //! command line and e820, SMP bring-up, memory, i8042 reset, ACPI power-off, a graceful shutdown
 //! request, and crashes reported with their reason. Each runs with 1 and 2 vCPUs where it applies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -14,18 +16,28 @@ const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn kit_dir() -> PathBuf {
-    std::env::var_os("VIREO_GUEST_DIR").map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
+    std::env::var_os("VIREO_GUEST_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
 }
 
 /// The tiny guest image, or why the test cannot run here.
 fn tiny(image: &str) -> Result<PathBuf, String> {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return Err("a usable /dev/kvm".into());
     }
     let path = kit_dir().join(image);
     // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing guest is a failure.
     if !path.is_file() {
-        assert!(std::env::var_os("VIREO_GUEST_DIR").is_none(), "{} is missing from the kit", path.display());
+        assert!(
+            std::env::var_os("VIREO_GUEST_DIR").is_none(),
+            "{} is missing from the kit",
+            path.display()
+        );
         return Err(format!("{} (run scripts/guest-kit)", path.display()));
     }
     Ok(path)
@@ -58,7 +70,12 @@ impl Run {
         self.lines()
             .into_iter()
             .find(|line| line.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no line starting `{prefix}` in serial output:\n{}\nstderr:\n{}", self.serial, self.stderr))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no line starting `{prefix}` in serial output:\n{}\nstderr:\n{}",
+                    self.serial, self.stderr
+                )
+            })
     }
 }
 
@@ -73,7 +90,12 @@ impl Guest {
         let child = Command::new(VMM)
             .args(["run", "--kernel"])
             .arg(kernel)
-            .args(["--vcpus", &vcpus.to_string(), "--memory", &memory_mib.to_string()])
+            .args([
+                "--vcpus",
+                &vcpus.to_string(),
+                "--memory",
+                &memory_mib.to_string(),
+            ])
             .args(["--cmdline", &format!("console=ttyS0 tiny.test={tests}")])
             .arg("--serial")
             .arg(format!("file:{}", dir.path().join("serial").display()))
@@ -93,16 +115,26 @@ impl Guest {
         let started = Instant::now();
         while !self.serial().contains(needle) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("vireo-vmm exited ({status}) before `{needle}`:\n{}", self.serial());
+                panic!(
+                    "vireo-vmm exited ({status}) before `{needle}`:\n{}",
+                    self.serial()
+                );
             }
-            assert!(started.elapsed() < DEADLINE, "no `{needle}` within {DEADLINE:?}:\n{}", self.serial());
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no `{needle}` within {DEADLINE:?}:\n{}",
+                self.serial()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     fn control(&self, command: &str) -> serde_json::Value {
-        let mut stream = UnixStream::connect(self.dir.path().join("control.sock")).expect("control socket");
-        stream.write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes()).unwrap();
+        let mut stream =
+            UnixStream::connect(self.dir.path().join("control.sock")).expect("control socket");
+        stream
+            .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
+            .unwrap();
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).unwrap();
         serde_json::from_str(&line).expect("JSON reply")
@@ -117,13 +149,20 @@ impl Guest {
             if started.elapsed() > DEADLINE {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("vireo-vmm still running after {DEADLINE:?}; serial:\n{}", self.serial());
+                panic!(
+                    "vireo-vmm still running after {DEADLINE:?}; serial:\n{}",
+                    self.serial()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
-        Run { status: status.code(), serial: self.serial(), stderr }
+        Run {
+            status: status.code(),
+            serial: self.serial(),
+            stderr,
+        }
     }
 }
 
@@ -142,13 +181,28 @@ fn boots_elf_and_bzimage_with_cmdline_and_e820() {
         let kernel = tiny_or_skip!(image);
         for vcpus in [1, 2] {
             let run = run(&kernel, vcpus, 64, "poweroff");
-            assert_eq!(run.status, Some(0), "{image} with {vcpus} vCPUs: {}\n{}", run.serial, run.stderr);
+            assert_eq!(
+                run.status,
+                Some(0),
+                "{image} with {vcpus} vCPUs: {}\n{}",
+                run.serial,
+                run.stderr
+            );
             assert_eq!(run.line_starting("TINY: boot"), "TINY: boot entry=linux64");
-            assert_eq!(run.line_starting("TINY: cmdline="), "TINY: cmdline=console=ttyS0 tiny.test=poweroff");
+            assert_eq!(
+                run.line_starting("TINY: cmdline="),
+                "TINY: cmdline=console=ttyS0 tiny.test=poweroff"
+            );
             let e820 = run.line_starting("TINY: e820 ");
-            assert!(e820.contains(&format!("ram_bytes={}", e820_ram_bytes(64))), "{e820}");
+            assert!(
+                e820.contains(&format!("ram_bytes={}", e820_ram_bytes(64))),
+                "{e820}"
+            );
             let acpi = run.line_starting("TINY: acpi ");
-            assert!(acpi.contains(&format!("cpus={vcpus}")) && acpi.contains("hw_reduced=0"), "{acpi}");
+            assert!(
+                acpi.contains(&format!("cpus={vcpus}")) && acpi.contains("hw_reduced=0"),
+                "{acpi}"
+            );
         }
     }
 }
@@ -159,8 +213,14 @@ fn brings_up_every_ap() {
     for vcpus in [1, 2] {
         let run = run(&kernel, vcpus, 64, "smp,poweroff");
         assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
-        let expected = (0..vcpus).map(|id| id.to_string()).collect::<Vec<_>>().join(",");
-        assert_eq!(run.line_starting("TINY: smp"), format!("TINY: smp cpus={vcpus} apic_ids={expected}"));
+        let expected = (0..vcpus)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            run.line_starting("TINY: smp"),
+            format!("TINY: smp cpus={vcpus} apic_ids={expected}")
+        );
     }
 }
 
@@ -193,13 +253,20 @@ fn graceful_shutdown_request_powers_off() {
         guest.wait_for_line("TINY: waiting for shutdown request");
         let info = guest.control("info");
         assert_eq!(info["state"], "running");
-        assert_eq!(info["vcpus"].as_array().map(Vec::len), Some(usize::from(vcpus)));
+        assert_eq!(
+            info["vcpus"].as_array().map(Vec::len),
+            Some(usize::from(vcpus))
+        );
         assert_eq!(guest.control("pause")["state"], "paused");
         assert_eq!(guest.control("resume")["state"], "running");
         assert_eq!(guest.control("shutdown")["ok"], true);
         let run = guest.finish();
         assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
-        assert!(run.lines().contains(&"TINY: shutdown request"), "{}", run.serial);
+        assert!(
+            run.lines().contains(&"TINY: shutdown request"),
+            "{}",
+            run.serial
+        );
     }
 }
 
@@ -209,7 +276,11 @@ fn triple_fault_is_a_crash_with_its_reason() {
     for vcpus in [1, 2] {
         let run = run(&kernel, vcpus, 64, "triple-fault");
         assert_eq!(run.status, Some(4), "{}\n{}", run.serial, run.stderr);
-        assert!(run.stderr.contains("guest crashed") && run.stderr.contains("triple fault"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("guest crashed") && run.stderr.contains("triple fault"),
+            "{}",
+            run.stderr
+        );
     }
 }
 
@@ -229,14 +300,28 @@ fn stop_and_reset_through_the_control_socket() {
 #[test]
 fn without_kvm_one_clear_line_and_nonzero_exit() {
     let kernel = tiny_or_skip!("tiny.elf");
-    let missing = Command::new(VMM).args(["run", "--kernel"]).arg(&kernel).args(["--kvm-device", "/nonexistent/kvm"]).output().unwrap();
+    let missing = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args(["--kvm-device", "/nonexistent/kvm"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("/nonexistent/kvm does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/kvm does not exist"),
+        "{stderr}"
+    );
 
     // An unprivileged user cannot open the root-only /dev/kvm.
-    let denied = Command::new(VMM).args(["run", "--kernel"]).arg(&kernel).uid(65534).gid(65534).output().unwrap();
+    let denied = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
     assert_eq!(denied.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&denied.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -245,16 +330,30 @@ fn without_kvm_one_clear_line_and_nonzero_exit() {
 
 #[test]
 fn bad_arguments_are_named() {
-    let output = Command::new(VMM).args(["run", "--kernel", "/x", "--memory", "9223372036854775807"]).output().unwrap();
+    let output = Command::new(VMM)
+        .args(["run", "--kernel", "/x", "--memory", "9223372036854775807"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--memory 9223372036854775807 MiB"));
-    let output = Command::new(VMM).args(["run", "--kernel", "/no/such/kernel"]).output().unwrap();
+    let output = Command::new(VMM)
+        .args(["run", "--kernel", "/no/such/kernel"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--kernel /no/such/kernel: no such file"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--kernel /no/such/kernel: no such file")
+    );
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, b"not a kernel").unwrap();
-    let output = Command::new(VMM).args(["run", "--kernel"]).arg(&garbage).output().unwrap();
+    let output = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&garbage)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("neither an ELF vmlinux nor a bzImage"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("neither an ELF vmlinux nor a bzImage")
+    );
 }

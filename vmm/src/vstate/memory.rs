@@ -53,16 +53,20 @@ pub fn create(mem_bytes: u64, options: MemoryOptions) -> Result<GuestMemoryMmap,
     }
     let memory = GuestMemoryMmap::from_regions(regions)
         .map_err(|err| MemoryError::Layout(err.to_string()))?;
-    if options.ksm {
-        for region in memory.iter() {
-            let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
-                continue;
-            };
-            let Ok(len) = usize::try_from(region.len()) else {
-                continue;
-            };
-            // SAFETY: the range is exactly one mapping we own; MADV_MERGEABLE changes no contents.
-            unsafe { libc::madvise(host.cast(), len, libc::MADV_MERGEABLE) };
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
+        // SAFETY: the range is exactly one mapping we own; neither advice changes its contents.
+        // DONTFORK: the teardown child (Vm::defer_teardown) must not copy guest memory.
+        unsafe {
+            libc::madvise(host.cast(), len, libc::MADV_DONTFORK);
+            if options.ksm {
+                libc::madvise(host.cast(), len, libc::MADV_MERGEABLE);
+            }
         }
     }
     Ok(memory)

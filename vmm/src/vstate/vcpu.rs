@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::VmEvent;
@@ -17,6 +17,8 @@ use crate::arch::boot::BootInfo;
 use crate::arch::{cpuid, regs};
 use crate::devices::GuestRequest;
 use crate::devices::bus::PioBus;
+
+const VCPU_STACK_BYTES: usize = 256 << 10;
 
 /// KVM_SYSTEM_EVENT types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -27,17 +29,27 @@ fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// What KVM_GET_SUPPORTED_CPUID reports, asked once for all vCPUs.
+pub fn supported_cpuid(vm: &Vm) -> Result<CpuId, VmError> {
+    vm.kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))
+}
+
 /// Creates and configures vCPU `id` of `count`; the BSP (id 0) gets the boot entry state, the APs
 /// wait for INIT/SIPI from the guest.
-pub fn create(vm: &Vm, id: u8, count: u8, boot: BootInfo) -> Result<VcpuFd, VmError> {
+pub fn create(
+    vm: &Vm,
+    id: u8,
+    count: u8,
+    boot: BootInfo,
+    supported: &CpuId,
+) -> Result<VcpuFd, VmError> {
     let vcpu = vm
         .fd
         .create_vcpu(u64::from(id))
         .map_err(kvm_error("KVM_CREATE_VCPU"))?;
-    let mut supported = vm
-        .kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut supported = supported.clone();
     cpuid::adjust(supported.as_mut_slice(), u32::from(id), u32::from(count));
     vcpu.set_cpuid2(&supported)
         .map_err(kvm_error("KVM_SET_CPUID2"))?;
@@ -192,6 +204,8 @@ pub fn spawn(
     let clock_slot = cpu_clock.clone();
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
+        // The run loop is shallow; a small stack is cheaper to set up than the 2 MiB default.
+        .stack_size(VCPU_STACK_BYTES)
         .spawn(move || {
             let mut clock: libc::clockid_t = 0;
             // SAFETY: pthread_self is always valid; the out pointer is valid.
