@@ -82,15 +82,18 @@ pub async fn probe() -> Engines {
         });
     let stock = kvm.runs_stock_guests();
 
+    let vmm_binary = find_binary(VMM_BINARY);
+    let vmm_unavailable = if !kvm.available {
+        format!("vireo-vmm needs KVM: {}", kvm.unavailable_reason)
+    } else if vmm_binary.is_none() {
+        format!("{VMM_BINARY} is not installed next to this service or on PATH")
+    } else {
+        String::new()
+    };
     let vmm = EngineFacts {
-        // The binary only probes today; say so rather than offer an engine that cannot boot.
-        available: false,
-        unavailable_reason: if kvm.available {
-            "booting guests on vireo-vmm arrives with issue #3".to_string()
-        } else {
-            format!("vireo-vmm needs KVM: {}", kvm.unavailable_reason)
-        },
-        binary: find_binary(VMM_BINARY),
+        available: vmm_unavailable.is_empty(),
+        unavailable_reason: vmm_unavailable,
+        binary: vmm_binary,
         version: env!("CARGO_PKG_VERSION").to_string(),
         accelerators: if kvm.available { vec!["kvm"] } else { vec![] },
         stock_guests_on_kvm: stock,
