@@ -1083,6 +1083,68 @@ act_triple_fault:
         ud2
         jmp halt_forever
 
+# io-hostile: what a hostile guest can throw at the VMM's port and MMIO handlers: every port of
+# 0x000-0xfff written with pseudo-random bytes, words and dwords, then read back at each width,
+# and pseudo-random MMIO writes and reads across the 32-bit hole outside the LAPIC and IOAPIC.
+# The two ports that end the VM on purpose are spared (0x64 reset, 0x604-0x605 ACPI sleep).
+act_io_hostile:
+        PUTS "TINY: io-hostile\n"
+        push %rbx
+        mov $0x2545f491, %ebx           # LCG state
+        xor %ecx, %ecx                  # port
+1:      cmp $0x64, %ecx
+        je 2f
+        cmp $0x3f8, %ecx                # COM1's own output would flood the console
+        jb 3f
+        cmp $0x3ff, %ecx
+        jbe 2f
+3:      cmp $0x604, %ecx
+        je 2f
+        cmp $0x605, %ecx
+        je 2f
+        imul $1103515245, %ebx, %ebx
+        add $12345, %ebx
+        mov %ecx, %edx
+        mov %ebx, %eax
+        out %al, %dx
+        out %ax, %dx
+        out %eax, %dx
+        in %dx, %al
+        in %dx, %ax
+        in %dx, %eax
+2:      inc %ecx
+        cmp $0x1000, %ecx
+        jb 1b
+        # MMIO: 256 pseudo-random addresses in 0xc0000000-0xfebfffff (below the IOAPIC).
+        mov $256, %ecx
+4:      imul $1103515245, %ebx, %ebx
+        add $12345, %ebx
+        mov %ebx, %eax
+        and $0x3ebffff8, %eax
+        add $0xc0000000, %eax
+        mov %ebx, (%rax)
+        mov (%rax), %edx
+        dec %ecx
+        jnz 4b
+        pop %rbx
+        PUTS "TINY: io-hostile done\n"
+        ret
+
+# emulation-failure: an instruction this host's paravirtual KVM cannot emulate in guest kernel
+# mode (HOST-LIMITS: cmpxchg16b), so the VMM must report KVM_EXIT_INTERNAL_ERROR as a crash.
+# On hardware KVM it simply runs, and the guest says so.
+act_emulation_failure:
+        PUTS "TINY: emulation-failure\n"
+        sub $32, %rsp
+        and $-16, %rsp
+        xor %eax, %eax
+        xor %edx, %edx
+        xor %ebx, %ebx
+        xor %ecx, %ecx
+        cmpxchg16b (%rsp)
+        PUTS "TINY: emulation-failure did not fail\n"
+        jmp halt_forever
+
 act_counter:
         lea key_count_shift(%rip), %rdi
         mov $16, %esi
@@ -1123,6 +1185,8 @@ s_poweroff:     .asciz "poweroff"
 s_wait_shutdown: .asciz "wait-shutdown"
 s_triple_fault: .asciz "triple-fault"
 s_counter:      .asciz "counter"
+s_io_hostile:   .asciz "io-hostile"
+s_emulation_failure: .asciz "emulation-failure"
         .balign 8
 actions:
         .quad s_smp, act_smp
@@ -1132,6 +1196,8 @@ actions:
         .quad s_wait_shutdown, act_wait_shutdown
         .quad s_triple_fault, act_triple_fault
         .quad s_counter, act_counter
+        .quad s_io_hostile, act_io_hostile
+        .quad s_emulation_failure, act_emulation_failure
         .quad 0, 0
 # m16:32 far pointers to the 64-bit continuations (for `ljmp *(%ebp)`).
 far_bp64:       .long bp64

@@ -41,12 +41,24 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         return;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-host");
-    let output = Command::new(script)
-        .args(["--vmm", VMM, "--vcpus", "1,2", "--timeout", "150", "--kit"])
-        .arg(kit_dir())
-        .output()
-        .expect("run scripts/nested-host");
-    let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    let run_nested_host = || {
+        let output = Command::new(&script)
+            .args(["--vmm", VMM, "--vcpus", "1,2", "--timeout", "60", "--kit"])
+            .arg(kit_dir())
+            .output()
+            .expect("run scripts/nested-host");
+        String::from_utf8_lossy(&output.stdout).replace('\r', "")
+    };
+    let mut console = run_nested_host();
+    if !console.contains("NESTED-DONE") {
+        // The emulated outer host (QEMU TCG emulating SVM) has been seen to freeze whole, its
+        // clock included, once in our runs, under load; it is not vireo-vmm that stops then.
+        // One more complete run is allowed, and every assertion below holds for that one run.
+        eprintln!(
+            "RETRY: the nested test host stopped before NESTED-DONE; its console:\n{console}"
+        );
+        console = run_nested_host();
+    }
     let report: Vec<&str> = console
         .lines()
         .filter_map(|line| line.find("NESTED-").map(|at| &line[at..]))
@@ -83,4 +95,70 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         );
     }
     assert!(report.contains(&"NESTED-DONE"), "{console}");
+}
+
+/// Where this host's own KVM runs stock guests (hardware VMX/SVM), the same boot runs directly.
+#[test]
+fn stock_linux_boots_directly_where_kvm_runs_stock_guests() {
+    let hardware = ["kvm_intel", "kvm_amd"]
+        .iter()
+        .any(|module| std::path::Path::new("/sys/module").join(module).exists());
+    if !hardware {
+        eprintln!(
+            "SKIPPED: this host's KVM cannot run stock Linux guests (needs kvm_intel or kvm_amd); the nested test host covers it"
+        );
+        return;
+    }
+    let kit = kit_dir();
+    if !kit.join("vmlinuz").is_file() {
+        eprintln!("SKIPPED: needs the kit (run scripts/guest-kit)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console");
+    let control = dir.path().join("control.sock");
+    let mut child = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(kit.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(kit.join("initramfs.cpio.gz"))
+        .args([
+            "--cmdline",
+            "console=ttyS0 quiet panic=-1 vireo.hold=1",
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+        ])
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("VIREO-GUEST-READY")
+    {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no marker: {}",
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new(VMM)
+        .arg("control")
+        .arg(&control)
+        .arg("shutdown")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        std::fs::read_to_string(&console)
+            .unwrap()
+            .contains("VIREO-POWER-BUTTON")
+    );
 }

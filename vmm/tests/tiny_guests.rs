@@ -357,3 +357,222 @@ fn bad_arguments_are_named() {
         String::from_utf8_lossy(&output.stderr).contains("neither an ELF vmlinux nor a bzImage")
     );
 }
+
+#[test]
+fn hostile_port_and_mmio_access_does_not_hurt_the_vmm() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let run = run(&kernel, vcpus, 64, "io-hostile,poweroff");
+        assert_eq!(run.status, Some(0), "{}\n{}", run.serial, run.stderr);
+        assert!(
+            run.lines().contains(&"TINY: io-hostile done"),
+            "{}",
+            run.serial
+        );
+    }
+}
+
+/// The KVM module loaded on this host.
+fn kvm_module() -> Option<&'static str> {
+    ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|module| Path::new("/sys/module").join(module).exists())
+}
+
+#[test]
+fn kvm_internal_error_is_a_crash_with_its_reason() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let run = run(&kernel, 1, 64, "emulation-failure");
+    if kvm_module() != Some("kvm_pvm") {
+        // Hardware KVM runs cmpxchg16b natively: there is no emulation failure to report.
+        assert!(
+            run.serial.contains("did not fail") || run.status == Some(4),
+            "{}",
+            run.serial
+        );
+        eprintln!(
+            "SKIPPED: needs a KVM that emulates guest kernel mode (kvm_pvm) to provoke an internal error"
+        );
+        return;
+    }
+    assert_eq!(run.status, Some(4), "{}\n{}", run.serial, run.stderr);
+    assert!(
+        run.stderr
+            .contains("KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror 1"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn start_with_serial(
+    kernel: &Path,
+    serial: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(kernel)
+        .args([
+            "--memory",
+            "64",
+            "--cmdline",
+            "tiny.test=wait-shutdown",
+            "--serial",
+            serial,
+            "--control",
+        ])
+        .arg(dir.join("control.sock"))
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vireo-vmm")
+}
+
+fn control(dir: &Path, command: &str) -> serde_json::Value {
+    let mut stream = UnixStream::connect(dir.join("control.sock")).expect("control socket");
+    stream
+        .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("JSON reply")
+}
+
+fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(started.elapsed() < DEADLINE, "vireo-vmm did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads from `reader` until `needle` appeared or the deadline passed.
+fn read_until(mut reader: impl std::io::Read, needle: &str) -> String {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no `{needle}` in {}",
+            String::from_utf8_lossy(&seen)
+        );
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => seen.extend_from_slice(&buffer[..count]),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(err) => panic!("reading the console: {err}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn unix_socket_console_replays_what_a_late_client_missed() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("console.sock");
+    let mut child = start_with_serial(
+        &kernel,
+        &format!("unix:{}", socket.display()),
+        dir.path(),
+        &[],
+    );
+    // Connect only after the guest has printed everything up to its wait.
+    let started = Instant::now();
+    while control_ready(dir.path()).is_none() {
+        assert!(started.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let client = UnixStream::connect(&socket).expect("console socket");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let seen = read_until(&client, "TINY: waiting for shutdown request");
+    assert!(
+        seen.contains("TINY: boot entry=linux64"),
+        "the backlog starts at boot: {seen}"
+    );
+    control(dir.path(), "shutdown");
+    let rest = read_until(&client, "TINY: poweroff");
+    assert!(rest.contains("TINY: shutdown request"), "{rest}");
+    assert_eq!(wait_exit(&mut child), Some(0));
+}
+
+fn control_ready(dir: &Path) -> Option<()> {
+    UnixStream::connect(dir.join("control.sock"))
+        .ok()
+        .map(|_| ())
+}
+
+#[test]
+fn pty_console_is_named_in_info_and_carries_output() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = start_with_serial(&kernel, "pty", dir.path(), &[]);
+    let started = Instant::now();
+    let pty = loop {
+        if control_ready(dir.path()).is_some() {
+            break control(dir.path(), "info")["pty"]
+                .as_str()
+                .map(String::from)
+                .expect("info names the pty");
+        }
+        assert!(started.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(pty.starts_with("/dev/pts/"), "{pty}");
+    let console = std::fs::File::open(&pty).expect("open the pty");
+    control(dir.path(), "shutdown");
+    let seen = read_until(console, "TINY: poweroff");
+    assert!(seen.contains("TINY: shutdown request"), "{seen}");
+    assert_eq!(wait_exit(&mut child), Some(0));
+}
+
+#[test]
+fn hugepage_backed_memory_boots() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let pages = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    let before: u64 = std::fs::read_to_string(pages)
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    if std::fs::write(pages, (before + 64).to_string()).is_err() {
+        eprintln!(
+            "SKIPPED: needs 2 MiB hugepages that can be reserved ({})",
+            pages.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "64",
+            "--hugepages",
+            "--cmdline",
+            "tiny.test=mem,poweroff tiny.mem_mib=16",
+            "--serial",
+        ])
+        .arg(format!("file:{}", dir.path().join("serial").display()))
+        .output()
+        .unwrap();
+    let _ = std::fs::write(pages, before.to_string());
+    let serial = std::fs::read_to_string(dir.path().join("serial")).unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{serial}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(serial.contains("TINY: mem ok mib=16"), "{serial}");
+}

@@ -1,6 +1,7 @@
 //! COM1: a 16550 UART (vm-superio) at 0x3f8 on IRQ 4, whose output goes to a file, a pty, a unix
 //! socket (one client at a time, which can also type), standard output, or nowhere.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{LineWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -71,19 +72,72 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// The current unix-socket client, if any; output without a client is dropped.
+/// The most recent output a unix-socket client receives when it connects, so boot messages
+/// printed before anyone attached are not lost.
+const BACKLOG_BYTES: usize = 64 << 10;
+
+/// The console's unix-socket side: the current client, if any, and the recent output.
+#[derive(Default)]
+struct SocketConsole {
+    client: Option<UnixStream>,
+    backlog: VecDeque<u8>,
+}
+
 #[derive(Clone, Default)]
-struct SocketClient(Arc<Mutex<Option<UnixStream>>>);
+struct SocketClient(Arc<Mutex<SocketConsole>>);
+
+/// Sends all of `data` unless the client's socket buffer is full (WouldBlock): a client that does
+/// not read must never stall the vCPU writing to the UART. The socket itself stays blocking for
+/// the thread that reads the client's keystrokes.
+fn send_without_blocking(stream: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !data.is_empty() {
+        // SAFETY: the pointer and length describe `data`; the fd is open for the stream's life.
+        let sent = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        let sent = usize::try_from(sent).map_err(|_| std::io::Error::last_os_error())?;
+        data = data.get(sent..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+impl SocketClient {
+    /// Makes `stream` the client: it gets the backlog first.
+    fn attach(&self, stream: UnixStream) {
+        let Ok(mut console) = self.0.lock() else {
+            return;
+        };
+        let (front, back) = console.backlog.as_slices();
+        if send_without_blocking(&stream, front)
+            .and_then(|()| send_without_blocking(&stream, back))
+            .is_ok()
+        {
+            console.client = Some(stream);
+        }
+    }
+}
 
 impl Write for SocketClient {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let Ok(mut client) = self.0.lock() else {
+        let Ok(mut console) = self.0.lock() else {
             return Ok(data.len());
         };
-        if let Some(stream) = client.as_mut()
-            && stream.write_all(data).is_err()
-        {
-            *client = None;
+        console.backlog.extend(data);
+        let excess = console.backlog.len().saturating_sub(BACKLOG_BYTES);
+        console.backlog.drain(..excess);
+        if let Some(stream) = console.client.as_ref() {
+            match send_without_blocking(stream, data) {
+                // A client too slow to read loses bytes, as a serial line without flow control.
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => console.client = None,
+                Ok(()) => {}
+            }
         }
         Ok(data.len())
     }
@@ -230,9 +284,7 @@ pub fn build(output: &SerialOutput) -> Result<(SerialPort, EventFd, SerialInfo),
                     let Ok(reader) = stream.try_clone() else {
                         continue;
                     };
-                    if let Ok(mut slot) = current.0.lock() {
-                        *slot = Some(stream);
-                    }
+                    current.attach(stream);
                     let uart = uart.clone();
                     std::thread::spawn(move || feed_input(&uart, reader));
                 }
