@@ -10,12 +10,17 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::{acpi, boot, regs};
 use crate::config::VmConfig;
 use crate::control::{self, Request};
-use crate::devices::GuestRequest;
 use crate::devices::acpi_pm::{ACPI_PM_PORT_COUNT, AcpiPm, PM1A_EVT_PORT, SCI_IRQ};
 use crate::devices::bus::PioBus;
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_COUNT};
+use crate::devices::pci::{CONFIG_ADDRESS_PORT, CONFIG_PORT_COUNT, PciBus, PciConfigIo};
 use crate::devices::rtc::{RTC_PORT, RTC_PORT_COUNT, Rtc};
 use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialInfo};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::pci::{MsiSender, VirtioPci};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::{Devices, GuestRequest};
 use crate::vstate::vcpu::{self, RunControl, RunState, VcpuThread};
 use crate::vstate::vm::Vm;
 use crate::vstate::{VmEvent, memory};
@@ -36,6 +41,10 @@ pub enum BuildError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Serial(#[from] serial::SerialError),
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Pci(#[from] crate::devices::pci::PciError),
     #[error("control socket {path}: {source}")]
     Control {
         path: String,
@@ -92,6 +101,41 @@ pub struct Vmm {
     memory_mib: u64,
 }
 
+/// The PCI bus with the configured virtio devices; their interrupts are MSI messages through KVM.
+fn build_pci(
+    config: &VmConfig,
+    vm: &Arc<Vm>,
+    memory: &GuestMemoryMmap,
+) -> Result<PciBus, BuildError> {
+    let msi_vm = vm.clone();
+    let msi: MsiSender = Arc::new(move |address, data| {
+        let message = kvm_bindings::kvm_msi {
+            address_lo: u32::try_from(address & 0xffff_ffff).unwrap_or(0),
+            address_hi: u32::try_from(address >> 32).unwrap_or(0),
+            data,
+            ..Default::default()
+        };
+        let _ = msi_vm.fd.signal_msi(message);
+    });
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.rng {
+        devices.push(Box::new(Rng::default()));
+    }
+    for disk in &config.disks {
+        devices.push(Box::new(Block::open(
+            &disk.path,
+            disk.read_only,
+            &disk.serial,
+        )?));
+    }
+    let mut pci = PciBus::new();
+    for device in devices {
+        let transport = VirtioPci::new(device, memory.clone(), msi.clone());
+        pci.add(Arc::new(Mutex::new(transport)))?;
+    }
+    Ok(pci)
+}
+
 /// Builds the VM and starts its vCPUs.
 pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     config.check_files()?;
@@ -140,7 +184,13 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     });
     let power = Arc::new(Mutex::new(AcpiPm::new(sci, sender.clone())));
     bus.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, power.clone());
-    let bus = Arc::new(bus);
+    let pci = Arc::new(build_pci(config, &vm, &guest_memory)?);
+    bus.insert(
+        CONFIG_ADDRESS_PORT,
+        CONFIG_PORT_COUNT,
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+    );
+    let devices = Arc::new(Devices { pio: bus, pci });
 
     if let Some(path) = &config.control_socket {
         control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
@@ -153,7 +203,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     let run_control = Arc::new(RunControl::default());
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.vcpus).zip(vcpu_fds) {
-        let thread = vcpu::spawn(id, fd, bus.clone(), run_control.clone(), sender.clone())
+        let thread = vcpu::spawn(id, fd, devices.clone(), run_control.clone(), sender.clone())
             .map_err(BuildError::Threads)?;
         vcpus.push(thread);
     }

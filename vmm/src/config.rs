@@ -24,6 +24,52 @@ pub struct VmConfig {
     pub memory: MemoryOptions,
     /// The KVM device, /dev/kvm unless told otherwise.
     pub kvm_device: PathBuf,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// virtio-blk devices, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
+}
+
+/// `--disk PATH[,readonly][,serial=TEXT]`: a raw image on virtio-blk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: String,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(',');
+        let path = parts
+            .next()
+            .filter(|path| !path.is_empty())
+            .ok_or("--disk needs a path")?;
+        let mut disk = DiskConfig {
+            path: path.into(),
+            read_only: false,
+            serial: String::new(),
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "readonly" => disk.read_only = true,
+                Some(("serial", serial)) if serial.len() <= 20 && serial.is_ascii() => {
+                    disk.serial = serial.into()
+                }
+                Some(("serial", _)) => {
+                    return Err("--disk serial=: at most 20 ASCII characters".into());
+                }
+                _ => {
+                    return Err(format!(
+                        "--disk option `{option}`: expected readonly or serial=TEXT"
+                    ));
+                }
+            }
+        }
+        Ok(disk)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,6 +82,8 @@ pub enum ConfigError {
     Kernel(String),
     #[error("--initrd {0}: no such file")]
     Initrd(String),
+    #[error("--disk {0}: no such file")]
+    Disk(String),
 }
 
 impl VmConfig {
@@ -59,6 +107,9 @@ impl VmConfig {
             && !initrd.is_file()
         {
             return Err(ConfigError::Initrd(initrd.display().to_string()));
+        }
+        if let Some(disk) = self.disks.iter().find(|disk| !disk.path.is_file()) {
+            return Err(ConfigError::Disk(disk.path.display().to_string()));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
-                     [--kvm-device PATH]
+                     [--kvm-device PATH] [--rng] [--disk PATH[,readonly][,serial=TEXT]]...
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch
        vireo-vmm probe
        vireo-vmm --version";
@@ -35,6 +35,8 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
         ksm: true,
     };
     let mut kvm_device = PathBuf::from("/dev/kvm");
+    let mut rng = false;
+    let mut disks = Vec::new();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -56,6 +58,8 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
             "--hugepages" => memory.hugepages = true,
             "--no-ksm" => memory.ksm = false,
             "--kvm-device" => kvm_device = PathBuf::from(value()?),
+            "--rng" => rng = true,
+            "--disk" => disks.push(value()?.parse()?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -71,6 +75,8 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
         control_socket,
         memory,
         kvm_device,
+        rng,
+        disks,
     })
 }
 

@@ -38,11 +38,46 @@ fn io_gas(port: u16, bit_width: u8) -> [u8; 12] {
     gas
 }
 
+/// The PCI host bridge, so the guest's ACPI finds bus 0: configuration by ports 0xCF8-0xCFF
+/// (and ECAM through the MCFG), BARs in the window below ECAM.
+fn pci_root_bridge(aml: &mut Vec<u8>) {
+    use crate::devices::pci::{BAR_WINDOW_END, BAR_WINDOW_START};
+    use acpi_tables::aml::{
+        AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, ResourceTemplate,
+    };
+    let hid = EISAName::new("PNP0A08");
+    let cid = EISAName::new("PNP0A03");
+    let bus_numbers = AddressSpace::new_bus_number(0u16, 0u16);
+    let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
+    let window_start = u32::try_from(BAR_WINDOW_START).unwrap_or(0);
+    let window_end = u32::try_from(BAR_WINDOW_END - 1).unwrap_or(0);
+    let bars = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        window_start,
+        window_end,
+        None,
+    );
+    let resources = ResourceTemplate::new(vec![&bus_numbers, &config_ports, &bars]);
+    let hid_name = Name::new("_HID".into(), &hid);
+    let cid_name = Name::new("_CID".into(), &cid);
+    let segment = Name::new("_SEG".into(), &0u8);
+    let base_bus = Name::new("_BBN".into(), &0u8);
+    let uid = Name::new("_UID".into(), &0u8);
+    let crs = Name::new("_CRS".into(), &resources);
+    Device::new(
+        "_SB_.PCI0".into(),
+        vec![&hid_name, &cid_name, &segment, &base_bus, &uid, &crs],
+    )
+    .to_aml_bytes(aml);
+}
+
 fn dsdt() -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let s5 = Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &0u8, &0u8]);
     let mut aml = Vec::new();
     Name::new("_S5_".into(), &s5).to_aml_bytes(&mut aml);
+    pci_root_bridge(&mut aml);
     dsdt.append_slice(&aml);
     dsdt
 }
@@ -144,6 +179,18 @@ fn madt(vcpu_count: u8) -> Sdt {
     table
 }
 
+/// MCFG: the ECAM window of PCI segment 0, bus 0.
+fn mcfg() -> Sdt {
+    let mut table = Sdt::new(*b"MCFG", 44, 1, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let mut entry = Vec::new();
+    entry.extend_from_slice(&crate::devices::pci::ECAM_START.to_le_bytes());
+    entry.extend_from_slice(&0u16.to_le_bytes()); // segment
+    entry.extend_from_slice(&[0, 0]); // start and end bus
+    entry.extend_from_slice(&0u32.to_le_bytes());
+    table.append_slice(&entry);
+    table
+}
+
 fn xsdt(entries: &[u64]) -> Sdt {
     let mut table = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let bytes: Vec<u8> = entries
@@ -168,8 +215,10 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpu_count: u8) -> Result<(), AcpiErr
     let fadt = fadt(dsdt_address, facs_address);
     let madt_address = align(fadt_address + fadt.len() as u64, 16);
     let madt = madt(vcpu_count);
-    let xsdt_address = align(madt_address + madt.len() as u64, 16);
-    let xsdt = xsdt(&[fadt_address, madt_address]);
+    let mcfg_address = align(madt_address + madt.len() as u64, 16);
+    let mcfg = mcfg();
+    let xsdt_address = align(mcfg_address + mcfg.len() as u64, 16);
+    let xsdt = xsdt(&[fadt_address, madt_address, mcfg_address]);
     let end = xsdt_address + xsdt.len() as u64;
     if end > ACPI_END {
         return Err(AcpiError::TooLarge {
@@ -184,6 +233,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpu_count: u8) -> Result<(), AcpiErr
     mem.write_slice(dsdt.as_slice(), GuestAddress(dsdt_address))?;
     mem.write_slice(fadt.as_slice(), GuestAddress(fadt_address))?;
     mem.write_slice(madt.as_slice(), GuestAddress(madt_address))?;
+    mem.write_slice(mcfg.as_slice(), GuestAddress(mcfg_address))?;
     mem.write_slice(xsdt.as_slice(), GuestAddress(xsdt_address))?;
     Ok(())
 }

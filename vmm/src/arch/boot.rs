@@ -115,6 +115,12 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
             });
         }
     }
+    // Linux trusts the MCFG's ECAM window only when firmware reserves it.
+    map.push(boot_e820_entry {
+        addr: crate::devices::pci::ECAM_START,
+        size: crate::devices::pci::ECAM_SIZE,
+        r#type: E820_RESERVED,
+    });
     map
 }
 
@@ -214,9 +220,9 @@ mod tests {
             .map(|entry| entry.size)
             .sum();
         assert_eq!(ram, (256 << 20) - (HIMEM_START - EBDA_START));
-        assert_eq!(map.len(), 3);
-        let map = e820_map(5 << 30);
         assert_eq!(map.len(), 4);
+        let map = e820_map(5 << 30);
+        assert_eq!(map.len(), 5);
         let high = map[3];
         assert_eq!(
             (high.addr, high.size),

@@ -15,8 +15,8 @@ use super::VmEvent;
 use super::vm::{Vm, VmError};
 use crate::arch::boot::BootInfo;
 use crate::arch::{cpuid, regs};
+use crate::devices::Devices;
 use crate::devices::GuestRequest;
-use crate::devices::bus::PioBus;
 
 const VCPU_STACK_BYTES: usize = 256 << 10;
 
@@ -196,7 +196,7 @@ impl VcpuThread {
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
-    bus: Arc<PioBus>,
+    devices: Arc<Devices>,
     control: Arc<RunControl>,
     events: Sender<VmEvent>,
 ) -> std::io::Result<VcpuThread> {
@@ -212,7 +212,7 @@ pub fn spawn(
             if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
                 clock_slot.store(clock, Ordering::SeqCst);
             }
-            run_loop(id, vcpu, &bus, &control, &events);
+            run_loop(id, vcpu, &devices, &control, &events);
             control.parked.fetch_add(1, Ordering::SeqCst);
         })?;
     Ok(VcpuThread {
@@ -225,7 +225,7 @@ pub fn spawn(
 fn run_loop(
     id: u8,
     mut vcpu: VcpuFd,
-    bus: &PioBus,
+    devices: &Devices,
     control: &RunControl,
     events: &Sender<VmEvent>,
 ) {
@@ -237,13 +237,11 @@ fn run_loop(
             return;
         }
         match vcpu.run() {
-            Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
-            Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data),
-            // No MMIO devices yet: reads see nothing there, writes are dropped.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(
-                VcpuExit::MmioWrite(..) | VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr,
-            ) => {}
+            Ok(VcpuExit::IoIn(port, data)) => devices.pio.read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => devices.pio.write(port, data),
+            Ok(VcpuExit::MmioRead(address, data)) => devices.mmio_read(address, data),
+            Ok(VcpuExit::MmioWrite(address, data)) => devices.mmio_write(address, data),
+            Ok(VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr) => {}
             Ok(VcpuExit::Shutdown) => {
                 return crash("triple fault (KVM_EXIT_SHUTDOWN)".to_string());
             }

@@ -1,0 +1,497 @@
+//! The virtio 1.x PCI transport ("modern" only): capabilities in configuration space pointing into
+//! one 32 KiB memory BAR that holds the common configuration, ISR, device configuration, notify
+//! area and the MSI-X table. Notifications are handled on the vCPU that wrote them; interrupts go
+//! out as MSI messages through KVM.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::VirtioDevice;
+use crate::devices::pci::{BarKind, PciConfig, PciDevice};
+
+const BAR_SIZE: u64 = 0x8000;
+const COMMON_OFFSET: u64 = 0x0000;
+const COMMON_LENGTH: u64 = 0x38;
+const ISR_OFFSET: u64 = 0x1000;
+const DEVICE_OFFSET: u64 = 0x2000;
+const DEVICE_LENGTH: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x4000;
+const MSIX_PBA_OFFSET: u64 = 0x5000;
+const MSIX_ENTRY_SIZE: u64 = 16;
+const NO_VECTOR: u16 = 0xffff;
+
+const VENDOR_REDHAT_VIRTIO: u16 = 0x1af4;
+const CAP_VENDOR: u8 = 0x09;
+const CAP_MSIX: u8 = 0x11;
+const CFG_COMMON: u8 = 1;
+const CFG_NOTIFY: u8 = 2;
+const CFG_ISR: u8 = 3;
+const CFG_DEVICE: u8 = 4;
+
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_FEATURES_OK: u8 = 8;
+const STATUS_NEEDS_RESET: u8 = 0x40;
+const ISR_QUEUE: u8 = 1;
+const ISR_CONFIG: u8 = 2;
+const MSIX_CONTROL_ENABLE: u16 = 1 << 15;
+const MSIX_CONTROL_MASK: u16 = 1 << 14;
+
+/// Delivers one MSI message (address, data) to the guest.
+pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct MsixEntry {
+    address: u64,
+    data: u32,
+    masked: bool,
+}
+
+pub struct VirtioPci {
+    config: PciConfig,
+    msix_capability: usize,
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_vectors: Vec<u16>,
+    msix: Vec<MsixEntry>,
+    msix_pending: Vec<bool>,
+    msi: MsiSender,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    config_vector: u16,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    isr: u8,
+}
+
+fn vendor_capability(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
+    // Body after id/next: cap_len, cfg_type, bar, id, padding[2], offset, length, then extra.
+    let cap_len = u8::try_from(16 + extra.len()).unwrap_or(16);
+    let mut body = vec![cap_len, cfg_type, 0, 0, 0, 0];
+    body.extend_from_slice(&u32::try_from(offset).unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(&u32::try_from(length).unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(extra);
+    body
+}
+
+impl VirtioPci {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        msi: MsiSender,
+    ) -> VirtioPci {
+        let device_id = 0x1040 + device.device_type();
+        let mut config = PciConfig::new(
+            VENDOR_REDHAT_VIRTIO,
+            device_id,
+            device.pci_class() | 1,
+            VENDOR_REDHAT_VIRTIO,
+            0x1100,
+        );
+        config.add_bar(0, BAR_SIZE, BarKind::Memory32);
+        let queue_count = device.queue_max_sizes().len();
+        config.add_capability(
+            CAP_VENDOR,
+            &vendor_capability(CFG_COMMON, COMMON_OFFSET, COMMON_LENGTH, &[]),
+            &[],
+        );
+        let notify_length = u64::try_from(queue_count).unwrap_or(1) * u64::from(NOTIFY_MULTIPLIER);
+        config.add_capability(
+            CAP_VENDOR,
+            &vendor_capability(
+                CFG_NOTIFY,
+                NOTIFY_OFFSET,
+                notify_length,
+                &NOTIFY_MULTIPLIER.to_le_bytes(),
+            ),
+            &[],
+        );
+        config.add_capability(
+            CAP_VENDOR,
+            &vendor_capability(CFG_ISR, ISR_OFFSET, 1, &[]),
+            &[],
+        );
+        config.add_capability(
+            CAP_VENDOR,
+            &vendor_capability(CFG_DEVICE, DEVICE_OFFSET, DEVICE_LENGTH, &[]),
+            &[],
+        );
+        let vectors = queue_count + 1;
+        let mut msix_body = Vec::new();
+        msix_body.extend_from_slice(&u16::try_from(vectors - 1).unwrap_or(0).to_le_bytes());
+        msix_body.extend_from_slice(&u32::try_from(MSIX_TABLE_OFFSET).unwrap_or(0).to_le_bytes());
+        msix_body.extend_from_slice(&u32::try_from(MSIX_PBA_OFFSET).unwrap_or(0).to_le_bytes());
+        // Only the enable and function-mask bits of Message Control are writable.
+        let msix_capability = config.add_capability(CAP_MSIX, &msix_body, &[0, 0, 0, 0xc0]);
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|max| {
+                Queue::new(*max)
+                    .unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size"))
+            })
+            .collect();
+        VirtioPci {
+            config,
+            msix_capability,
+            device,
+            memory,
+            queues,
+            queue_vectors: vec![NO_VECTOR; queue_count],
+            msix: vec![
+                MsixEntry {
+                    masked: true,
+                    ..Default::default()
+                };
+                vectors
+            ],
+            msix_pending: vec![false; vectors],
+            msi,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            config_vector: NO_VECTOR,
+            status: 0,
+            config_generation: 0,
+            queue_select: 0,
+            isr: 0,
+        }
+    }
+
+    fn msix_control(&self) -> u16 {
+        self.config.u16_at(self.msix_capability + 2)
+    }
+
+    fn interrupt(&mut self, vector: u16, isr_bit: u8) {
+        self.isr |= isr_bit;
+        let control = self.msix_control();
+        if control & MSIX_CONTROL_ENABLE == 0 || vector == NO_VECTOR {
+            return;
+        }
+        let Some(entry) = self.msix.get(usize::from(vector)).copied() else {
+            return;
+        };
+        if entry.masked || control & MSIX_CONTROL_MASK != 0 {
+            if let Some(pending) = self.msix_pending.get_mut(usize::from(vector)) {
+                *pending = true;
+            }
+            return;
+        }
+        (self.msi)(entry.address, entry.data);
+    }
+
+    fn reset(&mut self) {
+        for (queue, max) in self.queues.iter_mut().zip(self.device.queue_max_sizes()) {
+            if let Ok(fresh) = Queue::new(*max) {
+                *queue = fresh;
+            }
+        }
+        self.queue_vectors.fill(NO_VECTOR);
+        self.config_vector = NO_VECTOR;
+        self.driver_features = 0;
+        self.status = 0;
+        self.isr = 0;
+        self.device.reset();
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn notify(&mut self, index: usize) {
+        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() || !queue.is_valid(&self.memory) {
+            return;
+        }
+        match self.device.process_queue(index, queue, &self.memory) {
+            Ok(true) => {
+                let vector = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
+                self.interrupt(vector, ISR_QUEUE);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                eprintln!(
+                    "vireo-vmm: virtio device type {}: {err}; it needs a reset",
+                    self.device.device_type()
+                );
+                self.status |= STATUS_NEEDS_RESET;
+                self.config_generation = self.config_generation.wrapping_add(1);
+                self.interrupt(self.config_vector, ISR_CONFIG);
+            }
+        }
+    }
+
+    fn common_read(&mut self, offset: u64, data: &mut [u8]) {
+        let features = self.device.features();
+        let queue_count = u16::try_from(self.queues.len()).unwrap_or(0);
+        let value: u64 = match offset {
+            0x00 => u64::from(self.device_feature_select),
+            0x04 => match self.device_feature_select {
+                0 => features & 0xffff_ffff,
+                1 => features >> 32,
+                _ => 0,
+            },
+            0x08 => u64::from(self.driver_feature_select),
+            0x0c => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            0x10 => u64::from(self.config_vector),
+            0x12 => u64::from(queue_count),
+            0x14 => u64::from(self.status),
+            0x15 => u64::from(self.config_generation),
+            0x16 => u64::from(self.queue_select),
+            0x18 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, |q| u64::from(q.size())),
+            0x1a => self
+                .queue_vectors
+                .get(usize::from(self.queue_select))
+                .map_or(u64::from(NO_VECTOR), |v| u64::from(*v)),
+            0x1c => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, |q| u64::from(q.ready())),
+            0x1e => u64::from(self.queue_select),
+            0x20 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, QueueT::desc_table),
+            0x24 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, |q| q.desc_table() >> 32),
+            0x28 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, QueueT::avail_ring),
+            0x2c => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, |q| q.avail_ring() >> 32),
+            0x30 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, QueueT::used_ring),
+            0x34 => self
+                .queues
+                .get(usize::from(self.queue_select))
+                .map_or(0, |q| q.used_ring() >> 32),
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        for (index, byte) in data.iter_mut().enumerate() {
+            *byte = bytes.get(index).copied().unwrap_or(0);
+        }
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let mut bytes = [0u8; 8];
+        for (slot, byte) in bytes.iter_mut().zip(data) {
+            *slot = *byte;
+        }
+        let value = u64::from_le_bytes(bytes);
+        let low32 = u32::try_from(value & 0xffff_ffff).unwrap_or(0);
+        let low16 = u16::try_from(value & 0xffff).unwrap_or(0);
+        let queue_writable = self.status & STATUS_DRIVER_OK == 0;
+        match offset {
+            0x00 => self.device_feature_select = low32,
+            0x08 => self.driver_feature_select = low32,
+            0x0c if self.status & STATUS_FEATURES_OK == 0 => {
+                // Only offered features can be accepted.
+                let offered = self.device.features();
+                match self.driver_feature_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | (u64::from(low32) & offered)
+                    }
+                    1 => {
+                        self.driver_features = (self.driver_features & 0xffff_ffff)
+                            | ((u64::from(low32) << 32) & offered)
+                    }
+                    _ => {}
+                }
+            }
+            0x10 => self.config_vector = low16,
+            0x14 => self.write_status(u8::try_from(value & 0xff).unwrap_or(0)),
+            0x16 => self.queue_select = low16,
+            0x18 if queue_writable => {
+                if let Some(queue) = self.selected_queue() {
+                    queue.set_size(low16);
+                }
+            }
+            0x1a => {
+                if let Some(vector) = self.queue_vectors.get_mut(usize::from(self.queue_select)) {
+                    *vector = low16;
+                }
+            }
+            0x1c if queue_writable => {
+                if let Some(queue) = self.selected_queue() {
+                    queue.set_ready(low16 == 1);
+                }
+            }
+            0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34 if queue_writable => {
+                let high = offset % 8 == 4;
+                let (low, high) = if high {
+                    (None, Some(low32))
+                } else {
+                    (
+                        Some(low32),
+                        if data.len() == 8 {
+                            Some(u32::try_from(value >> 32).unwrap_or(0))
+                        } else {
+                            None
+                        },
+                    )
+                };
+                if let Some(queue) = self.selected_queue() {
+                    match offset & !7 {
+                        0x20 => queue.set_desc_table_address(low, high),
+                        0x28 => queue.set_avail_ring_address(low, high),
+                        _ => queue.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn write_status(&mut self, status: u8) {
+        if status == 0 {
+            self.reset();
+            return;
+        }
+        if status & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // A device must have VERSION_1 accepted to be driven as a modern device.
+            if self.driver_features & super::VIRTIO_F_VERSION_1 == 0 {
+                self.status = status & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        let became_ready = status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
+        self.status = status;
+        if became_ready {
+            self.device.activate(self.driver_features);
+        }
+    }
+
+    fn msix_table_access(&mut self, offset: u64, data: Option<&[u8]>, read: &mut [u8]) {
+        let Ok(index) = usize::try_from(offset / MSIX_ENTRY_SIZE) else {
+            return;
+        };
+        let field = offset % MSIX_ENTRY_SIZE;
+        let Some(entry) = self.msix.get_mut(index) else {
+            read.fill(0);
+            return;
+        };
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&entry.address.to_le_bytes());
+        raw[8..12].copy_from_slice(&entry.data.to_le_bytes());
+        raw[12..16].copy_from_slice(&u32::from(entry.masked).to_le_bytes());
+        let start = usize::try_from(field).unwrap_or(16);
+        match data {
+            None => {
+                for (index, byte) in read.iter_mut().enumerate() {
+                    *byte = raw.get(start + index).copied().unwrap_or(0);
+                }
+            }
+            Some(data) => {
+                for (index, byte) in data.iter().enumerate() {
+                    if let Some(slot) = raw.get_mut(start + index) {
+                        *slot = *byte;
+                    }
+                }
+                let was_masked = entry.masked;
+                entry.address = u64::from_le_bytes(raw[0..8].try_into().unwrap_or([0; 8]));
+                entry.data = u32::from_le_bytes(raw[8..12].try_into().unwrap_or([0; 4]));
+                entry.masked = raw[12] & 1 != 0;
+                let unmasked = was_masked && !entry.masked;
+                let pending = self.msix_pending.get(index).copied().unwrap_or(false);
+                if unmasked && pending {
+                    self.msix_pending[index] = false;
+                    self.interrupt(u16::try_from(index).unwrap_or(NO_VECTOR), 0);
+                }
+            }
+        }
+    }
+}
+
+impl PciDevice for VirtioPci {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if bar != 0 {
+            data.fill(0xff);
+            return;
+        }
+        match offset {
+            COMMON_OFFSET..0x1000 if offset < COMMON_LENGTH => self.common_read(offset, data),
+            ISR_OFFSET => {
+                // Reading the ISR acknowledges it.
+                data.fill(0);
+                if let Some(first) = data.first_mut() {
+                    *first = self.isr;
+                }
+                self.isr = 0;
+            }
+            DEVICE_OFFSET..NOTIFY_OFFSET => self.device.read_config(offset - DEVICE_OFFSET, data),
+            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => {
+                self.msix_table_access(offset - MSIX_TABLE_OFFSET, None, data)
+            }
+            MSIX_PBA_OFFSET..BAR_SIZE => {
+                let bits = self
+                    .msix_pending
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |bits, (index, pending)| {
+                        bits | (u64::from(*pending) << index.min(63))
+                    });
+                let bytes = bits.to_le_bytes();
+                let start = usize::try_from(offset - MSIX_PBA_OFFSET).unwrap_or(8);
+                for (index, byte) in data.iter_mut().enumerate() {
+                    *byte = bytes.get(start + index).copied().unwrap_or(0);
+                }
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar != 0 {
+            return;
+        }
+        match offset {
+            COMMON_OFFSET..0x1000 if offset < COMMON_LENGTH => self.common_write(offset, data),
+            DEVICE_OFFSET..NOTIFY_OFFSET => self.device.write_config(offset - DEVICE_OFFSET, data),
+            NOTIFY_OFFSET..MSIX_TABLE_OFFSET => {
+                let index = (offset - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
+                if let Ok(index) = usize::try_from(index) {
+                    self.notify(index);
+                }
+            }
+            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => {
+                self.msix_table_access(offset - MSIX_TABLE_OFFSET, Some(data), &mut []);
+            }
+            _ => {}
+        }
+    }
+}
