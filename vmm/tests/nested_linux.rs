@@ -1,7 +1,8 @@
 //! vireo-vmm boots the stock Debian kernel and the kit's initramfs on a real kvm_amd: inside the
 //! nested test host (scripts/nested-host: the same kernel under QEMU TCG emulating AMD SVM), with
-//! 1 and 2 vCPUs. Each guest reaches its marker, reports all its CPUs, and powers itself off after
-//! a graceful shutdown request (ACPI power button) sent over the VMM's control socket.
+//! 1 and 2 vCPUs. Each guest reaches its marker, reports all its CPUs, drives vireo-vmm's PCI
+//! virtio-blk and virtio-rng with its own drivers, and powers itself off after a graceful shutdown
+//! request (ACPI power button) sent over the VMM's control socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +10,19 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
+
+/// In the nested host, before each boot: an 8 MiB raw disk that starts with a signature.
+const DISK_SETUP: &str = "dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null; \
+    printf VIREO-SIGNATURE | dd of=/tmp/disk.img conv=notrunc 2>/dev/null";
+
+/// In the Linux guest: what its own virtio drivers make of vireo-vmm's devices. A write goes to
+/// the disk, the page cache is dropped, and the sector is read back from the device.
+const GUEST_CHECKS: &str = r#"echo "VIREO-REPORT pci=$(ls /sys/bus/pci/devices | wc -l)";
+echo "VIREO-REPORT vda=$(head -c 15 /dev/vda) serial=$(cat /sys/block/vda/serial) sectors=$(cat /sys/block/vda/size)";
+echo "VIREO-REPORT rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 16 /dev/hwrng | wc -c)";
+printf written-by-linux | dd of=/dev/vda bs=512 seek=4 conv=fsync 2>/dev/null;
+echo 3 > /proc/sys/vm/drop_caches;
+echo "VIREO-REPORT readback=$(dd if=/dev/vda bs=512 skip=4 count=1 2>/dev/null | head -c 16)""#;
 
 fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")
@@ -45,6 +59,8 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         let output = Command::new(&script)
             .args(["--vmm", VMM, "--vcpus", "1,2", "--timeout", "60", "--kit"])
             .arg(kit_dir())
+            .args(["--vmm-args", "--rng --disk /tmp/disk.img,serial=VIREODISK0"])
+            .args(["--setup", DISK_SETUP, "--guest", GUEST_CHECKS])
             .output()
             .expect("run scripts/nested-host");
         String::from_utf8_lossy(&output.stdout).replace('\r', "")
@@ -95,6 +111,20 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         );
     }
     assert!(report.contains(&"NESTED-DONE"), "{console}");
+    // Each boot's guest saw the host bridge and two virtio devices, drove them, and the data
+    // went through the disk image.
+    for expected in [
+        "NESTED-GUEST VIREO-REPORT pci=3",
+        "NESTED-GUEST VIREO-REPORT vda=VIREO-SIGNATURE serial=VIREODISK0 sectors=16384",
+        "NESTED-GUEST VIREO-REPORT rng=virtio_rng.0 bytes=16",
+        "NESTED-GUEST VIREO-REPORT readback=written-by-linux",
+    ] {
+        assert_eq!(
+            report.iter().filter(|line| **line == expected).count(),
+            2,
+            "`{expected}` once per boot:\n{console}"
+        );
+    }
 }
 
 /// Where this host's own KVM runs stock guests (hardware VMX/SVM), the same boot runs directly.
