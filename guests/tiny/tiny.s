@@ -26,6 +26,33 @@
         .set CMDLINE_MAX, 2048
         .set MEM_TEST_START, 0x1000000  # 16 MiB
         .set PVH_MAGIC, 0x336ec578
+        .set TSC_PER_MS, 2500000        # assumed TSC rate (the project's hosts: 2-3 GHz)
+        # virtio over PCI
+        .set PCI_CF8, 1                 # pci_mode: configuration space through 0xCF8/0xCFC,
+        .set PCI_ECAM, 2                # through the MCFG's ECAM window,
+        .set PCI_NONE, 3                # or not at all
+        .set PCI_WINDOW, 0xc0000000     # unassigned BARs get addresses from here up ...
+        .set PCI_WINDOW_END, 0xfec00000 # ... to the IOAPIC
+        .set VIRTIO_VENDOR, 0x1af4
+        .set VIRTIO_ID_NET, 1
+        .set VIRTIO_ID_BLOCK, 2
+        .set VIRTIO_ID_RNG, 4
+        .set VIRTIO_ID_BALLOON, 5
+        .set VIRTIO_NET_F_MAC, 1 << 5
+        .set VIRTIO_BLK_F_RO, 1 << 5
+        .set VIRTIO_BLK_F_FLUSH, 1 << 9
+        .set VIRTIO_BLK_T_IN, 0
+        .set VIRTIO_BLK_T_OUT, 1
+        .set VIRTIO_BLK_T_FLUSH, 4
+        .set VIRTQ_DESC_F_NEXT, 1
+        .set VIRTQ_DESC_F_WRITE, 2
+        .set VQ_MAX, 16                 # queue size used (at most)
+        .set VQ_TIMEOUT, 4000 * TSC_PER_MS  # ~4 s for a request to complete
+        .set NET_HDR_LEN, 12            # struct virtio_net_hdr with VIRTIO_F_VERSION_1
+        .set NET_RX_BUFS, 4
+        .set NET_RX_STRIDE, 1536
+        .set BALLOON_START, 0x4000000   # 64 MiB: the pages `balloon` gives away
+        .set BALLOON_CHUNK, 1024        # PFNs per inflate buffer
 
 # Print a literal string: PUTS "text\n" (clobbers the caller-saved registers).
 .macro PUTS str
@@ -597,8 +624,21 @@ acpi_init:
         mov %rax, fadt(%rip)
         jmp .Lsdt_loop
 5:      cmp $0x43495041, %ecx           # "APIC"
-        jne .Lsdt_loop
+        jne 6f
         mov %rax, madt(%rip)
+        jmp .Lsdt_loop
+6:      cmp $0x4746434d, %ecx           # "MCFG": the first ECAM window (for virtio actions)
+        jne .Lsdt_loop
+        cmpl $60, 4(%rax)
+        jb .Lsdt_loop
+        cmpq $0, pci_ecam(%rip)
+        jne .Lsdt_loop
+        mov 44(%rax), %rcx              # base address (of bus 0)
+        mov %rcx, pci_ecam(%rip)
+        movzbl 55(%rax), %ecx           # end bus
+        inc %ecx
+        shl $20, %ecx
+        mov %rcx, pci_ecam_size(%rip)
         jmp .Lsdt_loop
 .Lsdt_done:
         mov fadt(%rip), %rbx
@@ -1170,6 +1210,1237 @@ act_counter:
         jmp 2b
 
 # =====================================================================================
+# virtio 1.x ("modern") over PCI, polled: no interrupts (every MSI-X vector stays
+# VIRTIO_MSI_NO_VECTOR), split virtqueues of at most VQ_MAX entries, one request in flight.
+# PCI configuration space through ports 0xCF8/0xCFC; if they do not answer, through the ECAM
+# window the ACPI MCFG names (QEMU microvm,pcie=on has no 0xCF8).
+#
+# The driver keeps the state of one device at a time (vdev_*, vio_*, vq_*): each action probes
+# and resets its device again. Functions return RAX = 0 on success or a reason string (printed
+# as `TINY: <device> FAIL <reason>`).
+
+# pci_read32: EDI = configuration address as for 0xCF8, without the enable bit (bus << 16 |
+# device << 11 | function << 8 | register) -> EAX. Clobbers RCX, RDX.
+pci_read32:
+        cmpq $PCI_ECAM, pci_mode(%rip)
+        je 1f
+        mov %edi, %eax
+        and $0xfffffc, %eax
+        or $0x80000000, %eax
+        mov $0xcf8, %edx
+        out %eax, %dx
+        add $4, %edx
+        in %dx, %eax
+        ret
+1:      call ecam_addr
+        mov (%rax), %eax
+        ret
+
+# pci_write32: EDI = address (as pci_read32), ESI = value. Clobbers RAX, RCX, RDX.
+pci_write32:
+        cmpq $PCI_ECAM, pci_mode(%rip)
+        je 1f
+        mov %edi, %eax
+        and $0xfffffc, %eax
+        or $0x80000000, %eax
+        mov $0xcf8, %edx
+        out %eax, %dx
+        add $4, %edx
+        mov %esi, %eax
+        out %eax, %dx
+        ret
+1:      call ecam_addr
+        mov %esi, (%rax)
+        ret
+
+# ecam_addr: EDI = address as for 0xCF8 -> RAX = its ECAM address. Clobbers RCX.
+ecam_addr:
+        mov %edi, %eax
+        and $0xffff00, %eax             # bus, device, function
+        shl $4, %eax
+        mov %edi, %ecx
+        and $0xfc, %ecx
+        or %ecx, %eax
+        add pci_ecam(%rip), %rax
+        ret
+
+# pci_init (once): how configuration space is reached, and where unassigned BARs go.
+pci_init:
+        cmpq $0, pci_mode(%rip)
+        jne 9f
+        mov $0xcf8, %edx                # type 1: CONFIG_ADDRESS reads back what was written
+        mov $0x80000000, %eax
+        out %eax, %dx
+        in %dx, %eax
+        cmp $0x80000000, %eax
+        jne 1f
+        movq $PCI_CF8, pci_mode(%rip)
+        jmp 2f
+1:      movq $PCI_NONE, pci_mode(%rip)
+        cmpq $0, pci_ecam(%rip)
+        jne 3f
+        call find_cba
+        cmpq $0, pci_ecam(%rip)
+        je 9f
+3:
+        movq $PCI_ECAM, pci_mode(%rip)
+2:      lea key_pci_mmio_mib(%rip), %rdi
+        mov $PCI_WINDOW >> 20, %esi
+        call param_uint
+        shl $20, %rax
+        mov %rax, pci_next(%rip)
+9:      ret
+
+# find_cba: no MCFG (QEMU microvm): the ECAM base from the DSDT's `Name(_CBA, <integer>)` or
+# `Method(_CBA) { Return(<integer>) }` (the PCI host bridge's), taken to cover buses 0-255.
+find_cba:
+        mov dsdt(%rip), %rax
+        test %rax, %rax
+        jz 9f
+        mov 4(%rax), %ecx
+        lea -14(%rax,%rcx), %rdi        # last position with room for the encoding
+        lea 38(%rax), %rsi
+1:      cmp %rdi, %rsi
+        jae 9f
+        cmpl $0x4142435f, (%rsi)        # "_CBA"
+        jne 2f
+        lea 4(%rsi), %rdx               # Name(_CBA, integer)
+        cmpb $0x08, -1(%rsi)            # NameOp
+        je 5f
+        cmpb $0x14, -2(%rsi)            # MethodOp, 1-byte PkgLength, flags, ReturnOp
+        jne 2f
+        cmpb $0xa4, 5(%rsi)
+        jne 2f
+        lea 6(%rsi), %rdx
+5:      movzbl (%rdx), %eax
+        cmp $0x0e, %eax                 # QWordPrefix
+        jne 3f
+        mov 1(%rdx), %rax
+        jmp 4f
+3:      cmp $0x0c, %eax                 # DWordPrefix
+        jne 2f
+        mov 1(%rdx), %eax
+4:      mov %rax, pci_ecam(%rip)
+        movq $256 << 20, pci_ecam_size(%rip)
+        ret
+2:      inc %rsi
+        jmp 1b
+9:      ret
+
+# pci_find_virtio: EDI = virtio device type -> RAX = configuration address of the first
+# function 0 on bus 0 with vendor 0x1af4 and device 0x1040 + type (or a transitional
+# 0x1000-0x103f whose subsystem id is the type), or -1.
+pci_find_virtio:
+        push %rbx
+        push %rbp
+        mov %edi, %ebp
+        xor %ebx, %ebx                  # device number << 11
+1:      mov %ebx, %edi
+        call pci_read32
+        cmp $VIRTIO_VENDOR, %ax
+        jne 3f
+        shr $16, %eax
+        lea 0x1040(%rbp), %ecx
+        cmp %ecx, %eax
+        je 4f
+        cmp $0x1000, %eax
+        jb 3f
+        cmp $0x103f, %eax
+        ja 3f
+        lea 0x2c(%rbx), %edi            # subsystem vendor / id
+        call pci_read32
+        shr $16, %eax
+        cmp %ebp, %eax
+        je 4f
+3:      add $1 << 11, %ebx
+        cmp $32 << 11, %ebx
+        jb 1b
+        mov $-1, %rax
+        jmp 5f
+4:      mov %rbx, %rax
+5:      pop %rbp
+        pop %rbx
+        ret
+
+# pci_command: EDI = bits to set, ESI = bits to keep (of the device's command register).
+pci_command:
+        push %rbx
+        push %rbp
+        mov %edi, %ebx
+        mov %esi, %ebp
+        mov vdev_cfg(%rip), %rdi
+        add $4, %edi
+        call pci_read32
+        and %ebp, %eax                  # status (high half) written as 0: its bits are RW1C
+        or %ebx, %eax
+        movzwl %ax, %esi
+        mov vdev_cfg(%rip), %rdi
+        add $4, %edi
+        call pci_write32
+        pop %rbp
+        pop %rbx
+        ret
+
+# bar_addr: EDI = BAR index of the device at vdev_cfg -> RAX = its memory address, or 0 (I/O
+# BAR, no such BAR, no room). A BAR that reads 0 or lies above 4 GiB (not mapped here) gets an
+# address from pci_next, aligned to its size (memory decoding is off meanwhile).
+bar_addr:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        xor %eax, %eax
+        cmp $5, %edi
+        ja 9f
+        mov vdev_cfg(%rip), %rbp
+        lea 0x10(%rbp,%rdi,4), %ebp     # the BAR's register
+        mov %ebp, %edi
+        call pci_read32
+        test $1, %al                    # I/O space
+        jnz 8f
+        mov %eax, %r12d
+        xor %r13d, %r13d                # high dword
+        xor %ebx, %ebx                  # 64-bit?
+        and $6, %eax
+        cmp $4, %eax
+        jne 1f
+        mov $1, %ebx
+        lea 4(%rbp), %edi
+        call pci_read32
+        mov %eax, %r13d
+1:      test %r13d, %r13d
+        jnz 2f
+        mov %r12d, %eax
+        and $-16, %eax
+        jnz 9f                          # assigned below 4 GiB
+2:      xor %edi, %edi                  # memory decoding off while sizing
+        mov $0xfffd, %esi
+        call pci_command
+        mov %ebp, %edi
+        mov $-1, %esi
+        call pci_write32
+        mov %ebp, %edi
+        call pci_read32
+        and $-16, %eax
+        neg %eax                        # size; 0: not implemented, or 4 GiB or more
+        jz 8f
+        mov %eax, %ecx
+        mov pci_next(%rip), %rax
+        lea -1(%rax,%rcx), %rax
+        mov %rcx, %rdx
+        neg %rdx
+        and %rdx, %rax                  # aligned to the size
+        mov pci_ecam(%rip), %rdx        # not over the ECAM window
+        test %rdx, %rdx
+        jz 3f
+        lea (%rax,%rcx), %r8
+        cmp %rdx, %r8
+        jbe 3f
+        add pci_ecam_size(%rip), %rdx
+        cmp %rdx, %rax
+        jae 3f
+        lea -1(%rdx,%rcx), %rax
+        mov %rcx, %rdx
+        neg %rdx
+        and %rdx, %rax
+3:      lea (%rax,%rcx), %rdx
+        mov $PCI_WINDOW_END, %r8d
+        cmp %r8, %rdx
+        ja 8f
+        mov %rdx, pci_next(%rip)
+        mov %rax, %r12
+        mov %ebp, %edi
+        mov %eax, %esi
+        call pci_write32
+        test %ebx, %ebx
+        jz 4f
+        lea 4(%rbp), %edi
+        xor %esi, %esi
+        call pci_write32
+4:      mov %r12, %rax
+        jmp 9f
+8:      xor %eax, %eax
+9:      pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+# vio_probe: EDI = virtio device type. Finds the device, reads its virtio capabilities (the
+# first of each cfg_type: common, notify, ISR, device) and MSI-X, gives BARs addresses if
+# needed, and enables memory decoding and bus mastering.
+vio_probe:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        mov %edi, %ebx
+        call pci_init
+        lea s_not_found(%rip), %rax
+        cmpq $PCI_NONE, pci_mode(%rip)
+        je 9f
+        mov %ebx, %edi
+        call pci_find_virtio
+        cmp $-1, %rax
+        jne 1f
+        lea s_not_found(%rip), %rax
+        jmp 9f
+1:      mov %rax, %rbx
+        mov %rax, vdev_cfg(%rip)
+        xor %eax, %eax
+        mov %rax, vio_common(%rip)
+        mov %rax, vio_notify(%rip)
+        mov %rax, vio_isr(%rip)
+        mov %rax, vio_devcfg(%rip)
+        mov %rax, vio_notify_mul(%rip)
+        mov %rax, vio_msix(%rip)
+        lea 4(%rbx), %edi
+        call pci_read32
+        test $0x100000, %eax            # status: capabilities list
+        jz .Lprobe_caps
+        lea 0x34(%rbx), %edi
+        call pci_read32
+        movzbl %al, %ebp
+        mov $48, %r12d                  # bound: a looping list ends too
+.Lcap_loop:
+        and $0xfc, %ebp
+        jz .Lprobe_caps
+        dec %r12d
+        jz .Lprobe_caps
+        lea (%rbx,%rbp), %edi
+        call pci_read32                 # id, next, cap_len, cfg_type
+        mov %eax, %r13d
+        cmp $0x11, %al                  # MSI-X
+        jne 1f
+        movq $1, vio_msix(%rip)
+        jmp .Lcap_next
+1:      cmp $0x09, %al                  # vendor-specific: struct virtio_pci_cap
+        jne .Lcap_next
+        mov %r13d, %r14d
+        shr $24, %r14d
+        dec %r14d                       # cfg_type 1 common, 2 notify, 3 ISR, 4 device -> 0-3
+        cmp $3, %r14d
+        ja .Lcap_next
+        cmpq $0, vio_caps(,%r14,8)
+        jne .Lcap_next
+        lea 4(%rbx,%rbp), %edi
+        call pci_read32
+        movzbl %al, %edi                # bar
+        call bar_addr
+        test %rax, %rax
+        jnz 2f
+        lea s_bar(%rip), %rax
+        jmp 9f
+2:      mov %rax, %r15
+        lea 8(%rbx,%rbp), %edi          # offset
+        call pci_read32
+        add %rax, %r15
+        mov %r15, vio_caps(,%r14,8)
+        cmp $1, %r14d
+        jne .Lcap_next
+        lea 16(%rbx,%rbp), %edi         # notify_off_multiplier
+        call pci_read32
+        mov %rax, vio_notify_mul(%rip)
+.Lcap_next:
+        mov %r13d, %ebp
+        shr $8, %ebp
+        and $0xff, %ebp
+        jmp .Lcap_loop
+.Lprobe_caps:
+        lea s_no_caps(%rip), %rax
+        cmpq $0, vio_common(%rip)
+        je 9f
+        cmpq $0, vio_notify(%rip)
+        je 9f
+        mov $6, %edi                    # memory space, bus master
+        mov $0xffff, %esi
+        call pci_command
+        xor %eax, %eax
+9:      pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+# vio_start: EDI = the feature bits 0-31 the driver can use. Reset, ACKNOWLEDGE, DRIVER,
+# features (VIRTIO_F_VERSION_1 required, plus the device's offer & EDI -> vio_feat), FEATURES_OK.
+vio_start:
+        push %rbx
+        push %rbp
+        mov %edi, %ebp
+        mov vio_common(%rip), %rbx
+        movb $0, 0x14(%rbx)             # device_status = 0: reset
+        mov $100000, %ecx
+1:      cmpb $0, 0x14(%rbx)
+        je 2f
+        dec %ecx
+        jnz 1b
+        lea s_reset(%rip), %rax
+        jmp 9f
+2:      movb $1, 0x14(%rbx)             # ACKNOWLEDGE
+        movb $3, 0x14(%rbx)             # DRIVER
+        movl $1, 0x00(%rbx)             # device_feature_select: bits 32-63
+        mov 0x04(%rbx), %eax
+        test $1, %eax                   # VIRTIO_F_VERSION_1
+        jnz 3f
+        lea s_no_version_1(%rip), %rax
+        jmp 8f
+3:      movl $0, 0x00(%rbx)
+        mov 0x04(%rbx), %eax
+        and %ebp, %eax
+        mov %rax, vio_feat(%rip)
+        movl $0, 0x08(%rbx)             # driver_feature_select / driver_feature
+        mov %eax, 0x0c(%rbx)
+        movl $1, 0x08(%rbx)
+        movl $1, 0x0c(%rbx)
+        movb $0x0b, 0x14(%rbx)          # FEATURES_OK
+        movzbl 0x14(%rbx), %eax
+        test $8, %eax
+        jnz 4f
+        lea s_features(%rip), %rax
+        jmp 8f
+4:      cmpq $0, vio_msix(%rip)
+        je 5f
+        movw $0xffff, 0x10(%rbx)        # config_msix_vector = VIRTIO_MSI_NO_VECTOR
+5:      xor %eax, %eax
+        jmp 9f
+8:      movzbl 0x14(%rbx), %ecx         # FAILED
+        or $0x80, %ecx
+        mov %cl, 0x14(%rbx)
+9:      pop %rbp
+        pop %rbx
+        ret
+
+# vio_queue: EDI = queue index (0 or 1). Size min(queue_size, VQ_MAX) (a power of two); rings in
+# dma_vq + index * 1 KiB: descriptors +0, available ring +256, used ring +512.
+vio_queue:
+        push %rbx
+        push %rbp
+        push %r12
+        mov %edi, %ebp
+        mov vio_common(%rip), %rbx
+        mov %bp, 0x16(%rbx)             # queue_select
+        movzwl 0x18(%rbx), %eax         # queue_size
+        test %eax, %eax
+        jnz 1f
+        lea s_no_queue(%rip), %rax
+        jmp 9f
+1:      cmp $VQ_MAX, %eax
+        jbe 2f
+        mov $VQ_MAX, %eax
+2:      bsr %eax, %ecx                  # round down to a power of two
+        mov $1, %eax
+        shl %cl, %eax
+        mov %ax, 0x18(%rbx)
+        dec %eax
+        mov %rax, vq_mask(,%rbp,8)
+        mov %ebp, %r12d
+        shl $10, %r12d
+        add $dma_vq, %r12d
+        mov %r12, vq_base(,%rbp,8)
+        mov %r12, %rdi
+        mov $128, %ecx
+        xor %eax, %eax
+        rep stosq
+        movw $1, 256(%r12)              # avail flags: VIRTQ_AVAIL_F_NO_INTERRUPT
+        mov %r12d, 0x20(%rbx)           # queue_desc
+        movl $0, 0x24(%rbx)
+        lea 256(%r12), %eax             # queue_driver (available ring)
+        mov %eax, 0x28(%rbx)
+        movl $0, 0x2c(%rbx)
+        lea 512(%r12), %eax             # queue_device (used ring)
+        mov %eax, 0x30(%rbx)
+        movl $0, 0x34(%rbx)
+        cmpq $0, vio_msix(%rip)
+        je 3f
+        movw $0xffff, 0x1a(%rbx)        # queue_msix_vector = VIRTIO_MSI_NO_VECTOR
+3:      movzwl 0x1e(%rbx), %eax         # queue_notify_off
+        imul vio_notify_mul(%rip), %rax
+        add vio_notify(%rip), %rax
+        mov %rax, vq_notify(,%rbp,8)
+        movq $0, vq_avail_idx(,%rbp,8)
+        movq $0, vq_last_used(,%rbp,8)
+        movw $1, 0x1c(%rbx)             # queue_enable
+        xor %eax, %eax
+9:      pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+vio_driver_ok:
+        mov vio_common(%rip), %rax
+        movb $0x0f, 0x14(%rax)          # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        ret
+
+# set_desc: RDI = descriptor, RSI = buffer address, EDX = length, ECX = flags | next << 16.
+set_desc:
+        mov %rsi, (%rdi)
+        mov %edx, 8(%rdi)
+        mov %ecx, 12(%rdi)
+        ret
+
+# vq_push: EDI = queue, ESI = head descriptor: append it to the available ring.
+vq_push:
+        mov vq_base(,%rdi,8), %r8
+        mov vq_avail_idx(,%rdi,8), %rax
+        mov %eax, %ecx
+        and vq_mask(,%rdi,8), %ecx
+        mov %si, 256 + 4(%r8,%rcx,2)
+        inc %eax
+        mov %rax, vq_avail_idx(,%rdi,8)
+        mov %ax, 256 + 2(%r8)           # avail->idx, after the entry (x86 keeps stores in order)
+        ret
+
+# vq_kick: EDI = queue: notify the device.
+vq_kick:
+        mov vq_notify(,%rdi,8), %rdx
+        mov %di, (%rdx)
+        ret
+
+# vq_wait: EDI = queue, RSI = timeout in TSC cycles -> RAX = 0 with ECX = descriptor id and
+# EDX = bytes written of the next used entry, or RAX = s_timeout.
+vq_wait:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        mov %edi, %ebx
+        mov %rsi, %r14
+        mov vq_base(,%rbx,8), %rbp
+        call rdtsc_rax
+        mov %rax, %r12                  # start
+        mov %rax, %r13                  # previous read
+        mov $1000, %r15d                # a TSC that does not advance ends the wait too
+1:      movzwl 512 + 2(%rbp), %eax      # used->idx
+        cmp vq_last_used(,%rbx,8), %ax
+        jne 3f
+        call rdtsc_rax
+        cmp %r13, %rax
+        jne 2f
+        dec %r15d
+        jz 4f
+2:      mov %rax, %r13
+        sub %r12, %rax
+        cmp %r14, %rax
+        jb 1b
+4:      lea s_timeout(%rip), %rax
+        jmp 9f
+3:      mov vq_last_used(,%rbx,8), %rax
+        and vq_mask(,%rbx,8), %rax
+        mov 512 + 4(%rbp,%rax,8), %ecx  # id
+        mov 512 + 8(%rbp,%rax,8), %edx  # len
+        incq vq_last_used(,%rbx,8)
+        xor %eax, %eax
+9:      pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+# vq_submit: EDI = queue, ESI = head: push, notify, wait (VQ_TIMEOUT) -> as vq_wait.
+vq_submit:
+        push %rbx
+        mov %edi, %ebx
+        call vq_push
+        mov %ebx, %edi
+        call vq_kick
+        mov %ebx, %edi
+        mov $VQ_TIMEOUT, %rsi
+        call vq_wait
+        pop %rbx
+        ret
+
+# vfail: RDI = reason -> "TINY: <vdev_name> FAIL <reason>" (no newline).
+vfail:
+        push %rbx
+        mov %rdi, %rbx
+        PUTS "TINY: "
+        mov vdev_name(%rip), %rdi
+        call puts
+        PUTS " FAIL "
+        mov %rbx, %rdi
+        call puts
+        pop %rbx
+        ret
+
+vfail_nl:
+        call vfail
+        jmp newline
+
+# vfail_num: RDI = reason, RSI = number -> "TINY: <vdev_name> FAIL <reason><number>\n".
+vfail_num:
+        push %rbx
+        mov %rsi, %rbx
+        call vfail
+        mov %rbx, %rdi
+        call put_dec
+        pop %rbx
+        jmp newline
+
+# put_hexbytes: RDI = bytes, ESI = count: two hex digits each.
+put_hexbytes:
+        push %rbx
+        push %rbp
+        mov %rdi, %rbx
+        mov %esi, %ebp
+        test %ebp, %ebp
+        jz 2f
+1:      movzbl (%rbx), %eax
+        shr $4, %eax
+        call put_nibble
+        movzbl (%rbx), %eax
+        and $15, %eax
+        call put_nibble
+        inc %rbx
+        dec %ebp
+        jnz 1b
+2:      pop %rbp
+        pop %rbx
+        ret
+
+put_nibble:
+        push %rcx
+        lea hexdigits(%rip), %rcx
+        movzbl (%rcx,%rax), %eax
+        pop %rcx
+        jmp putc
+
+# ---------------------------------------------------------------------------- virtio actions
+act_rng:
+        push %rbx
+        lea s_rng(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        mov $VIRTIO_ID_RNG, %edi
+        call vio_probe
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi
+        call vio_start
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi
+        call vio_queue
+        test %rax, %rax
+        jnz 8f
+        call vio_driver_ok
+        xor %eax, %eax
+        mov %rax, rng_buf(%rip)
+        mov %rax, rng_buf + 8(%rip)
+        mov %rax, rng_buf + 16(%rip)
+        mov %rax, rng_buf + 24(%rip)
+        mov vq_base(%rip), %rdi         # queue 0, descriptor 0
+        lea rng_buf(%rip), %rsi
+        mov $32, %edx
+        mov $VIRTQ_DESC_F_WRITE, %ecx
+        call set_desc
+        xor %edi, %edi
+        xor %esi, %esi
+        call vq_submit
+        test %rax, %rax
+        jnz 8f
+        mov %edx, %ebx                  # bytes written
+        lea s_empty(%rip), %rax
+        test %ebx, %ebx
+        jz 8f
+        mov rng_buf(%rip), %rax
+        or rng_buf + 8(%rip), %rax
+        or rng_buf + 16(%rip), %rax
+        or rng_buf + 24(%rip), %rax
+        jnz 1f
+        lea s_zeros(%rip), %rax
+        jmp 8f
+1:      PUTS "TINY: rng ok bytes="
+        mov %rbx, %rdi
+        call put_dec
+        PUTS " hex="
+        mov %ebx, %esi
+        cmp $16, %esi
+        jbe 2f
+        mov $16, %esi
+2:      lea rng_buf(%rip), %rdi
+        call put_hexbytes
+        call newline
+        jmp 9f
+8:      mov %rax, %rdi
+        call vfail_nl
+9:      pop %rbx
+        ret
+
+# blk_init: virtio-blk on queue 0 (features RO and FLUSH if offered) -> blk_capacity.
+blk_init:
+        mov $VIRTIO_ID_BLOCK, %edi
+        call vio_probe
+        test %rax, %rax
+        jnz 9f
+        mov $VIRTIO_BLK_F_RO | VIRTIO_BLK_F_FLUSH, %edi
+        call vio_start
+        test %rax, %rax
+        jnz 9f
+        xor %edi, %edi
+        call vio_queue
+        test %rax, %rax
+        jnz 9f
+        lea s_no_devcfg(%rip), %rax
+        mov vio_devcfg(%rip), %rcx
+        test %rcx, %rcx
+        jz 9f
+        mov (%rcx), %eax                # capacity (u64, in 512-byte sectors)
+        mov 4(%rcx), %edx
+        shl $32, %rdx
+        or %rdx, %rax
+        mov %rax, blk_capacity(%rip)
+        call vio_driver_ok
+        xor %eax, %eax
+9:      ret
+
+# blk_req: EDI = type (0 IN, 1 OUT, 4 FLUSH), RSI = sector, EDX = data bytes in dma_data (0:
+# none) -> RAX = 0 and ECX = status byte, or RAX = reason. Descriptors 0-2 of queue 0.
+blk_req:
+        push %rbx
+        push %rbp
+        push %r12
+        mov %edi, %ebx
+        mov %edx, %ebp
+        mov %ebx, blk_hdr(%rip)
+        movl $0, blk_hdr + 4(%rip)
+        mov %rsi, blk_hdr + 8(%rip)
+        movb $0xff, blk_status(%rip)
+        mov vq_base(%rip), %r12
+        mov %r12, %rdi
+        lea blk_hdr(%rip), %rsi
+        mov $16, %edx
+        mov $VIRTQ_DESC_F_NEXT | 1 << 16, %ecx
+        call set_desc
+        add $16, %r12
+        test %ebp, %ebp
+        jz 2f
+        mov %r12, %rdi
+        lea dma_data(%rip), %rsi
+        mov %ebp, %edx
+        mov $VIRTQ_DESC_F_NEXT | 2 << 16, %ecx
+        test %ebx, %ebx
+        jnz 1f
+        or $VIRTQ_DESC_F_WRITE, %ecx    # IN: the device writes the data
+1:      call set_desc
+        add $16, %r12
+2:      mov %r12, %rdi
+        lea blk_status(%rip), %rsi
+        mov $1, %edx
+        mov $VIRTQ_DESC_F_WRITE, %ecx
+        call set_desc
+        xor %edi, %edi
+        xor %esi, %esi
+        call vq_submit
+        movzbl blk_status(%rip), %ecx
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+# blk_pattern: RDI = first sector, RSI = seed -> RAX = the word at byte 0 of that sector; the
+# word at byte offset o of the 4 KiB is RAX + o (seed * 0x9e3779b97f4a7c15 + disk byte offset).
+blk_pattern:
+        mov $0x9e3779b97f4a7c15, %rax
+        imul %rsi, %rax
+        shl $9, %rdi
+        add %rdi, %rax
+        ret
+
+# blk_fill: RDI = sector, RSI = seed: the pattern into dma_data (4 KiB).
+blk_fill:
+        call blk_pattern
+        lea dma_data(%rip), %rdi
+        xor %ecx, %ecx
+1:      lea (%rax,%rcx), %rdx
+        mov %rdx, (%rdi,%rcx)
+        add $8, %ecx
+        cmp $4096, %ecx
+        jb 1b
+        ret
+
+# blk_check: RDI = sector, RSI = seed -> RAX = -1 if dma_data holds the pattern, else the byte
+# offset of the first word that differs.
+blk_check:
+        call blk_pattern
+        lea dma_data(%rip), %rdi
+        xor %ecx, %ecx
+1:      lea (%rax,%rcx), %rdx
+        cmp %rdx, (%rdi,%rcx)
+        jne 2f
+        add $8, %ecx
+        cmp $4096, %ecx
+        jb 1b
+        mov $-1, %rax
+        ret
+2:      mov %rcx, %rax
+        ret
+
+# blk_zero: clear dma_data.
+blk_zero:
+        lea dma_data(%rip), %rdi
+        mov $512, %ecx
+        xor %eax, %eax
+        rep stosq
+        ret
+
+# blk_params -> R12 = tiny.blk_sector (default 8), R13 = tiny.blk_seed (default 1).
+blk_params:
+        lea key_blk_sector(%rip), %rdi
+        mov $8, %esi
+        call param_uint
+        mov %rax, %r12
+        lea key_blk_seed(%rip), %rdi
+        mov $1, %esi
+        call param_uint
+        mov %rax, %r13
+        ret
+
+act_blk:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        lea s_blk(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        call blk_init
+        test %rax, %rax
+        jnz .Lblk_fail
+        xor %edi, %edi                  # read sector 0
+        xor %esi, %esi
+        mov $512, %edx
+        call blk_req
+        test %rax, %rax
+        jnz .Lblk_fail
+        lea s_read_status(%rip), %rax
+        test %ecx, %ecx
+        jnz .Lblk_fail_num
+        PUTS "TINY: blk sector0="
+        lea dma_data(%rip), %rdi
+        mov $16, %esi
+        call put_hexbytes
+        call newline
+        call blk_params
+        mov vio_feat(%rip), %r14
+        shr $5, %r14d                   # VIRTIO_BLK_F_RO
+        and $1, %r14d
+        xor %r15d, %r15d                # flushed
+        xor %ebx, %ebx                  # wrote
+        test %r14d, %r14d
+        jz .Lblk_rw
+        lea key_blk_try_write(%rip), %rdi
+        xor %esi, %esi
+        call param_uint
+        cmp $1, %rax
+        jne .Lblk_ok
+        mov %r12, %rdi                  # read-only, and a write was asked for
+        mov %r13, %rsi
+        call blk_fill
+        mov $VIRTIO_BLK_T_OUT, %edi
+        mov %r12, %rsi
+        mov $4096, %edx
+        call blk_req
+        test %rax, %rax
+        jnz .Lblk_fail
+        mov %ecx, %ebp
+        PUTS "TINY: blk write-status="
+        mov %rbp, %rdi
+        call put_dec
+        call newline
+        jmp .Lblk_ok
+.Lblk_rw:
+        lea 8(%r12), %rax
+        cmp blk_capacity(%rip), %rax
+        jbe 1f
+        lea s_sector_range(%rip), %rax
+        jmp .Lblk_fail
+1:      mov %r12, %rdi
+        mov %r13, %rsi
+        call blk_fill
+        mov $VIRTIO_BLK_T_OUT, %edi
+        mov %r12, %rsi
+        mov $4096, %edx
+        call blk_req
+        test %rax, %rax
+        jnz .Lblk_fail
+        lea s_write_status(%rip), %rax
+        test %ecx, %ecx
+        jnz .Lblk_fail_num
+        testl $VIRTIO_BLK_F_FLUSH, vio_feat(%rip)
+        jz 2f
+        mov $VIRTIO_BLK_T_FLUSH, %edi
+        xor %esi, %esi
+        xor %edx, %edx
+        call blk_req
+        test %rax, %rax
+        jnz .Lblk_fail
+        lea s_flush_status(%rip), %rax
+        test %ecx, %ecx
+        jnz .Lblk_fail_num
+        mov $1, %r15d
+2:      call blk_zero
+        mov $VIRTIO_BLK_T_IN, %edi
+        mov %r12, %rsi
+        mov $4096, %edx
+        call blk_req
+        test %rax, %rax
+        jnz .Lblk_fail
+        lea s_read_status(%rip), %rax
+        test %ecx, %ecx
+        jnz .Lblk_fail_num
+        mov %r12, %rdi
+        mov %r13, %rsi
+        call blk_check
+        cmp $-1, %rax
+        je 3f
+        mov %eax, %ecx
+        lea s_mismatch(%rip), %rax
+        jmp .Lblk_fail_num
+3:      mov $1, %ebx
+.Lblk_ok:
+        PUTS "TINY: blk ok capacity="
+        mov blk_capacity(%rip), %rdi
+        call put_dec
+        PUTS " ro="
+        mov %r14, %rdi
+        call put_dec
+        PUTS " wrote="
+        mov %rbx, %rdi
+        call put_dec
+        PUTS " flush="
+        mov %r15, %rdi
+        call put_dec
+        call newline
+        jmp .Lblk_done
+.Lblk_fail_num:                         # RAX = reason, ECX = number
+        mov %rax, %rdi
+        mov %ecx, %esi
+        call vfail_num
+        jmp .Lblk_done
+.Lblk_fail:
+        mov %rax, %rdi
+        call vfail_nl
+.Lblk_done:
+        pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+act_blk_verify:
+        push %r12
+        push %r13
+        lea s_blk_verify(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        call blk_init
+        test %rax, %rax
+        jnz 8f
+        call blk_params
+        lea 8(%r12), %rax
+        cmp blk_capacity(%rip), %rax
+        jbe 1f
+        lea s_sector_range(%rip), %rax
+        jmp 8f
+1:      call blk_zero
+        mov $VIRTIO_BLK_T_IN, %edi
+        mov %r12, %rsi
+        mov $4096, %edx
+        call blk_req
+        test %rax, %rax
+        jnz 8f
+        lea s_read_status(%rip), %rax
+        test %ecx, %ecx
+        jnz 7f
+        mov %r12, %rdi
+        mov %r13, %rsi
+        call blk_check
+        cmp $-1, %rax
+        je 2f
+        mov %eax, %ecx
+        lea s_mismatch(%rip), %rax
+        jmp 7f
+2:      PUTS "TINY: blk-verify ok\n"
+        jmp 9f
+7:      mov %rax, %rdi
+        mov %ecx, %esi
+        call vfail_num
+        jmp 9f
+8:      mov %rax, %rdi
+        call vfail_nl
+9:      pop %r13
+        pop %r12
+        ret
+
+act_net:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        lea s_net(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        mov $VIRTIO_ID_NET, %edi
+        call vio_probe
+        test %rax, %rax
+        jnz .Lnet_fail
+        mov $VIRTIO_NET_F_MAC, %edi
+        call vio_start
+        test %rax, %rax
+        jnz .Lnet_fail
+        xor %edi, %edi                  # receiveq1
+        call vio_queue
+        test %rax, %rax
+        jnz .Lnet_fail
+        mov $1, %edi                    # transmitq1
+        call vio_queue
+        test %rax, %rax
+        jnz .Lnet_fail
+        lea net_mac(%rip), %rdi         # without VIRTIO_NET_F_MAC: 02:00:00:00:00:01
+        movl $0x00000002, (%rdi)
+        movw $0x0100, 4(%rdi)
+        testl $VIRTIO_NET_F_MAC, vio_feat(%rip)
+        jz 2f
+        mov vio_devcfg(%rip), %rsi
+        test %rsi, %rsi
+        jz 2f
+        xor %ecx, %ecx
+1:      movzbl (%rsi,%rcx), %eax        # virtio_net_config.mac, byte by byte
+        mov %al, (%rdi,%rcx)
+        inc %ecx
+        cmp $6, %ecx
+        jb 1b
+2:      PUTS "TINY: net mac="
+        xor %ebx, %ebx
+3:      lea net_mac(%rip), %rdi
+        add %rbx, %rdi
+        mov $1, %esi
+        call put_hexbytes
+        inc %ebx
+        cmp $6, %ebx
+        jae 4f
+        mov $0x3a, %eax                 # ':'
+        call putc
+        jmp 3b
+4:      call newline
+        xor %ebx, %ebx                  # receive buffers: descriptors 0-3 of queue 0
+5:      mov %ebx, %edi
+        shl $4, %edi
+        add vq_base(%rip), %rdi
+        imul $NET_RX_STRIDE, %ebx, %esi
+        add $net_rx, %esi
+        mov $NET_HDR_LEN + 1514, %edx
+        mov $VIRTQ_DESC_F_WRITE, %ecx
+        call set_desc
+        xor %edi, %edi
+        mov %ebx, %esi
+        call vq_push
+        inc %ebx
+        cmp $NET_RX_BUFS, %ebx
+        jb 5b
+        lea net_tx(%rip), %rdi          # virtio_net_hdr (zero) + 60-byte frame
+        mov $(NET_HDR_LEN + 60) / 8, %ecx
+        xor %eax, %eax
+        rep stosq
+        lea net_tx + NET_HDR_LEN(%rip), %rdi
+        movl $-1, (%rdi)                # destination: broadcast
+        movw $-1, 4(%rdi)
+        mov net_mac(%rip), %eax         # source: our MAC
+        mov %eax, 6(%rdi)
+        movzwl net_mac + 4(%rip), %eax
+        mov %ax, 10(%rdi)
+        movw $0xb588, 12(%rdi)          # ethertype 0x88b5 (big-endian)
+        lea s_ping(%rip), %rsi
+        add $14, %rdi
+        mov $s_ping_len, %ecx
+        rep movsb
+        mov vq_base + 8(%rip), %rdi     # queue 1, descriptor 0
+        lea net_tx(%rip), %rsi
+        mov $NET_HDR_LEN + 60, %edx
+        xor %ecx, %ecx
+        call set_desc
+        call vio_driver_ok
+        xor %edi, %edi                  # the receive buffers are there
+        call vq_kick
+        mov $1, %edi
+        xor %esi, %esi
+        call vq_submit
+        test %rax, %rax
+        jnz .Lnet_fail
+        PUTS "TINY: net sent\n"
+        lea key_net_wait_ms(%rip), %rdi
+        mov $3000, %esi
+        call param_uint
+        imul $TSC_PER_MS, %rax, %r14
+        call rdtsc_rax
+        add %rax, %r14                  # deadline
+.Lnet_rx:
+        call rdtsc_rax
+        mov %r14, %rsi
+        sub %rax, %rsi
+        jbe .Lnet_noreply
+        xor %edi, %edi
+        call vq_wait
+        test %rax, %rax
+        jnz .Lnet_noreply
+        cmp $NET_RX_BUFS, %ecx
+        jae .Lnet_rx
+        mov %ecx, %ebx                  # descriptor = buffer number
+        mov %edx, %ebp
+        imul $NET_RX_STRIDE, %ebx, %r12d
+        add $net_rx + NET_HDR_LEN, %r12d  # the frame
+        sub $NET_HDR_LEN, %ebp          # its length
+        jb .Lnet_repost
+        cmp $14 + s_pong_len, %ebp
+        jb .Lnet_repost
+        cmpw $0xb588, 12(%r12)
+        jne .Lnet_repost
+        lea s_pong(%rip), %rsi
+        xor %ecx, %ecx
+6:      movzbl (%rsi,%rcx), %eax
+        cmp 14(%r12,%rcx), %al
+        jne .Lnet_repost
+        inc %ecx
+        cmp $s_pong_len, %ecx
+        jb 6b
+        PUTS "TINY: net rx len="
+        mov %rbp, %rdi
+        call put_dec
+        PUTS " payload="
+        lea -14(%rbp), %r13d            # payload bytes, at most 32 printed
+        cmp $32, %r13d
+        jbe 7f
+        mov $32, %r13d
+7:      add $14, %r12
+8:      test %r13d, %r13d
+        jz 10f
+        movzbl (%r12), %eax
+        test %eax, %eax
+        jz 10f
+        cmp $0x20, %eax
+        jb 9f
+        cmp $0x7e, %eax
+        jbe 11f
+9:      mov $0x2e, %eax                 # '.' for what is not printable ASCII
+11:     call putc
+        inc %r12
+        dec %r13d
+        jmp 8b
+10:     call newline
+        jmp .Lnet_done
+.Lnet_repost:
+        xor %edi, %edi
+        mov %ebx, %esi
+        call vq_push
+        xor %edi, %edi
+        call vq_kick
+        jmp .Lnet_rx
+.Lnet_noreply:
+        lea s_no_reply(%rip), %rax
+.Lnet_fail:
+        mov %rax, %rdi
+        call vfail_nl
+.Lnet_done:
+        pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
+act_balloon:
+        push %rbx
+        push %r12
+        push %r13
+        lea s_balloon(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        mov $VIRTIO_ID_BALLOON, %edi
+        call vio_probe
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi                  # no features but VERSION_1 (no stats queue)
+        call vio_start
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi                  # inflateq
+        call vio_queue
+        test %rax, %rax
+        jnz 8f
+        lea s_no_devcfg(%rip), %rax
+        cmpq $0, vio_devcfg(%rip)
+        je 8f
+        call vio_driver_ok
+        lea key_balloon_pages(%rip), %rdi
+        mov $256, %esi
+        call param_uint
+        mov %rax, %rbx                  # pages
+        lea s_not_ram(%rip), %rax
+        cmp $1 << 20, %rbx
+        ja 8f
+        mov $BALLOON_START, %edi        # they must be RAM (below 4 GiB: PFNs are u32 here)
+        mov %rbx, %rsi
+        shl $12, %rsi
+        add %rdi, %rsi
+        call e820_covers
+        test %rax, %rax
+        jz 1f
+        lea s_not_ram(%rip), %rax
+        jmp 8f
+1:      xor %r12d, %r12d                # pages sent
+2:      mov %rbx, %r13
+        sub %r12, %r13
+        jz 4f
+        cmp $BALLOON_CHUNK, %r13
+        jbe 3f
+        mov $BALLOON_CHUNK, %r13d
+3:      lea dma_data(%rip), %rdi        # PFNs (u32), BALLOON_CHUNK at most per buffer
+        mov %r12d, %eax
+        add $BALLOON_START >> 12, %eax
+        xor %ecx, %ecx
+5:      mov %eax, (%rdi,%rcx,4)
+        inc %eax
+        inc %ecx
+        cmp %r13d, %ecx
+        jb 5b
+        mov vq_base(%rip), %rdi
+        lea dma_data(%rip), %rsi
+        lea (,%r13,4), %edx
+        xor %ecx, %ecx
+        call set_desc
+        xor %edi, %edi
+        xor %esi, %esi
+        call vq_submit
+        test %rax, %rax
+        jnz 8f
+        add %r13, %r12
+        jmp 2b
+4:      mov vio_devcfg(%rip), %rax
+        mov %ebx, 4(%rax)               # actual
+        PUTS "TINY: balloon ok inflated="
+        mov %rbx, %rdi
+        call put_dec
+        call newline
+        jmp 9f
+8:      mov %rax, %rdi
+        call vfail_nl
+9:      pop %r13
+        pop %r12
+        pop %rbx
+        ret
+
+# =====================================================================================
         .section .rodata
 name_linux64:   .asciz "linux64"
 name_linux32:   .asciz "linux32"
@@ -1187,6 +2458,38 @@ s_triple_fault: .asciz "triple-fault"
 s_counter:      .asciz "counter"
 s_io_hostile:   .asciz "io-hostile"
 s_emulation_failure: .asciz "emulation-failure"
+s_rng:          .asciz "rng"
+s_blk:          .asciz "blk"
+s_blk_verify:   .asciz "blk-verify"
+s_net:          .asciz "net"
+s_balloon:      .asciz "balloon"
+key_pci_mmio_mib: .asciz "tiny.pci_mmio_mib="
+key_blk_sector: .asciz "tiny.blk_sector="
+key_blk_seed:   .asciz "tiny.blk_seed="
+key_blk_try_write: .asciz "tiny.blk_try_write="
+key_net_wait_ms: .asciz "tiny.net_wait_ms="
+key_balloon_pages: .asciz "tiny.balloon_pages="
+s_not_found:    .asciz "not-found"
+s_bar:          .asciz "bar"
+s_no_caps:      .asciz "no-virtio-caps"
+s_no_version_1: .asciz "no-version-1"
+s_features:     .asciz "features"
+s_no_queue:     .asciz "no-queue"
+s_no_devcfg:    .asciz "no-device-cfg"
+s_timeout:      .asciz "timeout"
+s_empty:        .asciz "empty"
+s_zeros:        .asciz "zeros"
+s_read_status:  .asciz "read-status="
+s_write_status: .asciz "write-status="
+s_flush_status: .asciz "flush-status="
+s_sector_range: .asciz "sector-range"
+s_mismatch:     .asciz "mismatch offset="
+s_no_reply:     .asciz "no-reply"
+s_not_ram:      .asciz "not-ram"
+s_ping:         .ascii "TINY-NET-PING"
+        .set s_ping_len, . - s_ping
+s_pong:         .ascii "TINY-NET-PONG"
+        .set s_pong_len, . - s_pong
         .balign 8
 actions:
         .quad s_smp, act_smp
@@ -1198,6 +2501,11 @@ actions:
         .quad s_counter, act_counter
         .quad s_io_hostile, act_io_hostile
         .quad s_emulation_failure, act_emulation_failure
+        .quad s_rng, act_rng
+        .quad s_blk, act_blk
+        .quad s_blk_verify, act_blk_verify
+        .quad s_net, act_net
+        .quad s_balloon, act_balloon
         .quad 0, 0
 # m16:32 far pointers to the 64-bit continuations (for `ljmp *(%ebp)`).
 far_bp64:       .long bp64
@@ -1263,3 +2571,39 @@ ap_done: .skip 4
 ap_ids: .skip MAX_CPUS * 4
 s5_found: .skip 1
 lsr_broken: .skip 1
+        .balign 8
+pci_mode: .skip 8
+pci_ecam: .skip 8
+pci_ecam_size: .skip 8
+pci_next: .skip 8
+vdev_cfg: .skip 8                       # the device's configuration address (as for 0xCF8)
+vdev_name: .skip 8
+vio_caps:                               # addresses of the virtio structures, by cfg_type - 1
+vio_common: .skip 8
+vio_notify: .skip 8
+vio_isr: .skip 8
+vio_devcfg: .skip 8
+vio_notify_mul: .skip 8
+vio_msix: .skip 8
+vio_feat: .skip 8                       # negotiated feature bits 0-31
+vq_base: .skip 2 * 8
+vq_mask: .skip 2 * 8
+vq_notify: .skip 2 * 8
+vq_avail_idx: .skip 2 * 8
+vq_last_used: .skip 2 * 8
+blk_capacity: .skip 8
+net_mac: .skip 8
+
+# Buffers the virtio devices read and write. Not zeroed at entry (the actions initialize what
+# they use); after the BSS, inside the image's memory size.
+        .section .dma, "aw", @nobits
+        .balign 4096
+dma_vq: .skip 2 * 1024                  # queue n at dma_vq + n * 1 KiB
+blk_hdr: .skip 16
+blk_status: .skip 16
+rng_buf: .skip 32
+        .balign 64
+net_tx: .skip 128
+        .balign 4096
+dma_data: .skip 4096                    # blk data, balloon PFNs
+net_rx: .skip NET_RX_BUFS * NET_RX_STRIDE

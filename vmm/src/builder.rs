@@ -21,6 +21,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::pci::{MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::{Devices, GuestRequest};
+use crate::snapshot;
 use crate::vstate::vcpu::{self, RunControl, RunState, VcpuThread};
 use crate::vstate::vm::Vm;
 use crate::vstate::{VmEvent, memory};
@@ -52,6 +53,8 @@ pub enum BuildError {
     },
     #[error("starting vCPU threads: {0}")]
     Threads(std::io::Error),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 /// How the VM ended; the process exit status tells them apart.
@@ -65,6 +68,8 @@ pub enum VmExit {
     Crash(String),
     /// Stopped through the control socket: exit status 5.
     Stopped,
+    /// Saved to a snapshot through the control socket, then stopped: exit status 6.
+    Saved,
 }
 
 impl VmExit {
@@ -74,6 +79,7 @@ impl VmExit {
             VmExit::Reboot(_) => 3,
             VmExit::Crash(_) => 4,
             VmExit::Stopped => 5,
+            VmExit::Saved => 6,
         }
     }
 
@@ -83,6 +89,7 @@ impl VmExit {
             VmExit::Reboot(reason) => control::event_line("reboot", Some(reason)),
             VmExit::Crash(reason) => control::event_line("crash", Some(reason)),
             VmExit::Stopped => control::event_line("stopped", None),
+            VmExit::Saved => control::event_line("saved", None),
         }
     }
 }
@@ -90,7 +97,15 @@ impl VmExit {
 /// A built, running VM.
 pub struct Vmm {
     vm: Arc<Vm>,
-    _memory: GuestMemoryMmap,
+    memory: GuestMemoryMmap,
+    serial_port: Arc<Mutex<serial::SerialPort>>,
+    rtc: Arc<Mutex<Rtc>>,
+    /// Saving virtio device state (queues, features, MSI-X) is not built yet: such VMs refuse.
+    has_virtio_devices: bool,
+    /// The CRC32 of guest memory as loaded from a snapshot, checked against the file.
+    restored_memory_crc32: Option<u32>,
+    /// The CRC32 of guest memory as written by `save`.
+    saved_memory_crc32: Option<u32>,
     vcpus: Vec<VcpuThread>,
     run_control: Arc<RunControl>,
     power: Arc<Mutex<AcpiPm>>,
@@ -136,53 +151,84 @@ fn build_pci(
     Ok(pci)
 }
 
+/// How the guest starts: from its kernel, or where a snapshot left it.
+pub enum Start {
+    Boot,
+    Restore(Box<snapshot::SnapshotReader>),
+}
+
 /// Builds the VM and starts its vCPUs.
-pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
-    config.check_files()?;
+pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
+    if matches!(start, Start::Boot) {
+        config.check_files()?;
+    }
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     let guest_memory = memory::create(config.memory_bytes(), config.memory)?;
     vm.register_memory(&guest_memory)?;
     vm.create_irqchip_and_pit()?;
-    let boot_info = boot::load(
-        &guest_memory,
-        config.memory_bytes(),
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-    )?;
-    regs::write_boot_tables(&guest_memory)?;
-    acpi::write_tables(&guest_memory, config.vcpus)?;
+    let (boot_info, restored) = match start {
+        Start::Boot => {
+            let boot_info = boot::load(
+                &guest_memory,
+                config.memory_bytes(),
+                &config.kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+            )?;
+            regs::write_boot_tables(&guest_memory)?;
+            acpi::write_tables(&guest_memory, config.vcpus)?;
+            (boot_info, None)
+        }
+        Start::Restore(reader) => {
+            let (header, memory_crc) = reader.load_memory(&guest_memory)?;
+            vm.restore_state(&header.vm)?;
+            (
+                boot::BootInfo {
+                    entry: 0,
+                    zero_page: 0,
+                },
+                Some((header, memory_crc)),
+            )
+        }
+    };
     let supported = vcpu::supported_cpuid(&vm)?;
     let vcpu_fds = (0..config.vcpus)
         .map(|id| vcpu::create(&vm, id, config.vcpus, boot_info, &supported))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some((header, _)) = &restored {
+        for (fd, state) in vcpu_fds.iter().zip(&header.vcpus) {
+            vcpu::restore_state(fd, state)?;
+        }
+    }
+    let device_states = restored.as_ref().map(|(header, _)| &header.devices);
 
     let (sender, events) = mpsc::channel();
     let mut bus = PioBus::default();
-    let (serial_port, serial_interrupt, serial_info) = serial::build(&config.serial)?;
+    let (serial_port, serial_interrupt, serial_info) =
+        serial::build(&config.serial, device_states.map(|states| &states.serial))?;
     vm.register_irqfd(&serial_interrupt, COM1_IRQ)?;
     // The eventfd must outlive the VM's use of it; KVM holds its own reference once registered.
     std::mem::forget(serial_interrupt);
-    bus.insert(
-        COM1_PORT,
-        COM1_PORT_COUNT,
-        Arc::new(Mutex::new(serial_port)),
-    );
+    let serial_port = Arc::new(Mutex::new(serial_port));
+    bus.insert(COM1_PORT, COM1_PORT_COUNT, serial_port.clone());
     bus.insert(
         I8042_DATA_PORT,
         I8042_PORT_COUNT,
         Arc::new(Mutex::new(I8042::new(sender.clone()))),
     );
-    bus.insert(
-        RTC_PORT,
-        RTC_PORT_COUNT,
-        Arc::new(Mutex::new(Rtc::default())),
-    );
+    let rtc = Arc::new(Mutex::new(
+        device_states.map_or_else(Rtc::default, |states| Rtc::from_state(&states.rtc)),
+    ));
+    bus.insert(RTC_PORT, RTC_PORT_COUNT, rtc.clone());
     let sci_vm = vm.clone();
     let sci: crate::devices::acpi_pm::IrqLine = Box::new(move |level| {
         let _ = sci_vm.fd.set_irq_line(u32::from(SCI_IRQ), level);
     });
-    let power = Arc::new(Mutex::new(AcpiPm::new(sci, sender.clone())));
+    let mut acpi_pm = AcpiPm::new(sci, sender.clone());
+    if let Some(states) = device_states {
+        acpi_pm.restore(states.acpi_pm);
+    }
+    let power = Arc::new(Mutex::new(acpi_pm));
     bus.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, power.clone());
     let pci = Arc::new(build_pci(config, &vm, &guest_memory)?);
     bus.insert(
@@ -203,16 +249,27 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     let run_control = Arc::new(RunControl::default());
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.vcpus).zip(vcpu_fds) {
-        let thread = vcpu::spawn(id, fd, devices.clone(), run_control.clone(), sender.clone())
-            .map_err(BuildError::Threads)?;
+        let thread = vcpu::spawn(
+            id,
+            Arc::new(Mutex::new(fd)),
+            devices.clone(),
+            run_control.clone(),
+            sender.clone(),
+        )
+        .map_err(BuildError::Threads)?;
         vcpus.push(thread);
     }
     Ok(Vmm {
         vm,
-        _memory: guest_memory,
+        memory: guest_memory,
         vcpus,
         run_control,
         power,
+        serial_port,
+        rtc,
+        has_virtio_devices: config.rng || !config.disks.is_empty(),
+        restored_memory_crc32: restored.map(|(_, crc)| crc),
+        saved_memory_crc32: None,
         events,
         _events_sender: sender,
         watchers: Vec::new(),
@@ -248,6 +305,8 @@ impl Vmm {
             "memory_mib": self.memory_mib,
             "vcpus": vcpus,
             "pty": self.serial.pty.as_ref().map(|path| path.display().to_string()),
+            "restored_memory_crc32": self.restored_memory_crc32,
+            "saved_memory_crc32": self.saved_memory_crc32,
         })
     }
 
@@ -275,8 +334,68 @@ impl Vmm {
                 Ok(None)
             }
             Request::Reset => Ok(Some(VmExit::Reboot("reset requested".into()))),
+            Request::Save(path) => self.save(&path).map(|_| Some(VmExit::Saved)),
             Request::Stop => Ok(Some(VmExit::Stopped)),
         }
+    }
+
+    /// Pauses the vCPUs and writes the whole VM to `path`. On failure the vCPUs resume and the
+    /// guest goes on as if nothing happened.
+    fn save(&mut self, path: &std::path::Path) -> Result<u32, String> {
+        if self.has_virtio_devices {
+            return Err(
+                "saving a VM with virtio devices is not implemented yet (device state: issue #4)"
+                    .into(),
+            );
+        }
+        if !vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
+            return Err("vCPUs did not pause in time".into());
+        }
+        let saved = self.write_snapshot(path);
+        match &saved {
+            Ok(crc) => self.saved_memory_crc32 = Some(*crc),
+            Err(_) => {
+                vcpu::transition(&self.run_control, &self.vcpus, RunState::Running);
+            }
+        }
+        saved
+    }
+
+    fn write_snapshot(&self, path: &std::path::Path) -> Result<u32, String> {
+        let msr_indices = self.vm.msr_indices().map_err(|err| err.to_string())?;
+        let mut vcpu_states = Vec::new();
+        for thread in &self.vcpus {
+            let fd = thread
+                .fd
+                .lock()
+                .map_err(|_| "vCPU lock poisoned".to_string())?;
+            vcpu_states.push(
+                vcpu::save_state(&fd, &msr_indices)
+                    .map_err(|err| format!("vCPU {}: {err}", thread.id))?,
+            );
+        }
+        let header = snapshot::SnapshotHeader {
+            vcpu_count: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
+            memory_mib: self.memory_mib,
+            vcpus: vcpu_states,
+            vm: self.vm.save_state().map_err(|err| err.to_string())?,
+            devices: snapshot::DeviceStates {
+                serial: self
+                    .serial_port
+                    .lock()
+                    .map_err(|_| "serial lock poisoned")?
+                    .state(),
+                rtc: self.rtc.lock().map_err(|_| "rtc lock poisoned")?.state(),
+                acpi_pm: self
+                    .power
+                    .lock()
+                    .map_err(|_| "power lock poisoned")?
+                    .state(),
+            },
+        };
+        let memory_crc =
+            snapshot::write(path, &header, &self.memory).map_err(|err| err.to_string())?;
+        Ok(memory_crc)
     }
 
     /// Runs until the VM ends; stops the vCPUs and tells watchers how it ended.

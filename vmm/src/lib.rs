@@ -9,4 +9,5 @@ pub mod builder;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod snapshot;
 pub mod vstate;

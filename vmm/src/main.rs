@@ -1,6 +1,6 @@
 //! The `vireo-vmm` binary: `run` boots one guest and exits with a status that says how it ended
-//! (0 poweroff, 3 reboot, 4 crash, 5 stopped, 1 VMM failure, 2 bad arguments); `probe` reports
-//! what KVM offers here.
+//! (0 poweroff, 3 reboot, 4 crash, 5 stopped, 6 saved, 1 VMM failure, 2 bad arguments); `restore`
+//! continues a saved VM; `control` talks to a running one; `probe` reports what KVM offers here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,8 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,readonly][,serial=TEXT]]...
-       vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch
+       vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
+       vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH
        vireo-vmm probe
        vireo-vmm --version";
 
@@ -22,7 +23,13 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String> {
+/// Options of `run`, or of `restore` (which takes the machine's shape from the snapshot and
+/// needs no kernel).
+fn parse_run(
+    mut args: impl Iterator<Item = String>,
+    restoring: bool,
+) -> Result<(VmConfig, Option<PathBuf>), String> {
+    let mut snapshot = None;
     let mut kernel = None;
     let mut initrd = None;
     let mut cmdline = String::new();
@@ -59,13 +66,21 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
             "--no-ksm" => memory.ksm = false,
             "--kvm-device" => kvm_device = PathBuf::from(value()?),
             "--rng" => rng = true,
+            "--snapshot" if restoring => snapshot = Some(PathBuf::from(value()?)),
             "--disk" => disks.push(value()?.parse()?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
-    let kernel = kernel.ok_or("--kernel is required")?;
+    let kernel = if restoring {
+        PathBuf::new()
+    } else {
+        kernel.ok_or("--kernel is required")?
+    };
+    if restoring && snapshot.is_none() {
+        return Err("restore needs --snapshot PATH".into());
+    }
     let vcpus = VmConfig::validate(vcpus, memory_mib).map_err(|err| err.to_string())?;
-    Ok(VmConfig {
+    let config = VmConfig {
         vcpus,
         memory_mib,
         kernel,
@@ -77,11 +92,12 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<VmConfig, String>
         kvm_device,
         rng,
         disks,
-    })
+    };
+    Ok((config, snapshot))
 }
 
-fn run(config: &VmConfig) -> ExitCode {
-    let vmm = match builder::build(config) {
+fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
+    let vmm = match builder::build(config, start) {
         Ok(vmm) => vmm,
         Err(err) => {
             eprintln!("vireo-vmm: {err}");
@@ -97,13 +113,14 @@ fn run(config: &VmConfig) -> ExitCode {
         VmExit::Reboot(reason) => eprintln!("vireo-vmm: guest reboot: {reason}"),
         VmExit::Crash(reason) => eprintln!("vireo-vmm: guest crashed: {reason}"),
         VmExit::Stopped => eprintln!("vireo-vmm: stopped"),
+        VmExit::Saved => eprintln!("vireo-vmm: saved and stopped"),
     }
     ExitCode::from(exit.exit_code())
 }
 
 /// Sends one request to a running VMM's control socket and prints the reply (and, for `watch`,
 /// every event until the VMM exits). Exits 1 when the VMM answers with an error.
-fn control_client(socket: &str, command: &str) -> ExitCode {
+fn control_client(socket: &str, command: &str, path: Option<&str>) -> ExitCode {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
         Ok(stream) => stream,
@@ -112,7 +129,11 @@ fn control_client(socket: &str, command: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let request = format!("{}\n", serde_json::json!({ "cmd": command }));
+    let request = match path {
+        Some(path) => serde_json::json!({ "cmd": command, "path": path }),
+        None => serde_json::json!({ "cmd": command }),
+    };
+    let request = format!("{request}\n");
     if let Err(err) = stream.write_all(request.as_bytes()) {
         eprintln!("vireo-vmm: {socket}: {err}");
         return ExitCode::FAILURE;
@@ -142,15 +163,35 @@ fn control_client(socket: &str, command: &str) -> ExitCode {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("run") => match parse_run(args) {
-            Ok(config) => run(&config),
+        Some("run") => match parse_run(args, false) {
+            Ok((config, _)) => run(&config, builder::Start::Boot),
+            Err(message) => usage_error(&message),
+        },
+        Some("restore") => match parse_run(args, true) {
+            Ok((mut config, Some(path))) => match vireo_vmm::snapshot::open(&path) {
+                Ok(reader) => {
+                    config.vcpus = reader.header.vcpu_count;
+                    config.memory_mib = reader.header.memory_mib;
+                    if let Err(err) = VmConfig::validate(u64::from(config.vcpus), config.memory_mib)
+                    {
+                        eprintln!("vireo-vmm: snapshot {}: {err}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                    run(&config, builder::Start::Restore(Box::new(reader)))
+                }
+                Err(err) => {
+                    eprintln!("vireo-vmm: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            Ok((_, None)) => usage_error("restore needs --snapshot PATH"),
             Err(message) => usage_error(&message),
         },
         Some("control") => {
             let (Some(socket), Some(command)) = (args.next(), args.next()) else {
                 return usage_error("control needs SOCKET and a command");
             };
-            control_client(&socket, &command)
+            control_client(&socket, &command, args.next().as_deref())
         }
         Some("probe") => {
             let probe = vireo_vmm::vstate::probe::probe_kvm();

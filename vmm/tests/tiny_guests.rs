@@ -576,3 +576,188 @@ fn hugepage_backed_memory_boots() {
     );
     assert!(serial.contains("TINY: mem ok mib=16"), "{serial}");
 }
+
+fn control_with(dir: &Path, request: serde_json::Value) -> serde_json::Value {
+    let mut stream = UnixStream::connect(dir.join("control.sock")).expect("control socket");
+    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("JSON reply")
+}
+
+/// The counts a counter guest printed, in order.
+fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|line| line.trim_end().strip_prefix("TINY: count=")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn save_then_restore_in_a_new_process_continues_the_counter() {
+    const SHIFT: u32 = 14;
+    let kernel = tiny_or_skip!("tiny.elf");
+    for vcpus in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("guest.vmstate");
+        let mut guest = Guest::start(
+            &kernel,
+            vcpus,
+            64,
+            &format!("counter tiny.count_shift={SHIFT}"),
+        );
+        guest.wait_for_line("TINY: count=");
+        std::thread::sleep(Duration::from_millis(300));
+        let reply = control_with(
+            guest.dir.path(),
+            serde_json::json!({ "cmd": "save", "path": snapshot }),
+        );
+        assert_eq!(reply["ok"], true, "{reply}");
+        let saved_crc = reply["saved_memory_crc32"]
+            .as_u64()
+            .expect("save reports the memory CRC");
+        let first = guest.finish();
+        assert_eq!(first.status, Some(6), "saved and stopped: {}", first.stderr);
+        let before = *counts(&first.serial).last().expect("counts before saving");
+
+        let restored_serial = dir.path().join("restored-serial");
+        let mut restored = Command::new(VMM)
+            .args(["restore", "--snapshot"])
+            .arg(&snapshot)
+            .arg("--serial")
+            .arg(format!("file:{}", restored_serial.display()))
+            .arg("--control")
+            .arg(dir.path().join("control.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while counts(&std::fs::read_to_string(&restored_serial).unwrap_or_default()).is_empty() {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the restored guest printed no count"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let info = control(dir.path(), "info");
+        assert_eq!(
+            info["restored_memory_crc32"].as_u64(),
+            Some(saved_crc),
+            "memory CRC before save = after restore"
+        );
+        assert_eq!(
+            info["vcpus"].as_array().map(Vec::len),
+            Some(usize::from(vcpus))
+        );
+        control(dir.path(), "stop");
+        assert_eq!(wait_exit(&mut restored), Some(5));
+        let after = counts(&std::fs::read_to_string(&restored_serial).unwrap());
+        // The guest prints every 2^SHIFT increments: the first line after restoring is the very
+        // next one it would have printed, with no count lost or repeated.
+        assert_eq!(
+            after[0],
+            before + (1 << SHIFT),
+            "before save {before}, after restore {after:?}"
+        );
+        assert!(
+            after
+                .windows(2)
+                .all(|pair| pair[1] == pair[0] + (1 << SHIFT)),
+            "{after:?}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_or_foreign_snapshot_is_refused() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("guest.vmstate");
+    let mut guest = Guest::start(&kernel, 1, 64, "counter");
+    guest.wait_for_line("TINY: count=");
+    assert_eq!(
+        control_with(
+            guest.dir.path(),
+            serde_json::json!({ "cmd": "save", "path": snapshot })
+        )["ok"],
+        true
+    );
+    assert_eq!(guest.finish().status, Some(6));
+    let restore = |path: &Path| {
+        Command::new(VMM)
+            .args(["restore", "--snapshot"])
+            .arg(path)
+            .args(["--serial", "null"])
+            .output()
+            .unwrap()
+    };
+
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0xff;
+    let corrupt = dir.path().join("corrupt.vmstate");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let output = restore(&corrupt);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("memory CRC mismatch"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    bytes[8] = 99; // version
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let output = restore(&corrupt);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("version 99"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    std::fs::write(&corrupt, b"not a snapshot at all").unwrap();
+    let output = restore(&corrupt);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a vireo-vmm snapshot"));
+}
+
+#[test]
+fn saving_with_virtio_devices_is_refused_and_the_guest_goes_on() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "64",
+            "--rng",
+            "--cmdline",
+            "tiny.test=wait-shutdown",
+            "--serial",
+            "null",
+            "--control",
+        ])
+        .arg(dir.path().join("control.sock"))
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while control_ready(dir.path()).is_none() {
+        assert!(started.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reply = control_with(
+        dir.path(),
+        serde_json::json!({ "cmd": "save", "path": dir.path().join("x") }),
+    );
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("virtio devices"),
+        "{reply}"
+    );
+    assert!(!dir.path().join("x").exists(), "no half snapshot");
+    assert_eq!(control(dir.path(), "info")["state"], "running");
+    control(dir.path(), "shutdown");
+    assert_eq!(wait_exit(&mut child), Some(0));
+}

@@ -24,6 +24,8 @@ pub enum Request {
     Shutdown,
     Reset,
     Stop,
+    /// Pause, write the whole VM to this file, and stop (as `virsh save`).
+    Save(std::path::PathBuf),
     /// Send every event line to this channel from now on.
     Watch(Sender<String>),
 }
@@ -47,6 +49,14 @@ fn parse(line: &str) -> Result<Request, String> {
         "shutdown" => Request::Shutdown,
         "reset" => Request::Reset,
         "stop" => Request::Stop,
+        "save" => Request::Save(
+            value
+                .get("path")
+                .and_then(Value::as_str)
+                .filter(|path| !path.is_empty())
+                .ok_or("save needs a \"path\"")?
+                .into(),
+        ),
         other => {
             return Err(format!(
                 "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop or watch"

@@ -39,7 +39,30 @@ pub struct AcpiPm {
     requests: RequestSender,
 }
 
+/// PM1 status, enable and control, for save and restore (the PM timer restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcpiPmState {
+    pub status: u16,
+    pub enable: u16,
+    pub control: u16,
+}
+
 impl AcpiPm {
+    pub fn state(&self) -> AcpiPmState {
+        AcpiPmState {
+            status: self.status,
+            enable: self.enable,
+            control: self.control,
+        }
+    }
+
+    pub fn restore(&mut self, state: AcpiPmState) {
+        self.status = state.status;
+        self.enable = state.enable;
+        self.control = state.control | SCI_EN;
+        self.update_sci();
+    }
+
     pub fn new(sci: IrqLine, requests: RequestSender) -> AcpiPm {
         // SCI_EN set: the platform is already in ACPI mode (no SMI command port).
         AcpiPm {

@@ -46,7 +46,32 @@ impl Default for Rtc {
     }
 }
 
+/// The CMOS index register and storage, for save and restore (the clock itself is the host's).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcState {
+    pub index: u8,
+    pub cmos: Vec<u8>,
+}
+
 impl Rtc {
+    pub fn state(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            cmos: self.cmos.to_vec(),
+        }
+    }
+
+    pub fn from_state(state: &RtcState) -> Rtc {
+        let mut rtc = Rtc {
+            index: state.index & 0x7f,
+            cmos: [0; 128],
+        };
+        for (slot, byte) in rtc.cmos.iter_mut().zip(&state.cmos) {
+            *slot = *byte;
+        }
+        rtc
+    }
+
     fn now() -> libc::tm {
         // SAFETY: time(NULL) only reads the clock.
         let now = unsafe { libc::time(std::ptr::null_mut()) };

@@ -248,8 +248,68 @@ fn unix_listener(path: &Path) -> Result<UnixListener, SerialError> {
     })
 }
 
-/// Builds COM1 for `output`. Its interrupt eventfd must be registered as an irqfd for `COM1_IRQ`.
-pub fn build(output: &SerialOutput) -> Result<(SerialPort, EventFd, SerialInfo), SerialError> {
+/// The UART's registers and receive buffer, for save and restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialPortState {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
+impl SerialPort {
+    pub fn state(&self) -> SerialPortState {
+        let Ok(uart) = self.uart.lock() else {
+            return SerialPortState::default();
+        };
+        let state = uart.state();
+        SerialPortState {
+            registers: [
+                state.baud_divisor_low,
+                state.baud_divisor_high,
+                state.interrupt_enable,
+                state.interrupt_identification,
+                state.line_control,
+                state.line_status,
+                state.modem_control,
+                state.modem_status,
+                state.scratch,
+            ],
+            in_buffer: state.in_buffer,
+        }
+    }
+}
+
+fn superio_state(state: &SerialPortState) -> vm_superio::serial::SerialState {
+    let [
+        baud_divisor_low,
+        baud_divisor_high,
+        interrupt_enable,
+        interrupt_identification,
+        line_control,
+        line_status,
+        modem_control,
+        modem_status,
+        scratch,
+    ] = state.registers;
+    vm_superio::serial::SerialState {
+        baud_divisor_low,
+        baud_divisor_high,
+        interrupt_enable,
+        interrupt_identification,
+        line_control,
+        line_status,
+        modem_control,
+        modem_status,
+        scratch,
+        in_buffer: state.in_buffer.clone(),
+    }
+}
+
+/// Builds COM1 for `output`, with restored registers when given. Its interrupt eventfd must be
+/// registered as an irqfd for `COM1_IRQ`.
+pub fn build(
+    output: &SerialOutput,
+    restored: Option<&SerialPortState>,
+) -> Result<(SerialPort, EventFd, SerialInfo), SerialError> {
     let interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
     let trigger = IrqTrigger(interrupt.try_clone().map_err(SerialError::EventFd)?);
     let mut info = SerialInfo::default();
@@ -292,7 +352,14 @@ pub fn build(output: &SerialOutput) -> Result<(SerialPort, EventFd, SerialInfo),
             Box::new(client)
         }
     };
-    let uart = Arc::new(Mutex::new(Serial::new(trigger, writer)));
+    let uart = match restored {
+        None => Serial::new(trigger, writer),
+        Some(state) => Serial::from_state(&superio_state(state), trigger, NoEvents, writer)
+            .map_err(|_| {
+                SerialError::EventFd(std::io::Error::other("restored serial state is invalid"))
+            })?,
+    };
+    let uart = Arc::new(Mutex::new(uart));
     if let Some(input) = input {
         let uart = uart.clone();
         std::thread::Builder::new()
@@ -326,7 +393,7 @@ mod tests {
     fn guest_bytes_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console");
-        let (mut port, _interrupt, _) = build(&SerialOutput::File(path.clone())).unwrap();
+        let (mut port, _interrupt, _) = build(&SerialOutput::File(path.clone()), None).unwrap();
         for byte in b"hi\n" {
             port.write(0, &[*byte]);
         }

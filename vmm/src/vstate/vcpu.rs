@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::VmEvent;
@@ -161,6 +161,9 @@ pub struct VcpuThread {
     handle: JoinHandle<()>,
     /// The thread's CPU-time clock, for per-vCPU time.
     cpu_clock: Arc<AtomicI32>,
+    /// The vCPU. Its thread holds the lock only inside KVM_RUN, so while the vCPUs are paused the
+    /// event loop can read and write their state (save, restore).
+    pub fd: Arc<Mutex<VcpuFd>>,
 }
 
 impl VcpuThread {
@@ -195,13 +198,14 @@ impl VcpuThread {
 /// Starts the run loop of `vcpu` on its own thread.
 pub fn spawn(
     id: u8,
-    vcpu: VcpuFd,
+    vcpu: Arc<Mutex<VcpuFd>>,
     devices: Arc<Devices>,
     control: Arc<RunControl>,
     events: Sender<VmEvent>,
 ) -> std::io::Result<VcpuThread> {
     let cpu_clock = Arc::new(AtomicI32::new(0));
     let clock_slot = cpu_clock.clone();
+    let thread_fd = vcpu.clone();
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         // The run loop is shallow; a small stack is cheaper to set up than the 2 MiB default.
@@ -212,19 +216,20 @@ pub fn spawn(
             if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
                 clock_slot.store(clock, Ordering::SeqCst);
             }
-            run_loop(id, vcpu, &devices, &control, &events);
+            run_loop(id, &thread_fd, &devices, &control, &events);
             control.parked.fetch_add(1, Ordering::SeqCst);
         })?;
     Ok(VcpuThread {
         id,
         handle,
         cpu_clock,
+        fd: vcpu,
     })
 }
 
 fn run_loop(
     id: u8,
-    mut vcpu: VcpuFd,
+    shared: &Mutex<VcpuFd>,
     devices: &Devices,
     control: &RunControl,
     events: &Sender<VmEvent>,
@@ -236,6 +241,9 @@ fn run_loop(
         if !control.checkpoint() {
             return;
         }
+        let Ok(mut vcpu) = shared.lock() else {
+            return crash("vCPU state lock poisoned".to_string());
+        };
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => devices.pio.read(port, data),
             Ok(VcpuExit::IoOut(port, data)) => devices.pio.write(port, data),
@@ -309,4 +317,73 @@ pub fn transition(control: &RunControl, threads: &[VcpuThread], state: RunState)
         std::thread::sleep(Duration::from_micros(500));
     }
     false
+}
+
+/// Reads every part of a paused vCPU's state.
+pub fn save_state(
+    vcpu: &VcpuFd,
+    msr_indices: &[u32],
+) -> Result<crate::snapshot::VcpuState, VmError> {
+    let mut msrs = Vec::new();
+    for index in msr_indices {
+        // One at a time: KVM stops a batch at the first MSR it refuses.
+        let Ok(mut one) = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: *index,
+            ..Default::default()
+        }]) else {
+            continue;
+        };
+        if vcpu.get_msrs(&mut one).unwrap_or(0) == 1
+            && let Some(entry) = one.as_slice().first()
+        {
+            msrs.push((entry.index, entry.data));
+        }
+    }
+    Ok(crate::snapshot::VcpuState {
+        regs: vcpu.get_regs().map_err(kvm_error("KVM_GET_REGS"))?,
+        sregs: vcpu.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?,
+        xsave: vcpu.get_xsave().map_err(kvm_error("KVM_GET_XSAVE"))?,
+        xcrs: vcpu.get_xcrs().map_err(kvm_error("KVM_GET_XCRS"))?,
+        msrs,
+        lapic: vcpu.get_lapic().map_err(kvm_error("KVM_GET_LAPIC"))?,
+        mp_state: vcpu.get_mp_state().map_err(kvm_error("KVM_GET_MP_STATE"))?,
+        events: vcpu
+            .get_vcpu_events()
+            .map_err(kvm_error("KVM_GET_VCPU_EVENTS"))?,
+    })
+}
+
+/// Writes a saved state into a freshly created vCPU (CPUID already set).
+pub fn restore_state(vcpu: &VcpuFd, state: &crate::snapshot::VcpuState) -> Result<(), VmError> {
+    vcpu.set_mp_state(state.mp_state)
+        .map_err(kvm_error("KVM_SET_MP_STATE"))?;
+    vcpu.set_regs(&state.regs)
+        .map_err(kvm_error("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&state.sregs)
+        .map_err(kvm_error("KVM_SET_SREGS"))?;
+    // SAFETY: the xsave area came from KVM_GET_XSAVE of the same kind of vCPU.
+    unsafe { vcpu.set_xsave(&state.xsave) }.map_err(kvm_error("KVM_SET_XSAVE"))?;
+    vcpu.set_xcrs(&state.xcrs)
+        .map_err(kvm_error("KVM_SET_XCRS"))?;
+    vcpu.set_lapic(&state.lapic)
+        .map_err(kvm_error("KVM_SET_LAPIC"))?;
+    let entries: Vec<_> = state
+        .msrs
+        .iter()
+        .map(|(index, data)| kvm_bindings::kvm_msr_entry {
+            index: *index,
+            data: *data,
+            ..Default::default()
+        })
+        .collect();
+    if !entries.is_empty() {
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VmError::Kvm {
+            what: "MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        vcpu.set_msrs(&msrs).map_err(kvm_error("KVM_SET_MSRS"))?;
+    }
+    vcpu.set_vcpu_events(&state.events)
+        .map_err(kvm_error("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
 }

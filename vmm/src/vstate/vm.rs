@@ -135,6 +135,56 @@ impl Vm {
         }
     }
 
+    /// The irqchip (both PICs, the IOAPIC), the PIT and the KVM clock, for a snapshot.
+    pub fn save_state(&self) -> Result<crate::snapshot::VmState, VmError> {
+        let chip = |chip_id| -> Result<kvm_bindings::kvm_irqchip, VmError> {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm_error("KVM_GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        Ok(crate::snapshot::VmState {
+            pic_master: chip(kvm_bindings::KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(kvm_bindings::KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(kvm_bindings::KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm_error("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    pub fn restore_state(&self, state: &crate::snapshot::VmState) -> Result<(), VmError> {
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(kvm_error("KVM_SET_IRQCHIP"))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(kvm_error("KVM_SET_PIT2"))?;
+        // Only the clock value is restored; the flags KVM reported are not settable.
+        let clock = kvm_bindings::kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(kvm_error("KVM_SET_CLOCK"))
+    }
+
+    /// Every MSR index KVM can save.
+    pub fn msr_indices(&self) -> Result<Vec<u32>, VmError> {
+        Ok(self
+            .kvm
+            .get_msr_index_list()
+            .map_err(kvm_error("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec())
+    }
+
     /// Routes `eventfd` to the interrupt `gsi`.
     pub fn register_irqfd(&self, eventfd: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd
