@@ -100,8 +100,10 @@ pub struct Vmm {
     memory: GuestMemoryMmap,
     serial_port: Arc<Mutex<serial::SerialPort>>,
     rtc: Arc<Mutex<Rtc>>,
-    /// Saving virtio device state (queues, features, MSI-X) is not built yet: such VMs refuse.
-    has_virtio_devices: bool,
+    /// The virtio transports, in PCI slot order, for save.
+    virtio: Vec<Arc<Mutex<VirtioPci>>>,
+    /// The configured devices, which a restore recreates.
+    machine: snapshot::MachineDevices,
     /// The CRC32 of guest memory as loaded from a snapshot, checked against the file.
     restored_memory_crc32: Option<u32>,
     /// The CRC32 of guest memory as written by `save`.
@@ -121,7 +123,7 @@ fn build_pci(
     config: &VmConfig,
     vm: &Arc<Vm>,
     memory: &GuestMemoryMmap,
-) -> Result<PciBus, BuildError> {
+) -> Result<(PciBus, Vec<Arc<Mutex<VirtioPci>>>), BuildError> {
     let msi_vm = vm.clone();
     let msi: MsiSender = Arc::new(move |address, data| {
         let message = kvm_bindings::kvm_msi {
@@ -144,11 +146,17 @@ fn build_pci(
         )?));
     }
     let mut pci = PciBus::new();
+    let mut transports = Vec::new();
     for device in devices {
-        let transport = VirtioPci::new(device, memory.clone(), msi.clone());
-        pci.add(Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(VirtioPci::new(
+            device,
+            memory.clone(),
+            msi.clone(),
+        )));
+        pci.add(transport.clone())?;
+        transports.push(transport);
     }
-    Ok(pci)
+    Ok((pci, transports))
 }
 
 /// How the guest starts: from its kernel, or where a snapshot left it.
@@ -230,7 +238,15 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
     }
     let power = Arc::new(Mutex::new(acpi_pm));
     bus.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, power.clone());
-    let pci = Arc::new(build_pci(config, &vm, &guest_memory)?);
+    let (pci, virtio) = build_pci(config, &vm, &guest_memory)?;
+    if let Some(states) = device_states {
+        for (transport, state) in virtio.iter().zip(&states.virtio) {
+            if let Ok(mut transport) = transport.lock() {
+                transport.restore(state);
+            }
+        }
+    }
+    let pci = Arc::new(pci);
     bus.insert(
         CONFIG_ADDRESS_PORT,
         CONFIG_PORT_COUNT,
@@ -267,7 +283,11 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
         power,
         serial_port,
         rtc,
-        has_virtio_devices: config.rng || !config.disks.is_empty(),
+        virtio,
+        machine: snapshot::MachineDevices {
+            rng: config.rng,
+            disks: config.disks.clone(),
+        },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
         saved_memory_crc32: None,
         events,
@@ -342,12 +362,6 @@ impl Vmm {
     /// Pauses the vCPUs and writes the whole VM to `path`. On failure the vCPUs resume and the
     /// guest goes on as if nothing happened.
     fn save(&mut self, path: &std::path::Path) -> Result<u32, String> {
-        if self.has_virtio_devices {
-            return Err(
-                "saving a VM with virtio devices is not implemented yet (device state: issue #4)"
-                    .into(),
-            );
-        }
         if !vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
             return Err("vCPUs did not pause in time".into());
         }
@@ -377,6 +391,7 @@ impl Vmm {
         let header = snapshot::SnapshotHeader {
             vcpu_count: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
             memory_mib: self.memory_mib,
+            machine: self.machine.clone(),
             vcpus: vcpu_states,
             vm: self.vm.save_state().map_err(|err| err.to_string())?,
             devices: snapshot::DeviceStates {
@@ -391,6 +406,12 @@ impl Vmm {
                     .lock()
                     .map_err(|_| "power lock poisoned")?
                     .state(),
+                virtio: self
+                    .virtio
+                    .iter()
+                    .map(|transport| transport.lock().map(|transport| transport.state()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "virtio device lock poisoned")?,
             },
         };
         let memory_crc =

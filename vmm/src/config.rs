@@ -31,7 +31,7 @@ pub struct VmConfig {
 }
 
 /// `--disk PATH[,readonly][,serial=TEXT]`: a raw image on virtio-blk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,

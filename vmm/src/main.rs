@@ -172,6 +172,8 @@ fn main() -> ExitCode {
                 Ok(reader) => {
                     config.vcpus = reader.header.vcpu_count;
                     config.memory_mib = reader.header.memory_mib;
+                    config.rng = reader.header.machine.rng;
+                    config.disks = reader.header.machine.disks.clone();
                     if let Err(err) = VmConfig::validate(u64::from(config.vcpus), config.memory_mib)
                     {
                         eprintln!("vireo-vmm: snapshot {}: {err}", path.display());

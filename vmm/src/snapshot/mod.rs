@@ -54,6 +54,15 @@ pub struct DeviceStates {
     pub serial: SerialPortState,
     pub rtc: RtcState,
     pub acpi_pm: AcpiPmState,
+    /// The virtio devices' transports, in PCI slot order.
+    pub virtio: Vec<crate::devices::virtio::pci::VirtioPciState>,
+}
+
+/// The devices a restore must recreate, as they were configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineDevices {
+    pub rng: bool,
+    pub disks: Vec<crate::config::DiskConfig>,
 }
 
 /// Everything but memory.
@@ -61,6 +70,7 @@ pub struct DeviceStates {
 pub struct SnapshotHeader {
     pub vcpu_count: u8,
     pub memory_mib: u64,
+    pub machine: MachineDevices,
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
     pub devices: DeviceStates,

@@ -26,6 +26,13 @@ struct Bar {
     kind: BarKind,
 }
 
+/// A configuration space's guest-visible contents, for save and restore.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciConfigState {
+    pub bytes: Vec<u8>,
+    pub bar_addresses: Vec<u64>,
+}
+
 #[derive(Clone)]
 pub struct PciConfig {
     bytes: [u8; CONFIG_SIZE],
@@ -146,6 +153,28 @@ impl PciConfig {
         self.last_capability = Some(offset);
         self.next_capability = (offset + length).next_multiple_of(4);
         offset
+    }
+
+    pub fn state(&self) -> PciConfigState {
+        PciConfigState {
+            bytes: self.bytes.to_vec(),
+            bar_addresses: self
+                .bars
+                .iter()
+                .map(|bar| bar.map_or(0, |bar| bar.address))
+                .collect(),
+        }
+    }
+
+    /// Takes back what `state` saved; the layout (BAR sizes, capabilities) is rebuilt by the
+    /// device, so only guest-written values come from the state.
+    pub fn restore(&mut self, state: &PciConfigState) {
+        for (slot, byte) in self.bytes.iter_mut().zip(&state.bytes) {
+            *slot = *byte;
+        }
+        for (index, address) in state.bar_addresses.iter().enumerate() {
+            self.set_bar_address(index, *address);
+        }
     }
 
     /// The raw byte at `offset` (devices read their own capabilities' writable fields here).

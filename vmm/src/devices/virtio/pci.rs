@@ -43,11 +43,42 @@ const MSIX_CONTROL_MASK: u16 = 1 << 14;
 /// Delivers one MSI message (address, data) to the guest.
 pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct MsixEntry {
     address: u64,
     data: u32,
     masked: bool,
+}
+
+/// One virtqueue's negotiated layout and positions, for save and restore.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub vector: u16,
+}
+
+/// The transport's whole state: configuration space, negotiation, queues and MSI-X.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciState {
+    config: crate::devices::pci::config::PciConfigState,
+    driver_features: u64,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    config_vector: u16,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    isr: u8,
+    queues: Vec<QueueSnapshot>,
+    msix: Vec<MsixEntry>,
+    msix_pending: Vec<bool>,
 }
 
 pub struct VirtioPci {
@@ -68,6 +99,14 @@ pub struct VirtioPci {
     config_generation: u8,
     queue_select: u16,
     isr: u8,
+}
+
+/// The low and high 32 bits of an address, as virtio-queue's setters take them.
+fn halves(address: u64) -> (Option<u32>, Option<u32>) {
+    (
+        u32::try_from(address & 0xffff_ffff).ok(),
+        u32::try_from(address >> 32).ok(),
+    )
 }
 
 fn vendor_capability(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -161,6 +200,79 @@ impl VirtioPci {
             config_generation: 0,
             queue_select: 0,
             isr: 0,
+        }
+    }
+
+    pub fn state(&self) -> VirtioPciState {
+        VirtioPciState {
+            config: self.config.state(),
+            driver_features: self.driver_features,
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            config_vector: self.config_vector,
+            status: self.status,
+            config_generation: self.config_generation,
+            queue_select: self.queue_select,
+            isr: self.isr,
+            queues: self
+                .queues
+                .iter()
+                .zip(&self.queue_vectors)
+                .map(|(queue, vector)| QueueSnapshot {
+                    size: queue.size(),
+                    ready: queue.ready(),
+                    desc_table: queue.desc_table(),
+                    avail_ring: queue.avail_ring(),
+                    used_ring: queue.used_ring(),
+                    next_avail: queue.next_avail(),
+                    next_used: queue.next_used(),
+                    event_idx: queue.event_idx_enabled(),
+                    vector: *vector,
+                })
+                .collect(),
+            msix: self.msix.clone(),
+            msix_pending: self.msix_pending.clone(),
+        }
+    }
+
+    /// Takes back a saved state; the device keeps its own (it holds no guest-visible state).
+    pub fn restore(&mut self, state: &VirtioPciState) {
+        self.config.restore(&state.config);
+        self.driver_features = state.driver_features & self.device.features();
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.config_vector = state.config_vector;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.queue_select = state.queue_select;
+        self.isr = state.isr;
+        for ((queue, vector), saved) in self
+            .queues
+            .iter_mut()
+            .zip(self.queue_vectors.iter_mut())
+            .zip(&state.queues)
+        {
+            queue.set_size(saved.size);
+            let (low, high) = halves(saved.desc_table);
+            queue.set_desc_table_address(low, high);
+            let (low, high) = halves(saved.avail_ring);
+            queue.set_avail_ring_address(low, high);
+            let (low, high) = halves(saved.used_ring);
+            queue.set_used_ring_address(low, high);
+            queue.set_next_avail(saved.next_avail);
+            queue.set_next_used(saved.next_used);
+            queue.set_event_idx(saved.event_idx);
+            queue.set_ready(saved.ready);
+            *vector = saved.vector;
+        }
+        for (entry, saved) in self.msix.iter_mut().zip(&state.msix) {
+            *entry = *saved;
+        }
+        for (pending, saved) in self.msix_pending.iter_mut().zip(&state.msix_pending) {
+            *pending = *saved;
+        }
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.device.activate(self.driver_features);
         }
     }
 
