@@ -101,7 +101,7 @@ pub struct Vmm {
     serial_port: Arc<Mutex<serial::SerialPort>>,
     rtc: Arc<Mutex<Rtc>>,
     /// The virtio transports, in PCI slot order, for save.
-    virtio: Vec<Arc<Mutex<VirtioPci>>>,
+    virtio: Vec<SharedVirtio>,
     /// The configured devices, which a restore recreates.
     machine: snapshot::MachineDevices,
     /// The CRC32 of guest memory as loaded from a snapshot, checked against the file.
@@ -118,12 +118,15 @@ pub struct Vmm {
     memory_mib: u64,
 }
 
+/// A virtio device's transport, shared by the PCI bus and the snapshot code.
+type SharedVirtio = Arc<Mutex<VirtioPci>>;
+
 /// The PCI bus with the configured virtio devices; their interrupts are MSI messages through KVM.
 fn build_pci(
     config: &VmConfig,
     vm: &Arc<Vm>,
     memory: &GuestMemoryMmap,
-) -> Result<(PciBus, Vec<Arc<Mutex<VirtioPci>>>), BuildError> {
+) -> Result<(PciBus, Vec<SharedVirtio>), BuildError> {
     let msi_vm = vm.clone();
     let msi: MsiSender = Arc::new(move |address, data| {
         let message = kvm_bindings::kvm_msi {
