@@ -303,7 +303,8 @@ pub fn transition(control: &RunControl, threads: &[VcpuThread], state: RunState)
         return true;
     }
     // A kick can arrive just before a vCPU enters KVM_RUN; kick again until everyone parked.
-    for _ in 0..2000 {
+    // Up to 5 s: under emulation (a nested or TCG host) a vCPU can take long to notice.
+    for _ in 0..10_000 {
         let done = match state {
             RunState::Paused => control.parked.load(Ordering::SeqCst) >= threads.len(),
             _ => threads.iter().all(VcpuThread::is_finished),
