@@ -330,6 +330,7 @@ impl Vmm {
             "pty": self.serial.pty.as_ref().map(|path| path.display().to_string()),
             "restored_memory_crc32": self.restored_memory_crc32,
             "saved_memory_crc32": self.saved_memory_crc32,
+            "devices": self.virtio.iter().filter_map(|transport| transport.lock().ok().map(|t| t.describe())).collect::<Vec<_>>(),
         })
     }
 

@@ -207,3 +207,64 @@ fn missing_disk_is_named() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--disk option `bogus`"));
 }
+
+#[test]
+fn block_statistics_count_what_the_guest_did() {
+    use std::io::{BufRead, BufReader, Write};
+    let kernel = tiny_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = image(dir.path());
+    let serial = dir.path().join("serial");
+    let control = dir.path().join("control.sock");
+    let mut child = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "128",
+            "--cmdline",
+            "tiny.test=blk,wait-shutdown",
+        ])
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("waiting for shutdown")
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{}",
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ask = |command: &str| -> serde_json::Value {
+        let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
+        stream
+            .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let info = ask("info");
+    let device = &info["devices"][0];
+    assert_eq!(device["type"], "block", "{info}");
+    let stats = &device["statistics"];
+    // sector 0 (512 B) and the 4 KiB read-back; one 4 KiB write; one flush.
+    assert_eq!(stats["read_requests"], 2, "{stats}");
+    assert_eq!(stats["read_bytes"], 512 + 4096, "{stats}");
+    assert_eq!(stats["write_requests"], 1, "{stats}");
+    assert_eq!(stats["write_bytes"], 4096, "{stats}");
+    assert_eq!(stats["flush_requests"], 1, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+    ask("shutdown");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

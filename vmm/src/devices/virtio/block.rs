@@ -36,7 +36,7 @@ const MAX_REQUEST_BYTES: u64 = 32 << 20;
 const WRITE_ZEROES_UNMAP: u32 = 1;
 
 /// Counters for `domblkstat`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BlockStats {
     pub read_requests: u64,
     pub read_bytes: u64,
@@ -267,6 +267,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_bytes(), offset, data);
+    }
+
+    fn statistics(&self) -> serde_json::Value {
+        serde_json::to_value(self.stats).unwrap_or_default()
     }
 
     fn process_queue(

@@ -51,6 +51,10 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, VirtioError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Counters for `info` (domblkstat, domifstat, dommemstat), if the device keeps any.
+    fn statistics(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Reads a little-endian config field of `bytes` at `offset` into `data`; out of range reads 0.

@@ -203,6 +203,22 @@ impl VirtioPci {
         }
     }
 
+    /// The device's type name and counters, for `info`.
+    pub fn describe(&self) -> serde_json::Value {
+        let kind = match self.device.device_type() {
+            super::TYPE_BLOCK => "block",
+            super::TYPE_NET => "net",
+            super::TYPE_RNG => "rng",
+            _ => "other",
+        };
+        serde_json::json!({
+            "type": kind,
+            "status": self.status,
+            "needs_reset": self.status & STATUS_NEEDS_RESET != 0,
+            "statistics": self.device.statistics(),
+        })
+    }
+
     pub fn state(&self) -> VirtioPciState {
         VirtioPciState {
             config: self.config.state(),

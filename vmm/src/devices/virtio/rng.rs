@@ -47,6 +47,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
+    fn statistics(&self) -> serde_json::Value {
+        serde_json::json!({ "bytes_served": self.bytes_served })
+    }
+
     fn process_queue(
         &mut self,
         _index: usize,
