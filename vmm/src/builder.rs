@@ -2,7 +2,7 @@
 //! crashes, or is stopped.
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::json;
 use vm_memory::GuestMemoryMmap;
@@ -18,6 +18,7 @@ use crate::devices::rtc::{RTC_PORT, RTC_PORT_COUNT, Rtc};
 use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialInfo};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::{Devices, GuestRequest};
@@ -44,6 +45,8 @@ pub enum BuildError {
     Serial(#[from] serial::SerialError),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::NetError),
     #[error(transparent)]
     Pci(#[from] crate::devices::pci::PciError),
     #[error("control socket {path}: {source}")]
@@ -148,14 +151,34 @@ fn build_pci(
             &disk.serial,
         )?));
     }
+    // Each net device's reader thread kicks its own transport once that exists.
+    let mut readers = Vec::new();
+    for net in &config.nets {
+        let device = Net::open(&net.tap, net.mac)?;
+        let cell: Arc<OnceLock<Weak<Mutex<VirtioPci>>>> = Arc::default();
+        let kick_cell = cell.clone();
+        let kick: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(transport) = kick_cell.get().and_then(Weak::upgrade)
+                && let Ok(mut transport) = transport.lock()
+            {
+                transport.queue_event(0);
+            }
+        });
+        device.start_reader(kick).map_err(BuildError::Threads)?;
+        readers.push((devices.len(), cell));
+        devices.push(Box::new(device));
+    }
     let mut pci = PciBus::new();
     let mut transports = Vec::new();
-    for device in devices {
+    for (index, device) in devices.into_iter().enumerate() {
         let transport = Arc::new(Mutex::new(VirtioPci::new(
             device,
             memory.clone(),
             msi.clone(),
         )));
+        if let Some((_, cell)) = readers.iter().find(|(at, _)| *at == index) {
+            let _ = cell.set(Arc::downgrade(&transport));
+        }
         pci.add(transport.clone())?;
         transports.push(transport);
     }
@@ -290,6 +313,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
         machine: snapshot::MachineDevices {
             rng: config.rng,
             disks: config.disks.clone(),
+            nets: config.nets.clone(),
         },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
         saved_memory_crc32: None,

@@ -28,6 +28,53 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-blk devices, in PCI slot order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices on taps, after the disks.
+    pub nets: Vec<NetConfig>,
+}
+
+/// `--net tap=NAME[,mac=52:54:00:..]`: a virtio-net device on an existing or new tap.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16).ok())
+        .collect::<Option<_>>()?;
+    let mac: [u8; 6] = bytes.try_into().ok()?;
+    // A unicast address: a guest NIC must not claim a multicast one.
+    (mac[0] & 1 == 0).then_some(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        for option in text.split(',') {
+            match option.split_once('=') {
+                Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+                Some(("mac", value)) => {
+                    mac = parse_mac(value).ok_or_else(|| {
+                        format!("--net mac={value}: expected a unicast MAC like 52:54:00:12:34:56")
+                    })?;
+                }
+                _ => {
+                    return Err(format!(
+                        "--net option `{option}`: expected tap=NAME or mac=MAC"
+                    ));
+                }
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or("--net needs tap=NAME")?,
+            mac,
+        })
+    }
 }
 
 /// `--disk PATH[,readonly][,serial=TEXT]`: a raw image on virtio-blk.

@@ -13,6 +13,7 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,readonly][,serial=TEXT]]...
+                     [--net tap=NAME[,mac=MAC]]...
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH
        vireo-vmm probe
@@ -44,6 +45,7 @@ fn parse_run(
     let mut kvm_device = PathBuf::from("/dev/kvm");
     let mut rng = false;
     let mut disks = Vec::new();
+    let mut nets = Vec::new();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -68,6 +70,7 @@ fn parse_run(
             "--rng" => rng = true,
             "--snapshot" if restoring => snapshot = Some(PathBuf::from(value()?)),
             "--disk" => disks.push(value()?.parse()?),
+            "--net" => nets.push(value()?.parse()?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -92,6 +95,7 @@ fn parse_run(
         kvm_device,
         rng,
         disks,
+        nets,
     };
     Ok((config, snapshot))
 }
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
                     config.memory_mib = reader.header.memory_mib;
                     config.rng = reader.header.machine.rng;
                     config.disks = reader.header.machine.disks.clone();
+                    config.nets = reader.header.machine.nets.clone();
                     if let Err(err) = VmConfig::validate(u64::from(config.vcpus), config.memory_mib)
                     {
                         eprintln!("vireo-vmm: snapshot {}: {err}", path.display());

@@ -268,3 +268,114 @@ fn block_statistics_count_what_the_guest_did() {
     ask("shutdown");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// A network namespace for one test, deleted on drop.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(tag: &str) -> Option<Namespace> {
+        let name = format!("vireo-{tag}-{}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?;
+        status.success().then(|| Namespace(name))
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let status = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip -n {} {args:?}", self.0);
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.0, program]);
+        command
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Answers one TINY-NET-PING frame (ethertype 0x88b5) on the tap with a TINY-NET-PONG frame.
+const RESPONDER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
+s.bind((sys.argv[1], 0))
+s.settimeout(20)
+print("ready", flush=True)
+while True:
+    frame = s.recv(2048)
+    if frame[12:14] == b"\x88\xb5" and frame[14:27] == b"TINY-NET-PING":
+        break
+payload = b"TINY-NET-PONG from host"
+s.send(frame[6:12] + bytes.fromhex("020000000001") + b"\x88\xb5" + payload + bytes(46 - len(payload)))
+print("ping from " + frame[6:12].hex(":"), flush=True)
+"#;
+
+#[test]
+fn net_frames_go_both_ways_through_a_tap() {
+    use std::io::BufRead;
+    let kernel = tiny_or_skip!();
+    let Some(namespace) = Namespace::new("tinynet") else {
+        eprintln!("SKIPPED: needs network namespaces (ip netns add)");
+        return;
+    };
+    namespace.ip(&["tuntap", "add", "dev", "vtap0", "mode", "tap"]);
+    namespace.ip(&["link", "set", "vtap0", "up"]);
+    let mut responder = namespace
+        .command("python3")
+        .args(["-c", RESPONDER, "vtap0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 responder");
+    let mut replies = std::io::BufReader::new(responder.stdout.take().unwrap()).lines();
+    assert_eq!(replies.next().unwrap().unwrap(), "ready");
+
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial");
+    let output = namespace
+        .command(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "128",
+            "--net",
+            "tap=vtap0,mac=52:54:00:ab:cd:ef",
+        ])
+        .args(["--cmdline", "tiny.test=net,poweroff tiny.net_wait_ms=5000"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        line(&text, "TINY: net mac="),
+        "TINY: net mac=52:54:00:ab:cd:ef"
+    );
+    assert_eq!(
+        line(&text, "TINY: net rx"),
+        "TINY: net rx len=60 payload=TINY-NET-PONG from host"
+    );
+    assert_eq!(
+        replies.next().unwrap().unwrap(),
+        "ping from 52:54:00:ab:cd:ef",
+        "the host saw the guest's frame"
+    );
+    let _ = responder.wait();
+}

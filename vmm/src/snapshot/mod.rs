@@ -63,6 +63,8 @@ pub struct DeviceStates {
 pub struct MachineDevices {
     pub rng: bool,
     pub disks: Vec<crate::config::DiskConfig>,
+    #[serde(default)]
+    pub nets: Vec<crate::config::NetConfig>,
 }
 
 /// Everything but memory.

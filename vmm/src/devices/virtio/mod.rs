@@ -4,6 +4,7 @@
 //! NEEDS_RESET and is never allowed to panic the VMM or reach outside guest memory.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod rng;
 

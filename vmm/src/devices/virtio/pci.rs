@@ -332,6 +332,11 @@ impl VirtioPci {
         self.queues.get_mut(usize::from(self.queue_select))
     }
 
+    /// A device backend has work for queue `index` (a frame arrived): process it as a notify would.
+    pub fn queue_event(&mut self, index: usize) {
+        self.notify(index);
+    }
+
     fn notify(&mut self, index: usize) {
         if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
             return;
