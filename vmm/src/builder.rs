@@ -17,6 +17,7 @@ use crate::devices::pci::{CONFIG_ADDRESS_PORT, CONFIG_PORT_COUNT, PciBus, PciCon
 use crate::devices::rtc::{RTC_PORT, RTC_PORT_COUNT, Rtc};
 use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialInfo};
 use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{MsiSender, VirtioPci};
@@ -168,6 +169,9 @@ fn build_pci(
         readers.push((devices.len(), cell));
         devices.push(Box::new(device));
     }
+    if config.balloon {
+        devices.push(Box::new(Balloon::default()));
+    }
     let mut pci = PciBus::new();
     let mut transports = Vec::new();
     for (index, device) in devices.into_iter().enumerate() {
@@ -314,6 +318,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
             rng: config.rng,
             disks: config.disks.clone(),
             nets: config.nets.clone(),
+            balloon: config.balloon,
         },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
         saved_memory_crc32: None,
@@ -383,8 +388,31 @@ impl Vmm {
             }
             Request::Reset => Ok(Some(VmExit::Reboot("reset requested".into()))),
             Request::Save(path) => self.save(&path).map(|_| Some(VmExit::Saved)),
+            Request::Balloon(target_mib) => self.set_balloon(target_mib).map(|()| None),
             Request::Stop => Ok(Some(VmExit::Stopped)),
         }
+    }
+
+    /// Asks the balloon to leave the guest `target_mib`: it gives back the rest.
+    fn set_balloon(&mut self, target_mib: u64) -> Result<(), String> {
+        if target_mib > self.memory_mib {
+            return Err(format!(
+                "target_mib {target_mib}: more than the guest's {} MiB",
+                self.memory_mib
+            ));
+        }
+        let pages = u32::try_from((self.memory_mib - target_mib) << 8)
+            .map_err(|_| format!("target_mib {target_mib}: too large a balloon"))?;
+        for transport in &self.virtio {
+            if transport
+                .lock()
+                .map_err(|_| "virtio lock poisoned")?
+                .set_balloon_target(pages)
+            {
+                return Ok(());
+            }
+        }
+        Err("this VM has no balloon device (--balloon)".into())
     }
 
     /// Pauses the vCPUs and writes the whole VM to `path`. On failure the vCPUs resume and the

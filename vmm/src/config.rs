@@ -30,6 +30,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net devices on taps, after the disks.
     pub nets: Vec<NetConfig>,
+    /// A virtio-balloon device, last.
+    pub balloon: bool,
 }
 
 /// `--net tap=NAME[,mac=52:54:00:..]`: a virtio-net device on an existing or new tap.

@@ -13,9 +13,9 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,readonly][,serial=TEXT]]...
-                     [--net tap=NAME[,mac=MAC]]...
+                     [--net tap=NAME[,mac=MAC]]... [--balloon]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
-       vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH
+       vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB
        vireo-vmm probe
        vireo-vmm --version";
 
@@ -46,6 +46,7 @@ fn parse_run(
     let mut rng = false;
     let mut disks = Vec::new();
     let mut nets = Vec::new();
+    let mut balloon = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -71,6 +72,7 @@ fn parse_run(
             "--snapshot" if restoring => snapshot = Some(PathBuf::from(value()?)),
             "--disk" => disks.push(value()?.parse()?),
             "--net" => nets.push(value()?.parse()?),
+            "--balloon" => balloon = true,
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -96,6 +98,7 @@ fn parse_run(
         rng,
         disks,
         nets,
+        balloon,
     };
     Ok((config, snapshot))
 }
@@ -133,9 +136,12 @@ fn control_client(socket: &str, command: &str, path: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let request = match path {
-        Some(path) => serde_json::json!({ "cmd": command, "path": path }),
-        None => serde_json::json!({ "cmd": command }),
+    let request = match (command, path) {
+        ("balloon", Some(mib)) => {
+            serde_json::json!({ "cmd": command, "target_mib": mib.parse::<u64>().unwrap_or(u64::MAX) })
+        }
+        (_, Some(path)) => serde_json::json!({ "cmd": command, "path": path }),
+        (_, None) => serde_json::json!({ "cmd": command }),
     };
     let request = format!("{request}\n");
     if let Err(err) = stream.write_all(request.as_bytes()) {
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
                     config.rng = reader.header.machine.rng;
                     config.disks = reader.header.machine.disks.clone();
                     config.nets = reader.header.machine.nets.clone();
+                    config.balloon = reader.header.machine.balloon;
                     if let Err(err) = VmConfig::validate(u64::from(config.vcpus), config.memory_mib)
                     {
                         eprintln!("vireo-vmm: snapshot {}: {err}", path.display());

@@ -379,3 +379,76 @@ fn net_frames_go_both_ways_through_a_tap() {
     );
     let _ = responder.wait();
 }
+
+#[test]
+fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
+    use std::io::{BufRead, BufReader, Write};
+    let kernel = tiny_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial");
+    let control = dir.path().join("control.sock");
+    let mut child = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "128",
+            "--balloon",
+            "--cmdline",
+            "tiny.test=balloon,wait-shutdown tiny.balloon_pages=512",
+        ])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("waiting for shutdown")
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{}",
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        line(&std::fs::read_to_string(&serial).unwrap(), "TINY: balloon"),
+        "TINY: balloon ok inflated=512"
+    );
+    let ask = |request: serde_json::Value| -> serde_json::Value {
+        let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let info = ask(serde_json::json!({ "cmd": "info" }));
+    let stats = &info["devices"][0]["statistics"];
+    assert_eq!(info["devices"][0]["type"], "balloon", "{info}");
+    assert_eq!(stats["inflated_pages"], 512, "{stats}");
+    assert_eq!(
+        stats["actual_pages"], 512,
+        "the guest reported what it gave: {stats}"
+    );
+    // setmem 96 MiB of 128: the balloon is asked for 32 MiB = 8192 pages.
+    let reply = ask(serde_json::json!({ "cmd": "balloon", "target_mib": 96 }));
+    assert_eq!(
+        reply["devices"][0]["statistics"]["target_pages"], 8192,
+        "{reply}"
+    );
+    let reply = ask(serde_json::json!({ "cmd": "balloon", "target_mib": 4096 }));
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than the guest's 128 MiB"),
+        "{reply}"
+    );
+    ask(serde_json::json!({ "cmd": "shutdown" }));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

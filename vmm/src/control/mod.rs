@@ -26,6 +26,8 @@ pub enum Request {
     Stop,
     /// Pause, write the whole VM to this file, and stop (as `virsh save`).
     Save(std::path::PathBuf),
+    /// Ask the balloon to leave the guest this much memory (as `virsh setmem`), in MiB.
+    Balloon(u64),
     /// Send every event line to this channel from now on.
     Watch(Sender<String>),
 }
@@ -49,6 +51,12 @@ fn parse(line: &str) -> Result<Request, String> {
         "shutdown" => Request::Shutdown,
         "reset" => Request::Reset,
         "stop" => Request::Stop,
+        "balloon" => Request::Balloon(
+            value
+                .get("target_mib")
+                .and_then(Value::as_u64)
+                .ok_or("balloon needs a \"target_mib\" number")?,
+        ),
         "save" => Request::Save(
             value
                 .get("path")

@@ -65,6 +65,8 @@ pub struct MachineDevices {
     pub disks: Vec<crate::config::DiskConfig>,
     #[serde(default)]
     pub nets: Vec<crate::config::NetConfig>,
+    #[serde(default)]
+    pub balloon: bool,
 }
 
 /// Everything but memory.

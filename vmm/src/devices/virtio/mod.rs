@@ -3,6 +3,7 @@
 //! notifications and MSI-X. A guest is hostile: a malformed chain puts the device in
 //! NEEDS_RESET and is never allowed to panic the VMM or reach outside guest memory.
 
+pub mod balloon;
 pub mod block;
 pub mod net;
 pub mod pci;
@@ -55,6 +56,10 @@ pub trait VirtioDevice: Send {
     /// Counters for `info` (domblkstat, domifstat, dommemstat), if the device keeps any.
     fn statistics(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+    /// The device itself, for host requests only one kind of device takes (a balloon target).
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
     }
 }
 

@@ -209,6 +209,7 @@ impl VirtioPci {
             super::TYPE_BLOCK => "block",
             super::TYPE_NET => "net",
             super::TYPE_RNG => "rng",
+            super::balloon::TYPE_BALLOON => "balloon",
             _ => "other",
         };
         serde_json::json!({
@@ -330,6 +331,21 @@ impl VirtioPci {
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    /// Sets the balloon's target, if this is a balloon, and tells the driver. Returns whether it was.
+    pub fn set_balloon_target(&mut self, pages: u32) -> bool {
+        let Some(balloon) = self
+            .device
+            .as_any_mut()
+            .and_then(|device| device.downcast_mut::<super::balloon::Balloon>())
+        else {
+            return false;
+        };
+        balloon.set_target_pages(pages);
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt(self.config_vector, ISR_CONFIG);
+        true
     }
 
     /// A device backend has work for queue `index` (a frame arrived): process it as a notify would.
