@@ -148,6 +148,7 @@ fn build_pci(
     for disk in &config.disks {
         devices.push(Box::new(Block::open(
             &disk.path,
+            disk.format,
             disk.read_only,
             &disk.serial,
         )?));

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::devices::serial::SerialOutput;
+use crate::devices::virtio::block::ImageFormat;
 use crate::vstate::memory::MemoryOptions;
 
 /// The most vCPUs: APIC IDs are one byte and the IOAPIC takes the ID after the last vCPU.
@@ -79,10 +80,12 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
-/// `--disk PATH[,readonly][,serial=TEXT]`: a raw image on virtio-blk.
+/// `--disk PATH[,format=raw|qcow2][,readonly][,serial=TEXT]`: an image on virtio-blk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    #[serde(default)]
+    pub format: crate::devices::virtio::block::ImageFormat,
     pub read_only: bool,
     pub serial: String,
 }
@@ -98,6 +101,7 @@ impl std::str::FromStr for DiskConfig {
             .ok_or("--disk needs a path")?;
         let mut disk = DiskConfig {
             path: path.into(),
+            format: Default::default(),
             read_only: false,
             serial: String::new(),
         };
@@ -110,9 +114,14 @@ impl std::str::FromStr for DiskConfig {
                 Some(("serial", _)) => {
                     return Err("--disk serial=: at most 20 ASCII characters".into());
                 }
+                Some(("format", "raw")) => disk.format = ImageFormat::Raw,
+                Some(("format", "qcow2")) => disk.format = ImageFormat::Qcow2,
+                Some(("format", other)) => {
+                    return Err(format!("--disk format={other}: expected raw or qcow2"));
+                }
                 _ => {
                     return Err(format!(
-                        "--disk option `{option}`: expected readonly or serial=TEXT"
+                        "--disk option `{option}`: expected format=raw|qcow2, readonly or serial=TEXT"
                     ));
                 }
             }

@@ -12,7 +12,7 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
-                     [--kvm-device PATH] [--rng] [--disk PATH[,readonly][,serial=TEXT]]...
+                     [--kvm-device PATH] [--rng] [--disk PATH[,format=raw|qcow2][,readonly][,serial=TEXT]]...
                      [--net tap=NAME[,mac=MAC]]... [--balloon]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB

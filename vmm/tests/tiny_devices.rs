@@ -452,3 +452,98 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
     ask(serde_json::json!({ "cmd": "shutdown" }));
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img")
+}
+
+#[test]
+fn qcow2_overlay_reads_its_backing_file_and_takes_the_writes() {
+    let kernel = tiny_or_skip!();
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: needs qemu-img (Debian package qemu-utils)");
+        return;
+    }
+    for vcpus in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = image(dir.path());
+        let base = dir.path().join("base.qcow2");
+        let overlay = dir.path().join("overlay.qcow2");
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        assert!(
+            qemu_img(&[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                &path(&raw),
+                &path(&base)
+            ])
+            .status
+            .success()
+        );
+        assert!(
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                &path(&base),
+                "-F",
+                "qcow2",
+                &path(&overlay)
+            ])
+            .status
+            .success()
+        );
+        let device = [
+            "--disk".to_string(),
+            format!("{},format=qcow2", overlay.display()),
+        ];
+        let (status, serial) = boot(&kernel, vcpus, &device, "blk,poweroff tiny.blk_seed=5");
+        assert_eq!(status, Some(0), "{serial}");
+        assert_eq!(
+            line(&serial, "TINY: blk sector0="),
+            format!("TINY: blk sector0={}", hex(b"HELLO-SECTOR-0!!")),
+            "read through the backing file"
+        );
+        assert_eq!(
+            line(&serial, "TINY: blk ok"),
+            "TINY: blk ok capacity=32768 ro=0 wrote=1 flush=1"
+        );
+        // qemu-img agrees the overlay is sound, holds the write, and the base is untouched.
+        assert!(qemu_img(&["check", &path(&overlay)]).status.success());
+        let flat = dir.path().join("flat.raw");
+        assert!(
+            qemu_img(&["convert", "-O", "raw", &path(&overlay), &path(&flat)])
+                .status
+                .success()
+        );
+        let bytes = std::fs::read(&flat).unwrap();
+        assert_eq!(&bytes[..16], b"HELLO-SECTOR-0!!");
+        assert!(bytes[8 * 512..16 * 512].iter().any(|byte| *byte != 0));
+        let base_flat = dir.path().join("base.raw");
+        assert!(
+            qemu_img(&["convert", "-O", "raw", &path(&base), &path(&base_flat)])
+                .status
+                .success()
+        );
+        assert_eq!(
+            std::fs::read(&base_flat).unwrap(),
+            std::fs::read(&raw).unwrap(),
+            "the backing file is never written"
+        );
+        let (_, serial) = boot(
+            &kernel,
+            vcpus,
+            &device,
+            "blk-verify,poweroff tiny.blk_seed=5",
+        );
+        assert_eq!(line(&serial, "TINY: blk-verify"), "TINY: blk-verify ok");
+    }
+}

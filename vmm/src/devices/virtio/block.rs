@@ -49,8 +49,47 @@ pub struct BlockStats {
     pub errors: u64,
 }
 
+/// The image format a disk is read as. It is always stated, never probed from the image: a
+/// guest that writes a format header into a raw disk must not change how it is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+/// Where the disk's bytes are: a raw file, or a qcow2 image (with its backing chain) via imago.
+enum Image {
+    Raw(File),
+    Qcow2(imago::FormatAccess<imago::file::File>),
+}
+
+impl Image {
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Image::Raw(file) => file.read_exact_at(buffer, offset),
+            Image::Qcow2(image) => image.read(buffer, offset),
+        }
+    }
+
+    fn write_at(&self, buffer: &[u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Image::Raw(file) => file.write_all_at(buffer, offset),
+            Image::Qcow2(image) => image.write(buffer, offset),
+        }
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        match self {
+            Image::Raw(file) => file.sync_data(),
+            Image::Qcow2(image) => image.flush(),
+        }
+    }
+}
+
 pub struct Block {
-    file: File,
+    image: Image,
     capacity_sectors: u64,
     read_only: bool,
     serial: [u8; SERIAL_BYTES],
@@ -67,23 +106,44 @@ pub enum BlockError {
 }
 
 impl Block {
-    pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Block, BlockError> {
+    pub fn open(
+        path: &Path,
+        format: ImageFormat,
+        read_only: bool,
+        serial: &str,
+    ) -> Result<Block, BlockError> {
         let open_error = |source| BlockError::Open {
             path: path.display().to_string(),
             source,
         };
-        let file = File::options()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(open_error)?;
-        let length = file.metadata().map_err(open_error)?.len();
+        let (image, length) = match format {
+            ImageFormat::Raw => {
+                let file = File::options()
+                    .read(true)
+                    .write(!read_only)
+                    .open(path)
+                    .map_err(open_error)?;
+                let length = file.metadata().map_err(open_error)?.len();
+                (Image::Raw(file), length)
+            }
+            ImageFormat::Qcow2 => {
+                use imago::FormatDriverBuilder;
+                // Backing files named in the image are opened read-only, as the chain requires.
+                let qcow2 = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
+                    .write(!read_only)
+                    .open(imago::PermissiveImplicitOpenGate::default())
+                    .map_err(open_error)?;
+                let image = imago::FormatAccess::new(qcow2);
+                let length = image.size();
+                (Image::Qcow2(image), length)
+            }
+        };
         let mut serial_bytes = [0u8; SERIAL_BYTES];
         for (slot, byte) in serial_bytes.iter_mut().zip(serial.bytes()) {
             *slot = byte;
         }
         Ok(Block {
-            file,
+            image,
             capacity_sectors: length / SECTOR_SIZE,
             read_only,
             serial: serial_bytes,
@@ -113,7 +173,12 @@ impl Block {
         (length <= MAX_REQUEST_BYTES && end <= self.capacity_sectors * SECTOR_SIZE).then_some(start)
     }
 
-    fn punch(&self, start: u64, length: u64, zero_only: bool) -> std::io::Result<()> {
+    fn punch(&mut self, start: u64, length: u64, zero_only: bool) -> std::io::Result<()> {
+        let file = match &mut self.image {
+            Image::Raw(file) => file,
+            Image::Qcow2(image) if zero_only => return image.write_zeroes(start, length),
+            Image::Qcow2(image) => return image.discard_to_any(start, length),
+        };
         let mode = if zero_only {
             libc::FALLOC_FL_ZERO_RANGE
         } else {
@@ -123,7 +188,7 @@ impl Block {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         };
         // SAFETY: fallocate only changes the file's allocation; all arguments are plain values.
-        let result = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, start, length) };
+        let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, start, length) };
         if result == 0 {
             Ok(())
         } else {
@@ -155,7 +220,7 @@ impl Block {
                 let mut written = 0u32;
                 for (address, length, _) in data {
                     let mut buffer = vec![0u8; usize::try_from(*length).unwrap_or(0)];
-                    if self.file.read_exact_at(&mut buffer, offset).is_err()
+                    if self.image.read_at(&mut buffer, offset).is_err()
                         || memory.write_slice(&buffer, *address).is_err()
                     {
                         return (S_IOERR, written);
@@ -178,7 +243,7 @@ impl Block {
                 for (address, length, _) in data {
                     let mut buffer = vec![0u8; usize::try_from(*length).unwrap_or(0)];
                     if memory.read_slice(&mut buffer, *address).is_err()
-                        || self.file.write_all_at(&buffer, offset).is_err()
+                        || self.image.write_at(&buffer, offset).is_err()
                     {
                         return (S_IOERR, 0);
                     }
@@ -190,7 +255,7 @@ impl Block {
                 (S_OK, 0)
             }
             T_FLUSH => {
-                let status = if self.file.sync_data().is_ok() {
+                let status = if self.image.flush().is_ok() {
                     S_OK
                 } else {
                     S_IOERR
