@@ -3,12 +3,11 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, read_config_bytes};
 
@@ -65,18 +64,111 @@ enum Image {
     Qcow2(imago::FormatAccess<imago::file::File>),
 }
 
+/// Guest memory that could not be reached (outside RAM or wrapping).
+fn unreachable_guest_memory() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EFAULT)
+}
+
 impl Image {
-    fn read_at(&self, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    /// Reads `length` bytes at `offset` straight into guest memory at `address` (raw images: no
+    /// copy in between).
+    fn read_into_guest(
+        &self,
+        bounce: &mut Vec<u8>,
+        memory: &GuestMemoryMmap,
+        address: GuestAddress,
+        length: u32,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let length = usize::try_from(length).map_err(|_| unreachable_guest_memory())?;
         match self {
-            Image::Raw(file) => file.read_exact_at(buffer, offset),
-            Image::Qcow2(image) => image.read(buffer, offset),
+            Image::Raw(file) => {
+                let slice = memory
+                    .get_slice(address, length)
+                    .map_err(|_| unreachable_guest_memory())?;
+                let guard = slice.ptr_guard_mut();
+                let mut done = 0usize;
+                while done < length {
+                    let at = i64::try_from(offset + done as u64)
+                        .map_err(|_| unreachable_guest_memory())?;
+                    // SAFETY: the slice is `length` bytes of our own guest mapping (checked by
+                    // get_slice); pread writes at most `length - done` bytes from `done` on.
+                    let count = unsafe {
+                        libc::pread(
+                            file.as_raw_fd(),
+                            guard.as_ptr().add(done).cast(),
+                            length - done,
+                            at,
+                        )
+                    };
+                    match usize::try_from(count) {
+                        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(count) => done += count,
+                        Err(_) => return Err(std::io::Error::last_os_error()),
+                    }
+                }
+                Ok(())
+            }
+            Image::Qcow2(image) => {
+                let _ = bounce;
+                let slice = memory
+                    .get_slice(address, length)
+                    .map_err(|_| unreachable_guest_memory())?;
+                let guard = slice.ptr_guard_mut();
+                // SAFETY: `length` bytes of our own guest mapping (checked by get_slice), alive for
+                // this call. imago only writes into them and never reads them back, so a guest
+                // changing them at the same time can only spoil its own data.
+                let target = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), length) };
+                image.read(target, offset)
+            }
         }
     }
 
-    fn write_at(&self, buffer: &[u8], offset: u64) -> std::io::Result<()> {
+    /// Writes `length` bytes of guest memory at `address` to the image at `offset`.
+    fn write_from_guest(
+        &self,
+        bounce: &mut Vec<u8>,
+        memory: &GuestMemoryMmap,
+        address: GuestAddress,
+        length: u32,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let length = usize::try_from(length).map_err(|_| unreachable_guest_memory())?;
         match self {
-            Image::Raw(file) => file.write_all_at(buffer, offset),
-            Image::Qcow2(image) => image.write(buffer, offset),
+            Image::Raw(file) => {
+                let slice = memory
+                    .get_slice(address, length)
+                    .map_err(|_| unreachable_guest_memory())?;
+                let guard = slice.ptr_guard();
+                let mut done = 0usize;
+                while done < length {
+                    let at = i64::try_from(offset + done as u64)
+                        .map_err(|_| unreachable_guest_memory())?;
+                    // SAFETY: the slice is `length` bytes of our own guest mapping; pwrite reads at
+                    // most `length - done` bytes from `done` on.
+                    let count = unsafe {
+                        libc::pwrite(
+                            file.as_raw_fd(),
+                            guard.as_ptr().add(done).cast(),
+                            length - done,
+                            at,
+                        )
+                    };
+                    match usize::try_from(count) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(count) => done += count,
+                        Err(_) => return Err(std::io::Error::last_os_error()),
+                    }
+                }
+                Ok(())
+            }
+            Image::Qcow2(image) => {
+                bounce.resize(length, 0);
+                memory
+                    .read_slice(bounce, address)
+                    .map_err(|_| unreachable_guest_memory())?;
+                image.write(&bounce[..], offset)
+            }
         }
     }
 
@@ -90,6 +182,8 @@ impl Image {
 
 pub struct Block {
     image: Image,
+    /// Reused between requests: qcow2 data passes through it (raw images need none).
+    bounce: Vec<u8>,
     capacity_sectors: u64,
     read_only: bool,
     serial: [u8; SERIAL_BYTES],
@@ -144,6 +238,7 @@ impl Block {
         }
         Ok(Block {
             image,
+            bounce: Vec::new(),
             capacity_sectors: length / SECTOR_SIZE,
             read_only,
             serial: serial_bytes,
@@ -219,9 +314,10 @@ impl Block {
                 };
                 let mut written = 0u32;
                 for (address, length, _) in data {
-                    let mut buffer = vec![0u8; usize::try_from(*length).unwrap_or(0)];
-                    if self.image.read_at(&mut buffer, offset).is_err()
-                        || memory.write_slice(&buffer, *address).is_err()
+                    if self
+                        .image
+                        .read_into_guest(&mut self.bounce, memory, *address, *length, offset)
+                        .is_err()
                     {
                         return (S_IOERR, written);
                     }
@@ -241,9 +337,10 @@ impl Block {
                     return (S_IOERR, 0);
                 };
                 for (address, length, _) in data {
-                    let mut buffer = vec![0u8; usize::try_from(*length).unwrap_or(0)];
-                    if memory.read_slice(&mut buffer, *address).is_err()
-                        || self.image.write_at(&buffer, offset).is_err()
+                    if self
+                        .image
+                        .write_from_guest(&mut self.bounce, memory, *address, *length, offset)
+                        .is_err()
                     {
                         return (S_IOERR, 0);
                     }
