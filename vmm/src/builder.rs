@@ -19,6 +19,7 @@ use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialI
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::Console;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
@@ -48,6 +49,8 @@ pub enum BuildError {
     Disk(#[from] crate::devices::virtio::block::BlockError),
     #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::NetError),
+    #[error(transparent)]
+    Console(#[from] crate::devices::virtio::console::ConsoleError),
     #[error(transparent)]
     Pci(#[from] crate::devices::pci::PciError),
     #[error("control socket {path}: {source}")]
@@ -172,6 +175,9 @@ fn build_pci(
     }
     if config.balloon {
         devices.push(Box::new(Balloon::default()));
+    }
+    if let Some(path) = &config.console {
+        devices.push(Box::new(Console::open(path)?));
     }
     let mut pci = PciBus::new();
     let mut transports = Vec::new();
@@ -320,6 +326,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
             disks: config.disks.clone(),
             nets: config.nets.clone(),
             balloon: config.balloon,
+            console: config.console.clone(),
         },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
         saved_memory_crc32: None,

@@ -31,8 +31,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net devices on taps, after the disks.
     pub nets: Vec<NetConfig>,
-    /// A virtio-balloon device, last.
+    /// A virtio-balloon device, after the nets.
     pub balloon: bool,
+    /// A virtio-console whose output goes to this file, last.
+    pub console: Option<PathBuf>,
 }
 
 /// `--net tap=NAME[,mac=52:54:00:..]`: a virtio-net device on an existing or new tap.

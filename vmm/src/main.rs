@@ -13,7 +13,7 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,format=raw|qcow2][,readonly][,serial=TEXT]]...
-                     [--net tap=NAME[,mac=MAC]]... [--balloon]
+                     [--net tap=NAME[,mac=MAC]]... [--balloon] [--console file:PATH]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB
        vireo-vmm probe
@@ -47,6 +47,7 @@ fn parse_run(
     let mut disks = Vec::new();
     let mut nets = Vec::new();
     let mut balloon = false;
+    let mut console = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -73,6 +74,11 @@ fn parse_run(
             "--disk" => disks.push(value()?.parse()?),
             "--net" => nets.push(value()?.parse()?),
             "--balloon" => balloon = true,
+            "--console" => {
+                let value = value()?;
+                let path = value.strip_prefix("file:").filter(|path| !path.is_empty());
+                console = Some(PathBuf::from(path.ok_or("--console: expected file:PATH")?));
+            }
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -99,6 +105,7 @@ fn parse_run(
         disks,
         nets,
         balloon,
+        console,
     };
     Ok((config, snapshot))
 }
@@ -186,6 +193,7 @@ fn main() -> ExitCode {
                     config.disks = reader.header.machine.disks.clone();
                     config.nets = reader.header.machine.nets.clone();
                     config.balloon = reader.header.machine.balloon;
+                    config.console = reader.header.machine.console.clone();
                     if let Err(err) = VmConfig::validate(u64::from(config.vcpus), config.memory_mib)
                     {
                         eprintln!("vireo-vmm: snapshot {}: {err}", path.display());

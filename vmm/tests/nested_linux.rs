@@ -13,7 +13,7 @@ const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
 
 /// In the nested host, before each boot: an 8 MiB raw disk that starts with a signature.
 const DISK_SETUP: &str = "dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null; \
-    printf VIREO-SIGNATURE | dd of=/tmp/disk.img conv=notrunc 2>/dev/null";
+    printf VIREO-SIGNATURE | dd of=/tmp/disk.img conv=notrunc 2>/dev/null; rm -f /tmp/hvc.log";
 
 /// In the Linux guest: what its own virtio drivers make of vireo-vmm's devices. A write goes to
 /// the disk, the page cache is dropped, and the sector is read back from the device.
@@ -22,7 +22,8 @@ echo "VIREO-REPORT vda=$(head -c 15 /dev/vda) serial=$(cat /sys/block/vda/serial
 echo "VIREO-REPORT rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 16 /dev/hwrng | wc -c)";
 printf written-by-linux | dd of=/dev/vda bs=512 seek=4 conv=fsync 2>/dev/null;
 echo 3 > /proc/sys/vm/drop_caches;
-echo "VIREO-REPORT readback=$(dd if=/dev/vda bs=512 skip=4 count=1 2>/dev/null | head -c 16)""#;
+echo "VIREO-REPORT readback=$(dd if=/dev/vda bs=512 skip=4 count=1 2>/dev/null | head -c 16)";
+echo "VIREO-HVC hello from $(uname -n)" > /dev/hvc0"#;
 
 fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")
@@ -59,8 +60,18 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         let output = Command::new(&script)
             .args(["--vmm", VMM, "--vcpus", "1,2", "--timeout", "60", "--kit"])
             .arg(kit_dir())
-            .args(["--vmm-args", "--rng --disk /tmp/disk.img,serial=VIREODISK0"])
-            .args(["--setup", DISK_SETUP, "--guest", GUEST_CHECKS])
+            .args([
+                "--vmm-args",
+                "--rng --disk /tmp/disk.img,serial=VIREODISK0 --console file:/tmp/hvc.log",
+            ])
+            .args([
+                "--setup",
+                DISK_SETUP,
+                "--guest",
+                GUEST_CHECKS,
+                "--post",
+                "cat /tmp/hvc.log",
+            ])
             .output()
             .expect("run scripts/nested-host");
         String::from_utf8_lossy(&output.stdout).replace('\r', "")
@@ -111,10 +122,10 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         );
     }
     assert!(report.contains(&"NESTED-DONE"), "{console}");
-    // Each boot's guest saw the host bridge and two virtio devices, drove them, and the data
+    // Each boot's guest saw the host bridge and three virtio devices, drove them, and the data
     // went through the disk image.
     for expected in [
-        "NESTED-GUEST VIREO-REPORT pci=3",
+        "NESTED-GUEST VIREO-REPORT pci=4",
         "NESTED-GUEST VIREO-REPORT vda=VIREO-SIGNATURE serial=VIREODISK0 sectors=16384",
         "NESTED-GUEST VIREO-REPORT rng=virtio_rng.0 bytes=16",
         "NESTED-GUEST VIREO-REPORT readback=written-by-linux",
@@ -125,6 +136,12 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
             "`{expected}` once per boot:\n{console}"
         );
     }
+    // What each guest wrote to /dev/hvc0 reached the virtio-console's file on the host.
+    let hvc = report
+        .iter()
+        .filter(|line| line.starts_with("NESTED-POST VIREO-HVC hello from"))
+        .count();
+    assert_eq!(hvc, 2, "{console}");
 }
 
 /// Where this host's own KVM runs stock guests (hardware VMX/SVM), the same boot runs directly.

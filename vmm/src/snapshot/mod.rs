@@ -67,6 +67,8 @@ pub struct MachineDevices {
     pub nets: Vec<crate::config::NetConfig>,
     #[serde(default)]
     pub balloon: bool,
+    #[serde(default)]
+    pub console: Option<std::path::PathBuf>,
 }
 
 /// Everything but memory.

@@ -5,6 +5,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod console;
 pub mod net;
 pub mod pci;
 pub mod rng;

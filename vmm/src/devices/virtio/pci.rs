@@ -210,6 +210,7 @@ impl VirtioPci {
             super::TYPE_NET => "net",
             super::TYPE_RNG => "rng",
             super::balloon::TYPE_BALLOON => "balloon",
+            super::console::TYPE_CONSOLE => "console",
             _ => "other",
         };
         serde_json::json!({
