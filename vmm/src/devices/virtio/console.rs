@@ -82,7 +82,9 @@ impl VirtioDevice for Console {
             while let Some(chain) = queue.iter(memory)?.next() {
                 let head = chain.head_index();
                 for descriptor in chain.readable() {
-                    let length = usize::try_from(descriptor.len()).unwrap_or(0).min(MAX_TX_BYTES);
+                    let length = usize::try_from(descriptor.len())
+                        .unwrap_or(0)
+                        .min(MAX_TX_BYTES);
                     let mut bytes = vec![0u8; length];
                     memory.read_slice(&mut bytes, descriptor.addr())?;
                     let _ = self.output.write_all(&bytes);

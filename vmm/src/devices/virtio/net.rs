@@ -116,6 +116,11 @@ impl Net {
         })
     }
 
+    /// The tap itself (benchmarks compare against writing to it directly).
+    pub fn tap_file(&self) -> &File {
+        &self.tap
+    }
+
     /// Starts the thread that reads frames from the tap. `kick` makes the transport process the
     /// receive queue (it is called without any device lock held).
     pub fn start_reader(&self, kick: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<()> {
