@@ -1,5 +1,6 @@
 //! Descriptor-chain walking and each device's request parsing: guest memory and the queue's
-//! layout come from the fuzzer; every device model processes the queue. Nothing may panic, and
+//! layout come from the fuzzer; every device model (blk rw/ro, rng, balloon, console, net)
+//! processes the queue. Nothing may panic, and
 //! all access stays inside guest memory (vm-memory checks every address).
 
 #![no_main]
@@ -10,6 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use vireo_vmm::devices::virtio::VirtioDevice;
 use vireo_vmm::devices::virtio::balloon::Balloon;
 use vireo_vmm::devices::virtio::block::{Block, ImageFormat};
+use vireo_vmm::devices::virtio::console::Console;
+use vireo_vmm::devices::virtio::net::Net;
 use vireo_vmm::devices::virtio::rng::Rng;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -30,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Header: device selector, queue size, three 16-bit ring offsets, avail index.
-    let selector = data[0] % 4;
+    let selector = data[0] % 6;
     let size = u16::from(data[1]).max(1).next_power_of_two().min(256);
     let offset = |at: usize| u64::from(u16::from_le_bytes([data[at], data[at + 1]])) % MEMORY_BYTES as u64;
     let (desc, avail, used) = (offset(2), offset(4), offset(6));
@@ -50,7 +53,13 @@ fuzz_target!(|data: &[u8]| {
         0 => Box::new(Block::open(disk(), ImageFormat::Raw, false, "fuzz").expect("disk")),
         1 => Box::new(Block::open(disk(), ImageFormat::Raw, true, "fuzz").expect("disk")),
         2 => Box::new(Rng::default()),
-        _ => Box::new(Balloon::default()),
+        3 => Box::new(Balloon::default()),
+        4 => Box::new(Console::open(std::path::Path::new("/dev/null")).expect("console")),
+        // A tap this process creates (root and /dev/net/tun needed); frames go nowhere.
+        _ => match Net::open(&format!("vfuzz{}", std::process::id() % 100_000), [0x52, 0x54, 0, 0, 0, 9]) {
+            Ok(net) => Box::new(net),
+            Err(_) => return,
+        },
     };
     for index in 0..device.queue_max_sizes().len() {
         // Errors are expected (they put the device in NEEDS_RESET); panics are not.
