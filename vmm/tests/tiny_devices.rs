@@ -7,45 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
+#[macro_use]
+mod common;
 
-fn kit_dir() -> PathBuf {
-    std::env::var_os("VIREO_GUEST_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
-}
-
-fn tiny() -> Result<PathBuf, String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("a usable /dev/kvm".into());
-    }
-    let path = kit_dir().join("tiny.elf");
-    if !path.is_file() {
-        assert!(
-            std::env::var_os("VIREO_GUEST_DIR").is_none(),
-            "{} is missing from the kit",
-            path.display()
-        );
-        return Err(format!("{} (run scripts/guest-kit)", path.display()));
-    }
-    Ok(path)
-}
-
-macro_rules! tiny_or_skip {
-    () => {
-        match tiny() {
-            Ok(path) => path,
-            Err(needs) => {
-                eprintln!("SKIPPED: needs {needs}");
-                return;
-            }
-        }
-    };
-}
+use common::{VMM, ask, wait_for_text};
 
 /// Boots the tiny guest with `devices` and `tests`, returns (exit status, serial output).
 fn boot(kernel: &Path, vcpus: u8, devices: &[String], tests: &str) -> (Option<i32>, String) {
@@ -99,7 +64,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn rng_serves_random_bytes() {
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     for vcpus in [1, 2] {
         let (status, serial) = boot(&kernel, vcpus, &["--rng".into()], "rng,poweroff");
         assert_eq!(status, Some(0), "{serial}");
@@ -114,7 +79,7 @@ fn rng_serves_random_bytes() {
 
 #[test]
 fn block_reads_writes_flushes_and_keeps_data_across_boots() {
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     for vcpus in [1, 2] {
         let dir = tempfile::tempdir().unwrap();
         let disk = image(dir.path());
@@ -162,7 +127,7 @@ fn block_reads_writes_flushes_and_keeps_data_across_boots() {
 
 #[test]
 fn read_only_disks_refuse_writes_and_stay_unchanged() {
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
     let disk = image(dir.path());
     let before = std::fs::read(&disk).unwrap();
@@ -187,7 +152,7 @@ fn read_only_disks_refuse_writes_and_stay_unchanged() {
 
 #[test]
 fn missing_disk_is_named() {
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     let output = Command::new(VMM)
         .args(["run", "--kernel"])
         .arg(&kernel)
@@ -210,8 +175,7 @@ fn missing_disk_is_named() {
 
 #[test]
 fn block_statistics_count_what_the_guest_did() {
-    use std::io::{BufRead, BufReader, Write};
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
     let disk = image(dir.path());
     let serial = dir.path().join("serial");
@@ -233,28 +197,8 @@ fn block_statistics_count_what_the_guest_did() {
         .arg(&control)
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("waiting for shutdown")
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "{}",
-            std::fs::read_to_string(&serial).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let ask = |command: &str| -> serde_json::Value {
-        let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
-        stream
-            .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
-    let info = ask("info");
+    wait_for_text(&serial, "waiting for shutdown");
+    let info = ask(&control, serde_json::json!({ "cmd": "info" }));
     let device = &info["devices"][0];
     assert_eq!(device["type"], "block", "{info}");
     let stats = &device["statistics"];
@@ -265,7 +209,7 @@ fn block_statistics_count_what_the_guest_did() {
     assert_eq!(stats["write_bytes"], 4096, "{stats}");
     assert_eq!(stats["flush_requests"], 1, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
-    ask("shutdown");
+    ask(&control, serde_json::json!({ "cmd": "shutdown" }));
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
@@ -324,7 +268,7 @@ print("ping from " + frame[6:12].hex(":"), flush=True)
 #[test]
 fn net_frames_go_both_ways_through_a_tap() {
     use std::io::BufRead;
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     let Some(namespace) = Namespace::new("tinynet") else {
         eprintln!("SKIPPED: needs network namespaces (ip netns add)");
         return;
@@ -382,8 +326,7 @@ fn net_frames_go_both_ways_through_a_tap() {
 
 #[test]
 fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
-    use std::io::{BufRead, BufReader, Write};
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial");
     let control = dir.path().join("control.sock");
@@ -403,29 +346,12 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
         .arg(&control)
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("waiting for shutdown")
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "{}",
-            std::fs::read_to_string(&serial).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let text = wait_for_text(&serial, "waiting for shutdown");
     assert_eq!(
-        line(&std::fs::read_to_string(&serial).unwrap(), "TINY: balloon"),
+        line(&text, "TINY: balloon"),
         "TINY: balloon ok inflated=512"
     );
-    let ask = |request: serde_json::Value| -> serde_json::Value {
-        let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
-        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
+    let ask = |request: serde_json::Value| ask(&control, request);
     let info = ask(serde_json::json!({ "cmd": "info" }));
     let stats = &info["devices"][0]["statistics"];
     assert_eq!(info["devices"][0]["type"], "balloon", "{info}");
@@ -462,7 +388,7 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn qcow2_overlay_reads_its_backing_file_and_takes_the_writes() {
-    let kernel = tiny_or_skip!();
+    let kernel = tiny_or_skip!("tiny.elf");
     if Command::new("qemu-img").arg("--version").output().is_err() {
         eprintln!("SKIPPED: needs qemu-img (Debian package qemu-utils)");
         return;

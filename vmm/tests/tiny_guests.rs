@@ -5,55 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
-const DEADLINE: Duration = Duration::from_secs(60);
+#[macro_use]
+mod common;
 
-fn kit_dir() -> PathBuf {
-    std::env::var_os("VIREO_GUEST_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
-}
-
-/// The tiny guest image, or why the test cannot run here.
-fn tiny(image: &str) -> Result<PathBuf, String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("a usable /dev/kvm".into());
-    }
-    let path = kit_dir().join(image);
-    // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing guest is a failure.
-    if !path.is_file() {
-        assert!(
-            std::env::var_os("VIREO_GUEST_DIR").is_none(),
-            "{} is missing from the kit",
-            path.display()
-        );
-        return Err(format!("{} (run scripts/guest-kit)", path.display()));
-    }
-    Ok(path)
-}
-
-macro_rules! tiny_or_skip {
-    ($image:expr) => {
-        match tiny($image) {
-            Ok(path) => path,
-            Err(needs) => {
-                eprintln!("SKIPPED: needs {needs}");
-                return;
-            }
-        }
-    };
-}
+use common::{DEADLINE, VMM, ask};
 
 struct Run {
     status: Option<i32>,
@@ -130,14 +91,7 @@ impl Guest {
     }
 
     fn control(&self, command: &str) -> serde_json::Value {
-        let mut stream =
-            UnixStream::connect(self.dir.path().join("control.sock")).expect("control socket");
-        stream
-            .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).expect("JSON reply")
+        control(self.dir.path(), command)
     }
 
     fn finish(mut self) -> Run {
@@ -430,13 +384,10 @@ fn start_with_serial(
 }
 
 fn control(dir: &Path, command: &str) -> serde_json::Value {
-    let mut stream = UnixStream::connect(dir.join("control.sock")).expect("control socket");
-    stream
-        .write_all(format!("{{\"cmd\":\"{command}\"}}\n").as_bytes())
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).expect("JSON reply")
+    ask(
+        &dir.join("control.sock"),
+        serde_json::json!({ "cmd": command }),
+    )
 }
 
 fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
@@ -578,11 +529,7 @@ fn hugepage_backed_memory_boots() {
 }
 
 fn control_with(dir: &Path, request: serde_json::Value) -> serde_json::Value {
-    let mut stream = UnixStream::connect(dir.join("control.sock")).expect("control socket");
-    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).expect("JSON reply")
+    ask(&dir.join("control.sock"), request)
 }
 
 /// The counts a counter guest printed, in order.

@@ -69,105 +69,75 @@ fn unreachable_guest_memory() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EFAULT)
 }
 
-impl Image {
-    /// Reads `length` bytes at `offset` straight into guest memory at `address` (raw images: no
-    /// copy in between).
-    fn read_into_guest(
-        &self,
-        bounce: &mut Vec<u8>,
-        memory: &GuestMemoryMmap,
-        address: GuestAddress,
-        length: u32,
-        offset: u64,
-    ) -> std::io::Result<()> {
-        let length = usize::try_from(length).map_err(|_| unreachable_guest_memory())?;
-        match self {
-            Image::Raw(file) => {
-                let slice = memory
-                    .get_slice(address, length)
-                    .map_err(|_| unreachable_guest_memory())?;
-                let guard = slice.ptr_guard_mut();
-                let mut done = 0usize;
-                while done < length {
-                    let at = i64::try_from(offset + done as u64)
-                        .map_err(|_| unreachable_guest_memory())?;
-                    // SAFETY: the slice is `length` bytes of our own guest mapping (checked by
-                    // get_slice); pread writes at most `length - done` bytes from `done` on.
-                    let count = unsafe {
-                        libc::pread(
-                            file.as_raw_fd(),
-                            guard.as_ptr().add(done).cast(),
-                            length - done,
-                            at,
-                        )
-                    };
-                    match usize::try_from(count) {
-                        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                        Ok(count) => done += count,
-                        Err(_) => return Err(std::io::Error::last_os_error()),
-                    }
-                }
-                Ok(())
+/// Which way a raw transfer moves data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FileToGuest,
+    GuestToFile,
+}
+
+/// pread/pwrite between `file` at `offset` and `length` bytes at `guest`, until all are moved.
+///
+/// # Safety
+/// `guest` must point at `length` bytes of guest memory that stay mapped for the call.
+unsafe fn raw_transfer(
+    file: &File,
+    guest: *mut u8,
+    length: usize,
+    offset: u64,
+    direction: Direction,
+) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < length {
+        let at = i64::try_from(offset + done as u64).map_err(|_| unreachable_guest_memory())?;
+        // SAFETY: `done < length`, so the range stays inside the caller's `length` bytes.
+        let (pointer, rest) = (unsafe { guest.add(done) }, length - done);
+        // SAFETY: the buffer is valid for `rest` bytes (caller's contract).
+        let count = unsafe {
+            match direction {
+                Direction::FileToGuest => libc::pread(file.as_raw_fd(), pointer.cast(), rest, at),
+                Direction::GuestToFile => libc::pwrite(file.as_raw_fd(), pointer.cast(), rest, at),
             }
-            Image::Qcow2(image) => {
-                let _ = bounce;
-                let slice = memory
-                    .get_slice(address, length)
-                    .map_err(|_| unreachable_guest_memory())?;
-                let guard = slice.ptr_guard_mut();
-                // SAFETY: `length` bytes of our own guest mapping (checked by get_slice), alive for
-                // this call. imago only writes into them and never reads them back, so a guest
-                // changing them at the same time can only spoil its own data.
-                let target = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), length) };
-                image.read(target, offset)
-            }
+        };
+        match usize::try_from(count) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(count) => done += count,
+            Err(_) => return Err(std::io::Error::last_os_error()),
         }
     }
+    Ok(())
+}
 
-    /// Writes `length` bytes of guest memory at `address` to the image at `offset`.
-    fn write_from_guest(
+impl Image {
+    /// Moves `length` bytes between the image at `offset` and guest memory at `address`, with
+    /// no copy in between.
+    fn transfer(
         &self,
-        bounce: &mut Vec<u8>,
         memory: &GuestMemoryMmap,
         address: GuestAddress,
         length: u32,
         offset: u64,
+        direction: Direction,
     ) -> std::io::Result<()> {
         let length = usize::try_from(length).map_err(|_| unreachable_guest_memory())?;
+        let slice = memory
+            .get_slice(address, length)
+            .map_err(|_| unreachable_guest_memory())?;
+        let guard = slice.ptr_guard_mut();
         match self {
-            Image::Raw(file) => {
-                let slice = memory
-                    .get_slice(address, length)
-                    .map_err(|_| unreachable_guest_memory())?;
-                let guard = slice.ptr_guard();
-                let mut done = 0usize;
-                while done < length {
-                    let at = i64::try_from(offset + done as u64)
-                        .map_err(|_| unreachable_guest_memory())?;
-                    // SAFETY: the slice is `length` bytes of our own guest mapping; pwrite reads at
-                    // most `length - done` bytes from `done` on.
-                    let count = unsafe {
-                        libc::pwrite(
-                            file.as_raw_fd(),
-                            guard.as_ptr().add(done).cast(),
-                            length - done,
-                            at,
-                        )
-                    };
-                    match usize::try_from(count) {
-                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                        Ok(count) => done += count,
-                        Err(_) => return Err(std::io::Error::last_os_error()),
-                    }
-                }
-                Ok(())
-            }
+            // SAFETY: get_slice checked that `length` bytes at the pointer are guest memory,
+            // which stays mapped for the VM's life.
+            Image::Raw(file) => unsafe {
+                raw_transfer(file, guard.as_ptr(), length, offset, direction)
+            },
             Image::Qcow2(image) => {
-                bounce.resize(length, 0);
-                memory
-                    .read_slice(bounce, address)
-                    .map_err(|_| unreachable_guest_memory())?;
-                image.write(&bounce[..], offset)
+                // SAFETY: as above. The guest may change these bytes meanwhile; that can only
+                // spoil its own data, and nothing here reads them back.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), length) };
+                match direction {
+                    Direction::FileToGuest => image.read(bytes, offset),
+                    Direction::GuestToFile => image.write(&*bytes, offset),
+                }
             }
         }
     }
@@ -182,8 +152,6 @@ impl Image {
 
 pub struct Block {
     image: Image,
-    /// Reused between requests: qcow2 data passes through it (raw images need none).
-    bounce: Vec<u8>,
     capacity_sectors: u64,
     read_only: bool,
     serial: [u8; SERIAL_BYTES],
@@ -238,7 +206,6 @@ impl Block {
         }
         Ok(Block {
             image,
-            bounce: Vec::new(),
             capacity_sectors: length / SECTOR_SIZE,
             read_only,
             serial: serial_bytes,
@@ -316,7 +283,7 @@ impl Block {
                 for (address, length, _) in data {
                     if self
                         .image
-                        .read_into_guest(&mut self.bounce, memory, *address, *length, offset)
+                        .transfer(memory, *address, *length, offset, Direction::FileToGuest)
                         .is_err()
                     {
                         return (S_IOERR, written);
@@ -339,7 +306,7 @@ impl Block {
                 for (address, length, _) in data {
                     if self
                         .image
-                        .write_from_guest(&mut self.bounce, memory, *address, *length, offset)
+                        .transfer(memory, *address, *length, offset, Direction::GuestToFile)
                         .is_err()
                     {
                         return (S_IOERR, 0);
