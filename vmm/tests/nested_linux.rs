@@ -11,19 +11,25 @@ use std::process::Command;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
 
-/// In the nested host, before each boot: an 8 MiB raw disk that starts with a signature.
+/// In the nested host, before each boot: an 8 MiB raw disk that starts with a signature, and a
+/// background job that brings up the tap vireo-vmm creates for the guest's network card.
 const DISK_SETUP: &str = "dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null; \
-    printf VIREO-SIGNATURE | dd of=/tmp/disk.img conv=notrunc 2>/dev/null; rm -f /tmp/hvc.log";
+    printf VIREO-SIGNATURE | dd of=/tmp/disk.img conv=notrunc 2>/dev/null; rm -f /tmp/hvc.log; \
+    (for i in $(seq 300); do [ -e /sys/class/net/vtap0 ] && break; sleep 0.1; done; ip link set vtap0 up) &";
 
 /// In the Linux guest: what its own virtio drivers make of vireo-vmm's devices. A write goes to
-/// the disk, the page cache is dropped, and the sector is read back from the device.
+/// the disk, the page cache is dropped, and the sector is read back from the device; text goes
+/// to /dev/hvc0; and the network card pings all IPv6 nodes on its link, where the host's tap
+/// answers from its own link-local address (not the guest's, which is filtered out).
 const GUEST_CHECKS: &str = r#"echo "VIREO-REPORT pci=$(ls /sys/bus/pci/devices | wc -l)";
 echo "VIREO-REPORT vda=$(head -c 15 /dev/vda) serial=$(cat /sys/block/vda/serial) sectors=$(cat /sys/block/vda/size)";
 echo "VIREO-REPORT rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 16 /dev/hwrng | wc -c)";
 printf written-by-linux | dd of=/dev/vda bs=512 seek=4 conv=fsync 2>/dev/null;
 echo 3 > /proc/sys/vm/drop_caches;
 echo "VIREO-REPORT readback=$(dd if=/dev/vda bs=512 skip=4 count=1 2>/dev/null | head -c 16)";
-echo "VIREO-HVC hello from $(uname -n)" > /dev/hvc0"#;
+echo "VIREO-HVC hello from $(uname -n)" > /dev/hvc0;
+ip link set eth0 up; sleep 2;
+echo "VIREO-REPORT mac=$(cat /sys/class/net/eth0/address) ping_replies=$(ping -6 -c 2 -w 8 ff02::1%eth0 2>/dev/null | grep "bytes from fe80" | grep -vc fe80::5054:ff:fe12:3456)""#;
 
 fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")
@@ -62,7 +68,7 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
             .arg(kit_dir())
             .args([
                 "--vmm-args",
-                "--rng --disk /tmp/disk.img,serial=VIREODISK0 --console file:/tmp/hvc.log",
+                "--rng --disk /tmp/disk.img,serial=VIREODISK0 --net tap=vtap0,mac=52:54:00:12:34:56 --console file:/tmp/hvc.log",
             ])
             .args([
                 "--setup",
@@ -122,13 +128,14 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         );
     }
     assert!(report.contains(&"NESTED-DONE"), "{console}");
-    // Each boot's guest saw the host bridge and three virtio devices, drove them, and the data
+    // Each boot's guest saw the host bridge and four virtio devices, drove them, and the data
     // went through the disk image.
     for expected in [
-        "NESTED-GUEST VIREO-REPORT pci=4",
+        "NESTED-GUEST VIREO-REPORT pci=5",
         "NESTED-GUEST VIREO-REPORT vda=VIREO-SIGNATURE serial=VIREODISK0 sectors=16384",
         "NESTED-GUEST VIREO-REPORT rng=virtio_rng.0 bytes=16",
         "NESTED-GUEST VIREO-REPORT readback=written-by-linux",
+        "NESTED-GUEST VIREO-REPORT mac=52:54:00:12:34:56 ping_replies=2",
     ] {
         assert_eq!(
             report.iter().filter(|line| **line == expected).count(),
