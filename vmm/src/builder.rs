@@ -373,7 +373,17 @@ impl Vmm {
 
     fn control(&mut self, request: Request) -> Result<Option<VmExit>, String> {
         match request {
-            Request::Info | Request::Watch(_) => Ok(None),
+            Request::Info => {
+                // The balloon's figures in this reply are the last the guest sent; this asks for
+                // the next ones.
+                for transport in &self.virtio {
+                    if let Ok(mut transport) = transport.lock() {
+                        transport.request_balloon_stats();
+                    }
+                }
+                Ok(None)
+            }
+            Request::Watch(_) => Ok(None),
             Request::Pause => {
                 if !vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
                     return Err("vCPUs did not pause in time".into());

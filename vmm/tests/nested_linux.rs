@@ -1,8 +1,8 @@
 //! vireo-vmm boots the stock Debian kernel and the kit's initramfs on a real kvm_amd: inside the
 //! nested test host (scripts/nested-host: the same kernel under QEMU TCG emulating AMD SVM), with
 //! 1 and 2 vCPUs. Each guest reaches its marker, reports all its CPUs, drives vireo-vmm's PCI
-//! virtio-blk and virtio-rng with its own drivers, and powers itself off after a graceful shutdown
-//! request (ACPI power button) sent over the VMM's control socket.
+//! virtio-blk, -rng, -net, -console and -balloon with its own drivers, and powers itself off
+//! after a graceful shutdown request (ACPI power button) sent over the VMM's control socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,6 +30,13 @@ echo "VIREO-REPORT readback=$(dd if=/dev/vda bs=512 skip=4 count=1 2>/dev/null |
 echo "VIREO-HVC hello from $(uname -n)" > /dev/hvc0;
 ip link set eth0 up; sleep 2;
 echo "VIREO-REPORT mac=$(cat /sys/class/net/eth0/address) ping_replies=$(ping -6 -c 2 -w 8 ff02::1%eth0 2>/dev/null | grep "bytes from fe80" | grep -vc fe80::5054:ff:fe12:3456)""#;
+
+/// In the nested host while the guest runs: `setmem` 192 of the guest's 256 MiB, wait until its
+/// balloon driver has given back the 64 MiB, then `dommemstat` (info asks for fresh figures, the
+/// last info shows them).
+const WHILE_RUNNING: &str = "c=\"$VMM control /tmp/control.sock\"; $c balloon 192 >/dev/null; \
+    for i in $(seq 50); do $c info | grep -q '\"actual_pages\":16384,' && break; sleep 0.2; done; \
+    sleep 1; $c info";
 
 fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")
@@ -68,13 +75,15 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
             .arg(kit_dir())
             .args([
                 "--vmm-args",
-                "--rng --disk /tmp/disk.img,serial=VIREODISK0 --net tap=vtap0,mac=52:54:00:12:34:56 --console file:/tmp/hvc.log",
+                "--rng --disk /tmp/disk.img,serial=VIREODISK0 --net tap=vtap0,mac=52:54:00:12:34:56 --console file:/tmp/hvc.log --balloon",
             ])
             .args([
                 "--setup",
                 DISK_SETUP,
                 "--guest",
                 GUEST_CHECKS,
+                "--running",
+                WHILE_RUNNING,
                 "--post",
                 "cat /tmp/hvc.log",
             ])
@@ -131,7 +140,7 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
     // Each boot's guest saw the host bridge and four virtio devices, drove them, and the data
     // went through the disk image.
     for expected in [
-        "NESTED-GUEST VIREO-REPORT pci=5",
+        "NESTED-GUEST VIREO-REPORT pci=6",
         "NESTED-GUEST VIREO-REPORT vda=VIREO-SIGNATURE serial=VIREODISK0 sectors=16384",
         "NESTED-GUEST VIREO-REPORT rng=virtio_rng.0 bytes=16",
         "NESTED-GUEST VIREO-REPORT readback=written-by-linux",
@@ -149,6 +158,33 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         .filter(|line| line.starts_with("NESTED-POST VIREO-HVC hello from"))
         .count();
     assert_eq!(hvc, 2, "{console}");
+    // Linux's balloon driver gave back what `setmem` asked for and reported its memory use.
+    let balloons: Vec<serde_json::Value> = report
+        .iter()
+        .filter_map(|line| line.strip_prefix("NESTED-RUNNING "))
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|reply| reply.get("devices").is_some())
+        .filter_map(|info| {
+            info["devices"]
+                .as_array()?
+                .iter()
+                .find(|device| device["type"] == "balloon")
+                .map(|device| device["statistics"].clone())
+        })
+        .collect();
+    assert_eq!(balloons.len(), 2, "one info per boot:\n{console}");
+    for stats in &balloons {
+        assert_eq!(stats["target_pages"], 16384, "{stats}");
+        assert_eq!(stats["actual_pages"], 16384, "{stats}");
+        assert!(stats["inflated_pages"].as_u64() >= Some(16384), "{stats}");
+        assert!(stats["guest_reports"].as_u64() >= Some(2), "{stats}");
+        let total = stats["guest"]["total_memory"].as_u64().unwrap_or(0);
+        assert!(
+            (128 << 20..=256 << 20).contains(&total),
+            "the guest's total memory, in bytes: {stats}"
+        );
+        assert!(stats["guest"]["free_memory"].as_u64() > Some(0), "{stats}");
+    }
 }
 
 /// Where this host's own KVM runs stock guests (hardware VMX/SVM), the same boot runs directly.

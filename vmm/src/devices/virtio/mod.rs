@@ -58,6 +58,11 @@ pub trait VirtioDevice: Send {
     fn statistics(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// Device state the guest can observe that a restore must bring back (a held buffer).
+    fn saved_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore_state(&mut self, _state: &serde_json::Value) {}
     /// The device itself, for host requests only one kind of device takes (a balloon target).
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None

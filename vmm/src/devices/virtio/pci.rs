@@ -79,6 +79,9 @@ pub struct VirtioPciState {
     queues: Vec<QueueSnapshot>,
     msix: Vec<MsixEntry>,
     msix_pending: Vec<bool>,
+    /// The device model's own guest-visible state (older snapshots have none).
+    #[serde(default)]
+    device: serde_json::Value,
 }
 
 pub struct VirtioPci {
@@ -250,10 +253,11 @@ impl VirtioPci {
                 .collect(),
             msix: self.msix.clone(),
             msix_pending: self.msix_pending.clone(),
+            device: self.device.saved_state(),
         }
     }
 
-    /// Takes back a saved state; the device keeps its own (it holds no guest-visible state).
+    /// Takes back a saved state, the device model's included.
     pub fn restore(&mut self, state: &VirtioPciState) {
         self.config.restore(&state.config);
         self.driver_features = state.driver_features & self.device.features();
@@ -289,6 +293,7 @@ impl VirtioPci {
         for (pending, saved) in self.msix_pending.iter_mut().zip(&state.msix_pending) {
             *pending = *saved;
         }
+        self.device.restore_state(&state.device);
         if self.status & STATUS_DRIVER_OK != 0 {
             self.device.activate(self.driver_features);
         }
@@ -334,19 +339,43 @@ impl VirtioPci {
         self.queues.get_mut(usize::from(self.queue_select))
     }
 
-    /// Sets the balloon's target, if this is a balloon, and tells the driver. Returns whether it was.
-    pub fn set_balloon_target(&mut self, pages: u32) -> bool {
-        let Some(balloon) = self
-            .device
+    fn balloon(&mut self) -> Option<&mut super::balloon::Balloon> {
+        self.device
             .as_any_mut()
             .and_then(|device| device.downcast_mut::<super::balloon::Balloon>())
-        else {
+    }
+
+    /// Sets the balloon's target, if this is a balloon, and tells the driver. Returns whether it was.
+    pub fn set_balloon_target(&mut self, pages: u32) -> bool {
+        let Some(balloon) = self.balloon() else {
             return false;
         };
         balloon.set_target_pages(pages);
         self.config_generation = self.config_generation.wrapping_add(1);
         self.interrupt(self.config_vector, ISR_CONFIG);
         true
+    }
+
+    /// Asks a balloon's driver for fresh memory statistics by giving back the buffer it holds;
+    /// they arrive on the stats queue a moment later.
+    pub fn request_balloon_stats(&mut self) {
+        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        let Some(head) = self
+            .balloon()
+            .and_then(|balloon| balloon.release_stats_buffer())
+        else {
+            return;
+        };
+        let index = super::balloon::STATS_QUEUE;
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if queue.add_used(&self.memory, head, 0).is_ok() {
+            let vector = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
+            self.interrupt(vector, ISR_QUEUE);
+        }
     }
 
     /// A device backend has work for queue `index` (a frame arrived): process it as a notify would.
@@ -535,6 +564,11 @@ impl VirtioPci {
         self.status = status;
         if became_ready {
             self.device.activate(self.driver_features);
+            // Linux's balloon driver makes its stats buffer available (and notifies) before
+            // DRIVER_OK; whatever a driver queued that early is served now.
+            for index in 0..self.queues.len() {
+                self.notify(index);
+            }
         }
     }
 
