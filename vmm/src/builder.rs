@@ -21,7 +21,7 @@ use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::net::Net;
-use crate::devices::virtio::pci::{MsiSender, VirtioPci};
+use crate::devices::virtio::pci::{IoEventBinder, MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::{Devices, GuestRequest};
 use crate::snapshot;
@@ -144,6 +144,21 @@ fn build_pci(
         };
         let _ = msi_vm.fd.signal_msi(message);
     });
+    let ioevent_vm = vm.clone();
+    let binder: IoEventBinder = Arc::new(move |event, address, bind| {
+        let address = kvm_ioctls::IoEventAddress::Mmio(address);
+        if bind {
+            ioevent_vm
+                .fd
+                .register_ioevent(event, &address, kvm_ioctls::NoDatamatch)
+                .is_ok()
+        } else {
+            ioevent_vm
+                .fd
+                .unregister_ioevent(event, &address, kvm_ioctls::NoDatamatch)
+                .is_ok()
+        }
+    });
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     if config.rng {
         devices.push(Box::new(Rng::default()));
@@ -191,6 +206,7 @@ fn build_pci(
             let _ = cell.set(Arc::downgrade(&transport));
         }
         pci.add(transport.clone())?;
+        VirtioPci::start_notifier(&transport, binder.clone()).map_err(BuildError::Threads)?;
         transports.push(transport);
     }
     Ok((pci, transports))
@@ -450,6 +466,14 @@ impl Vmm {
     }
 
     fn write_snapshot(&self, path: &std::path::Path) -> Result<u32, String> {
+        // The devices stay locked until memory is written: a notifier or tap reader thread
+        // must not move a queue between its saved position and the saved memory.
+        let transports = self
+            .virtio
+            .iter()
+            .map(|transport| transport.lock())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "virtio device lock poisoned")?;
         let msr_indices = self.vm.msr_indices().map_err(|err| err.to_string())?;
         let mut vcpu_states = Vec::new();
         for thread in &self.vcpus {
@@ -480,12 +504,10 @@ impl Vmm {
                     .lock()
                     .map_err(|_| "power lock poisoned")?
                     .state(),
-                virtio: self
-                    .virtio
+                virtio: transports
                     .iter()
-                    .map(|transport| transport.lock().map(|transport| transport.state()))
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| "virtio device lock poisoned")?,
+                    .map(|transport| transport.state())
+                    .collect(),
             },
         };
         let memory_crc =

@@ -355,6 +355,10 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
     let info = ask(serde_json::json!({ "cmd": "info" }));
     let stats = &info["devices"][0]["statistics"];
     assert_eq!(info["devices"][0]["type"], "balloon", "{info}");
+    assert_eq!(
+        info["devices"][0]["ioeventfd"], true,
+        "notifies go through KVM ioeventfds: {info}"
+    );
     assert_eq!(stats["inflated_pages"], 512, "{stats}");
     assert_eq!(
         stats["actual_pages"], 512,

@@ -119,6 +119,14 @@ impl PciConfig {
             .map(|bar| bar.address)
     }
 
+    /// Where memory BAR `index` decodes now: none while memory decoding is off or it is unplaced.
+    pub fn decoded_bar_address(&self, index: usize) -> Option<u64> {
+        if self.command() & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        self.bar_address(index).filter(|address| *address != 0)
+    }
+
     /// The BAR and offset within it that `address` falls in, if memory decoding is on.
     pub fn bar_containing(&self, address: u64) -> Option<(usize, u64)> {
         if self.command() & COMMAND_MEMORY == 0 {

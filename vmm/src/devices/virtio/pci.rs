@@ -1,12 +1,14 @@
 //! The virtio 1.x PCI transport ("modern" only): capabilities in configuration space pointing into
 //! one 32 KiB memory BAR that holds the common configuration, ISR, device configuration, notify
-//! area and the MSI-X table. Notifications are handled on the vCPU that wrote them; interrupts go
-//! out as MSI messages through KVM.
+//! area and the MSI-X table. Notifications reach the device through ioeventfds that KVM signals
+//! without leaving the kernel, served by one notifier thread per device; where KVM refuses them
+//! they are handled on the vCPU that wrote them. Interrupts go out as MSI messages through KVM.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioDevice;
 use crate::devices::pci::{BarKind, PciConfig, PciDevice};
@@ -42,6 +44,18 @@ const MSIX_CONTROL_MASK: u16 = 1 << 14;
 
 /// Delivers one MSI message (address, data) to the guest.
 pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
+
+/// Binds (`true`) or unbinds (`false`) an eventfd to guest writes at an MMIO address, in KVM.
+/// Returns whether KVM did it.
+pub type IoEventBinder = Arc<dyn Fn(&EventFd, u64, bool) -> bool + Send + Sync>;
+
+/// The queues' notify eventfds and where they are bound now.
+struct NotifyEvents {
+    events: Vec<EventFd>,
+    binder: IoEventBinder,
+    /// The BAR address the eventfds are bound at, if they are.
+    bound_at: Option<u64>,
+}
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct MsixEntry {
@@ -102,6 +116,7 @@ pub struct VirtioPci {
     config_generation: u8,
     queue_select: u16,
     isr: u8,
+    notify_events: Option<NotifyEvents>,
 }
 
 /// The low and high 32 bits of an address, as virtio-queue's setters take them.
@@ -203,6 +218,72 @@ impl VirtioPci {
             config_generation: 0,
             queue_select: 0,
             isr: 0,
+            notify_events: None,
+        }
+    }
+
+    /// Gives each queue an eventfd that KVM signals on the guest's notify write, and starts the
+    /// thread that serves them. Without KVM's help (`binder` refusing) notifies stay on the vCPU.
+    pub fn start_notifier(
+        transport: &Arc<Mutex<VirtioPci>>,
+        binder: IoEventBinder,
+    ) -> std::io::Result<()> {
+        let mut watched = Vec::new();
+        {
+            let mut locked = transport
+                .lock()
+                .map_err(|_| std::io::Error::other("virtio lock poisoned"))?;
+            let mut events = Vec::new();
+            for _ in 0..locked.queues.len() {
+                let event = EventFd::new(libc::EFD_NONBLOCK)?;
+                watched.push(event.try_clone()?);
+                events.push(event);
+            }
+            locked.notify_events = Some(NotifyEvents {
+                events,
+                binder,
+                bound_at: None,
+            });
+            locked.bind_notify_events();
+        }
+        let weak = Arc::downgrade(transport);
+        std::thread::Builder::new()
+            .name("virtio-notify".into())
+            .spawn(move || serve_notify_events(&weak, &watched))?;
+        Ok(())
+    }
+
+    /// Keeps the eventfds bound where BAR 0 decodes now (the guest may move or disable it).
+    fn bind_notify_events(&mut self) {
+        let wanted = self.config.decoded_bar_address(0);
+        let Some(notify) = &mut self.notify_events else {
+            return;
+        };
+        if notify.bound_at == wanted {
+            return;
+        }
+        let at = |base: u64, index: usize| {
+            base + NOTIFY_OFFSET + u64::try_from(index).unwrap_or(0) * u64::from(NOTIFY_MULTIPLIER)
+        };
+        if let Some(old) = notify.bound_at.take() {
+            for (index, event) in notify.events.iter().enumerate() {
+                (notify.binder)(event, at(old, index), false);
+            }
+        }
+        if let Some(base) = wanted {
+            let mut bound = 0;
+            for (index, event) in notify.events.iter().enumerate() {
+                if (notify.binder)(event, at(base, index), true) {
+                    bound += 1;
+                }
+            }
+            if bound == notify.events.len() {
+                notify.bound_at = Some(base);
+            } else {
+                for (index, event) in notify.events.iter().enumerate().take(bound) {
+                    (notify.binder)(event, at(base, index), false);
+                }
+            }
         }
     }
 
@@ -220,6 +301,8 @@ impl VirtioPci {
             "type": kind,
             "status": self.status,
             "needs_reset": self.status & STATUS_NEEDS_RESET != 0,
+            // Whether the guest's notifies reach the device through KVM ioeventfds.
+            "ioeventfd": self.notify_events.as_ref().is_some_and(|notify| notify.bound_at.is_some()),
             "statistics": self.device.statistics(),
         })
     }
@@ -294,8 +377,14 @@ impl VirtioPci {
             *pending = *saved;
         }
         self.device.restore_state(&state.device);
+        self.bind_notify_events();
         if self.status & STATUS_DRIVER_OK != 0 {
             self.device.activate(self.driver_features);
+            // A notify still waiting in its eventfd at save time was not carried over: look at
+            // every queue once.
+            for index in 0..self.queues.len() {
+                self.notify(index);
+            }
         }
     }
 
@@ -622,6 +711,10 @@ impl PciDevice for VirtioPci {
         &mut self.config
     }
 
+    fn config_written(&mut self, _offset: u16) {
+        self.bind_notify_events();
+    }
+
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         if bar != 0 {
             data.fill(0xff);
@@ -676,6 +769,42 @@ impl PciDevice for VirtioPci {
                 self.msix_table_access(offset - MSIX_TABLE_OFFSET, Some(data), &mut []);
             }
             _ => {}
+        }
+    }
+}
+
+/// The notifier thread: waits on every queue's eventfd and serves the queue whose fd fired. It
+/// ends with the transport.
+fn serve_notify_events(transport: &Weak<Mutex<VirtioPci>>, events: &[EventFd]) {
+    let mut polled: Vec<libc::pollfd> = events
+        .iter()
+        .map(|event| libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(event),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let count = libc::nfds_t::try_from(polled.len()).unwrap_or(0);
+    loop {
+        // SAFETY: `polled` is a live array of `count` pollfd entries for the whole call.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), count, -1) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        let Some(transport) = transport.upgrade() else {
+            return;
+        };
+        for (index, (entry, event)) in polled.iter_mut().zip(events).enumerate() {
+            if entry.revents & libc::POLLIN != 0
+                && event.read().is_ok()
+                && let Ok(mut transport) = transport.lock()
+            {
+                transport.notify(index);
+            }
+            entry.revents = 0;
         }
     }
 }
