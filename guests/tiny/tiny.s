@@ -38,6 +38,7 @@
         .set VIRTIO_ID_BLOCK, 2
         .set VIRTIO_ID_RNG, 4
         .set VIRTIO_ID_BALLOON, 5
+        .set VIRTIO_ID_CONSOLE, 3
         .set VIRTIO_NET_F_MAC, 1 << 5
         .set VIRTIO_BLK_F_RO, 1 << 5
         .set VIRTIO_BLK_F_FLUSH, 1 << 9
@@ -1874,6 +1875,56 @@ act_rng:
 9:      pop %rbx
         ret
 
+# act_console: one receive buffer on virtio-console's queue 0; what the host's client typed
+# comes back as "TINY: console ok bytes=N hex=..." (or FAIL timeout after ~4 s).
+act_console:
+        push %rbx
+        lea s_console(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        mov $VIRTIO_ID_CONSOLE, %edi
+        call vio_probe
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi
+        call vio_start
+        test %rax, %rax
+        jnz 8f
+        xor %edi, %edi
+        call vio_queue
+        test %rax, %rax
+        jnz 8f
+        call vio_driver_ok
+        mov vq_base(%rip), %rdi         # queue 0, descriptor 0
+        lea rng_buf(%rip), %rsi
+        mov $32, %edx
+        mov $VIRTQ_DESC_F_WRITE, %ecx
+        call set_desc
+        xor %edi, %edi
+        xor %esi, %esi
+        call vq_submit
+        test %rax, %rax
+        jnz 8f
+        mov %edx, %ebx                  # bytes written
+        lea s_empty(%rip), %rax
+        test %ebx, %ebx
+        jz 8f
+        PUTS "TINY: console ok bytes="
+        mov %rbx, %rdi
+        call put_dec
+        PUTS " hex="
+        mov %ebx, %esi
+        cmp $32, %esi
+        jbe 2f
+        mov $32, %esi
+2:      lea rng_buf(%rip), %rdi
+        call put_hexbytes
+        call newline
+        jmp 9f
+8:      mov %rax, %rdi
+        call vfail_nl
+9:      pop %rbx
+        ret
+
 # blk_init: virtio-blk on queue 0 (features RO and FLUSH if offered) -> blk_capacity.
 blk_init:
         mov $VIRTIO_ID_BLOCK, %edi
@@ -2463,6 +2514,7 @@ s_blk:          .asciz "blk"
 s_blk_verify:   .asciz "blk-verify"
 s_net:          .asciz "net"
 s_balloon:      .asciz "balloon"
+s_console:      .asciz "console"
 key_pci_mmio_mib: .asciz "tiny.pci_mmio_mib="
 key_blk_sector: .asciz "tiny.blk_sector="
 key_blk_seed:   .asciz "tiny.blk_seed="
@@ -2506,6 +2558,7 @@ actions:
         .quad s_blk_verify, act_blk_verify
         .quad s_net, act_net
         .quad s_balloon, act_balloon
+        .quad s_console, act_console
         .quad 0, 0
 # m16:32 far pointers to the 64-bit continuations (for `ljmp *(%ebp)`).
 far_bp64:       .long bp64

@@ -171,28 +171,36 @@ fn build_pci(
             &disk.serial,
         )?));
     }
-    // Each net device's reader thread kicks its own transport once that exists.
+    // A device with its own input thread (a tap's frames, a console client's keys) kicks its
+    // receive queue 0 through its transport, once that exists.
     let mut readers = Vec::new();
-    for net in &config.nets {
-        let device = Net::open(&net.tap, net.mac)?;
+    let mut receive_kick = |at: usize| -> Arc<dyn Fn() + Send + Sync> {
         let cell: Arc<OnceLock<Weak<Mutex<VirtioPci>>>> = Arc::default();
-        let kick_cell = cell.clone();
-        let kick: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            if let Some(transport) = kick_cell.get().and_then(Weak::upgrade)
+        readers.push((at, cell.clone()));
+        Arc::new(move || {
+            if let Some(transport) = cell.get().and_then(Weak::upgrade)
                 && let Ok(mut transport) = transport.lock()
             {
                 transport.queue_event(0);
             }
-        });
-        device.start_reader(kick).map_err(BuildError::Threads)?;
-        readers.push((devices.len(), cell));
+        })
+    };
+    for net in &config.nets {
+        let device = Net::open(&net.tap, net.mac)?;
+        device
+            .start_reader(receive_kick(devices.len()))
+            .map_err(BuildError::Threads)?;
         devices.push(Box::new(device));
     }
     if config.balloon {
         devices.push(Box::new(Balloon::default()));
     }
-    if let Some(path) = &config.console {
-        devices.push(Box::new(Console::open(path)?));
+    if let Some(target) = &config.console {
+        let mut device = Console::open(target)?;
+        device
+            .start_input(receive_kick(devices.len()))
+            .map_err(BuildError::Threads)?;
+        devices.push(Box::new(device));
     }
     let mut pci = PciBus::new();
     let mut transports = Vec::new();

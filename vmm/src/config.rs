@@ -33,8 +33,28 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-balloon device, after the nets.
     pub balloon: bool,
-    /// A virtio-console whose output goes to this file, last.
-    pub console: Option<PathBuf>,
+    /// A virtio-console, last.
+    pub console: Option<ConsoleTarget>,
+}
+
+/// `--console file:PATH` (guest output only) or `--console unix:PATH` (a socket, both ways, one
+/// client at a time).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConsoleTarget {
+    File(PathBuf),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ConsoleTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(ConsoleTarget::File(path.into())),
+            Some(("unix", path)) if !path.is_empty() => Ok(ConsoleTarget::Unix(path.into())),
+            _ => Err(format!("--console {text}: expected file:PATH or unix:PATH")),
+        }
+    }
 }
 
 /// `--net tap=NAME[,mac=52:54:00:..]`: a virtio-net device on an existing or new tap.
@@ -182,6 +202,22 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_targets() {
+        assert_eq!(
+            "unix:/run/hvc.sock".parse(),
+            Ok(ConsoleTarget::Unix("/run/hvc.sock".into()))
+        );
+        assert_eq!(
+            "file:/tmp/hvc.log".parse(),
+            Ok(ConsoleTarget::File("/tmp/hvc.log".into()))
+        );
+        assert_eq!(
+            "pty".parse::<ConsoleTarget>(),
+            Err("--console pty: expected file:PATH or unix:PATH".to_string())
+        );
+    }
 
     #[test]
     fn bounds() {

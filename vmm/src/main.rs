@@ -13,7 +13,7 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,format=raw|qcow2][,readonly][,serial=TEXT]]...
-                     [--net tap=NAME[,mac=MAC]]... [--balloon] [--console file:PATH]
+                     [--net tap=NAME[,mac=MAC]]... [--balloon] [--console file:PATH|unix:PATH]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB
        vireo-vmm probe
@@ -74,11 +74,7 @@ fn parse_run(
             "--disk" => disks.push(value()?.parse()?),
             "--net" => nets.push(value()?.parse()?),
             "--balloon" => balloon = true,
-            "--console" => {
-                let value = value()?;
-                let path = value.strip_prefix("file:").filter(|path| !path.is_empty());
-                console = Some(PathBuf::from(path.ok_or("--console: expected file:PATH")?));
-            }
+            "--console" => console = Some(value()?.parse()?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }

@@ -477,3 +477,45 @@ fn qcow2_overlay_reads_its_backing_file_and_takes_the_writes() {
         assert_eq!(line(&serial, "TINY: blk-verify"), "TINY: blk-verify ok");
     }
 }
+
+#[test]
+fn console_socket_carries_what_the_host_types_to_the_guest() {
+    use std::io::Write;
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial");
+    let socket = dir.path().join("hvc.sock");
+    let mut child = Command::new(VMM)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args(["--cmdline", "tiny.test=console,poweroff", "--console"])
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut client = loop {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(client) => break client,
+            Err(err) => {
+                assert!(
+                    started.elapsed().as_secs() < 10,
+                    "{}: {err}",
+                    socket.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    };
+    client.write_all(b"typed-on-the-host").unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert_eq!(
+        line(&text, "TINY: console"),
+        format!(
+            "TINY: console ok bytes=17 hex={}",
+            hex(b"typed-on-the-host")
+        )
+    );
+}

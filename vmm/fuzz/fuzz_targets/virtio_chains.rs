@@ -11,6 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use vireo_vmm::devices::virtio::VirtioDevice;
 use vireo_vmm::devices::virtio::balloon::Balloon;
 use vireo_vmm::devices::virtio::block::{Block, ImageFormat};
+use vireo_vmm::config::ConsoleTarget;
 use vireo_vmm::devices::virtio::console::Console;
 use vireo_vmm::devices::virtio::net::Net;
 use vireo_vmm::devices::virtio::rng::Rng;
@@ -54,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         1 => Box::new(Block::open(disk(), ImageFormat::Raw, true, "fuzz").expect("disk")),
         2 => Box::new(Rng::default()),
         3 => Box::new(Balloon::default()),
-        4 => Box::new(Console::open(std::path::Path::new("/dev/null")).expect("console")),
+        4 => Box::new(Console::open(&ConsoleTarget::File("/dev/null".into())).expect("console")),
         // A tap this process creates (root and /dev/net/tun needed); frames go nowhere.
         _ => match Net::open(&format!("vfuzz{}", std::process::id() % 100_000), [0x52, 0x54, 0, 0, 0, 9]) {
             Ok(net) => Box::new(net),

@@ -83,8 +83,9 @@ struct SocketConsole {
     backlog: VecDeque<u8>,
 }
 
+/// One console client at a time over a unix socket (the UART's and the virtio-console's).
 #[derive(Clone, Default)]
-struct SocketClient(Arc<Mutex<SocketConsole>>);
+pub(crate) struct SocketClient(Arc<Mutex<SocketConsole>>);
 
 /// Sends all of `data` unless the client's socket buffer is full (WouldBlock): a client that does
 /// not read must never stall the vCPU writing to the UART. The socket itself stays blocking for
@@ -109,7 +110,7 @@ fn send_without_blocking(stream: &UnixStream, mut data: &[u8]) -> std::io::Resul
 
 impl SocketClient {
     /// Makes `stream` the client: it gets the backlog first.
-    fn attach(&self, stream: UnixStream) {
+    pub(crate) fn attach(&self, stream: UnixStream) {
         let Ok(mut console) = self.0.lock() else {
             return;
         };
@@ -240,7 +241,7 @@ fn open_pty() -> Result<(OwnedFd, PathBuf), SerialError> {
     Ok((master, path))
 }
 
-fn unix_listener(path: &Path) -> Result<UnixListener, SerialError> {
+pub(crate) fn unix_listener(path: &Path) -> Result<UnixListener, SerialError> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path).map_err(|source| SerialError::Open {
         path: path.to_path_buf(),

@@ -68,7 +68,7 @@ pub struct MachineDevices {
     #[serde(default)]
     pub balloon: bool,
     #[serde(default)]
-    pub console: Option<std::path::PathBuf>,
+    pub console: Option<crate::config::ConsoleTarget>,
 }
 
 /// Everything but memory.
