@@ -1815,22 +1815,20 @@ put_nibble:
         jmp putc
 
 # ---------------------------------------------------------------------------- virtio actions
-act_rng:
-        push %rbx
-        lea s_rng(%rip), %rax
-        mov %rax, vdev_name(%rip)
-        mov $VIRTIO_ID_RNG, %edi
+# vio_read32: EDI = device id: drive the device's queue 0 with one 32-byte writable buffer
+# (rng_buf, zeroed first) -> RAX = 0 with EDX = bytes the device wrote, or RAX = failure.
+vio_read32:
         call vio_probe
         test %rax, %rax
-        jnz 8f
+        jnz 9f
         xor %edi, %edi
         call vio_start
         test %rax, %rax
-        jnz 8f
+        jnz 9f
         xor %edi, %edi
         call vio_queue
         test %rax, %rax
-        jnz 8f
+        jnz 9f
         call vio_driver_ok
         xor %eax, %eax
         mov %rax, rng_buf(%rip)
@@ -1845,6 +1843,14 @@ act_rng:
         xor %edi, %edi
         xor %esi, %esi
         call vq_submit
+9:      ret
+
+act_rng:
+        push %rbx
+        lea s_rng(%rip), %rax
+        mov %rax, vdev_name(%rip)
+        mov $VIRTIO_ID_RNG, %edi
+        call vio_read32
         test %rax, %rax
         jnz 8f
         mov %edx, %ebx                  # bytes written
@@ -1882,26 +1888,7 @@ act_console:
         lea s_console(%rip), %rax
         mov %rax, vdev_name(%rip)
         mov $VIRTIO_ID_CONSOLE, %edi
-        call vio_probe
-        test %rax, %rax
-        jnz 8f
-        xor %edi, %edi
-        call vio_start
-        test %rax, %rax
-        jnz 8f
-        xor %edi, %edi
-        call vio_queue
-        test %rax, %rax
-        jnz 8f
-        call vio_driver_ok
-        mov vq_base(%rip), %rdi         # queue 0, descriptor 0
-        lea rng_buf(%rip), %rsi
-        mov $32, %edx
-        mov $VIRTQ_DESC_F_WRITE, %ecx
-        call set_desc
-        xor %edi, %edi
-        xor %esi, %esi
-        call vq_submit
+        call vio_read32
         test %rax, %rax
         jnz 8f
         mov %edx, %ebx                  # bytes written
