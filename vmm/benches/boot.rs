@@ -5,7 +5,8 @@
 //! - guest power-off (its last line) to the VMM's exit;
 //! - the VMM's own RSS: process RSS minus the RSS of the guest-memory mapping.
 //!
-//! Prints both engines' figures and vireo/QEMU ratios. Run: `cargo bench -p vireo-vmm --bench boot`.
+//! Prints both engines' figures and vireo/QEMU ratios. Run:
+//! `cargo bench -p vireo-vmm --bench boot --profile vmm` (the LTO build vireod-up installs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
