@@ -25,6 +25,7 @@ use crate::devices::virtio::pci::{IoEventBinder, MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::{Devices, GuestRequest};
 use crate::snapshot;
+use crate::vstate::msi::MsiRoutes;
 use crate::vstate::vcpu::{self, RunControl, RunState, VcpuThread};
 use crate::vstate::vm::Vm;
 use crate::vstate::{VmEvent, memory};
@@ -109,6 +110,8 @@ pub struct Vmm {
     rtc: Arc<Mutex<Rtc>>,
     /// The virtio transports, in PCI slot order, for save.
     virtio: Vec<SharedVirtio>,
+    /// The irqfd routes of the guest's MSI messages (their count shows in `info`).
+    msi_routes: Arc<MsiRoutes>,
     /// The configured devices, which a restore recreates.
     machine: snapshot::MachineDevices,
     /// The CRC32 of guest memory as loaded from a snapshot, checked against the file.
@@ -133,17 +136,10 @@ fn build_pci(
     config: &VmConfig,
     vm: &Arc<Vm>,
     memory: &GuestMemoryMmap,
-) -> Result<(PciBus, Vec<SharedVirtio>), BuildError> {
-    let msi_vm = vm.clone();
-    let msi: MsiSender = Arc::new(move |address, data| {
-        let message = kvm_bindings::kvm_msi {
-            address_lo: u32::try_from(address & 0xffff_ffff).unwrap_or(0),
-            address_hi: u32::try_from(address >> 32).unwrap_or(0),
-            data,
-            ..Default::default()
-        };
-        let _ = msi_vm.fd.signal_msi(message);
-    });
+) -> Result<(PciBus, Vec<SharedVirtio>, Arc<MsiRoutes>), BuildError> {
+    let routes = Arc::new(MsiRoutes::new(vm.clone()));
+    let sender = routes.clone();
+    let msi: MsiSender = Arc::new(move |address, data| sender.send(address, data));
     let ioevent_vm = vm.clone();
     let binder: IoEventBinder = Arc::new(move |event, address, bind| {
         let address = kvm_ioctls::IoEventAddress::Mmio(address);
@@ -217,7 +213,7 @@ fn build_pci(
         VirtioPci::start_notifier(&transport, binder.clone()).map_err(BuildError::Threads)?;
         transports.push(transport);
     }
-    Ok((pci, transports))
+    Ok((pci, transports, routes))
 }
 
 /// How the guest starts: from its kernel, or where a snapshot left it.
@@ -299,7 +295,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
     }
     let power = Arc::new(Mutex::new(acpi_pm));
     bus.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, power.clone());
-    let (pci, virtio) = build_pci(config, &vm, &guest_memory)?;
+    let (pci, virtio, msi_routes) = build_pci(config, &vm, &guest_memory)?;
     if let Some(states) = device_states {
         for (transport, state) in virtio.iter().zip(&states.virtio) {
             if let Ok(mut transport) = transport.lock() {
@@ -353,6 +349,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
             console: config.console.clone(),
         },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
+        msi_routes,
         saved_memory_crc32: None,
         events,
         _events_sender: sender,
@@ -390,6 +387,7 @@ impl Vmm {
             "vcpus": vcpus,
             "pty": self.serial.pty.as_ref().map(|path| path.display().to_string()),
             "restored_memory_crc32": self.restored_memory_crc32,
+            "msi_routes": self.msi_routes.count(),
             "saved_memory_crc32": self.saved_memory_crc32,
             "devices": self.virtio.iter().filter_map(|transport| transport.lock().ok().map(|t| t.describe())).collect::<Vec<_>>(),
         })

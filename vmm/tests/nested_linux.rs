@@ -164,6 +164,10 @@ fn stock_linux_boots_and_shuts_down_gracefully_on_real_kvm() {
         .filter_map(|line| line.strip_prefix("NESTED-RUNNING "))
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|reply| reply.get("devices").is_some())
+        .inspect(|info| {
+            // Linux gives each queue its own MSI-X vector; each went out through an irqfd.
+            assert!(info["msi_routes"].as_u64() >= Some(5), "{info}");
+        })
         .filter_map(|info| {
             info["devices"]
                 .as_array()?

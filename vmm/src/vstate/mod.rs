@@ -2,6 +2,7 @@
 //! run loops. No other module calls kvm-ioctls.
 
 pub mod memory;
+pub mod msi;
 pub mod probe;
 pub mod vcpu;
 pub mod vm;
