@@ -1845,6 +1845,31 @@ vio_read32:
         call vq_submit
 9:      ret
 
+# put_read_ok: EDI = bytes read into rng_buf, ESI = most to show ->
+# "TINY: <vdev_name> ok bytes=N hex=<at most ESI bytes>\n".
+put_read_ok:
+        push %rbx
+        push %rbp
+        mov %edi, %ebx
+        mov %esi, %ebp
+        PUTS "TINY: "
+        mov vdev_name(%rip), %rdi
+        call puts
+        PUTS " ok bytes="
+        mov %rbx, %rdi
+        call put_dec
+        PUTS " hex="
+        mov %ebx, %esi
+        cmp %ebp, %esi
+        jbe 1f
+        mov %ebp, %esi
+1:      lea rng_buf(%rip), %rdi
+        call put_hexbytes
+        call newline
+        pop %rbp
+        pop %rbx
+        ret
+
 act_rng:
         push %rbx
         lea s_rng(%rip), %rax
@@ -1864,17 +1889,9 @@ act_rng:
         jnz 1f
         lea s_zeros(%rip), %rax
         jmp 8f
-1:      PUTS "TINY: rng ok bytes="
-        mov %rbx, %rdi
-        call put_dec
-        PUTS " hex="
-        mov %ebx, %esi
-        cmp $16, %esi
-        jbe 2f
+1:      mov %ebx, %edi
         mov $16, %esi
-2:      lea rng_buf(%rip), %rdi
-        call put_hexbytes
-        call newline
+        call put_read_ok
         jmp 9f
 8:      mov %rax, %rdi
         call vfail_nl
@@ -1895,17 +1912,9 @@ act_console:
         lea s_empty(%rip), %rax
         test %ebx, %ebx
         jz 8f
-        PUTS "TINY: console ok bytes="
-        mov %rbx, %rdi
-        call put_dec
-        PUTS " hex="
-        mov %ebx, %esi
-        cmp $32, %esi
-        jbe 2f
+        mov %ebx, %edi
         mov $32, %esi
-2:      lea rng_buf(%rip), %rdi
-        call put_hexbytes
-        call newline
+        call put_read_ok
         jmp 9f
 8:      mov %rax, %rdi
         call vfail_nl
