@@ -10,7 +10,7 @@ use std::process::Command;
 #[macro_use]
 mod common;
 
-use common::{VMM, ask, wait_for_text};
+use common::{VMM, ask, vmm_run, wait_for_text};
 
 /// Boots the tiny guest with `devices` and `tests`, returns (exit status, serial output).
 fn boot(kernel: &Path, vcpus: u8, devices: &[String], tests: &str) -> (Option<i32>, String) {
@@ -180,9 +180,7 @@ fn block_statistics_count_what_the_guest_did() {
     let disk = image(dir.path());
     let serial = dir.path().join("serial");
     let control = dir.path().join("control.sock");
-    let mut child = Command::new(VMM)
-        .args(["run", "--kernel"])
-        .arg(&kernel)
+    let mut child = vmm_run(&kernel, &serial)
         .args([
             "--memory",
             "128",
@@ -191,8 +189,6 @@ fn block_statistics_count_what_the_guest_did() {
         ])
         .arg("--disk")
         .arg(&disk)
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
         .arg("--control")
         .arg(&control)
         .spawn()
@@ -330,9 +326,7 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial");
     let control = dir.path().join("control.sock");
-    let mut child = Command::new(VMM)
-        .args(["run", "--kernel"])
-        .arg(&kernel)
+    let mut child = vmm_run(&kernel, &serial)
         .args([
             "--memory",
             "128",
@@ -340,8 +334,6 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
             "--cmdline",
             "tiny.test=balloon,wait-shutdown tiny.balloon_pages=512",
         ])
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
         .arg("--control")
         .arg(&control)
         .spawn()
@@ -485,13 +477,9 @@ fn console_socket_carries_what_the_host_types_to_the_guest() {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial");
     let socket = dir.path().join("hvc.sock");
-    let mut child = Command::new(VMM)
-        .args(["run", "--kernel"])
-        .arg(&kernel)
+    let mut child = vmm_run(&kernel, &serial)
         .args(["--cmdline", "tiny.test=console,poweroff", "--console"])
         .arg(format!("unix:{}", socket.display()))
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();

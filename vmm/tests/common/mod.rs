@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 pub const VMM: &str = env!("CARGO_BIN_EXE_vireo-vmm");
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// `vireo-vmm run --kernel KERNEL --serial file:SERIAL`, for the caller to add to.
+pub fn vmm_run(kernel: &Path, serial: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(VMM);
+    command
+        .args(["run", "--kernel"])
+        .arg(kernel)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()));
+    command
+}
+
 pub fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")
         .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
