@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vireo_vmm::builder::{self, VmExit};
-use vireo_vmm::config::VmConfig;
+use vireo_vmm::config::{ConsoleTarget, VmConfig};
 use vireo_vmm::devices::serial::SerialOutput;
 use vireo_vmm::vstate::memory::MemoryOptions;
 
@@ -125,6 +125,25 @@ fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
         VmExit::Stopped => eprintln!("vireo-vmm: stopped"),
         VmExit::Saved => eprintln!("vireo-vmm: saved and stopped"),
     }
+    // The sockets this process listened on go with it.
+    let serial_socket = match &config.serial {
+        SerialOutput::Unix(path) => Some(path),
+        _ => None,
+    };
+    let console_socket = match &config.console {
+        Some(ConsoleTarget::Unix(path)) => Some(path),
+        _ => None,
+    };
+    for path in [
+        serial_socket,
+        console_socket,
+        config.control_socket.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = std::fs::remove_file(path);
+    }
     ExitCode::from(exit.exit_code())
 }
 
@@ -141,7 +160,11 @@ fn control_client(socket: &str, command: &str, path: Option<&str>) -> ExitCode {
     };
     let request = match (command, path) {
         ("balloon", Some(mib)) => {
-            serde_json::json!({ "cmd": command, "target_mib": mib.parse::<u64>().unwrap_or(u64::MAX) })
+            let Ok(target_mib) = mib.parse::<u64>() else {
+                eprintln!("vireo-vmm: balloon: MIB must be a whole number of MiB, not `{mib}`");
+                return ExitCode::from(2);
+            };
+            serde_json::json!({ "cmd": command, "target_mib": target_mib })
         }
         (_, Some(path)) => serde_json::json!({ "cmd": command, "path": path }),
         (_, None) => serde_json::json!({ "cmd": command }),

@@ -371,8 +371,20 @@ fn balloon_takes_the_pages_the_guest_gives_and_the_host_sets_a_target() {
             .contains("more than the guest's 128 MiB"),
         "{reply}"
     );
+    let typo = Command::new(VMM)
+        .arg("control")
+        .arg(&control)
+        .args(["balloon", "96M"])
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("not `96M`"),
+        "{typo:?}"
+    );
     ask(serde_json::json!({ "cmd": "shutdown" }));
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!control.exists(), "the control socket goes with the VMM");
 }
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
@@ -498,6 +510,7 @@ fn console_socket_carries_what_the_host_types_to_the_guest() {
     };
     client.write_all(b"typed-on-the-host").unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!socket.exists(), "the console socket goes with the VMM");
     let text = std::fs::read_to_string(&serial).unwrap();
     assert_eq!(
         line(&text, "TINY: console"),
