@@ -4,9 +4,12 @@
 //! golden in/out files under `tests/golden/`.
 
 pub mod capabilities;
+mod dom;
+pub mod domain;
 pub mod sysinfo;
 mod xml;
 
+pub use dom::ConfError;
 pub use xml::XmlError;
 
 /// The XML namespace of Vireo's own elements (engine choice, engine facts), as libvirt does for

@@ -54,6 +54,13 @@ impl XmlWriter {
         self.write(Event::End(BytesEnd::new(name)))
     }
 
+    /// `<name>` + already-formatted XML + `</name>` (verbatim sections such as <metadata>).
+    pub fn raw(&mut self, name: &str, inner_xml: &str) -> Result<(), XmlError> {
+        self.write(Event::Start(BytesStart::new(name)))?;
+        self.write(Event::Text(BytesText::from_escaped(inner_xml)))?;
+        self.write(Event::End(BytesEnd::new(name)))
+    }
+
     pub fn finish(self) -> String {
         let mut text = String::from_utf8_lossy(&self.writer.into_inner()).into_owned();
         // libvirt quotes attributes with single quotes.
