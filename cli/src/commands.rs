@@ -70,6 +70,8 @@ pub enum Command {
     /// (shell) Leave the interactive shell
     #[command(alias = "exit")]
     Quit,
+    #[command(flatten)]
+    Domain(crate::domain::DomainCommand),
 }
 
 /// What the shell should do after a command.
@@ -110,6 +112,7 @@ pub async fn run(
         Command::Sysinfo => sysinfo(connection, format).await,
         Command::Nodememstats => nodememstats(connection, format).await,
         Command::Nodecpustats { cpu } => nodecpustats(connection, format, cpu).await,
+        Command::Domain(command) => crate::domain::run(connection, format, command).await,
         Command::List {
             all,
             inactive,
@@ -142,7 +145,7 @@ pub async fn run(
 }
 
 /// Why a command failed: already reported (connection), or a gRPC status to print.
-enum Call {
+pub(crate) enum Call {
     Failed,
     Status(Status),
 }
@@ -349,7 +352,7 @@ struct ListOptions {
 }
 
 /// libvirt's words for a domain state, as `virsh list` prints them.
-fn state_name(state: i32) -> &'static str {
+pub(crate) fn state_name(state: i32) -> &'static str {
     match compute::DomainState::try_from(state) {
         Ok(compute::DomainState::Running) => "running",
         Ok(compute::DomainState::Blocked) => "idle",

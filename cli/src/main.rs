@@ -4,6 +4,7 @@
 
 mod commands;
 mod connection;
+mod domain;
 mod output;
 mod shell;
 

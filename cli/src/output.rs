@@ -24,10 +24,15 @@ pub fn print_json<T: Serialize>(value: &T) {
     }
 }
 
-/// `label:` padded to virsh's 21 columns, then the value (nodeinfo, dominfo, pool-info ...).
+/// `label:` padded to virsh's 21 columns, then the value (nodeinfo, pool-info ...).
 pub fn print_fields(fields: &[(&str, String)]) {
+    print_fields_at(21, fields);
+}
+
+/// `label:` padded to `width` columns (dominfo uses 16, vcpuinfo 15), then the value.
+pub fn print_fields_at(width: usize, fields: &[(&str, String)]) {
     for (label, value) in fields {
-        println!("{:<21}{value}", format!("{label}:"));
+        println!("{:<width$}{value}", format!("{label}:"));
     }
 }
 

@@ -42,10 +42,7 @@ pub(crate) fn parse(xml: &str) -> Result<Element, ConfError> {
     let bad = |reader: &Reader<&[u8]>, err: &dyn std::fmt::Display| {
         ConfError::new(
             "xml",
-            format!(
-                "malformed XML at byte {}: {err}",
-                reader.buffer_position()
-            ),
+            format!("malformed XML at byte {}: {err}", reader.buffer_position()),
         )
     };
     loop {
@@ -116,9 +113,7 @@ pub(crate) fn parse(xml: &str) -> Result<Element, ConfError> {
                     Ok(Some(ch)) => String::from(ch),
                     _ => quick_xml::escape::resolve_predefined_entity(&name)
                         .map(str::to_string)
-                        .ok_or_else(|| {
-                            ConfError::new("xml", format!("unknown entity &{name};"))
-                        })?,
+                        .ok_or_else(|| ConfError::new("xml", format!("unknown entity &{name};")))?,
                 };
                 if let Some(element) = stack.last_mut() {
                     element.text.push_str(&resolved);
@@ -280,7 +275,14 @@ mod tests {
 
     #[test]
     fn malformed_input_is_an_error() {
-        for xml in ["", "<a>", "<a></b>", "<a/><b/>", "<!DOCTYPE a><a/>", "<a x='1' x='2'/>"] {
+        for xml in [
+            "",
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "<!DOCTYPE a><a/>",
+            "<a x='1' x='2'/>",
+        ] {
             assert!(parse(xml).is_err(), "{xml}");
         }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);

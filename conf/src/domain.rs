@@ -22,8 +22,14 @@ const ACTIONS: Table<pb::DomainLifecycleAction> = &[
     ("restart", pb::DomainLifecycleAction::Restart),
     ("preserve", pb::DomainLifecycleAction::Preserve),
     ("rename-restart", pb::DomainLifecycleAction::RenameRestart),
-    ("coredump-destroy", pb::DomainLifecycleAction::CoredumpDestroy),
-    ("coredump-restart", pb::DomainLifecycleAction::CoredumpRestart),
+    (
+        "coredump-destroy",
+        pb::DomainLifecycleAction::CoredumpDestroy,
+    ),
+    (
+        "coredump-restart",
+        pb::DomainLifecycleAction::CoredumpRestart,
+    ),
 ];
 const PLACEMENTS: Table<pb::VcpuPlacement> = &[
     ("static", pb::VcpuPlacement::Static),
@@ -53,8 +59,10 @@ const BOOT_DEVICES: Table<pb::BootDevice> = &[
     ("network", pb::BootDevice::Network),
     ("fd", pb::BootDevice::Fd),
 ];
-const LOADER_TYPES: Table<pb::LoaderType> =
-    &[("rom", pb::LoaderType::Rom), ("pflash", pb::LoaderType::Pflash)];
+const LOADER_TYPES: Table<pb::LoaderType> = &[
+    ("rom", pb::LoaderType::Rom),
+    ("pflash", pb::LoaderType::Pflash),
+];
 const FIRMWARES: Table<pb::Firmware> = &[("bios", pb::Firmware::Bios), ("efi", pb::Firmware::Efi)];
 const CLOCK_OFFSETS: Table<pb::ClockOffset> = &[
     ("utc", pb::ClockOffset::Utc),
@@ -86,8 +94,10 @@ const DISK_DEVICES: Table<pb::DiskDevice> = &[
     ("cdrom", pb::DiskDevice::Cdrom),
     ("floppy", pb::DiskDevice::Floppy),
 ];
-const DISK_FORMATS: Table<pb::DiskFormat> =
-    &[("raw", pb::DiskFormat::Raw), ("qcow2", pb::DiskFormat::Qcow2)];
+const DISK_FORMATS: Table<pb::DiskFormat> = &[
+    ("raw", pb::DiskFormat::Raw),
+    ("qcow2", pb::DiskFormat::Qcow2),
+];
 const DISK_CACHES: Table<pb::DiskCache> = &[
     ("default", pb::DiskCache::Default),
     ("none", pb::DiskCache::None),
@@ -189,8 +199,10 @@ const CHAR_TARGETS: Table<pb::CharTargetType> = &[
     ("serial", pb::CharTargetType::Serial),
     ("virtio", pb::CharTargetType::Virtio),
 ];
-const GRAPHICS_TYPES: Table<pb::GraphicsType> =
-    &[("vnc", pb::GraphicsType::Vnc), ("spice", pb::GraphicsType::Spice)];
+const GRAPHICS_TYPES: Table<pb::GraphicsType> = &[
+    ("vnc", pb::GraphicsType::Vnc),
+    ("spice", pb::GraphicsType::Spice),
+];
 const VIDEO_MODELS: Table<pb::VideoModel> = &[
     ("vga", pb::VideoModel::Vga),
     ("cirrus", pb::VideoModel::Cirrus),
@@ -346,7 +358,10 @@ fn memory_limit(el: &mut Element) -> Result<pb::MemoryLimit, ConfError> {
 pub fn parse(xml: &str) -> Result<pb::DomainDefinition, ConfError> {
     let mut root = dom::parse(xml)?;
     if root.name != "domain" {
-        return Err(root.error(format!("the root element must be <domain>, not <{}>", root.name)));
+        return Err(root.error(format!(
+            "the root element must be <domain>, not <{}>",
+            root.name
+        )));
     }
     let mut def = pb::DomainDefinition {
         r#type: enum_attr(&mut root, "type", DOMAIN_TYPES)?,
@@ -569,7 +584,9 @@ fn parse_os(mut el: Element) -> Result<pb::DomainOs, ConfError> {
         os.machine = ty.attr("machine").unwrap_or_default();
         let text = ty.text();
         if text != "hvm" {
-            return Err(ty.error(format!("'{text}' is not supported by Vireo (supported: hvm)")));
+            return Err(ty.error(format!(
+                "'{text}' is not supported by Vireo (supported: hvm)"
+            )));
         }
         os.r#type = pb::OsType::Hvm as i32;
         ty.finish()?;
@@ -618,8 +635,11 @@ fn parse_clock(mut el: Element) -> Result<pb::DomainClock, ConfError> {
     }
     for mut timer in el.children("timer") {
         clock.timers.push(pb::Timer {
-            name: lookup(TIMER_NAMES, &timer.required_attr("name")?, timer.field("name"))?
-                as i32,
+            name: lookup(
+                TIMER_NAMES,
+                &timer.required_attr("name")?,
+                timer.field("name"),
+            )? as i32,
             tickpolicy: enum_attr(&mut timer, "tickpolicy", TICK_POLICIES)?,
             present: yes_no(&mut timer, "present")?,
             ..Default::default()
@@ -812,7 +832,11 @@ fn parse_disk(mut el: Element) -> Result<pb::Disk, ConfError> {
 
 fn parse_controller(mut el: Element) -> Result<pb::Controller, ConfError> {
     let mut controller = pb::Controller {
-        r#type: lookup(CONTROLLER_TYPES, &el.required_attr("type")?, el.field("type"))? as i32,
+        r#type: lookup(
+            CONTROLLER_TYPES,
+            &el.required_attr("type")?,
+            el.field("type"),
+        )? as i32,
         index: number_attr(&mut el, "index")?.unwrap_or(0),
         model: enum_attr(&mut el, "model", CONTROLLER_MODELS)?,
         ports: number_attr(&mut el, "ports")?,
@@ -831,7 +855,11 @@ fn parse_controller(mut el: Element) -> Result<pb::Controller, ConfError> {
 
 fn parse_interface(mut el: Element) -> Result<pb::Interface, ConfError> {
     let mut interface = pb::Interface {
-        r#type: lookup(INTERFACE_TYPES, &el.required_attr("type")?, el.field("type"))? as i32,
+        r#type: lookup(
+            INTERFACE_TYPES,
+            &el.required_attr("type")?,
+            el.field("type"),
+        )? as i32,
         ..Default::default()
     };
     if let Some(mut source) = el.child("source") {
@@ -848,8 +876,11 @@ fn parse_interface(mut el: Element) -> Result<pb::Interface, ConfError> {
         mac.finish()?;
     }
     if let Some(mut model) = el.child("model") {
-        interface.model =
-            lookup(INTERFACE_MODELS, &model.required_attr("type")?, model.field("type"))? as i32;
+        interface.model = lookup(
+            INTERFACE_MODELS,
+            &model.required_attr("type")?,
+            model.field("type"),
+        )? as i32;
         model.finish()?;
     }
     if let Some(mut target) = el.child("target") {
@@ -943,8 +974,11 @@ fn parse_graphics(mut el: Element) -> Result<pb::Graphics, ConfError> {
 fn parse_video(mut el: Element) -> Result<pb::Video, ConfError> {
     let mut video = pb::Video::default();
     if let Some(mut model) = el.child("model") {
-        video.model =
-            lookup(VIDEO_MODELS, &model.required_attr("type")?, model.field("type"))? as i32;
+        video.model = lookup(
+            VIDEO_MODELS,
+            &model.required_attr("type")?,
+            model.field("type"),
+        )? as i32;
         video.vram_kib = number_attr(&mut model, "vram")?;
         video.heads = number_attr(&mut model, "heads")?;
         video.primary = yes_no(&mut model, "primary")?.unwrap_or(false);
@@ -970,7 +1004,11 @@ fn parse_input(mut el: Element) -> Result<pb::Input, ConfError> {
 
 fn parse_memballoon(mut el: Element) -> Result<pb::Memballoon, ConfError> {
     let mut balloon = pb::Memballoon {
-        model: lookup(BALLOON_MODELS, &el.required_attr("model")?, el.field("model"))? as i32,
+        model: lookup(
+            BALLOON_MODELS,
+            &el.required_attr("model")?,
+            el.field("model"),
+        )? as i32,
         autodeflate: yes_no(&mut el, "autodeflate")?.unwrap_or(false),
         ..Default::default()
     };
@@ -1288,7 +1326,12 @@ pub fn check_host_path(path: &str, field: &str) -> Result<(), ConfError> {
 
 /// libvirt's CPU list syntax: "0-3,^2,6".
 pub fn parse_cpuset(text: &str, field: &str) -> Result<Vec<u32>, ConfError> {
-    let bad = || ConfError::new(field, format!("'{text}' is not a CPU list such as 0-3,^2,6"));
+    let bad = || {
+        ConfError::new(
+            field,
+            format!("'{text}' is not a CPU list such as 0-3,^2,6"),
+        )
+    };
     let mut cpus = std::collections::BTreeSet::new();
     for part in text.split(',').map(str::trim) {
         let (exclude, range) = match part.strip_prefix('^') {
@@ -1353,7 +1396,10 @@ pub fn validate(def: &pb::DomainDefinition) -> Result<(), ConfError> {
     if def.memory_kib > MAX_MEMORY_KIB {
         return Err(ConfError::new(
             "domain/memory",
-            format!("{} KiB is more than Vireo supports (at most 16 TiB)", def.memory_kib),
+            format!(
+                "{} KiB is more than Vireo supports (at most 16 TiB)",
+                def.memory_kib
+            ),
         ));
     }
     let vcpu = def.vcpu.clone().unwrap_or_default();
@@ -1363,7 +1409,10 @@ pub fn validate(def: &pb::DomainDefinition) -> Result<(), ConfError> {
             format!("{} vCPUs: must be 1-{MAX_VCPUS}", vcpu.count),
         ));
     }
-    if vcpu.current.is_some_and(|current| current == 0 || current > vcpu.count) {
+    if vcpu
+        .current
+        .is_some_and(|current| current == 0 || current > vcpu.count)
+    {
         return Err(ConfError::new(
             "domain/vcpu@current",
             format!("must be 1-{} (the vcpu count)", vcpu.count),
@@ -1377,19 +1426,28 @@ pub fn validate(def: &pb::DomainDefinition) -> Result<(), ConfError> {
             if pin.vcpu >= vcpu.count {
                 return Err(ConfError::new(
                     "domain/cputune/vcpupin@vcpu",
-                    format!("vCPU {} does not exist (the domain has {})", pin.vcpu, vcpu.count),
+                    format!(
+                        "vCPU {} does not exist (the domain has {})",
+                        pin.vcpu, vcpu.count
+                    ),
                 ));
             }
             parse_cpuset(&pin.cpuset, "domain/cputune/vcpupin@cpuset")?;
         }
-        if tune.shares.is_some_and(|shares| shares == 0 || shares > 262_144) {
+        if tune
+            .shares
+            .is_some_and(|shares| shares == 0 || shares > 262_144)
+        {
             return Err(ConfError::new("domain/cputune/shares", "must be 1-262144"));
         }
         if tune
             .period_us
             .is_some_and(|period| !(1000..=1_000_000).contains(&period))
         {
-            return Err(ConfError::new("domain/cputune/period", "must be 1000-1000000 µs"));
+            return Err(ConfError::new(
+                "domain/cputune/period",
+                "must be 1000-1000000 µs",
+            ));
         }
         if tune
             .quota_us
@@ -1444,13 +1502,19 @@ fn validate_devices(devices: &pb::DomainDevices) -> Result<(), ConfError> {
             .as_ref()
             .ok_or_else(|| ConfError::new("domain/devices/disk/target", "is required"))?;
         let field = format!("domain/devices/disk[{}]/target@dev", target.dev);
-        if !target.dev.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        if !target
+            .dev
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             || target.dev.len() < 3
             || target.dev.len() > 8
         {
             return Err(ConfError::new(
                 field,
-                format!("'{}' is not a disk target name such as vda or hdc", target.dev),
+                format!(
+                    "'{}' is not a disk target name such as vda or hdc",
+                    target.dev
+                ),
             ));
         }
         if !targets.insert(target.dev.clone()) {
@@ -1510,12 +1574,13 @@ fn validate_devices(devices: &pb::DomainDevices) -> Result<(), ConfError> {
             ));
         }
     }
-    for (kind, list) in [
-        ("serial", &devices.serials),
-        ("console", &devices.consoles),
-    ] {
+    for (kind, list) in [("serial", &devices.serials), ("console", &devices.consoles)] {
         for device in list {
-            let path = device.source.as_ref().map(|s| s.path.as_str()).unwrap_or("");
+            let path = device
+                .source
+                .as_ref()
+                .map(|s| s.path.as_str())
+                .unwrap_or("");
             let field = format!("domain/devices/{kind}/source@path");
             match device.r#type() {
                 pb::CharSourceType::File | pb::CharSourceType::Unix => {
@@ -1584,7 +1649,10 @@ impl Attrs {
 }
 
 fn name_of<T: Copy + PartialEq + TryFrom<i32>>(table: Table<T>, value: i32) -> &'static str {
-    T::try_from(value).ok().and_then(|v| word(table, v)).unwrap_or("")
+    T::try_from(value)
+        .ok()
+        .and_then(|v| word(table, v))
+        .unwrap_or("")
 }
 
 type Fmt = Result<(), crate::XmlError>;
@@ -1627,7 +1695,10 @@ pub fn format(def: &pb::DomainDefinition, id: Option<i32>) -> Result<String, cra
         let attrs = Attrs::default()
             .word("placement", PLACEMENTS, vcpu.placement)
             .set("cpuset", &vcpu.cpuset)
-            .set("current", vcpu.current.map(|c| c.to_string()).unwrap_or_default());
+            .set(
+                "current",
+                vcpu.current.map(|c| c.to_string()).unwrap_or_default(),
+            );
         x.text("vcpu", &attrs.refs(), &vcpu.count.to_string())?;
     }
     if let Some(tune) = &def.cputune {
@@ -1734,9 +1805,10 @@ fn format_cputune(x: &mut XmlWriter, tune: &pb::CpuTune) -> Fmt {
 }
 
 fn format_cpu(x: &mut XmlWriter, cpu: &pb::DomainCpu) -> Fmt {
-    let attrs = Attrs::default()
-        .word("mode", CPU_MODES, cpu.mode)
-        .word("match", CPU_MATCHES, cpu.r#match);
+    let attrs =
+        Attrs::default()
+            .word("mode", CPU_MODES, cpu.mode)
+            .word("match", CPU_MATCHES, cpu.r#match);
     x.open("cpu", &attrs.refs())?;
     if !cpu.model.is_empty() {
         x.text("model", &[], &cpu.model)?;
@@ -1744,7 +1816,14 @@ fn format_cpu(x: &mut XmlWriter, cpu: &pb::DomainCpu) -> Fmt {
     if let Some(t) = &cpu.topology {
         let attrs = Attrs::default()
             .set("sockets", t.sockets)
-            .set("dies", if t.dies == 0 { String::new() } else { t.dies.to_string() })
+            .set(
+                "dies",
+                if t.dies == 0 {
+                    String::new()
+                } else {
+                    t.dies.to_string()
+                },
+            )
             .set("cores", t.cores)
             .set("threads", t.threads);
         x.empty("topology", &attrs.refs())?;
@@ -1800,7 +1879,9 @@ fn format_os(x: &mut XmlWriter, os: &pb::DomainOs) -> Fmt {
             )
             .set(
                 "timeout",
-                os.bootmenu_timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+                os.bootmenu_timeout_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
             );
         x.empty("bootmenu", &attrs.refs())?;
     }
@@ -1920,8 +2001,14 @@ fn format_devices(x: &mut XmlWriter, devices: &pb::DomainDevices) -> Fmt {
         x.open("video", &[])?;
         let attrs = Attrs::default()
             .word("type", VIDEO_MODELS, video.model)
-            .set("vram", video.vram_kib.map(|v| v.to_string()).unwrap_or_default())
-            .set("heads", video.heads.map(|v| v.to_string()).unwrap_or_default())
+            .set(
+                "vram",
+                video.vram_kib.map(|v| v.to_string()).unwrap_or_default(),
+            )
+            .set(
+                "heads",
+                video.heads.map(|v| v.to_string()).unwrap_or_default(),
+            )
             .yes("primary", video.primary);
         x.empty("model", &attrs.refs())?;
         format_address(x, video.address.as_ref())?;
@@ -1969,9 +2056,11 @@ fn device_element(
 }
 
 fn format_disk(x: &mut XmlWriter, disk: &pb::Disk) -> Fmt {
-    let attrs = Attrs::default()
-        .word("type", DISK_TYPES, disk.r#type)
-        .word("device", DISK_DEVICES, disk.device);
+    let attrs = Attrs::default().word("type", DISK_TYPES, disk.r#type).word(
+        "device",
+        DISK_DEVICES,
+        disk.device,
+    );
     x.open("disk", &attrs.refs())?;
     if let Some(driver) = &disk.driver {
         let attrs = Attrs::default()
@@ -2025,14 +2114,19 @@ fn format_controller(x: &mut XmlWriter, controller: &pb::Controller) -> Fmt {
         .word("type", CONTROLLER_TYPES, controller.r#type)
         .set("index", controller.index)
         .word("model", CONTROLLER_MODELS, controller.model)
-        .set("ports", controller.ports.map(|p| p.to_string()).unwrap_or_default())
+        .set(
+            "ports",
+            controller.ports.map(|p| p.to_string()).unwrap_or_default(),
+        )
         .set(
             "vectors",
-            controller.vectors.map(|v| v.to_string()).unwrap_or_default(),
+            controller
+                .vectors
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         );
-    let has_body = controller.queues.is_some()
-        || controller.address.is_some()
-        || !controller.alias.is_empty();
+    let has_body =
+        controller.queues.is_some() || controller.address.is_some() || !controller.alias.is_empty();
     device_element(x, "controller", &attrs, has_body, |x| {
         if let Some(queues) = controller.queues {
             x.empty("driver", &[("queues", &queues.to_string())])?;
@@ -2093,12 +2187,18 @@ fn format_char(x: &mut XmlWriter, name: &str, device: &pb::CharDevice) -> Fmt {
         x.empty("source", &attrs.refs())?;
     }
     if source.protocol != 0 {
-        x.empty("protocol", &[("type", name_of(CHAR_PROTOCOLS, source.protocol))])?;
+        x.empty(
+            "protocol",
+            &[("type", name_of(CHAR_PROTOCOLS, source.protocol))],
+        )?;
     }
     if let Some(target) = &device.target {
         let attrs = Attrs::default()
             .word("type", CHAR_TARGETS, target.r#type)
-            .set("port", target.port.map(|p| p.to_string()).unwrap_or_default())
+            .set(
+                "port",
+                target.port.map(|p| p.to_string()).unwrap_or_default(),
+            )
             .set("name", &target.name);
         x.empty("target", &attrs.refs())?;
     }
@@ -2118,10 +2218,16 @@ fn format_graphics(x: &mut XmlWriter, graphics: &pb::Graphics) -> Fmt {
     let has_body = !graphics.listen.is_empty() || !graphics.socket.is_empty();
     device_element(x, "graphics", &attrs, has_body, |x| {
         if !graphics.listen.is_empty() {
-            x.empty("listen", &[("type", "address"), ("address", &graphics.listen)])?;
+            x.empty(
+                "listen",
+                &[("type", "address"), ("address", &graphics.listen)],
+            )?;
         }
         if !graphics.socket.is_empty() {
-            x.empty("listen", &[("type", "socket"), ("socket", &graphics.socket)])?;
+            x.empty(
+                "listen",
+                &[("type", "socket"), ("socket", &graphics.socket)],
+            )?;
         }
         Ok(())
     })
@@ -2132,10 +2238,15 @@ fn format_rng(x: &mut XmlWriter, rng: &pb::Rng) -> Fmt {
     x.open("rng", &attrs.refs())?;
     if rng.rate_bytes.is_some() || rng.rate_period_ms.is_some() {
         let attrs = Attrs::default()
-            .set("bytes", rng.rate_bytes.map(|b| b.to_string()).unwrap_or_default())
+            .set(
+                "bytes",
+                rng.rate_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            )
             .set(
                 "period",
-                rng.rate_period_ms.map(|p| p.to_string()).unwrap_or_default(),
+                rng.rate_period_ms
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
             );
         x.empty("rate", &attrs.refs())?;
     }
@@ -2169,7 +2280,9 @@ fn format_hostdev(x: &mut XmlWriter, hostdev: &pb::Hostdev) -> Fmt {
             x.empty("vendor", &[("id", &format!("0x{:04x}", usb.vendor_id))])?;
             x.empty("product", &[("id", &format!("0x{:04x}", usb.product_id))])?;
             if usb.bus != 0 || usb.device != 0 {
-                let attrs = Attrs::default().set("bus", usb.bus).set("device", usb.device);
+                let attrs = Attrs::default()
+                    .set("bus", usb.bus)
+                    .set("device", usb.device);
                 x.empty("address", &attrs.refs())?;
             }
             x.close("source")?;

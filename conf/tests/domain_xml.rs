@@ -34,7 +34,10 @@ fn golden_files_round_trip() {
         let expected = std::fs::read_to_string(&expected_path).unwrap();
         assert_eq!(output, expected, "{stem}: formatted XML differs");
         let again = domain::parse_definition(&output).unwrap();
-        assert_eq!(again, def, "{stem}: the output does not parse back the same");
+        assert_eq!(
+            again, def,
+            "{stem}: the output does not parse back the same"
+        );
     }
     assert!(seen >= 2, "no golden inputs found");
 }
@@ -54,7 +57,9 @@ fn unsupported_elements_and_attributes_are_named() {
         "domain/devices/sound: <sound> is not supported by Vireo"
     );
     assert_eq!(
-        error_of(&minimal("<devices><disk type='file' colour='red'/></devices>")),
+        error_of(&minimal(
+            "<devices><disk type='file' colour='red'/></devices>"
+        )),
         "domain/devices/disk@colour: attribute is not supported by Vireo"
     );
     assert_eq!(
@@ -69,15 +74,22 @@ fn unsupported_elements_and_attributes_are_named() {
 
 #[test]
 fn bad_values_name_their_field() {
-    let huge = "<domain type='kvm'><name>g</name><memory unit='KiB'>9223372036854775808</memory></domain>";
+    let huge =
+        "<domain type='kvm'><name>g</name><memory unit='KiB'>9223372036854775808</memory></domain>";
     assert!(error_of(huge).starts_with("domain/memory: 9223372036854775808 KiB is more than"));
     let overflow = "<domain type='kvm'><name>g</name><memory unit='TiB'>18446744073709551615</memory></domain>";
     assert!(error_of(overflow).starts_with("domain/memory:"));
-    assert!(error_of("<domain type='kvm'><name>../etc</name><memory>65536</memory></domain>")
-        .starts_with("domain/name: '../etc' is not a valid name"));
+    assert!(
+        error_of("<domain type='kvm'><name>../etc</name><memory>65536</memory></domain>")
+            .starts_with("domain/name: '../etc' is not a valid name")
+    );
     assert!(error_of("<domain type='xen'><name>g</name></domain>").starts_with("domain@type:"));
-    assert!(error_of(&minimal("<os><type>hvm</type><kernel>/boot/../etc/shadow</kernel></os>"))
-        .starts_with("domain/os/kernel: '/boot/../etc/shadow' must not contain '..'"));
+    assert!(
+        error_of(&minimal(
+            "<os><type>hvm</type><kernel>/boot/../etc/shadow</kernel></os>"
+        ))
+        .starts_with("domain/os/kernel: '/boot/../etc/shadow' must not contain '..'")
+    );
     assert!(error_of(&minimal("<vcpu>0</vcpu>")).starts_with("domain/vcpu: 0 vCPUs"));
     assert!(error_of(&minimal("<vcpu>99999999999</vcpu>")).starts_with("domain/vcpu:"));
     assert!(error_of(&minimal(
@@ -103,9 +115,20 @@ fn defaults_are_libvirts() {
     assert_eq!(def.vcpu.as_ref().unwrap().count, 1);
     let devices = def.devices.as_ref().unwrap();
     assert!(devices.disks[0].readonly, "a CD-ROM is read-only");
-    assert_eq!(devices.disks[0].target.as_ref().unwrap().bus, 2, "hdX is IDE");
+    assert_eq!(
+        devices.disks[0].target.as_ref().unwrap().bus,
+        2,
+        "hdX is IDE"
+    );
     assert!(devices.interfaces[0].mac.starts_with("52:54:00:"));
-    assert_eq!(devices.consoles.len(), 1, "the serial port is also the console");
+    assert_eq!(
+        devices.consoles.len(),
+        1,
+        "the serial port is also the console"
+    );
     assert!(devices.memballoon.is_some());
-    assert_eq!(domain::parse_cpuset("0-3,^2,6", "f").unwrap(), vec![0, 1, 3, 6]);
+    assert_eq!(
+        domain::parse_cpuset("0-3,^2,6", "f").unwrap(),
+        vec![0, 1, 3, 6]
+    );
 }

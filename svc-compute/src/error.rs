@@ -17,13 +17,48 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// A definition (XML or typed) is wrong; the message names the field.
+    #[error("{0}")]
+    Definition(#[from] vireo_conf::ConfError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The domain is not in a state that allows the request (e.g. starting a running domain).
+    #[error("{0}")]
+    State(String),
+    /// The domain's engine cannot do what was asked; the message names the case.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The engine failed or did not answer.
+    #[error("{0}")]
+    Engine(String),
+    /// Our own files (definitions, run directory) could not be written or read.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
+        let message = err.to_string();
         match err {
-            Error::Host(_) | Error::Xml(_) => Status::internal(err.to_string()),
-            Error::InvalidField { .. } => Status::invalid_argument(err.to_string()),
+            Error::Host(_) | Error::Xml(_) | Error::Engine(_) | Error::Io { .. } => {
+                Status::internal(message)
+            }
+            Error::InvalidField { .. } | Error::Definition(_) => Status::invalid_argument(message),
+            Error::NotFound(_) => Status::not_found(message),
+            Error::AlreadyExists(_) => Status::already_exists(message),
+            Error::State(_) | Error::Unsupported(_) => Status::failed_precondition(message),
         }
     }
 }

@@ -1,11 +1,9 @@
-//! gRPC adapters: proto in, core call, proto out. Domain RPCs beyond listing answer UNIMPLEMENTED
-//! (rewritten by vireo-runtime's pending layer to name the work that brings them).
+//! NodeService: proto in, host facts, proto out.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use vireo_proto::compute::v1 as pb;
-use vireo_proto::compute::v1::domain_service_server::{DomainService, DomainServiceServer};
 use vireo_proto::compute::v1::node_service_server::{NodeService, NodeServiceServer};
 
 use crate::Error;
@@ -14,10 +12,6 @@ use crate::core::host::{CellMemory, Host, NodeFacts};
 
 pub fn node_server(host: Arc<Host>, engines: Arc<Engines>) -> NodeServiceServer<Node> {
     NodeServiceServer::new(Node { host, engines })
-}
-
-pub fn domain_server() -> DomainServiceServer<Domains> {
-    DomainServiceServer::new(Domains)
 }
 
 pub struct Node {
@@ -203,22 +197,6 @@ impl NodeService for Node {
             system_ns: times.system_ns,
             idle_ns: times.idle_ns,
             iowait_ns: times.iowait_ns,
-        }))
-    }
-}
-
-/// Domains. Until definitions exist (issue #5) the host has none, so listing is truthfully empty;
-/// every other call answers UNIMPLEMENTED.
-pub struct Domains;
-
-#[tonic::async_trait]
-impl DomainService for Domains {
-    async fn list_domains(
-        &self,
-        _: Request<pb::ListDomainsRequest>,
-    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
-        Ok(Response::new(pb::ListDomainsResponse {
-            domains: Vec::new(),
         }))
     }
 }

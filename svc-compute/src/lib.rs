@@ -6,6 +6,7 @@
 pub mod core;
 mod error;
 mod grpc;
+mod grpc_domains;
 
 pub use error::Error;
 
@@ -16,10 +17,14 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     context.prepare_state_dir()?;
     let host = std::sync::Arc::new(core::host::Host::new(core::host::HostRoot::system()));
     let engines = std::sync::Arc::new(core::engines::probe().await);
+    let domains =
+        core::domains::Manager::open(&context.state_dir, &context.run_dir, engines.clone()).await?;
     let server = ServerBuilder::new()
         .add_service(grpc::node_server(host.clone(), engines))
-        .add_service(grpc::domain_server());
+        .add_service(grpc_domains::domain_server(domains.clone()));
     tracing::info!(socket = %context.socket.display(), "compute serving");
     server.serve(&context.socket, shutdown).await?;
+    // Guests keep running: they outlive the service, which finds them again when it restarts.
+    domains.close().await;
     Ok(())
 }

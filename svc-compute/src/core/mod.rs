@@ -1,4 +1,10 @@
-//! Compute logic, free of gRPC types.
+//! Compute logic, free of gRPC types (apart from the generated definition messages it stores).
 
+pub mod console;
+pub mod domains;
+pub mod engine;
 pub mod engines;
 pub mod host;
+pub mod network;
+pub mod process;
+pub mod store;

@@ -1,0 +1,1610 @@
+//! virsh's domain commands: options, the DomainService call each makes, virsh's wording.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use tonic::Status;
+use tonic::transport::Channel;
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
+use vireo_proto::compute::v1 as pb;
+use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
+use vireo_proto::migrate::v1 as migrate;
+use vireo_proto::migrate::v1::save_restore_service_client::SaveRestoreServiceClient;
+
+use crate::commands::{Call, state_name};
+use crate::connection::Connection;
+use crate::output::{Format, print_fields_at, print_json, print_table};
+
+/// --config / --live / --current, as virsh's domain commands take them.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ScopeArgs {
+    /// Change the persistent definition (next boot)
+    #[arg(long)]
+    config: bool,
+    /// Change the running guest
+    #[arg(long)]
+    live: bool,
+    /// Change whichever is current (the running guest when it runs)
+    #[arg(long, conflicts_with_all = ["config", "live"])]
+    current: bool,
+}
+
+impl ScopeArgs {
+    fn scope(self) -> Option<pb::ModifyScope> {
+        Some(pb::ModifyScope {
+            config: self.config,
+            live: self.live,
+            current: self.current,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Define (but do not start) a domain from an XML file
+    Define {
+        file: String,
+        #[arg(long)]
+        validate: bool,
+    },
+    /// Remove a domain's persistent definition
+    Undefine {
+        domain: String,
+        /// Also delete the storage volumes its disks use
+        #[arg(long)]
+        remove_all_storage: bool,
+    },
+    /// Create and start a transient domain from an XML file
+    Create {
+        file: String,
+        /// Attach to the console after creation
+        #[arg(long)]
+        console: bool,
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Start a defined domain
+    Start {
+        domain: String,
+        /// Attach to the console after start
+        #[arg(long)]
+        console: bool,
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Ask a guest to shut down (ACPI power button: the guest decides)
+    Shutdown {
+        domain: String,
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Ask a guest to reboot
+    Reboot {
+        domain: String,
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Reset a guest at once, as a reset button does
+    Reset { domain: String },
+    /// Stop a guest at once (power cut)
+    Destroy {
+        domain: String,
+        /// Only ask the engine to end; never kill it
+        #[arg(long)]
+        graceful: bool,
+    },
+    /// Pause a running guest
+    Suspend { domain: String },
+    /// Continue a paused guest
+    Resume { domain: String },
+    /// Save a running guest's state to a file and stop it
+    Save { domain: String, file: String },
+    /// Start a guest again from a saved state file
+    Restore { file: String },
+    /// Save a guest's state to its managed image and stop it
+    Managedsave { domain: String },
+    /// Print a domain's XML
+    Dumpxml {
+        domain: String,
+        /// The persistent definition instead of the running one
+        #[arg(long)]
+        inactive: bool,
+        #[arg(long)]
+        security_info: bool,
+    },
+    /// Edit a domain's XML in $EDITOR
+    Edit { domain: String },
+    /// Show a domain's basic information
+    Dominfo { domain: String },
+    /// Show a domain's state
+    Domstate {
+        domain: String,
+        #[arg(long)]
+        reason: bool,
+    },
+    /// Show a running domain's id
+    Domid { domain: String },
+    /// Show a domain's name
+    Domname { domain: String },
+    /// Show a domain's UUID
+    Domuuid { domain: String },
+    /// Start a domain when the host starts
+    Autostart {
+        domain: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Attach to a guest's serial console (Ctrl-] leaves)
+    Console {
+        domain: String,
+        #[arg(long)]
+        devname: Option<String>,
+        /// Take the console over from another client
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        safe: bool,
+    },
+    /// Show each vCPU's host CPU, time and affinity
+    Vcpuinfo { domain: String },
+    /// Show or set vCPU pinning
+    Vcpupin {
+        domain: String,
+        vcpu: Option<u32>,
+        cpulist: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Change the number of vCPUs
+    Setvcpus {
+        domain: String,
+        count: u32,
+        #[arg(long)]
+        maximum: bool,
+        #[arg(long)]
+        guest: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Change the memory a guest has (through the balloon when running); size in KiB or with a unit
+    Setmem {
+        domain: String,
+        size: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Change a domain's maximum memory; size in KiB or with a unit
+    Setmaxmem {
+        domain: String,
+        size: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Show a disk's I/O counters
+    Domblkstat { domain: String, device: String },
+    /// Show an interface's traffic counters
+    Domifstat { domain: String, interface: String },
+    /// List a domain's disks
+    Domblklist {
+        domain: String,
+        #[arg(long)]
+        inactive: bool,
+        #[arg(long)]
+        details: bool,
+    },
+    /// List a domain's network interfaces
+    Domiflist {
+        domain: String,
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Show a guest's memory statistics
+    Dommemstat { domain: String },
+    /// Add a device from an XML file
+    AttachDevice {
+        domain: String,
+        file: String,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Remove a device described by an XML file
+    DetachDevice {
+        domain: String,
+        file: String,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Add a disk
+    AttachDisk {
+        domain: String,
+        source: String,
+        target: String,
+        /// disk, cdrom or floppy
+        #[arg(long = "type")]
+        device: Option<String>,
+        /// readonly or shareable
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        driver: Option<String>,
+        /// raw or qcow2
+        #[arg(long)]
+        subdriver: Option<String>,
+        /// virtio, ide, sata, scsi, usb or fdc
+        #[arg(long)]
+        targetbus: Option<String>,
+        #[arg(long)]
+        cache: Option<String>,
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Remove a disk by target (vdb) or source path
+    DetachDisk {
+        domain: String,
+        target: String,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Add a network interface: TYPE is network, bridge or direct
+    AttachInterface {
+        domain: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        source: String,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Remove a network interface by type (and MAC)
+    DetachInterface {
+        domain: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Print domain lifecycle events
+    Event {
+        domain: Option<String>,
+        /// Only this event (lifecycle)
+        #[arg(long)]
+        event: Option<String>,
+        /// Keep printing events instead of stopping after the first
+        #[arg(long = "loop")]
+        keep: bool,
+        /// Every event (the default)
+        #[arg(long)]
+        all: bool,
+        /// Stop after this many seconds
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+}
+
+pub fn object(name: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Any(name.to_string())),
+    })
+}
+
+async fn client(connection: &mut Connection) -> Result<DomainServiceClient<Channel>, Call> {
+    Ok(DomainServiceClient::new(connection.channel().await?))
+}
+
+fn read_file(path: &str) -> Result<String, Call> {
+    std::fs::read_to_string(path).map_err(|err| {
+        Call::Status(Status::invalid_argument(format!(
+            "cannot read {path}: {err}"
+        )))
+    })
+}
+
+fn fail(message: String) -> Call {
+    Call::Status(Status::invalid_argument(message))
+}
+
+/// "1024", "1024KiB", "512M", "2G": virsh's scaled sizes, KiB by default.
+pub fn parse_kib(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size '{text}': expected a number with an optional unit"))?;
+    let bytes_per_unit: u64 = match unit {
+        "" | "k" | "K" | "KiB" => 1024,
+        "b" | "B" | "bytes" => 1,
+        "KB" => 1000,
+        "m" | "M" | "MiB" => 1 << 20,
+        "MB" => 1_000_000,
+        "g" | "G" | "GiB" => 1 << 30,
+        "GB" => 1_000_000_000,
+        "t" | "T" | "TiB" => 1 << 40,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("invalid size unit '{other}'")),
+    };
+    value
+        .checked_mul(bytes_per_unit)
+        .map(|bytes| bytes.div_ceil(1024))
+        .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+fn reason_name(reason: i32) -> &'static str {
+    use pb::DomainStateReason as R;
+    match R::try_from(reason).unwrap_or(R::Unspecified) {
+        R::RunningBooted => "booted",
+        R::RunningMigrated => "migrated",
+        R::RunningRestored => "restored",
+        R::RunningFromSnapshot => "from snapshot",
+        R::RunningUnpaused => "unpaused",
+        R::RunningCrashed => "crashed",
+        R::PausedUser => "user",
+        R::PausedMigration => "migrating",
+        R::PausedSave => "saving",
+        R::PausedIoerror => "I/O error",
+        R::PausedStartingUp => "starting up",
+        R::PausedCrashed => "crashed",
+        R::ShutdownUser => "user",
+        R::ShutoffShutdown => "shutdown",
+        R::ShutoffDestroyed => "destroyed",
+        R::ShutoffCrashed => "crashed",
+        R::ShutoffMigrated => "migrated",
+        R::ShutoffSaved => "saved",
+        R::ShutoffFailed => "failed",
+        R::ShutoffFromSnapshot => "from snapshot",
+        R::ShutoffDaemon => "daemon",
+        R::CrashedPanicked => "panicked",
+        _ => "unknown",
+    }
+}
+
+fn cpu_list(cpus: &[u32]) -> String {
+    let mut ranges: Vec<String> = Vec::new();
+    let mut index = 0;
+    while index < cpus.len() {
+        let start = cpus[index];
+        let mut end = start;
+        while index + 1 < cpus.len() && cpus[index + 1] == end + 1 {
+            index += 1;
+            end = cpus[index];
+        }
+        ranges.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        index += 1;
+    }
+    ranges.join(",")
+}
+
+fn parse_cpu_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for part in text.split(',') {
+        let (exclude, range) = match part.strip_prefix('^') {
+            Some(rest) => (true, rest),
+            None => (false, part),
+        };
+        let (low, high) = range.split_once('-').unwrap_or((range, range));
+        let bad = || format!("invalid CPU list '{text}' (e.g. 0-3,^2)");
+        let low: u32 = low.trim().parse().map_err(|_| bad())?;
+        let high: u32 = high.trim().parse().map_err(|_| bad())?;
+        if low > high {
+            return Err(bad());
+        }
+        for cpu in low..=high {
+            if exclude {
+                cpus.remove(&cpu);
+            } else {
+                cpus.insert(cpu);
+            }
+        }
+    }
+    Ok(cpus.into_iter().collect())
+}
+
+fn word<T: TryFrom<i32>>(text: Option<&str>, words: &[(&str, T)], what: &str) -> Result<i32, Call>
+where
+    T: Copy + Into<i32>,
+{
+    match text {
+        None => Ok(0),
+        Some(text) => words
+            .iter()
+            .find(|(w, _)| *w == text)
+            .map(|(_, v)| (*v).into())
+            .ok_or_else(|| {
+                let known: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+                fail(format!(
+                    "invalid {what} '{text}' (expected {})",
+                    known.join(", ")
+                ))
+            }),
+    }
+}
+
+const DISK_DEVICES: &[(&str, pb::DiskDevice)] = &[
+    ("disk", pb::DiskDevice::Disk),
+    ("cdrom", pb::DiskDevice::Cdrom),
+    ("floppy", pb::DiskDevice::Floppy),
+];
+const DISK_FORMATS: &[(&str, pb::DiskFormat)] = &[
+    ("raw", pb::DiskFormat::Raw),
+    ("qcow2", pb::DiskFormat::Qcow2),
+];
+const DISK_BUSES: &[(&str, pb::DiskBus)] = &[
+    ("virtio", pb::DiskBus::Virtio),
+    ("ide", pb::DiskBus::Ide),
+    ("sata", pb::DiskBus::Sata),
+    ("scsi", pb::DiskBus::Scsi),
+    ("usb", pb::DiskBus::Usb),
+    ("fdc", pb::DiskBus::Fdc),
+];
+const DISK_CACHES: &[(&str, pb::DiskCache)] = &[
+    ("default", pb::DiskCache::Default),
+    ("none", pb::DiskCache::None),
+    ("writethrough", pb::DiskCache::Writethrough),
+    ("writeback", pb::DiskCache::Writeback),
+    ("directsync", pb::DiskCache::Directsync),
+    ("unsafe", pb::DiskCache::Unsafe),
+];
+const INTERFACE_TYPES: &[(&str, pb::InterfaceType)] = &[
+    ("network", pb::InterfaceType::Network),
+    ("bridge", pb::InterfaceType::Bridge),
+    ("direct", pb::InterfaceType::Direct),
+    ("user", pb::InterfaceType::User),
+    ("ethernet", pb::InterfaceType::Ethernet),
+];
+const INTERFACE_MODELS: &[(&str, pb::InterfaceModel)] = &[
+    ("virtio", pb::InterfaceModel::Virtio),
+    ("e1000", pb::InterfaceModel::E1000),
+    ("e1000e", pb::InterfaceModel::E1000e),
+    ("rtl8139", pb::InterfaceModel::Rtl8139),
+    ("ne2k_pci", pb::InterfaceModel::Ne2kPci),
+    ("pcnet", pb::InterfaceModel::Pcnet),
+];
+
+fn name_of<T: Copy + PartialEq + TryFrom<i32>>(
+    words: &[(&'static str, T)],
+    value: i32,
+) -> &'static str {
+    T::try_from(value)
+        .ok()
+        .and_then(|v| words.iter().find(|(_, w)| *w == v).map(|(n, _)| *n))
+        .unwrap_or("-")
+}
+
+fn seconds(ns: u64) -> String {
+    format!("{:.1}s", ns as f64 / 1e9)
+}
+
+pub async fn run(
+    connection: &mut Connection,
+    format: Format,
+    command: DomainCommand,
+) -> Result<(), Call> {
+    use DomainCommand as C;
+    match command {
+        C::Define { file, validate } => {
+            let xml = read_file(&file)?;
+            let domain = client(connection)
+                .await?
+                .define_domain(pb::DefineDomainRequest {
+                    source: Some(pb::define_domain_request::Source::Xml(xml)),
+                    validate,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let name = domain
+                .summary
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            match format {
+                Format::Json => print_json(&domain),
+                Format::Table => println!("Domain '{name}' defined from {file}\n"),
+            }
+        }
+        C::Undefine {
+            domain,
+            remove_all_storage,
+        } => {
+            let mut client = client(connection).await?;
+            let name = client
+                .lookup_domain(pb::LookupDomainRequest {
+                    host: String::new(),
+                    domain: object(&domain),
+                })
+                .await?
+                .into_inner()
+                .name;
+            client
+                .undefine_domain(pb::UndefineDomainRequest {
+                    domain: object(&domain),
+                    remove_all_storage,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' has been undefined\n");
+        }
+        C::Create {
+            file,
+            console,
+            paused,
+        } => {
+            let xml = read_file(&file)?;
+            let mut stream = client(connection)
+                .await?
+                .create_domain(pb::CreateDomainRequest {
+                    source: Some(pb::create_domain_request::Source::Xml(xml)),
+                    paused,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut name = String::new();
+            while let Some(update) = stream.message().await? {
+                if let Some(pb::create_domain_update::Update::Done(domain)) = update.update {
+                    name = domain.summary.map(|s| s.name).unwrap_or_default();
+                }
+            }
+            println!("Domain '{name}' created from {file}\n");
+            if console {
+                run_console(connection, &name, None, false).await?;
+            }
+        }
+        C::Start {
+            domain,
+            console,
+            paused,
+        } => {
+            let mut stream = client(connection)
+                .await?
+                .start_domain(pb::StartDomainRequest {
+                    domain: object(&domain),
+                    paused,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut name = domain.clone();
+            while let Some(update) = stream.message().await? {
+                if let Some(pb::start_domain_update::Update::Done(done)) = update.update {
+                    name = done.summary.map(|s| s.name).unwrap_or(name);
+                }
+            }
+            println!("Domain '{name}' started\n");
+            if console {
+                run_console(connection, &name, None, false).await?;
+            }
+        }
+        C::Shutdown { domain, mode } | C::Reboot { domain, mode }
+            if mode.as_deref().is_some_and(|m| m != "acpi") =>
+        {
+            let _ = domain;
+            return Err(fail(format!(
+                "--mode {}: only acpi is supported (the power button; no guest agent yet)",
+                mode.unwrap_or_default()
+            )));
+        }
+        C::Shutdown { domain, .. } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .shutdown_domain(pb::ShutdownDomainRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' is being shutdown\n");
+        }
+        C::Reboot { domain, .. } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .reboot_domain(pb::RebootDomainRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' is being rebooted\n");
+        }
+        C::Reset { domain } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .reset_domain(pb::ResetDomainRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' was reset\n");
+        }
+        C::Destroy { domain, graceful } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .destroy_domain(pb::DestroyDomainRequest {
+                    domain: object(&domain),
+                    graceful,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' destroyed\n");
+        }
+        C::Suspend { domain } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .suspend_domain(pb::SuspendDomainRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' suspended\n");
+        }
+        C::Resume { domain } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .resume_domain(pb::ResumeDomainRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain '{name}' resumed\n");
+        }
+        C::Save { domain, file } => {
+            let mut client = SaveRestoreServiceClient::new(connection.channel().await?);
+            let mut stream = client
+                .save_domain(migrate::SaveDomainRequest {
+                    domain: object(&domain),
+                    file: file.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            println!("\nDomain '{domain}' saved to {file}\n");
+        }
+        C::Restore { file } => {
+            let mut client = SaveRestoreServiceClient::new(connection.channel().await?);
+            let mut stream = client
+                .restore_domain(migrate::RestoreDomainRequest {
+                    file: file.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            println!("Domain restored from {file}\n");
+        }
+        C::Managedsave { domain } => {
+            let mut client = SaveRestoreServiceClient::new(connection.channel().await?);
+            let mut stream = client
+                .managed_save(migrate::ManagedSaveRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            println!("\nDomain '{domain}' state saved by libvirt\n");
+        }
+        C::Dumpxml {
+            domain,
+            inactive,
+            security_info,
+        } => {
+            let xml = client(connection)
+                .await?
+                .get_domain_xml(pb::GetDomainXmlRequest {
+                    domain: object(&domain),
+                    inactive,
+                    security_info,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&xml),
+                Format::Table => print!("{}", xml.xml),
+            }
+        }
+        C::Edit { domain } => edit(connection, &domain).await?,
+        C::Dominfo { domain } => {
+            let info = client(connection)
+                .await?
+                .get_domain_info(pb::GetDomainInfoRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&info);
+                return Ok(());
+            }
+            let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+            print_fields_at(
+                16,
+                &[
+                    (
+                        "Id",
+                        if info.id < 0 {
+                            "-".into()
+                        } else {
+                            info.id.to_string()
+                        },
+                    ),
+                    ("Name", info.name.clone()),
+                    ("UUID", info.uuid.clone()),
+                    ("OS Type", "hvm".into()),
+                    ("State", state_name(info.state).into()),
+                    ("CPU(s)", info.cpus.to_string()),
+                    ("CPU time", seconds(info.cpu_time_ns)),
+                    ("Max memory", format!("{} KiB", info.max_memory_kib)),
+                    ("Used memory", format!("{} KiB", info.used_memory_kib)),
+                    ("Persistent", yes(info.persistent)),
+                    (
+                        "Autostart",
+                        if info.autostart { "enable" } else { "disable" }.into(),
+                    ),
+                    ("Managed save", yes(info.managed_save)),
+                    ("Security model", info.security_model.clone()),
+                    ("Security DOI", info.security_doi.clone()),
+                    ("Engine", engine_name(info.engine).into()),
+                ],
+            );
+            println!();
+        }
+        C::Domstate { domain, reason } => {
+            let state = client(connection)
+                .await?
+                .get_domain_state(pb::GetDomainStateRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&state),
+                Format::Table if reason => {
+                    println!(
+                        "{} ({})\n",
+                        state_name(state.state),
+                        reason_name(state.reason)
+                    );
+                }
+                Format::Table => println!("{}\n", state_name(state.state)),
+            }
+        }
+        C::Domid { domain } | C::Domname { domain } | C::Domuuid { domain }
+            if format == Format::Json =>
+        {
+            let summary = lookup(connection, &domain).await?;
+            print_json(&summary);
+        }
+        C::Domid { domain } => {
+            let summary = lookup(connection, &domain).await?;
+            if summary.id < 0 {
+                println!("-\n");
+            } else {
+                println!("{}\n", summary.id);
+            }
+        }
+        C::Domname { domain } => println!("{}\n", lookup(connection, &domain).await?.name),
+        C::Domuuid { domain } => println!("{}\n", lookup(connection, &domain).await?.uuid),
+        C::Autostart { domain, disable } => {
+            let name = lookup_name(connection, &domain).await?;
+            client(connection)
+                .await?
+                .set_autostart(pb::SetAutostartRequest {
+                    domain: object(&domain),
+                    autostart: !disable,
+                    ..Default::default()
+                })
+                .await?;
+            if disable {
+                println!("Domain '{name}' unmarked as autostarted\n");
+            } else {
+                println!("Domain '{name}' marked as autostarted\n");
+            }
+        }
+        C::Console {
+            domain,
+            devname,
+            force,
+            safe: _,
+        } => run_console(connection, &domain, devname, force).await?,
+        C::Vcpuinfo { domain } => {
+            let list = client(connection)
+                .await?
+                .get_vcpu_info(pb::GetVcpuInfoRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            for vcpu in &list.vcpus {
+                let map: String = (0..host_cpus)
+                    .map(|cpu| {
+                        if vcpu
+                            .affinity
+                            .contains(&u32::try_from(cpu).unwrap_or(u32::MAX))
+                        {
+                            'y'
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                print_fields_at(
+                    15,
+                    &[
+                        ("VCPU", vcpu.number.to_string()),
+                        ("CPU", vcpu.cpu.to_string()),
+                        ("State", "running".into()),
+                        ("CPU time", seconds(vcpu.cpu_time_ns)),
+                        ("CPU Affinity", map),
+                    ],
+                );
+                println!();
+            }
+        }
+        C::Vcpupin {
+            domain,
+            vcpu,
+            cpulist,
+            scope,
+        } => match (vcpu, cpulist) {
+            (Some(vcpu), Some(list)) => {
+                let cpus = parse_cpu_list(&list).map_err(fail)?;
+                client(connection)
+                    .await?
+                    .pin_vcpu(pb::PinVcpuRequest {
+                        domain: object(&domain),
+                        vcpu,
+                        cpus,
+                        scope: scope.scope(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            (wanted, _) => {
+                let list = client(connection)
+                    .await?
+                    .get_vcpu_info(pb::GetVcpuInfoRequest {
+                        domain: object(&domain),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let rows: Vec<Vec<String>> = list
+                    .vcpus
+                    .iter()
+                    .filter(|v| wanted.is_none_or(|w| w == v.number))
+                    .map(|v| vec![v.number.to_string(), cpu_list(&v.affinity)])
+                    .collect();
+                match format {
+                    Format::Json => print_json(&list),
+                    Format::Table => print_table(&["VCPU", "CPU Affinity"], &rows),
+                }
+            }
+        },
+        C::Setvcpus {
+            domain,
+            count,
+            maximum,
+            guest,
+            scope,
+        } => {
+            client(connection)
+                .await?
+                .set_vcpus(pb::SetVcpusRequest {
+                    domain: object(&domain),
+                    count,
+                    maximum,
+                    guest,
+                    scope: scope.scope(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::Setmem {
+            domain,
+            size,
+            scope,
+        } => {
+            let kib = parse_kib(&size).map_err(fail)?;
+            client(connection)
+                .await?
+                .set_memory(pb::SetMemoryRequest {
+                    domain: object(&domain),
+                    memory_kib: kib,
+                    scope: scope.scope(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::Setmaxmem {
+            domain,
+            size,
+            scope,
+        } => {
+            let kib = parse_kib(&size).map_err(fail)?;
+            client(connection)
+                .await?
+                .set_max_memory(pb::SetMaxMemoryRequest {
+                    domain: object(&domain),
+                    memory_kib: kib,
+                    scope: scope.scope(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::Domblkstat { domain, device } => {
+            let stats = client(connection)
+                .await?
+                .get_block_stats(pb::GetBlockStatsRequest {
+                    domain: object(&domain),
+                    device,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&stats),
+                Format::Table => {
+                    for (name, value) in [
+                        ("rd_req", stats.rd_req),
+                        ("rd_bytes", stats.rd_bytes),
+                        ("wr_req", stats.wr_req),
+                        ("wr_bytes", stats.wr_bytes),
+                        ("flush_operations", stats.flush_req),
+                    ] {
+                        println!("{} {name} {value}", stats.device);
+                    }
+                    println!();
+                }
+            }
+        }
+        C::Domifstat { domain, interface } => {
+            let stats = client(connection)
+                .await?
+                .get_interface_stats(pb::GetInterfaceStatsRequest {
+                    domain: object(&domain),
+                    interface,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&stats),
+                Format::Table => {
+                    for (name, value) in [
+                        ("rx_bytes", stats.rx_bytes),
+                        ("rx_packets", stats.rx_packets),
+                        ("rx_errs", stats.rx_errs),
+                        ("rx_drop", stats.rx_drop),
+                        ("tx_bytes", stats.tx_bytes),
+                        ("tx_packets", stats.tx_packets),
+                        ("tx_errs", stats.tx_errs),
+                        ("tx_drop", stats.tx_drop),
+                    ] {
+                        println!("{} {name} {value}", stats.interface);
+                    }
+                    println!();
+                }
+            }
+        }
+        C::Domblklist {
+            domain,
+            inactive,
+            details,
+        } => {
+            let list = client(connection)
+                .await?
+                .list_block_devices(pb::ListBlockDevicesRequest {
+                    domain: object(&domain),
+                    inactive,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let source = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            if details {
+                let rows: Vec<Vec<String>> = list
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            match pb::DiskType::try_from(d.r#type) {
+                                Ok(pb::DiskType::Block) => "block",
+                                Ok(pb::DiskType::Volume) => "volume",
+                                _ => "file",
+                            }
+                            .into(),
+                            name_of(DISK_DEVICES, d.device).into(),
+                            d.target.clone(),
+                            source(&d.source),
+                        ]
+                    })
+                    .collect();
+                print_table(&["Type", "Device", "Target", "Source"], &rows);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .devices
+                    .iter()
+                    .map(|d| vec![d.target.clone(), source(&d.source)])
+                    .collect();
+                print_table(&["Target", "Source"], &rows);
+            }
+        }
+        C::Domiflist { domain, inactive } => {
+            let list = client(connection)
+                .await?
+                .list_interfaces(pb::ListInterfacesRequest {
+                    domain: object(&domain),
+                    inactive,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .interfaces
+                .iter()
+                .map(|i| {
+                    vec![
+                        if i.target_dev.is_empty() {
+                            "-".into()
+                        } else {
+                            i.target_dev.clone()
+                        },
+                        name_of(INTERFACE_TYPES, i.r#type).into(),
+                        if i.source.is_empty() {
+                            "-".into()
+                        } else {
+                            i.source.clone()
+                        },
+                        name_of(INTERFACE_MODELS, i.model).into(),
+                        i.mac.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["Interface", "Type", "Source", "Model", "MAC"], &rows);
+        }
+        C::Dommemstat { domain } => {
+            let stats = client(connection)
+                .await?
+                .get_memory_stats(pb::GetMemoryStatsRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&stats);
+                return Ok(());
+            }
+            for (name, value) in [
+                ("actual", stats.actual_kib),
+                ("swap_in", stats.swap_in_kib),
+                ("swap_out", stats.swap_out_kib),
+                ("major_fault", stats.major_fault),
+                ("minor_fault", stats.minor_fault),
+                ("unused", stats.unused_kib),
+                ("available", stats.available_kib),
+                ("usable", stats.usable_kib),
+                ("disk_caches", stats.disk_caches_kib),
+                ("rss", stats.rss_kib),
+            ] {
+                if let Some(value) = value {
+                    println!("{name} {value}");
+                }
+            }
+            println!();
+        }
+        C::AttachDevice {
+            domain,
+            file,
+            persistent,
+            scope,
+        } => {
+            let xml = read_file(&file)?;
+            client(connection)
+                .await?
+                .attach_device(pb::AttachDeviceRequest {
+                    domain: object(&domain),
+                    device: Some(pb::attach_device_request::Device::Xml(xml)),
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Device attached successfully\n");
+        }
+        C::DetachDevice {
+            domain,
+            file,
+            persistent,
+            scope,
+        } => {
+            let xml = read_file(&file)?;
+            client(connection)
+                .await?
+                .detach_device(pb::DetachDeviceRequest {
+                    domain: object(&domain),
+                    device: Some(pb::detach_device_request::Device::Xml(xml)),
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Device detached successfully\n");
+        }
+        C::AttachDisk {
+            domain,
+            source,
+            target,
+            device,
+            mode,
+            driver,
+            subdriver,
+            targetbus,
+            cache,
+            serial,
+            persistent,
+            scope,
+        } => {
+            if driver.as_deref().is_some_and(|d| d != "qemu") {
+                return Err(fail("--driver: only qemu is supported".into()));
+            }
+            let (readonly, shareable) = match mode.as_deref() {
+                None => (false, false),
+                Some("readonly") => (true, false),
+                Some("shareable") => (false, true),
+                Some(other) => {
+                    return Err(fail(format!(
+                        "invalid --mode '{other}' (readonly or shareable)"
+                    )));
+                }
+            };
+            client(connection)
+                .await?
+                .attach_disk(pb::AttachDiskRequest {
+                    domain: object(&domain),
+                    source,
+                    target,
+                    target_bus: word(targetbus.as_deref(), DISK_BUSES, "--targetbus")?,
+                    subdriver: word(subdriver.as_deref(), DISK_FORMATS, "--subdriver")?,
+                    cache: word(cache.as_deref(), DISK_CACHES, "--cache")?,
+                    device: word(device.as_deref(), DISK_DEVICES, "--type")?,
+                    readonly,
+                    shareable,
+                    serial: serial.unwrap_or_default(),
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Disk attached successfully\n");
+        }
+        C::DetachDisk {
+            domain,
+            target,
+            persistent,
+            scope,
+        } => {
+            client(connection)
+                .await?
+                .detach_disk(pb::DetachDiskRequest {
+                    domain: object(&domain),
+                    target,
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Disk detached successfully\n");
+        }
+        C::AttachInterface {
+            domain,
+            kind,
+            source,
+            mac,
+            model,
+            target,
+            persistent,
+            scope,
+        } => {
+            client(connection)
+                .await?
+                .attach_interface(pb::AttachInterfaceRequest {
+                    domain: object(&domain),
+                    r#type: word(Some(&kind), INTERFACE_TYPES, "interface type")?,
+                    source,
+                    mac: mac.unwrap_or_default(),
+                    model: word(model.as_deref(), INTERFACE_MODELS, "--model")?,
+                    target: target.unwrap_or_default(),
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Interface attached successfully\n");
+        }
+        C::DetachInterface {
+            domain,
+            kind,
+            mac,
+            persistent,
+            scope,
+        } => {
+            client(connection)
+                .await?
+                .detach_interface(pb::DetachInterfaceRequest {
+                    domain: object(&domain),
+                    r#type: word(Some(&kind), INTERFACE_TYPES, "interface type")?,
+                    mac: mac.unwrap_or_default(),
+                    scope: scope.scope(),
+                    persistent,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Interface detached successfully\n");
+        }
+        C::Event {
+            domain,
+            event,
+            keep,
+            all: _,
+            timeout,
+        } => events(connection, format, domain, event, keep, timeout).await?,
+    }
+    Ok(())
+}
+
+fn engine_name(engine: i32) -> &'static str {
+    match pb::Engine::try_from(engine) {
+        Ok(pb::Engine::Vmm) => "vmm",
+        Ok(pb::Engine::Qemu) => "qemu",
+        _ => "-",
+    }
+}
+
+async fn lookup(connection: &mut Connection, domain: &str) -> Result<pb::DomainSummary, Call> {
+    Ok(client(connection)
+        .await?
+        .lookup_domain(pb::LookupDomainRequest {
+            host: String::new(),
+            domain: object(domain),
+        })
+        .await?
+        .into_inner())
+}
+
+async fn lookup_name(connection: &mut Connection, domain: &str) -> Result<String, Call> {
+    Ok(lookup(connection, domain).await?.name)
+}
+
+async fn edit(connection: &mut Connection, domain: &str) -> Result<(), Call> {
+    let mut client = client(connection).await?;
+    let xml = client
+        .get_domain_xml(pb::GetDomainXmlRequest {
+            domain: object(domain),
+            inactive: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .xml;
+    let name = lookup_name(connection, domain).await?;
+    let mut file = tempfile_for(&name)
+        .map_err(|err| fail(format!("cannot create a temporary file: {err}")))?;
+    file.1
+        .write_all(xml.as_bytes())
+        .map_err(|err| fail(format!("cannot write {}: {err}", file.0.display())))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let words = shell_words::split(&editor).map_err(|err| fail(format!("$EDITOR: {err}")))?;
+    let (program, args) = words
+        .split_first()
+        .ok_or_else(|| fail("$EDITOR is empty".into()))?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .arg(&file.0)
+        .status()
+        .map_err(|err| fail(format!("cannot run {editor}: {err}")))?;
+    let edited = std::fs::read_to_string(&file.0).unwrap_or_default();
+    let _ = std::fs::remove_file(&file.0);
+    if !status.success() {
+        return Err(fail(format!(
+            "{editor} exited with {status}; nothing changed"
+        )));
+    }
+    if edited == xml {
+        println!("Domain '{name}' XML configuration not changed.\n");
+        return Ok(());
+    }
+    client
+        .define_domain(pb::DefineDomainRequest {
+            source: Some(pb::define_domain_request::Source::Xml(edited)),
+            ..Default::default()
+        })
+        .await?;
+    println!("Domain '{name}' XML configuration edited.\n");
+    Ok(())
+}
+
+fn tempfile_for(name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let dir = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let path = dir.join(format!("vireo-{name}-{}-{attempt}.xml", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Err(std::io::Error::other("no free temporary file name"))
+}
+
+/// The escape byte that leaves a console: Ctrl-].
+const ESCAPE: u8 = 0x1d;
+
+/// Puts a terminal in raw mode and restores it when dropped.
+struct RawTerminal(Option<nix::sys::termios::Termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let Ok(saved) = termios::tcgetattr(&stdin) else {
+            return RawTerminal(None);
+        };
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+        RawTerminal(Some(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
+}
+
+async fn run_console(
+    connection: &mut Connection,
+    domain: &str,
+    devname: Option<String>,
+    force: bool,
+) -> Result<(), Call> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = lookup_name(connection, domain).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConsoleInput>(16);
+    tx.send(pb::ConsoleInput {
+        domain: object(domain),
+        device: devname.unwrap_or_default(),
+        force,
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| fail("console closed".into()))?;
+    let mut output = client(connection)
+        .await?
+        .console(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    println!("Connected to domain '{name}'\nEscape character is ^] (Ctrl + ])");
+    let _raw = std::io::IsTerminal::is_terminal(&std::io::stdin()).then(RawTerminal::enter);
+    let input = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = [0u8; 1024];
+        loop {
+            let n = match stdin.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let bytes = &buffer[..n];
+            let (data, leave) = match bytes.iter().position(|b| *b == ESCAPE) {
+                Some(at) => (&bytes[..at], true),
+                None => (bytes, false),
+            };
+            if !data.is_empty()
+                && tx
+                    .send(pb::ConsoleInput {
+                        data: data.to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            if leave {
+                break;
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut input = input;
+    let ended = loop {
+        tokio::select! {
+            _ = &mut input => break Ok(()),
+            message = output.message() => match message {
+                Ok(Some(chunk)) => {
+                    let _ = stdout.write_all(&chunk.data).await;
+                    let _ = stdout.flush().await;
+                }
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            }
+        }
+    };
+    drop(_raw);
+    println!();
+    ended.map_err(Call::Status)
+}
+
+fn event_words(event: &pb::DomainEvent) -> (&'static str, &'static str) {
+    use pb::DomainEventType as T;
+    use pb::DomainStateReason as R;
+    let reason = R::try_from(event.reason).unwrap_or(R::Unspecified);
+    match T::try_from(event.r#type).unwrap_or(T::Unspecified) {
+        T::Defined => (
+            "Defined",
+            if event.detail == pb::DomainEventDetail::DefinedUpdated as i32 {
+                "Updated"
+            } else {
+                "Added"
+            },
+        ),
+        T::Undefined => ("Undefined", "Removed"),
+        T::Started => ("Started", "Booted"),
+        T::Suspended => ("Suspended", "Paused"),
+        T::Resumed => ("Resumed", "Unpaused"),
+        T::Shutdown => ("Shutdown", "Finished"),
+        T::Crashed => ("Crashed", "Panicked"),
+        T::Stopped => (
+            "Stopped",
+            match reason {
+                R::ShutoffDestroyed => "Destroyed",
+                R::ShutoffCrashed => "Crashed",
+                R::ShutoffFailed => "Failed",
+                R::ShutoffSaved => "Saved",
+                R::ShutoffMigrated => "Migrated",
+                _ => "Shutdown",
+            },
+        ),
+        _ => ("Unknown", "Unknown"),
+    }
+}
+
+async fn events(
+    connection: &mut Connection,
+    format: Format,
+    domain: Option<String>,
+    event: Option<String>,
+    keep: bool,
+    timeout: Option<u64>,
+) -> Result<(), Call> {
+    if let Some(event) = event.as_deref()
+        && event != "lifecycle"
+    {
+        return Err(fail(format!(
+            "--event {event}: only lifecycle events are published"
+        )));
+    }
+    let mut stream = client(connection)
+        .await?
+        .watch_domain_events(pb::WatchDomainEventsRequest {
+            domain: domain.as_deref().and_then(object),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let deadline = timeout.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+    let mut count = 0u64;
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => stream.message().await,
+        };
+        let Some(event) = next? else { break };
+        count += 1;
+        match format {
+            Format::Json => print_json(&event),
+            Format::Table => {
+                let (kind, detail) = event_words(&event);
+                println!(
+                    "event 'lifecycle' for domain '{}': {kind} {detail}",
+                    event.name
+                );
+            }
+        }
+        let _ = std::io::stdout().flush();
+        if !keep {
+            break;
+        }
+    }
+    if format == Format::Table {
+        println!("events received: {count}\n");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_cpu_lists() {
+        assert_eq!(parse_kib("1024").unwrap(), 1024);
+        assert_eq!(parse_kib("512M").unwrap(), 512 * 1024);
+        assert_eq!(parse_kib("1GiB").unwrap(), 1024 * 1024);
+        assert!(parse_kib("12Q").is_err());
+        assert!(parse_kib("99999999999999999999T").is_err());
+        assert_eq!(parse_cpu_list("0-3,^2").unwrap(), vec![0, 1, 3]);
+        assert_eq!(cpu_list(&[0, 1, 3, 5, 6]), "0-1,3,5-6");
+    }
+}

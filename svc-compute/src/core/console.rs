@@ -1,0 +1,172 @@
+//! The console hub of a running domain: it holds the connection to the guest's serial socket,
+//! keeps everything the guest writes in `console.log` and a short backlog, and lends the console
+//! to one client at a time (a second one is refused unless it forces the first one off).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What a newly attached client is shown of what came before (a screenful or so).
+const BACKLOG_BYTES: usize = 16 * 1024;
+
+pub struct ConsoleHub {
+    output: broadcast::Sender<Vec<u8>>,
+    input: mpsc::Sender<Vec<u8>>,
+    backlog: Mutex<VecDeque<u8>>,
+    holder: watch::Sender<u64>,
+    next_token: AtomicU64,
+    connected: watch::Sender<bool>,
+    stop: CancellationToken,
+}
+
+/// A client holding the console.
+pub struct Attachment {
+    pub token: u64,
+    pub backlog: Vec<u8>,
+    pub output: broadcast::Receiver<Vec<u8>>,
+    pub input: mpsc::Sender<Vec<u8>>,
+    /// Changes when another client forces the console away, or the hub closes.
+    pub holder: watch::Receiver<u64>,
+}
+
+impl ConsoleHub {
+    /// Starts relaying `serial` (a unix socket the engine serves) and logging to `log`.
+    pub fn start(serial: PathBuf, log: PathBuf) -> std::sync::Arc<ConsoleHub> {
+        let (output, _) = broadcast::channel(256);
+        let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
+        let hub = std::sync::Arc::new(ConsoleHub {
+            output,
+            input,
+            backlog: Mutex::new(VecDeque::new()),
+            holder: watch::Sender::new(0),
+            next_token: AtomicU64::new(1),
+            connected: watch::Sender::new(false),
+            stop: CancellationToken::new(),
+        });
+        let relay = hub.clone();
+        tokio::spawn(async move {
+            let mut log = match tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .await
+            {
+                Ok(file) => Some(file),
+                Err(err) => {
+                    tracing::warn!(log = %log.display(), %err, "console log unavailable");
+                    None
+                }
+            };
+            let mut buffer = vec![0u8; 4096];
+            while !relay.stop.is_cancelled() {
+                let Ok(stream) = UnixStream::connect(&serial).await else {
+                    tokio::select! {
+                        () = relay.stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                    }
+                };
+                relay.connected.send_replace(true);
+                let (mut read, mut write) = stream.into_split();
+                loop {
+                    tokio::select! {
+                        () = relay.stop.cancelled() => break,
+                        n = read.read(&mut buffer) => {
+                            let Ok(n) = n else { break };
+                            if n == 0 { break }
+                            let bytes = &buffer[..n];
+                            if let Some(log) = log.as_mut() {
+                                let _ = log.write_all(bytes).await;
+                            }
+                            relay.remember(bytes);
+                            let _ = relay.output.send(bytes.to_vec());
+                        }
+                        Some(bytes) = input_rx.recv() => {
+                            if write.write_all(&bytes).await.is_err() { break }
+                        }
+                    }
+                }
+                relay.connected.send_replace(false);
+                // The engine went away (it is restarting, or the domain stops): try again.
+                tokio::select! {
+                    () = relay.stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        });
+        hub
+    }
+
+    fn remember(&self, bytes: &[u8]) {
+        let mut backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        backlog.extend(bytes);
+        let excess = backlog.len().saturating_sub(BACKLOG_BYTES);
+        backlog.drain(..excess);
+    }
+
+    /// Waits until the hub holds the serial connection (or the timeout passes).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut connected = self.connected.subscribe();
+        tokio::time::timeout(timeout, connected.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Lends the console to a client. Refused while another client holds it, unless `force`.
+    pub fn attach(&self, force: bool) -> Result<Attachment, &'static str> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut refused = false;
+        self.holder.send_if_modified(|holder| {
+            if *holder != 0 && !force {
+                refused = true;
+                return false;
+            }
+            *holder = token;
+            true
+        });
+        if refused {
+            return Err("the console is in use by another client (use --force to take it over)");
+        }
+        let backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        Ok(Attachment {
+            token,
+            backlog,
+            output: self.output.subscribe(),
+            input: self.input.clone(),
+            holder: self.holder.subscribe(),
+        })
+    }
+
+    /// Gives the console back (when `token` still holds it).
+    pub fn detach(&self, token: u64) {
+        self.holder.send_if_modified(|holder| {
+            if *holder == token {
+                *holder = 0;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Ends the relay and every client's session.
+    pub fn close(&self) {
+        self.stop.cancel();
+        self.holder.send_replace(u64::MAX);
+    }
+}

@@ -1,0 +1,1385 @@
+//! The domain table: definitions, running guests and their lifecycle. One lock orders every
+//! change; each running guest has a supervisor task that waits for its engine process to exit
+//! and applies on_poweroff/on_reboot/on_crash. Guests are not our children in spirit: they run in
+//! their own process group, and their run directory (status, sockets, console log) lets a
+//! restarted service find and re-attach to them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, broadcast, mpsc};
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
+use vireo_proto::compute::v1 as pb;
+
+use super::console::ConsoleHub;
+use super::engine::{self, Control, EngineEvent, RunPaths};
+use super::engines::Engines;
+use super::network;
+use super::process;
+use super::store::{Store, write_atomically};
+use crate::Error;
+
+use pb::DomainState as State;
+use pb::DomainStateReason as Reason;
+
+/// How long a destroy waits for the engine to end before it is killed.
+const DESTROY_GRACE: Duration = Duration::from_secs(3);
+/// How long a start waits for the engine's control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the service asked of a running guest, so its exit is read right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Intent {
+    None,
+    Shutdown,
+    Reboot,
+    Destroy,
+}
+
+/// A running guest.
+struct Run {
+    live: pb::DomainDefinition,
+    id: i32,
+    engine: pb::Engine,
+    pid: u32,
+    start_time: u64,
+    started_ms: i64,
+    state: State,
+    reason: Reason,
+    control: Control,
+    console: Arc<ConsoleHub>,
+    paths: RunPaths,
+    taps: Vec<String>,
+    generation: u64,
+    intent: Intent,
+    /// The last poweroff/reboot/crash the engine reported.
+    last_event: Option<EngineEvent>,
+}
+
+struct Entry {
+    /// None for a transient domain (from create, or undefined while running).
+    persistent: Option<pb::DomainDefinition>,
+    autostart: bool,
+    /// State and reason while inactive.
+    inactive: (State, Reason),
+    run: Option<Run>,
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        self.run
+            .as_ref()
+            .map(|r| r.live.name.as_str())
+            .or(self.persistent.as_ref().map(|p| p.name.as_str()))
+            .unwrap_or("")
+    }
+
+    fn definition(&self) -> &pb::DomainDefinition {
+        match (&self.run, &self.persistent) {
+            (Some(run), _) => &run.live,
+            (None, Some(def)) => def,
+            (None, None) => unreachable!("an entry has a definition or a run"),
+        }
+    }
+
+    fn state(&self) -> (State, Reason) {
+        self.run
+            .as_ref()
+            .map_or(self.inactive, |run| (run.state, run.reason))
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<String, Entry>,
+    next_id: i32,
+    generation: u64,
+}
+
+impl Table {
+    fn find(&self, domain: Option<&ObjectRef>) -> Result<String, Error> {
+        let key = domain
+            .and_then(|d| d.key.as_ref())
+            .ok_or_else(|| Error::InvalidField {
+                field: "domain",
+                message: "name a domain (name, UUID or id)".into(),
+            })?;
+        let by_name = |name: &str| {
+            self.entries
+                .iter()
+                .find(|(_, e)| e.name() == name)
+                .map(|(uuid, _)| uuid.clone())
+        };
+        let by_id = |id: u32| {
+            self.entries
+                .iter()
+                .find(|(_, e)| {
+                    e.run
+                        .as_ref()
+                        .is_some_and(|r| u32::try_from(r.id) == Ok(id))
+                })
+                .map(|(uuid, _)| uuid.clone())
+        };
+        let by_uuid = |uuid: &str| {
+            let uuid = uuid.to_ascii_lowercase();
+            self.entries.contains_key(&uuid).then_some(uuid)
+        };
+        let (found, what) = match key {
+            Key::Name(name) => (by_name(name), format!("name '{name}'")),
+            Key::Uuid(uuid) => (by_uuid(uuid), format!("UUID '{uuid}'")),
+            Key::Id(id) => (by_id(*id), format!("id {id}")),
+            Key::Any(any) => (
+                any.parse()
+                    .ok()
+                    .and_then(by_id)
+                    .or_else(|| by_uuid(any))
+                    .or_else(|| by_name(any)),
+                format!("'{any}'"),
+            ),
+        };
+        found.ok_or_else(|| Error::NotFound(format!("failed to get domain {what}: no such domain")))
+    }
+
+    fn entry(&mut self, uuid: &str) -> &mut Entry {
+        self.entries
+            .get_mut(uuid)
+            .expect("looked up under the same lock")
+    }
+}
+
+/// What vireo-vmm or QEMU and the host let a domain run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub engine: pb::Engine,
+    pub kvm: bool,
+}
+
+/// The run directory's record of a running guest, read back after a restart.
+#[derive(Serialize, Deserialize)]
+struct Status {
+    id: i32,
+    pid: u32,
+    start_time: u64,
+    engine: i32,
+    started_ms: i64,
+    state: i32,
+    reason: i32,
+    transient: bool,
+    taps: Vec<String>,
+    live_xml: String,
+}
+
+pub struct Manager {
+    store: Store,
+    run_root: PathBuf,
+    engines: Arc<Engines>,
+    table: Mutex<Table>,
+    events: broadcast::Sender<pb::DomainEvent>,
+    seq: AtomicU64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Manager {
+    /// Loads the definitions, re-attaches to guests that kept running while the service was
+    /// away, and starts autostart domains.
+    pub async fn open(
+        state_dir: &Path,
+        run_dir: &Path,
+        engines: Arc<Engines>,
+    ) -> Result<Arc<Manager>, Error> {
+        let store = Store::open(state_dir).map_err(Error::io("domain definitions"))?;
+        let run_root = run_dir.join("compute");
+        std::fs::create_dir_all(&run_root).map_err(Error::io("compute run directory"))?;
+        let manager = Arc::new(Manager {
+            store,
+            run_root,
+            engines,
+            table: Mutex::new(Table {
+                next_id: 1,
+                ..Table::default()
+            }),
+            events: broadcast::channel(1024).0,
+            seq: AtomicU64::new(0),
+        });
+        let mut table = manager.table.lock().await;
+        for stored in manager
+            .store
+            .load()
+            .map_err(Error::io("domain definitions"))?
+        {
+            table.entries.insert(
+                stored.definition.uuid.clone(),
+                Entry {
+                    persistent: Some(stored.definition),
+                    autostart: stored.autostart,
+                    inactive: (State::Shutoff, Reason::ShutoffUnknown),
+                    run: None,
+                },
+            );
+        }
+        manager.recover(&mut table).await;
+        let autostart: Vec<String> = table
+            .entries
+            .iter()
+            .filter(|(_, e)| e.autostart && e.run.is_none())
+            .map(|(uuid, _)| uuid.clone())
+            .collect();
+        for uuid in autostart {
+            let id = table.next_id;
+            table.next_id += 1;
+            if let Err(err) = manager.launch(&mut table, &uuid, id, false).await {
+                tracing::error!(%uuid, %err, "autostart failed");
+            }
+        }
+        drop(table);
+        Ok(manager)
+    }
+
+    /// Finds the guests still running from before a restart.
+    async fn recover(self: &Arc<Self>, table: &mut Table) {
+        let Ok(dirs) = std::fs::read_dir(&self.run_root) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let paths = RunPaths::new(dir.path());
+            let uuid = dir.file_name().to_string_lossy().into_owned();
+            let status: Option<Status> = std::fs::read(paths.status())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let Some(status) = status.filter(|s| process::alive(s.pid, s.start_time)) else {
+                if let Some(status) = std::fs::read(paths.status())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
+                {
+                    network::remove_taps(&status.taps).await;
+                }
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                if let Some(entry) = table.entries.get_mut(&uuid) {
+                    entry.inactive = (State::Shutoff, Reason::ShutoffUnknown);
+                }
+                continue;
+            };
+            let Ok(live) = vireo_conf::domain::parse(&status.live_xml) else {
+                tracing::error!(%uuid, "unreadable live definition; leaving the guest alone");
+                continue;
+            };
+            let engine = pb::Engine::try_from(status.engine).unwrap_or(pb::Engine::Qemu);
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let control = match Control::connect(engine, &paths, events_tx).await {
+                Ok(control) => control,
+                Err(err) => {
+                    tracing::error!(%uuid, %err, "cannot re-attach to a running guest");
+                    continue;
+                }
+            };
+            let Ok(pidfd) = process::pidfd(status.pid) else {
+                continue;
+            };
+            let console = ConsoleHub::start(paths.serial(), paths.console_log());
+            let paused = control.paused().await.unwrap_or(false);
+            table.generation += 1;
+            let generation = table.generation;
+            table.next_id = table.next_id.max(status.id + 1);
+            let mut run = Run {
+                live: live.clone(),
+                id: status.id,
+                engine,
+                pid: status.pid,
+                start_time: status.start_time,
+                started_ms: status.started_ms,
+                state: State::try_from(status.state).unwrap_or(State::Running),
+                reason: Reason::try_from(status.reason).unwrap_or(Reason::RunningUnknown),
+                control,
+                console,
+                paths,
+                taps: status.taps,
+                generation,
+                intent: Intent::None,
+                last_event: None,
+            };
+            if paused && run.state != State::Paused {
+                (run.state, run.reason) = (State::Paused, Reason::PausedUnknown);
+            } else if !paused && run.state == State::Paused {
+                (run.state, run.reason) = (State::Running, Reason::RunningUnpaused);
+            }
+            let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
+                persistent: None,
+                autostart: false,
+                inactive: (State::Shutoff, Reason::ShutoffUnknown),
+                run: None,
+            });
+            entry.run = Some(run);
+            tracing::info!(%uuid, pid = status.pid, id = status.id, "re-attached to a running guest");
+            self.clone()
+                .supervise(uuid, generation, None, Some(pidfd), events_rx);
+        }
+    }
+
+    fn publish(
+        &self,
+        def: &pb::DomainDefinition,
+        kind: pb::DomainEventType,
+        state: (State, Reason),
+        detail: pb::DomainEventDetail,
+    ) {
+        let event = pb::DomainEvent {
+            host: String::new(),
+            name: def.name.clone(),
+            uuid: def.uuid.clone(),
+            r#type: kind as i32,
+            state: state.0 as i32,
+            reason: state.1 as i32,
+            detail: detail as i32,
+            device_alias: String::new(),
+            time_unix_ms: now_ms(),
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        let _ = self.events.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::DomainEvent> {
+        self.events.subscribe()
+    }
+
+    /// Which engine a definition runs on here, or why it cannot run.
+    pub fn placement(&self, def: &pb::DomainDefinition) -> Result<Placement, Error> {
+        let engines = &self.engines;
+        let kvm_stock = engines.kvm.available && engines.kvm.runs_stock_guests();
+        let qemu = |kvm: bool| -> Result<Placement, Error> {
+            if !engines.qemu.available {
+                return Err(Error::Unsupported(format!(
+                    "the qemu engine is unavailable: {}",
+                    engines.qemu.unavailable_reason
+                )));
+            }
+            Ok(Placement {
+                engine: pb::Engine::Qemu,
+                kvm,
+            })
+        };
+        let vmm = || -> Result<Placement, Error> {
+            if !engines.vmm.available {
+                return Err(Error::Unsupported(format!(
+                    "the vmm engine is unavailable: {}",
+                    engines.vmm.unavailable_reason
+                )));
+            }
+            Ok(Placement {
+                engine: pb::Engine::Vmm,
+                kvm: true,
+            })
+        };
+        let is_kvm = def.r#type == pb::DomainType::Kvm as i32;
+        match def.engine() {
+            pb::Engine::Vmm => {
+                if !is_kvm {
+                    return Err(Error::Unsupported(
+                        "the vmm engine runs <domain type='kvm'> guests only".into(),
+                    ));
+                }
+                vmm()
+            }
+            pb::Engine::Qemu if !is_kvm => qemu(false),
+            pb::Engine::Qemu => {
+                if kvm_stock {
+                    qemu(true)
+                } else {
+                    Err(Error::Unsupported(format!(
+                        "<domain type='kvm'> on the qemu engine needs a KVM that runs stock guests, and this host's does not ({}); use <domain type='qemu'> for TCG emulation",
+                        if engines.kvm.available {
+                            "a paravirtual nested KVM"
+                        } else {
+                            engines.kvm.unavailable_reason.as_str()
+                        }
+                    )))
+                }
+            }
+            pb::Engine::Unspecified if !is_kvm => qemu(false),
+            pb::Engine::Unspecified => {
+                let fits_vmm = engines.vmm.available
+                    && engine::vmm::command(
+                        Path::new("vireo-vmm"),
+                        def,
+                        &vec![
+                            String::new();
+                            def.devices.as_ref().map_or(0, |d| d.interfaces.len())
+                        ],
+                        &RunPaths::new(PathBuf::new()),
+                    )
+                    .is_ok();
+                if fits_vmm {
+                    vmm()
+                } else if kvm_stock {
+                    qemu(true)
+                } else {
+                    Err(Error::Unsupported(format!(
+                        "this <domain type='kvm'> needs the qemu engine (it boots firmware or uses devices vireo-vmm lacks), and this host's KVM cannot run stock guests ({}); use <domain type='qemu'> for TCG emulation",
+                        if engines.kvm.available {
+                            "a paravirtual nested KVM"
+                        } else {
+                            engines.kvm.unavailable_reason.as_str()
+                        }
+                    )))
+                }
+            }
+        }
+    }
+
+    fn engine_guess(&self, def: &pb::DomainDefinition) -> pb::Engine {
+        self.placement(def)
+            .map_or(def.engine(), |placement| placement.engine)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Definitions
+    // ----------------------------------------------------------------------------------------
+
+    /// Checks a new definition against the table: names and UUIDs are unique.
+    fn check_identity(table: &Table, def: &pb::DomainDefinition) -> Result<bool, Error> {
+        if let Some((uuid, _)) = table
+            .entries
+            .iter()
+            .find(|(uuid, e)| e.name() == def.name && **uuid != def.uuid)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "domain '{}' already exists with UUID {uuid}",
+                def.name
+            )));
+        }
+        match table.entries.get(&def.uuid) {
+            Some(entry) if entry.name() != def.name => Err(Error::AlreadyExists(format!(
+                "domain with UUID {} already exists as '{}'",
+                def.uuid,
+                entry.name()
+            ))),
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    pub async fn define(&self, mut def: pb::DomainDefinition) -> Result<pb::Domain, Error> {
+        let mut table = self.table.lock().await;
+        // Defining a known name without a UUID updates that domain, as libvirt does.
+        if def.uuid.is_empty()
+            && let Some((uuid, _)) = table.entries.iter().find(|(_, e)| e.name() == def.name)
+        {
+            def.uuid.clone_from(uuid);
+        }
+        vireo_conf::domain::fill_defaults(&mut def);
+        vireo_conf::domain::validate(&def)?;
+        let existed = Self::check_identity(&table, &def)?;
+        self.store.save(&def).map_err(Error::io(format!(
+            "saving the definition of '{}'",
+            def.name
+        )))?;
+        let entry = table.entries.entry(def.uuid.clone()).or_insert(Entry {
+            persistent: None,
+            autostart: false,
+            inactive: (State::Shutoff, Reason::ShutoffUnknown),
+            run: None,
+        });
+        let updated = existed && entry.persistent.is_some();
+        entry.persistent = Some(def.clone());
+        let state = entry.state();
+        self.publish(
+            &def,
+            pb::DomainEventType::Defined,
+            state,
+            if updated {
+                pb::DomainEventDetail::DefinedUpdated
+            } else {
+                pb::DomainEventDetail::DefinedAdded
+            },
+        );
+        Ok(self.domain_of(&table, &def.uuid))
+    }
+
+    pub async fn undefine(&self, domain: Option<&ObjectRef>) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let entry = table.entry(&uuid);
+        let Some(def) = entry.persistent.clone() else {
+            return Err(Error::State(format!(
+                "domain '{}' is transient: it has no persistent definition to undefine",
+                entry.name()
+            )));
+        };
+        self.store.remove(&uuid).map_err(Error::io(format!(
+            "removing the definition of '{}'",
+            def.name
+        )))?;
+        entry.persistent = None;
+        entry.autostart = false;
+        let state = entry.state();
+        if entry.run.is_none() {
+            table.entries.remove(&uuid);
+        }
+        self.publish(
+            &def,
+            pb::DomainEventType::Undefined,
+            state,
+            pb::DomainEventDetail::UndefinedRemoved,
+        );
+        Ok(())
+    }
+
+    pub async fn set_autostart(&self, domain: Option<&ObjectRef>, on: bool) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let entry = table.entry(&uuid);
+        if entry.persistent.is_none() {
+            return Err(Error::State(format!(
+                "domain '{}' is transient: autostart needs a persistent definition",
+                entry.name()
+            )));
+        }
+        self.store
+            .set_autostart(&uuid, on)
+            .map_err(Error::io("autostart marker"))?;
+        entry.autostart = on;
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Views
+    // ----------------------------------------------------------------------------------------
+
+    fn summary_of(&self, uuid: &str, entry: &Entry) -> pb::DomainSummary {
+        let def = entry.definition();
+        let (state, reason) = entry.state();
+        pb::DomainSummary {
+            host: String::new(),
+            id: entry.run.as_ref().map_or(-1, |r| r.id),
+            name: def.name.clone(),
+            uuid: uuid.to_string(),
+            state: state as i32,
+            reason: reason as i32,
+            persistent: entry.persistent.is_some(),
+            autostart: entry.autostart,
+            engine: entry
+                .run
+                .as_ref()
+                .map_or_else(|| self.engine_guess(def), |r| r.engine) as i32,
+            title: def.title.clone(),
+        }
+    }
+
+    fn domain_of(&self, table: &Table, uuid: &str) -> pb::Domain {
+        let entry = &table.entries[uuid];
+        pb::Domain {
+            persistent: entry.persistent.clone(),
+            live: entry.run.as_ref().map(|r| r.live.clone()),
+            summary: Some(self.summary_of(uuid, entry)),
+            cpu_time_ns: entry
+                .run
+                .as_ref()
+                .map_or(0, |r| process::process_cpu_ns(r.pid)),
+            pid: entry.run.as_ref().map_or(0, |r| r.pid),
+            has_managed_save: false,
+            current_snapshot: String::new(),
+            started_unix_ms: entry.run.as_ref().map_or(0, |r| r.started_ms),
+        }
+    }
+
+    pub async fn list(&self, request: &pb::ListDomainsRequest) -> Vec<pb::DomainSummary> {
+        let (active, inactive) = match (request.include_active, request.include_inactive) {
+            (false, false) => (true, false),
+            pair => pair,
+        };
+        let table = self.table.lock().await;
+        let mut list: Vec<pb::DomainSummary> = table
+            .entries
+            .iter()
+            .filter(|(_, e)| if e.run.is_some() { active } else { inactive })
+            .filter(|(_, e)| request.autostart.is_none_or(|a| a == e.autostart))
+            .map(|(uuid, e)| self.summary_of(uuid, e))
+            .collect();
+        // virsh: running domains by id, then inactive ones by name.
+        list.sort_by(|a, b| match (a.id, b.id) {
+            (-1, -1) => a.name.cmp(&b.name),
+            (-1, _) => std::cmp::Ordering::Greater,
+            (_, -1) => std::cmp::Ordering::Less,
+            (x, y) => x.cmp(&y),
+        });
+        list
+    }
+
+    pub async fn get(&self, domain: Option<&ObjectRef>) -> Result<pb::Domain, Error> {
+        let table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        Ok(self.domain_of(&table, &uuid))
+    }
+
+    pub async fn xml(&self, domain: Option<&ObjectRef>, inactive: bool) -> Result<String, Error> {
+        let table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let entry = &table.entries[&uuid];
+        match (&entry.run, &entry.persistent) {
+            (Some(run), Some(def)) if inactive => {
+                let _ = run;
+                Ok(vireo_conf::domain::format(def, None)?)
+            }
+            (Some(run), _) => Ok(vireo_conf::domain::format(&run.live, Some(run.id))?),
+            (None, Some(def)) => Ok(vireo_conf::domain::format(def, None)?),
+            (None, None) => Err(Error::NotFound("no definition".into())),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Lifecycle
+    // ----------------------------------------------------------------------------------------
+
+    pub async fn start(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        paused: bool,
+    ) -> Result<pb::Domain, Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let entry = table.entry(&uuid);
+        if entry.run.is_some() {
+            return Err(Error::State(format!(
+                "domain '{}' is already active",
+                entry.name()
+            )));
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        self.launch(&mut table, &uuid, id, paused).await?;
+        Ok(self.domain_of(&table, &uuid))
+    }
+
+    /// create: a transient domain, started at once; nothing is left behind if it fails.
+    pub async fn create(
+        self: &Arc<Self>,
+        mut def: pb::DomainDefinition,
+        paused: bool,
+    ) -> Result<pb::Domain, Error> {
+        vireo_conf::domain::fill_defaults(&mut def);
+        vireo_conf::domain::validate(&def)?;
+        let mut table = self.table.lock().await;
+        if Self::check_identity(&table, &def)? {
+            let entry = table.entry(&def.uuid);
+            if entry.run.is_some() {
+                return Err(Error::State(format!(
+                    "domain '{}' is already active",
+                    def.name
+                )));
+            }
+        }
+        let uuid = def.uuid.clone();
+        let fresh = !table.entries.contains_key(&uuid);
+        let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
+            persistent: None,
+            autostart: false,
+            inactive: (State::Shutoff, Reason::ShutoffUnknown),
+            run: None,
+        });
+        // A persistent domain started from new XML runs that XML (libvirt keeps the old config).
+        let saved = entry.persistent.replace(def.clone());
+        let id = table.next_id;
+        table.next_id += 1;
+        let result = self.launch(&mut table, &uuid, id, paused).await;
+        let entry = table.entry(&uuid);
+        entry.persistent = saved;
+        if let Err(err) = result {
+            if fresh {
+                table.entries.remove(&uuid);
+            }
+            return Err(err);
+        }
+        Ok(self.domain_of(&table, &uuid))
+    }
+
+    /// Spawns the engine for a domain and records the run. On failure nothing is left running.
+    async fn launch(
+        self: &Arc<Self>,
+        table: &mut Table,
+        uuid: &str,
+        id: i32,
+        paused: bool,
+    ) -> Result<(), Error> {
+        let entry = table.entry(uuid);
+        let mut live = entry.definition().clone();
+        let placement = self.placement(&live)?;
+        let paths = RunPaths::new(self.run_root.join(uuid));
+        let _ = std::fs::remove_dir_all(&paths.dir);
+        std::fs::create_dir_all(&paths.dir).map_err(Error::io("domain run directory"))?;
+        let taps = match network::prepare_taps(&live, id).await {
+            Ok(taps) => taps,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                return Err(err);
+            }
+        };
+        let result = self
+            .spawn(&mut live, placement, &paths, &taps, paused)
+            .await;
+        let (mut child, control, events_rx, console) = match result {
+            Ok(parts) => parts,
+            Err(err) => {
+                network::remove_taps(&taps).await;
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                let entry = table.entry(uuid);
+                entry.inactive = (State::Shutoff, Reason::ShutoffFailed);
+                return Err(err);
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let start_time = process::start_time(pid).unwrap_or(0);
+        table.generation += 1;
+        let generation = table.generation;
+        fill_live(&mut live, &paths, &taps, placement);
+        let (state, reason) = if paused {
+            (State::Paused, Reason::PausedStartingUp)
+        } else {
+            (State::Running, Reason::RunningBooted)
+        };
+        let run = Run {
+            live: live.clone(),
+            id,
+            engine: placement.engine,
+            pid,
+            start_time,
+            started_ms: now_ms(),
+            state,
+            reason,
+            control,
+            console,
+            paths,
+            taps,
+            generation,
+            intent: Intent::None,
+            last_event: None,
+        };
+        if let Err(err) = apply_pinning(&run) {
+            tracing::warn!(%uuid, %err, "vCPU pinning");
+        }
+        let entry = table.entry(uuid);
+        entry.run = Some(run);
+        self.write_status(table, uuid);
+        let pidfd = process::pidfd(pid).ok();
+        let child = child.take();
+        self.clone()
+            .supervise(uuid.to_string(), generation, child, pidfd, events_rx);
+        self.publish(
+            &live,
+            pb::DomainEventType::Started,
+            (state, reason),
+            pb::DomainEventDetail::Unspecified,
+        );
+        if paused {
+            self.publish(
+                &live,
+                pb::DomainEventType::Suspended,
+                (state, reason),
+                pb::DomainEventDetail::Unspecified,
+            );
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn spawn(
+        &self,
+        live: &mut pb::DomainDefinition,
+        placement: Placement,
+        paths: &RunPaths,
+        taps: &[String],
+        paused: bool,
+    ) -> Result<
+        (
+            SpawnedChild,
+            Control,
+            mpsc::UnboundedReceiver<EngineEvent>,
+            Arc<ConsoleHub>,
+        ),
+        Error,
+    > {
+        let launch = match placement.engine {
+            pb::Engine::Vmm => engine::vmm::command(
+                self.engines
+                    .vmm
+                    .binary
+                    .as_deref()
+                    .unwrap_or(Path::new("vireo-vmm")),
+                live,
+                taps,
+                paths,
+            )?,
+            _ => engine::qemu::command(
+                self.engines
+                    .qemu
+                    .binary
+                    .as_deref()
+                    .unwrap_or(Path::new("qemu-system-x86_64")),
+                live,
+                placement.kvm,
+                taps,
+                paths,
+            )?,
+        };
+        let log = std::fs::File::create(paths.engine_log()).map_err(Error::io("engine log"))?;
+        let log_err = log.try_clone().map_err(Error::io("engine log"))?;
+        let mut command = tokio::process::Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|err| {
+            Error::Engine(format!("cannot run {}: {err}", launch.program.display()))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let engine_name = if placement.engine == pb::Engine::Vmm {
+            "vireo-vmm"
+        } else {
+            "QEMU"
+        };
+        let failed = |why: String| {
+            let log = std::fs::read_to_string(paths.engine_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Error::State(format!(
+                "{engine_name} did not start the guest ({why}){}{}",
+                if tail.is_empty() { "" } else { ": " },
+                tail.join(" | ")
+            ))
+        };
+        // Wait for the control socket, watching for an early exit.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(failed(format!("exited with {status}")));
+            }
+            if process::socket_exists(&paths.control()) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait().await;
+                return Err(failed("no control socket in time".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let control = match Control::connect(placement.engine, paths, events_tx).await {
+            Ok(control) => control,
+            Err(err) => {
+                process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait().await;
+                return Err(failed(err));
+            }
+        };
+        let has_serial = live
+            .devices
+            .as_ref()
+            .is_some_and(|d| !d.serials.is_empty() || !d.consoles.is_empty());
+        let console = ConsoleHub::start(paths.serial(), paths.console_log());
+        if placement.engine == pb::Engine::Qemu {
+            // QEMU waits (-S) until the console is attached, so nothing the guest prints is lost.
+            if has_serial {
+                console.wait_connected(Duration::from_secs(5)).await;
+            }
+            if !paused && let Err(err) = control.resume().await {
+                console.close();
+                process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait().await;
+                return Err(failed(err.to_string()));
+            }
+        } else if paused && let Err(err) = control.pause().await {
+            console.close();
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait().await;
+            return Err(failed(err.to_string()));
+        }
+        Ok((SpawnedChild(Some(child)), control, events_rx, console))
+    }
+
+    fn write_status(&self, table: &Table, uuid: &str) {
+        let entry = &table.entries[uuid];
+        let Some(run) = &entry.run else { return };
+        let status = Status {
+            id: run.id,
+            pid: run.pid,
+            start_time: run.start_time,
+            engine: run.engine as i32,
+            started_ms: run.started_ms,
+            state: run.state as i32,
+            reason: run.reason as i32,
+            transient: entry.persistent.is_none(),
+            taps: run.taps.clone(),
+            live_xml: vireo_conf::domain::format(&run.live, Some(run.id)).unwrap_or_default(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&status)
+            && let Err(err) = write_atomically(&run.paths.status(), &bytes)
+        {
+            tracing::error!(%uuid, %err, "writing the run status");
+        }
+    }
+
+    /// Waits for the guest's engine to exit, passing its events on, then applies the outcome.
+    fn supervise(
+        self: Arc<Self>,
+        uuid: String,
+        generation: u64,
+        child: Option<tokio::process::Child>,
+        pidfd: Option<std::os::fd::OwnedFd>,
+        mut events: mpsc::UnboundedReceiver<EngineEvent>,
+    ) {
+        tokio::spawn(async move {
+            let exit = async {
+                match (child, pidfd) {
+                    (Some(mut child), _) => child.wait().await.ok().and_then(|s| s.code()),
+                    (None, Some(fd)) => {
+                        process::wait_exit(fd).await;
+                        None
+                    }
+                    (None, None) => None,
+                }
+            };
+            tokio::pin!(exit);
+            let code = loop {
+                tokio::select! {
+                    code = &mut exit => break code,
+                    Some(event) = events.recv() => self.on_engine_event(&uuid, generation, event).await,
+                }
+            };
+            // The engine's last words (poweroff, reboot, crash) may trail its exit a little.
+            let drain = async {
+                while let Some(event) = events.recv().await {
+                    self.on_engine_event(&uuid, generation, event).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+            self.on_exit(&uuid, generation, code).await;
+        });
+    }
+
+    async fn on_engine_event(&self, uuid: &str, generation: u64, event: EngineEvent) {
+        let mut table = self.table.lock().await;
+        let Some(entry) = table.entries.get_mut(uuid) else {
+            return;
+        };
+        let Some(run) = entry.run.as_mut().filter(|r| r.generation == generation) else {
+            return;
+        };
+        match event {
+            EngineEvent::Poweroff | EngineEvent::Reboot | EngineEvent::Crash(_) => {
+                run.last_event = Some(event);
+            }
+            EngineEvent::Reset => {
+                // QEMU reset the guest in place (a reboot under on_reboot=restart).
+                if run.intent == Intent::Reboot {
+                    run.intent = Intent::None;
+                }
+            }
+            EngineEvent::Paused | EngineEvent::Resumed => {}
+        }
+    }
+
+    /// The engine process is gone: decide what that means and what happens next.
+    async fn on_exit(self: &Arc<Self>, uuid: &str, generation: u64, code: Option<i32>) {
+        let mut table = self.table.lock().await;
+        let Some(entry) = table.entries.get_mut(uuid) else {
+            return;
+        };
+        if entry
+            .run
+            .as_ref()
+            .is_none_or(|r| r.generation != generation)
+        {
+            return;
+        }
+        let Some(run) = entry.run.take() else { return };
+        let outcome = outcome_of(&run, code);
+        self.finish(&mut table, uuid, run, outcome).await;
+    }
+
+    /// Cleans up after a run and applies `outcome`; a restart keeps the runtime id.
+    async fn finish(self: &Arc<Self>, table: &mut Table, uuid: &str, run: Run, outcome: Outcome) {
+        run.console.close();
+        network::remove_taps(&run.taps).await;
+        let _ = std::fs::remove_dir_all(&run.paths.dir);
+        let live = run.live.clone();
+        let action = |action: i32| {
+            pb::DomainLifecycleAction::try_from(action)
+                .unwrap_or(pb::DomainLifecycleAction::Destroy)
+        };
+        use pb::DomainLifecycleAction as Action;
+        let (restart, stopped) = match outcome {
+            Outcome::Destroyed => (false, (State::Shutoff, Reason::ShutoffDestroyed)),
+            Outcome::Restart => (true, (State::Shutoff, Reason::ShutoffShutdown)),
+            Outcome::Saved => (false, (State::Shutoff, Reason::ShutoffSaved)),
+            Outcome::Poweroff => match action(live.on_poweroff) {
+                Action::Restart | Action::RenameRestart => {
+                    (true, (State::Shutoff, Reason::ShutoffShutdown))
+                }
+                _ => (false, (State::Shutoff, Reason::ShutoffShutdown)),
+            },
+            Outcome::Reboot => match action(live.on_reboot) {
+                Action::Destroy => (false, (State::Shutoff, Reason::ShutoffShutdown)),
+                _ => (true, (State::Shutoff, Reason::ShutoffShutdown)),
+            },
+            Outcome::Crash => match action(live.on_crash) {
+                Action::Restart | Action::RenameRestart | Action::CoredumpRestart => {
+                    (true, (State::Shutoff, Reason::ShutoffCrashed))
+                }
+                Action::Preserve => (false, (State::Crashed, Reason::CrashedUnknown)),
+                _ => (false, (State::Shutoff, Reason::ShutoffCrashed)),
+            },
+        };
+        if matches!(outcome, Outcome::Poweroff) {
+            self.publish(
+                &live,
+                pb::DomainEventType::Shutdown,
+                stopped,
+                pb::DomainEventDetail::ShutdownFinished,
+            );
+        }
+        if matches!(outcome, Outcome::Crash) {
+            self.publish(
+                &live,
+                pb::DomainEventType::Crashed,
+                (State::Crashed, Reason::CrashedUnknown),
+                pb::DomainEventDetail::Unspecified,
+            );
+        }
+        if restart {
+            match self.launch(table, uuid, run.id, false).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::error!(%uuid, %err, "restarting the guest failed");
+                }
+            }
+        }
+        let entry = table.entry(uuid);
+        entry.inactive = stopped;
+        self.publish(
+            &live,
+            pb::DomainEventType::Stopped,
+            stopped,
+            pb::DomainEventDetail::Unspecified,
+        );
+        if entry.persistent.is_none() {
+            table.entries.remove(uuid);
+        }
+    }
+
+    /// The running guest of a domain, or the error virsh gives for an inactive one.
+    fn running<'a>(table: &'a mut Table, uuid: &str) -> Result<&'a mut Run, Error> {
+        let entry = table.entry(uuid);
+        let name = entry.name().to_string();
+        entry
+            .run
+            .as_mut()
+            .ok_or_else(|| Error::State(format!("domain '{name}' is not running")))
+    }
+
+    pub async fn shutdown(&self, domain: Option<&ObjectRef>, reboot: bool) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let run = Self::running(&mut table, &uuid)?;
+        if run.state == State::Paused {
+            return Err(Error::State(format!(
+                "domain '{}' is paused: resume it so it can act on the power button",
+                run.live.name
+            )));
+        }
+        run.control.power_button().await?;
+        run.intent = if reboot {
+            Intent::Reboot
+        } else {
+            Intent::Shutdown
+        };
+        Ok(())
+    }
+
+    pub async fn reset(&self, domain: Option<&ObjectRef>) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let run = Self::running(&mut table, &uuid)?;
+        // vireo-vmm exits for a reset and is started again; QEMU resets in place.
+        if run.engine == pb::Engine::Vmm {
+            run.intent = Intent::Reboot;
+        }
+        run.control.reset().await
+    }
+
+    pub async fn destroy(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        graceful: bool,
+    ) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let run = Self::running(&mut table, &uuid)?;
+        run.intent = Intent::Destroy;
+        let pid = run.pid;
+        let pidfd = process::pidfd(pid).map_err(Error::io("pidfd of the guest"))?;
+        process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        let exited = tokio::time::timeout(
+            DESTROY_GRACE,
+            process::wait_exit(pidfd.try_clone().map_err(Error::io("pidfd"))?),
+        )
+        .await
+        .is_ok();
+        if !exited {
+            if graceful {
+                return Err(Error::State(format!(
+                    "domain '{}' did not end within {} s of SIGTERM (--graceful does not kill)",
+                    run.live.name,
+                    DESTROY_GRACE.as_secs()
+                )));
+            }
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            process::wait_exit(pidfd).await;
+        }
+        let entry = table.entry(&uuid);
+        let Some(run) = entry.run.take() else {
+            return Ok(());
+        };
+        self.finish(&mut table, &uuid, run, Outcome::Destroyed)
+            .await;
+        Ok(())
+    }
+
+    pub async fn suspend(&self, domain: Option<&ObjectRef>, suspend: bool) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let run = Self::running(&mut table, &uuid)?;
+        if suspend {
+            run.control.pause().await?;
+            (run.state, run.reason) = (State::Paused, Reason::PausedUser);
+        } else {
+            run.control.resume().await?;
+            (run.state, run.reason) = (State::Running, Reason::RunningUnpaused);
+        }
+        let live = run.live.clone();
+        let state = (run.state, run.reason);
+        self.write_status(&table, &uuid);
+        self.publish(
+            &live,
+            if suspend {
+                pb::DomainEventType::Suspended
+            } else {
+                pb::DomainEventType::Resumed
+            },
+            state,
+            pb::DomainEventDetail::Unspecified,
+        );
+        Ok(())
+    }
+
+    /// Runs `f` on a running guest's engine control and live definition.
+    pub async fn with_run<T>(
+        &self,
+        domain: Option<&ObjectRef>,
+        f: impl AsyncFnOnce(RunView<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let run = Self::running(&mut table, &uuid)?;
+        f(RunView {
+            live: &mut run.live,
+            control: &run.control,
+            console: &run.console,
+            pid: run.pid,
+            engine: run.engine,
+        })
+        .await
+    }
+
+    /// Changes a domain's persistent definition (and tells listeners it was updated).
+    pub async fn update_persistent(
+        &self,
+        domain: Option<&ObjectRef>,
+        f: impl FnOnce(&mut pb::DomainDefinition) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let entry = table.entry(&uuid);
+        let name = entry.name().to_string();
+        let mut def = entry.persistent.clone().ok_or_else(|| {
+            Error::State(format!(
+                "domain '{name}' is transient: it has no persistent definition"
+            ))
+        })?;
+        f(&mut def)?;
+        vireo_conf::domain::validate(&def)?;
+        self.store
+            .save(&def)
+            .map_err(Error::io(format!("saving the definition of '{name}'")))?;
+        entry.persistent = Some(def.clone());
+        let state = entry.state();
+        self.publish(
+            &def,
+            pb::DomainEventType::Defined,
+            state,
+            pb::DomainEventDetail::DefinedUpdated,
+        );
+        Ok(())
+    }
+
+    /// Writes the run status after a live change.
+    pub async fn save_status(&self, domain: Option<&ObjectRef>) {
+        let table = self.table.lock().await;
+        if let Ok(uuid) = table.find(domain) {
+            self.write_status(&table, &uuid);
+        }
+    }
+
+    /// Stops every supervisor's guest? No: guests outlive the service. This only drops consoles.
+    pub async fn close(&self) {
+        let table = self.table.lock().await;
+        for entry in table.entries.values() {
+            if let Some(run) = &entry.run {
+                run.console.close();
+            }
+        }
+    }
+}
+
+/// A running guest as a request handler sees it.
+pub struct RunView<'a> {
+    pub live: &'a mut pb::DomainDefinition,
+    pub control: &'a Control,
+    pub console: &'a Arc<ConsoleHub>,
+    pub pid: u32,
+    pub engine: pb::Engine,
+}
+
+/// The spawned engine, handed to its supervisor for reaping.
+struct SpawnedChild(Option<tokio::process::Child>);
+
+impl SpawnedChild {
+    fn id(&self) -> Option<u32> {
+        self.0.as_ref().and_then(tokio::process::Child::id)
+    }
+    fn take(&mut self) -> Option<tokio::process::Child> {
+        self.0.take()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Poweroff,
+    Reboot,
+    Crash,
+    Destroyed,
+    Saved,
+    /// Restart whatever the definition says (virsh reboot, reset on vireo-vmm).
+    Restart,
+}
+
+fn outcome_of(run: &Run, code: Option<i32>) -> Outcome {
+    use engine::vmm::VmmExit;
+    if run.intent == Intent::Destroy {
+        return Outcome::Destroyed;
+    }
+    let reported = if run.engine == pb::Engine::Vmm && code.is_some() {
+        match engine::vmm::exit_of(code) {
+            VmmExit::Poweroff => Some(Outcome::Poweroff),
+            VmmExit::Reboot => Some(Outcome::Reboot),
+            VmmExit::Crash | VmmExit::Failed => Some(Outcome::Crash),
+            VmmExit::Stopped => Some(Outcome::Destroyed),
+            VmmExit::Saved => Some(Outcome::Saved),
+        }
+    } else {
+        match &run.last_event {
+            Some(EngineEvent::Poweroff) => Some(Outcome::Poweroff),
+            Some(EngineEvent::Reboot) => Some(Outcome::Reboot),
+            Some(EngineEvent::Crash(_)) => Some(Outcome::Crash),
+            _ => None,
+        }
+    };
+    match (run.intent, reported) {
+        // virsh reboot: the guest powered off for it, so it starts again.
+        (Intent::Reboot, Some(Outcome::Poweroff | Outcome::Reboot)) => Outcome::Restart,
+        (_, Some(outcome)) => outcome,
+        (Intent::Shutdown, None) => Outcome::Poweroff,
+        // The engine died without saying why.
+        (_, None) => Outcome::Crash,
+    }
+}
+
+/// Runtime values of the live definition: the serial console's socket, taps, engine.
+fn fill_live(
+    live: &mut pb::DomainDefinition,
+    paths: &RunPaths,
+    taps: &[String],
+    placement: Placement,
+) {
+    live.engine = placement.engine as i32;
+    let Some(devices) = live.devices.as_mut() else {
+        return;
+    };
+    for (index, disk) in devices.disks.iter_mut().enumerate() {
+        disk.alias = format!("virtio-disk{index}");
+    }
+    for (index, (interface, tap)) in devices.interfaces.iter_mut().zip(taps).enumerate() {
+        interface.alias = format!("net{index}");
+        if interface.target_dev.is_empty() && !tap.is_empty() {
+            interface.target_dev = tap.clone();
+        }
+    }
+    let serial = paths.serial().display().to_string();
+    for (index, device) in devices
+        .serials
+        .iter_mut()
+        .chain(devices.consoles.iter_mut())
+        .enumerate()
+    {
+        device.alias = if index == 0 {
+            "serial0".into()
+        } else {
+            format!("console{}", index - 1)
+        };
+        if device.r#type == pb::CharSourceType::Pty as i32 {
+            // The guest's serial port is relayed through the service's console hub.
+            let source = device.source.get_or_insert_default();
+            if source.path.is_empty() {
+                source.path.clone_from(&serial);
+            }
+        }
+    }
+}
+
+/// Applies <vcpu cpuset> and <cputune><vcpupin> to the vCPU threads.
+fn apply_pinning(run: &Run) -> std::io::Result<()> {
+    let vcpu = run.live.vcpu.clone().unwrap_or_default();
+    let pins = run
+        .live
+        .cputune
+        .as_ref()
+        .map(|t| t.vcpupins.clone())
+        .unwrap_or_default();
+    if vcpu.cpuset.is_empty() && pins.is_empty() {
+        return Ok(());
+    }
+    for thread in process::vcpu_threads(run.pid) {
+        let cpuset = pins
+            .iter()
+            .find(|p| p.vcpu == thread.vcpu)
+            .map(|p| p.cpuset.clone())
+            .unwrap_or_else(|| vcpu.cpuset.clone());
+        if cpuset.is_empty() {
+            continue;
+        }
+        let cpus =
+            vireo_conf::domain::parse_cpuset(&cpuset, "cpuset").map_err(std::io::Error::other)?;
+        process::set_affinity(thread.tid, &cpus)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,436 @@
+//! The qemu engine: a definition as a qemu-system-x86_64 command line (started paused with -S,
+//! so the console is attached before the guest runs), and its QMP events as engine events.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use vireo_proto::compute::v1 as pb;
+
+use super::qmp::{Qmp, QmpEvent};
+use super::{DiskCounters, EngineEvent, GuestMemory, Launch, RunPaths, disk_source, unsupported};
+use crate::Error;
+
+/// A value inside a QEMU option list: commas are doubled.
+fn opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn nic_model(model: pb::InterfaceModel) -> &'static str {
+    match model {
+        pb::InterfaceModel::E1000 => "e1000",
+        pb::InterfaceModel::E1000e => "e1000e",
+        pb::InterfaceModel::Rtl8139 => "rtl8139",
+        pb::InterfaceModel::Ne2kPci => "ne2k_pci",
+        pb::InterfaceModel::Pcnet => "pcnet",
+        _ => "virtio-net-pci",
+    }
+}
+
+/// The QEMU command line for a definition. `kvm` picks the accelerator; `vnc_display` is the
+/// display number chosen for autoport VNC.
+pub fn command(
+    binary: &Path,
+    def: &pb::DomainDefinition,
+    kvm: bool,
+    taps: &[String],
+    paths: &RunPaths,
+) -> Result<Launch, Error> {
+    let os = def.os.clone().unwrap_or_default();
+    let vcpu = def.vcpu.clone().unwrap_or_default();
+    let devices = def.devices.clone().unwrap_or_default();
+    let acpi = def.features.as_ref().is_some_and(|f| f.acpi);
+    let machine = if os.machine.is_empty() {
+        "pc"
+    } else {
+        &os.machine
+    };
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("guest={},debug-threads=on", opt(&def.name)),
+        "-uuid".into(),
+        def.uuid.clone(),
+        "-machine".into(),
+        format!(
+            "{},accel={},acpi={}",
+            opt(machine),
+            if kvm { "kvm" } else { "tcg" },
+            if acpi { "on" } else { "off" }
+        ),
+        "-cpu".into(),
+        match def.cpu.as_ref() {
+            Some(cpu) if kvm && cpu.mode() == pb::CpuMode::HostPassthrough => "host".into(),
+            Some(cpu) if !cpu.model.is_empty() => opt(&cpu.model),
+            _ if kvm => "host".into(),
+            _ => "qemu64".into(),
+        },
+        "-m".into(),
+        format!("{}M", def.memory_kib.div_ceil(1024)),
+        "-smp".into(),
+        format!(
+            "{},maxcpus={}",
+            vcpu.current.unwrap_or(vcpu.count),
+            vcpu.count
+        ),
+        "-no-user-config".into(),
+        "-nodefaults".into(),
+        "-S".into(),
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            opt(&paths.control().display().to_string())
+        ),
+        "-msg".into(),
+        "timestamp=on".into(),
+    ];
+    if def.on_reboot == pb::DomainLifecycleAction::Destroy as i32 {
+        a.push("-no-reboot".into());
+    }
+    if let Some(clock) = &def.clock {
+        a.extend([
+            "-rtc".into(),
+            match clock.offset() {
+                pb::ClockOffset::Localtime => "base=localtime".into(),
+                _ => "base=utc".into(),
+            },
+        ]);
+    }
+    if let Some(loader) = &os.loader {
+        a.extend(["-bios".into(), loader.path.clone()]);
+    }
+    if !os.kernel.is_empty() {
+        a.extend(["-kernel".into(), os.kernel.clone()]);
+        if !os.initrd.is_empty() {
+            a.extend(["-initrd".into(), os.initrd.clone()]);
+        }
+        if !os.cmdline.is_empty() {
+            a.extend(["-append".into(), os.cmdline.clone()]);
+        }
+    }
+    let order: String = os
+        .boot
+        .iter()
+        .filter_map(|b| match pb::BootDevice::try_from(*b) {
+            Ok(pb::BootDevice::Hd) => Some('c'),
+            Ok(pb::BootDevice::Cdrom) => Some('d'),
+            Ok(pb::BootDevice::Network) => Some('n'),
+            Ok(pb::BootDevice::Fd) => Some('a'),
+            _ => None,
+        })
+        .collect();
+    if !order.is_empty() || os.bootmenu == Some(true) {
+        let mut boot = format!("order={}", if order.is_empty() { "c" } else { &order });
+        if os.bootmenu == Some(true) {
+            boot.push_str(",menu=on");
+        }
+        a.extend(["-boot".into(), boot]);
+    }
+
+    let mut have_ahci = false;
+    let mut have_scsi = false;
+    let mut have_usb = devices
+        .controllers
+        .iter()
+        .any(|c| c.r#type() == pb::ControllerType::Usb && c.model() != pb::ControllerModel::None);
+    for disk in &devices.disks {
+        let target = disk.target.clone().unwrap_or_default();
+        let id = format!("drive-{}", target.dev);
+        let format = match disk.driver.as_ref().map(|d| d.r#type()) {
+            Some(pb::DiskFormat::Qcow2) => "qcow2",
+            _ => "raw",
+        };
+        let cdrom = disk.device == pb::DiskDevice::Cdrom as i32;
+        let mut drive = format!("if=none,id={id}");
+        match disk_source(disk) {
+            Some(path) => drive.push_str(&format!(",file={},format={format}", opt(path))),
+            None if disk.r#type() == pb::DiskType::Volume => {
+                return Err(unsupported(
+                    "qemu",
+                    &format!(
+                        "disk {}: a volume source yet (svc-storage resolves volumes, issue #6)",
+                        target.dev
+                    ),
+                ));
+            }
+            None => {}
+        }
+        if cdrom {
+            drive.push_str(",media=cdrom");
+        }
+        if disk.readonly {
+            drive.push_str(",readonly=on");
+        }
+        if let Some(cache) = disk.driver.as_ref().map(|d| d.cache()) {
+            let cache = match cache {
+                pb::DiskCache::None => "none",
+                pb::DiskCache::Writethrough => "writethrough",
+                pb::DiskCache::Writeback => "writeback",
+                pb::DiskCache::Directsync => "directsync",
+                pb::DiskCache::Unsafe => "unsafe",
+                _ => "",
+            };
+            if !cache.is_empty() {
+                drive.push_str(&format!(",cache={cache}"));
+            }
+        }
+        if disk.device == pb::DiskDevice::Floppy as i32 {
+            drive = drive.replacen("if=none", "if=floppy", 1);
+            a.extend(["-drive".into(), drive]);
+            continue;
+        }
+        a.extend(["-drive".into(), drive]);
+        let unit = target
+            .dev
+            .chars()
+            .last()
+            .map_or(0, |c| (c as u32).saturating_sub('a' as u32));
+        let mut device = match target.bus() {
+            pb::DiskBus::Virtio if !cdrom => format!("virtio-blk-pci,drive={id},id={}", target.dev),
+            pb::DiskBus::Ide => format!(
+                "{},drive={id},id={},bus=ide.{},unit={}",
+                if cdrom { "ide-cd" } else { "ide-hd" },
+                target.dev,
+                unit / 2,
+                unit % 2
+            ),
+            pb::DiskBus::Sata => {
+                if !have_ahci {
+                    a.extend(["-device".into(), "ahci,id=sata0".into()]);
+                    have_ahci = true;
+                }
+                format!(
+                    "{},drive={id},id={},bus=sata0.{unit}",
+                    if cdrom { "ide-cd" } else { "ide-hd" },
+                    target.dev
+                )
+            }
+            pb::DiskBus::Scsi => {
+                if !have_scsi {
+                    a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+                    have_scsi = true;
+                }
+                format!(
+                    "{},drive={id},id={},bus=scsi0.0,scsi-id={unit}",
+                    if cdrom { "scsi-cd" } else { "scsi-hd" },
+                    target.dev
+                )
+            }
+            pb::DiskBus::Usb => {
+                have_usb = true;
+                format!("usb-storage,drive={id},id={}", target.dev)
+            }
+            _ => {
+                return Err(unsupported(
+                    "qemu",
+                    &format!("disk {}: this device on this bus", target.dev),
+                ));
+            }
+        };
+        if !disk.serial.is_empty() {
+            device.push_str(&format!(",serial={}", opt(&disk.serial)));
+        }
+        if let Some(order) = disk.boot_order {
+            device.push_str(&format!(",bootindex={order}"));
+        }
+        a.extend(["-device".into(), device]);
+    }
+    if have_usb
+        || devices
+            .inputs
+            .iter()
+            .any(|i| i.bus == pb::InputBus::Usb as i32)
+    {
+        a.extend(["-device".into(), "piix3-usb-uhci,id=usb".into()]);
+    }
+    for (index, (interface, tap)) in devices.interfaces.iter().zip(taps).enumerate() {
+        let netdev = if interface.r#type() == pb::InterfaceType::User {
+            format!("user,id=net{index}")
+        } else {
+            format!("tap,id=net{index},ifname={tap},script=no,downscript=no")
+        };
+        let mut device = format!(
+            "{},netdev=net{index},mac={},id=net{index}",
+            nic_model(interface.model()),
+            interface.mac
+        );
+        if let Some(order) = interface.boot_order {
+            device.push_str(&format!(",bootindex={order}"));
+        }
+        a.extend(["-netdev".into(), netdev, "-device".into(), device]);
+    }
+    if devices.serials.len() > 1 {
+        return Err(unsupported("qemu", "more than one <serial> port yet"));
+    }
+    if !devices.serials.is_empty() || !devices.consoles.is_empty() {
+        a.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=charserial0,path={},server=on,wait=off",
+                opt(&paths.serial().display().to_string())
+            ),
+            "-device".into(),
+            "isa-serial,chardev=charserial0,id=serial0".into(),
+        ]);
+    }
+    for input in &devices.inputs {
+        match (input.r#type(), input.bus()) {
+            (pb::InputType::Tablet, pb::InputBus::Usb) => {
+                a.extend(["-device".into(), "usb-tablet,id=input0".into()]);
+            }
+            (pb::InputType::Keyboard, pb::InputBus::Usb) => {
+                a.extend(["-device".into(), "usb-kbd,id=input1".into()]);
+            }
+            (pb::InputType::Mouse, pb::InputBus::Usb) => {
+                a.extend(["-device".into(), "usb-mouse,id=input2".into()]);
+            }
+            (_, pb::InputBus::Ps2 | pb::InputBus::Unspecified) => {}
+            _ => return Err(unsupported("qemu", "a virtio <input> yet")),
+        }
+    }
+    match devices.graphics.as_slice() {
+        [] => a.extend(["-display".into(), "none".into()]),
+        [graphics] if graphics.r#type() == pb::GraphicsType::Vnc => {
+            let listen = if graphics.listen.is_empty() {
+                "127.0.0.1"
+            } else {
+                &graphics.listen
+            };
+            let vnc = if graphics.autoport || graphics.port < 5900 {
+                // QEMU finds a free display from :0 on; query-vnc reports the port it took.
+                format!("{listen}:0,to=99")
+            } else {
+                format!("{listen}:{}", graphics.port - 5900)
+            };
+            a.extend(["-vnc".into(), vnc]);
+        }
+        _ => return Err(unsupported("qemu", "graphics other than one VNC display")),
+    }
+    let vga = match devices.videos.first().map(|v| v.model()) {
+        None if devices.graphics.is_empty() => "none",
+        None | Some(pb::VideoModel::Vga) => "std",
+        Some(pb::VideoModel::Cirrus) => "cirrus",
+        Some(pb::VideoModel::Qxl) => "qxl",
+        Some(pb::VideoModel::Virtio) => "virtio",
+        Some(pb::VideoModel::None) => "none",
+        Some(other) => {
+            return Err(unsupported("qemu", &format!("video model {other:?} yet")));
+        }
+    };
+    a.extend(["-vga".into(), vga.into()]);
+    if let Some(balloon) = &devices.memballoon
+        && balloon.model == pb::MemballoonModel::Virtio as i32
+    {
+        a.extend(["-device".into(), "virtio-balloon-pci,id=balloon0".into()]);
+    }
+    for (index, rng) in devices.rngs.iter().enumerate() {
+        let path = if rng.backend_path.is_empty() {
+            "/dev/urandom"
+        } else {
+            &rng.backend_path
+        };
+        a.extend([
+            "-object".into(),
+            format!("rng-random,id=objrng{index},filename={}", opt(path)),
+            "-device".into(),
+            format!("virtio-rng-pci,rng=objrng{index},id=rng{index}"),
+        ]);
+    }
+    for hostdev in &devices.hostdevs {
+        match &hostdev.source {
+            Some(pb::hostdev::Source::Pci(pci)) => a.extend([
+                "-device".into(),
+                format!(
+                    "vfio-pci,host={:04x}:{:02x}:{:02x}.{:x}",
+                    pci.domain, pci.bus, pci.slot, pci.function
+                ),
+            ]),
+            _ => return Err(unsupported("qemu", "USB or SCSI host devices yet")),
+        }
+    }
+    if !devices.channels.is_empty() {
+        return Err(unsupported("qemu", "<channel> yet"));
+    }
+    Ok(Launch {
+        program: binary.to_path_buf(),
+        args: a,
+    })
+}
+
+/// Connects to QMP and turns its events into engine events.
+pub async fn connect(
+    path: &Path,
+    events: mpsc::UnboundedSender<EngineEvent>,
+) -> Result<Qmp, String> {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<QmpEvent>();
+    let qmp = Qmp::connect(path, raw_tx)
+        .await
+        .map_err(|err| format!("QMP {}: {err}", path.display()))?;
+    tokio::spawn(async move {
+        while let Some(event) = raw_rx.recv().await {
+            let reason = event
+                .data
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let guest = event.data.get("guest").and_then(Value::as_bool) == Some(true);
+            let translated = match event.name.as_str() {
+                "SHUTDOWN" if guest && reason == "guest-reset" => EngineEvent::Reboot,
+                "SHUTDOWN" if guest && reason == "guest-panic" => {
+                    EngineEvent::Crash("guest panic".into())
+                }
+                "SHUTDOWN" if guest => EngineEvent::Poweroff,
+                "RESET" if guest => EngineEvent::Reset,
+                "GUEST_PANICKED" => EngineEvent::Crash("guest panic".into()),
+                "STOP" => EngineEvent::Paused,
+                "RESUME" => EngineEvent::Resumed,
+                _ => continue,
+            };
+            if events.send(translated).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(qmp)
+}
+
+pub async fn guest_memory(qmp: &Qmp) -> Result<GuestMemory, Error> {
+    let balloon = qmp
+        .execute("query-balloon", json!({}))
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU query-balloon: {err}")))?;
+    Ok(GuestMemory {
+        actual_kib: balloon
+            .get("actual")
+            .and_then(Value::as_u64)
+            .map(|b| b / 1024),
+        ..Default::default()
+    })
+}
+
+pub async fn disk_counters(qmp: &Qmp) -> Result<Vec<(String, DiskCounters)>, Error> {
+    let stats = qmp
+        .execute("query-blockstats", json!({}))
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU query-blockstats: {err}")))?;
+    Ok(stats
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let device = entry.get("device").and_then(Value::as_str)?;
+            let target = device.strip_prefix("drive-").unwrap_or(device).to_string();
+            let s = entry.get("stats")?;
+            let n = |name: &str| s.get(name).and_then(Value::as_i64).unwrap_or(0);
+            Some((
+                target,
+                DiskCounters {
+                    rd_req: n("rd_operations"),
+                    rd_bytes: n("rd_bytes"),
+                    wr_req: n("wr_operations"),
+                    wr_bytes: n("wr_bytes"),
+                    flush_req: n("flush_operations"),
+                },
+            ))
+        })
+        .collect())
+}

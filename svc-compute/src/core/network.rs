@@ -1,0 +1,104 @@
+//! Host side of guest interfaces: the tap devices a running guest's NICs use. A bridge
+//! interface gets a tap created for it and enslaved to the bridge (removed when the guest
+//! stops); an ethernet interface uses the tap the admin named. Virtual networks belong to
+//! svc-network and direct (macvtap) interfaces are not built yet: both are refused by name.
+
+use vireo_proto::compute::v1 as pb;
+
+use crate::Error;
+
+async fn ip(args: &[&str]) -> Result<(), Error> {
+    let output = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|err| Error::Engine(format!("cannot run ip: {err}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Engine(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// The tap name of each interface, in order ("" for user networking). Taps created here are
+/// removed again if a later one fails.
+pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<String>, Error> {
+    let mut taps = Vec::new();
+    let mut created = Vec::new();
+    let interfaces = def
+        .devices
+        .as_ref()
+        .map(|d| d.interfaces.as_slice())
+        .unwrap_or(&[]);
+    for (index, interface) in interfaces.iter().enumerate() {
+        let source = interface.source.clone().unwrap_or_default();
+        let result = match interface.r#type() {
+            pb::InterfaceType::User => Ok(String::new()),
+            pb::InterfaceType::Ethernet => {
+                if interface.target_dev.is_empty() {
+                    Err(Error::Definition(vireo_conf::ConfError::new(
+                        format!("domain/devices/interface[{}]/target@dev", interface.mac),
+                        "an ethernet interface names its tap device",
+                    )))
+                } else {
+                    Ok(interface.target_dev.clone())
+                }
+            }
+            pb::InterfaceType::Bridge => {
+                let name = if interface.target_dev.is_empty() {
+                    format!("vireo{id}n{index}")
+                } else {
+                    interface.target_dev.clone()
+                };
+                let bridge = &source.bridge;
+                if !std::path::Path::new(&format!("/sys/class/net/{bridge}/bridge")).exists() {
+                    Err(Error::State(format!(
+                        "interface {}: bridge '{bridge}' does not exist on this host",
+                        interface.mac
+                    )))
+                } else {
+                    let made = async {
+                        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).await?;
+                        ip(&["link", "set", "dev", &name, "master", bridge]).await?;
+                        ip(&["link", "set", "dev", &name, "up"]).await
+                    }
+                    .await;
+                    if made.is_ok() {
+                        created.push(name.clone());
+                    } else {
+                        let _ = ip(&["link", "del", "dev", &name]).await;
+                    }
+                    made.map(|()| name)
+                }
+            }
+            pb::InterfaceType::Network => Err(Error::Unsupported(format!(
+                "interface {}: virtual networks (type='network') arrive with svc-network (issue #7); use type='bridge' meanwhile",
+                interface.mac
+            ))),
+            _ => Err(Error::Unsupported(format!(
+                "interface {}: type='direct' (macvtap) is not built yet",
+                interface.mac
+            ))),
+        };
+        match result {
+            Ok(tap) => taps.push(tap),
+            Err(err) => {
+                remove_taps(&created).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(taps)
+}
+
+/// Removes the taps created for a guest (names starting with "vireo"; an admin's ethernet tap
+/// is left alone).
+pub async fn remove_taps(taps: &[String]) {
+    for tap in taps.iter().filter(|t| t.starts_with("vireo")) {
+        let _ = ip(&["link", "del", "dev", tap]).await;
+    }
+}
