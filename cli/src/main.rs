@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let mut connection = Connection::new(&cli.uri, cli.readonly);
         match cli.command {
             None => shell::run(&mut connection, cli.output).await,
@@ -60,5 +60,8 @@ fn main() -> ExitCode {
                 Err(Failed) => ExitCode::FAILURE,
             },
         }
-    })
+    });
+    // A console may leave a read of stdin pending; it must not keep the process alive.
+    runtime.shutdown_background();
+    code
 }

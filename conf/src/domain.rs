@@ -459,6 +459,11 @@ pub fn parse(xml: &str) -> Result<pb::DomainDefinition, ConfError> {
         def.devices = Some(parse_devices(el)?);
     }
     if let Some(mut el) = root.child("vireo:engine") {
+        if let Some(ns) = el.attr("xmlns:vireo")
+            && ns != VIREO_XML_NAMESPACE
+        {
+            return Err(el.attr_error("xmlns:vireo", format!("must be {VIREO_XML_NAMESPACE}")));
+        }
         let text = el.text();
         def.engine = lookup(ENGINES, &text, el.path.clone())? as i32;
         el.finish()?;

@@ -82,6 +82,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// A running server process with its own temporary directories.
 pub struct Server {
     pub child: Child,
+    binary_name: String,
+    extra: Vec<String>,
     pub dirs: tempfile::TempDir,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -95,21 +97,12 @@ impl Server {
         let dirs = tempfile::tempdir().expect("temp dir");
         let state_dir = dirs.path().join("state");
         let run_dir = dirs.path().join("run");
-        let log = std::fs::File::create(dirs.path().join("log")).expect("log file");
-        let child = Command::new(binary(binary_name))
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {binary_name}: {err}"));
+        let child = spawn_server(binary_name, dirs.path(), &state_dir, &run_dir, extra);
         let socket = run_dir.join(socket_name);
         let mut server = Server {
             child,
+            binary_name: binary_name.to_string(),
+            extra: extra.iter().map(ToString::to_string).collect(),
             dirs,
             state_dir,
             run_dir,
@@ -117,6 +110,28 @@ impl Server {
         };
         server.wait_serving("");
         server
+    }
+
+    /// Kills the server with SIGKILL (no clean-up of its own runs) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same server again on the same directories (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = spawn_server(
+            &self.binary_name,
+            self.dirs.path(),
+            &self.state_dir,
+            &self.run_dir,
+            &extra,
+        );
+        self.wait_serving("");
+        for name in self.service_names() {
+            self.wait_serving(&name);
+        }
     }
 
     /// vireod on temporary directories, with every service SERVING through the gateway.
@@ -248,7 +263,98 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Guests outlive the service by design; a test's guests must not outlive the test.
+        for pid in self.guest_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
+}
+
+impl Server {
+    /// Engine processes of the guests svc-compute runs (from its run directory).
+    pub fn guest_pids(&self) -> Vec<i32> {
+        std::fs::read_dir(self.run_dir.join("compute"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let status = std::fs::read(entry.path().join("status.json")).ok()?;
+                let status: serde_json::Value = serde_json::from_slice(&status).ok()?;
+                i32::try_from(status.get("pid")?.as_u64()?).ok()
+            })
+            .collect()
+    }
+}
+
+fn spawn_server(
+    binary_name: &str,
+    dir: &Path,
+    state_dir: &Path,
+    run_dir: &Path,
+    extra: &[&str],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .expect("log file");
+    Command::new(binary(binary_name))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {binary_name}: {err}"))
+}
+
+/// The test-guest kit's directory (`VIREO_GUEST_DIR`, set by scripts/test).
+pub fn kit_dir() -> PathBuf {
+    std::env::var_os("VIREO_GUEST_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
+}
+
+/// The kit's `files`, or what is missing. Under scripts/test (VIREO_GUEST_DIR set) a missing
+/// file is a failure, not a skip.
+pub fn kit_files(files: &[&str]) -> Result<PathBuf, String> {
+    let kit = kit_dir();
+    if let Some(missing) = files.iter().find(|f| !kit.join(f).exists()) {
+        assert!(
+            std::env::var_os("VIREO_GUEST_DIR").is_none(),
+            "the kit in {} has no {missing}",
+            kit.display()
+        );
+        return Err(format!(
+            "the test-guest kit's {missing} in {} (run scripts/guest-kit)",
+            kit.display()
+        ));
+    }
+    Ok(kit)
+}
+
+/// Whether this host can run vireo-vmm guests: a usable /dev/kvm.
+pub fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|err| format!("a usable /dev/kvm ({err})"))
+}
+
+/// Whether qemu-system-x86_64 is installed.
+pub fn qemu_installed() -> Result<(), String> {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(drop)
+        .map_err(|_| "qemu-system-x86_64 (Debian package qemu-system-x86)".to_string())
 }
 
 /// Runs a command with `stdin` fed in, capturing stdout and stderr.

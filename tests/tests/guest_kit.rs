@@ -8,14 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vireo_tests::{repo_root, skip, stdout};
+use vireo_tests::{kit_dir, kit_files, qemu_installed, repo_root, skip, stdout};
 
 const MARKER: &str = "VIREO-GUEST-READY";
-
-fn kit_dir() -> PathBuf {
-    std::env::var_os("VIREO_GUEST_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/vireo/guests"), PathBuf::from)
-}
 
 /// Boots the kit under `qemu-system-x86_64 -accel tcg` with `cmdline`, returns the serial output
 /// once QEMU exits (the guest powers off), bounded by `deadline`.
@@ -81,27 +76,8 @@ fn boot(cmdline: &str, deadline: Duration) -> String {
 }
 
 fn kit_ready() -> Result<(), String> {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("qemu-system-x86_64 (Debian package qemu-system-x86)".into());
-    }
-    let kit = kit_dir();
-    if !kit.join("vmlinuz").exists() || !kit.join("initramfs.cpio.gz").exists() {
-        // scripts/test builds the kit and sets VIREO_GUEST_DIR: there a missing kit is a failure.
-        assert!(
-            std::env::var_os("VIREO_GUEST_DIR").is_none(),
-            "the kit in {} is incomplete",
-            kit.display()
-        );
-        return Err(format!(
-            "the test-guest kit in {} (run scripts/guest-kit)",
-            kit.display()
-        ));
-    }
-    Ok(())
+    qemu_installed()?;
+    kit_files(&["vmlinuz", "initramfs.cpio.gz"]).map(drop)
 }
 
 #[test]

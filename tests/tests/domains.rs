@@ -1,0 +1,875 @@
+//! Domains end to end: vireod and vireo as users run them, guests on both engines (a Debian
+//! kernel under QEMU TCG, the tiny guest on this host's KVM), definitions and guests that survive
+//! kill -9 of the service, and the errors users see for bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
+use vireo_proto::compute::v1 as pb;
+use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
+use vireo_tests::{
+    Server, binary, block_on, kit_files, kvm_usable, qemu_installed, skip, stderr, stdout,
+    wait_until,
+};
+
+/// Runs vireo and insists it succeeds; returns stdout.
+fn ok(server: &Server, args: &[&str]) -> String {
+    let output = server.vireo(args);
+    assert!(
+        output.status.success(),
+        "vireo {args:?} failed: {}\nlog:\n{}",
+        stderr(&output),
+        server.log()
+    );
+    stdout(&output)
+}
+
+/// Runs vireo and insists it fails; returns stderr.
+fn fails(server: &Server, args: &[&str]) -> String {
+    let output = server.vireo(args);
+    assert!(
+        !output.status.success(),
+        "vireo {args:?} should have failed; printed {}",
+        stdout(&output)
+    );
+    stderr(&output)
+}
+
+fn state(server: &Server, name: &str) -> String {
+    ok(server, &["domstate", name, "--reason"])
+        .trim()
+        .to_string()
+}
+
+fn wait_state(server: &Server, name: &str, wanted: &str, deadline: Duration) {
+    wait_until(deadline, &format!("{name} to be {wanted}"), || {
+        (state(server, name) == wanted).then_some(())
+    });
+}
+
+fn write_xml(dir: &Path, name: &str, xml: &str) -> String {
+    let path = dir.join(format!("{name}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    path.display().to_string()
+}
+
+/// `vireo console NAME` in the background, collecting what the guest prints.
+struct Console {
+    child: Child,
+    seen: Arc<Mutex<String>>,
+}
+
+impl Console {
+    fn attach(server: &Server, name: &str, force: bool) -> Console {
+        let mut command = Command::new(binary("vireo"));
+        command
+            .arg("-c")
+            .arg(format!("unix://{}", server.socket.display()))
+            .args(["console", name]);
+        if force {
+            command.arg("--force");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Console { child, seen }
+    }
+
+    fn wait_for(&self, text: &str, deadline: Duration) {
+        let started = Instant::now();
+        while !self.seen.lock().unwrap().contains(text) {
+            assert!(
+                started.elapsed() < deadline,
+                "console never showed {text:?}; it showed:\n{}",
+                self.seen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Ctrl-], as in virsh; the client must exit by itself.
+    fn leave(mut self) -> String {
+        self.type_text("\u{1d}");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "vireo console did not leave on Ctrl-]"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "vireo console exited with {status}");
+        let seen = self.seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// Waits for the session to end by itself (the guest stopped or another client forced it).
+    fn wait_ended(mut self, deadline: Duration) -> (bool, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the console session did not end"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut errors = String::new();
+        let _ = self
+            .child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut errors);
+        (status.success(), errors)
+    }
+}
+
+/// `vireo event --loop` in the background.
+struct Events {
+    child: Child,
+}
+
+impl Events {
+    fn watch(server: &Server) -> Events {
+        let child = Command::new(binary("vireo"))
+            .arg("-c")
+            .arg(format!("unix://{}", server.socket.display()))
+            .args(["event", "--loop", "--all"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let the subscription reach the service before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        Events { child }
+    }
+
+    fn lines(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let output = self.child.wait_with_output().unwrap();
+        stdout(&output).lines().map(str::to_string).collect()
+    }
+}
+
+fn debian_xml(name: &str, kit: &Path) -> String {
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 vireo.hold=1</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <serial type='pty'/>
+  </devices>
+</domain>
+",
+        kernel = kit.join("vmlinuz").display(),
+        initrd = kit.join("initramfs.cpio.gz").display(),
+    )
+}
+
+fn tiny_xml(name: &str, kit: &Path, actions: &str, extra: &str) -> String {
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <os>
+    <type>hvm</type>
+    <kernel>{kernel}</kernel>
+    <cmdline>console=ttyS0 tiny.test={actions}</cmdline>
+  </os>
+  {extra}
+  <devices>
+    <serial type='pty'/>
+  </devices>
+</domain>
+",
+        kernel = kit.join("tiny.elf").display(),
+    )
+}
+
+/// The flow every engine goes through: define, start, console, suspend, resume, a graceful
+/// shutdown the guest carries out, start again, destroy, undefine; with the events it publishes.
+fn lifecycle(
+    server: &Server,
+    name: &str,
+    xml_path: &str,
+    ready: &str,
+    powered_off: &str,
+    boot: Duration,
+) {
+    let events = Events::watch(server);
+    assert!(ok(server, &["define", xml_path]).contains(&format!("Domain '{name}' defined")));
+    let listed = ok(server, &["list", "--all"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(name) && l.contains("shut off")),
+        "{listed}"
+    );
+    assert_eq!(state(server, name), "shut off (unknown)");
+
+    assert!(ok(server, &["start", name]).contains(&format!("Domain '{name}' started")));
+    assert_eq!(state(server, name), "running (booted)");
+    let id: i32 = ok(server, &["domid", name]).trim().parse().unwrap();
+    assert!(id > 0);
+    let console = Console::attach(server, name, false);
+    console.wait_for(ready, boot);
+    // A second client is refused while the first holds the console.
+    let refused = fails(server, &["console", name]);
+    assert!(refused.contains("in use by another client"), "{refused}");
+    let seen = console.leave();
+    assert!(
+        seen.contains(&format!("Connected to domain '{name}'")),
+        "{seen}"
+    );
+
+    ok(server, &["suspend", name]);
+    assert_eq!(state(server, name), "paused (user)");
+    let refused = fails(server, &["shutdown", name]);
+    assert!(refused.contains("paused"), "{refused}");
+    ok(server, &["resume", name]);
+    assert_eq!(state(server, name), "running (unpaused)");
+
+    // Graceful shutdown: the power button; the guest powers itself off.
+    let console = Console::attach(server, name, false);
+    assert!(ok(server, &["shutdown", name]).contains("is being shutdown"));
+    wait_state(server, name, "shut off (shutdown)", Duration::from_secs(60));
+    console.wait_for(powered_off, Duration::from_secs(5));
+    let (clean, _) = console.wait_ended(Duration::from_secs(10));
+    assert!(
+        !clean,
+        "the console session ends with an error when the guest stops"
+    );
+    assert_eq!(ok(server, &["domid", name]).trim(), "-");
+
+    ok(server, &["start", name]);
+    let second: i32 = ok(server, &["domid", name]).trim().parse().unwrap();
+    assert!(second > id, "a new run gets a new id ({second} after {id})");
+    let refused = fails(server, &["start", name]);
+    assert!(refused.contains("already active"), "{refused}");
+    assert!(ok(server, &["destroy", name]).contains("destroyed"));
+    assert_eq!(state(server, name), "shut off (destroyed)");
+    assert!(ok(server, &["undefine", name]).contains("has been undefined"));
+    assert!(!ok(server, &["list", "--all"]).contains(name));
+    assert!(
+        std::fs::read_dir(server.run_dir.join("compute"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the run directory keeps nothing of a stopped guest"
+    );
+
+    let lines = events.lines();
+    let expected = [
+        "Defined Added",
+        "Started Booted",
+        "Suspended Paused",
+        "Resumed Unpaused",
+        "Shutdown Finished",
+        "Stopped Shutdown",
+        "Started Booted",
+        "Stopped Destroyed",
+        "Undefined Removed",
+    ];
+    let got: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&format!("event 'lifecycle' for domain '{name}': ")))
+        .collect();
+    assert_eq!(got, expected, "events: {lines:?}");
+}
+
+#[test]
+fn qemu_engine_runs_a_debian_guest_through_its_lifecycle() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(dir.path(), "debian", &debian_xml("debian", &kit));
+    lifecycle(
+        &server,
+        "debian",
+        &xml,
+        "VIREO-GUEST-READY",
+        "VIREO-POWER-BUTTON",
+        Duration::from_secs(90),
+    );
+}
+
+#[test]
+fn vmm_engine_runs_the_tiny_guest_through_its_lifecycle() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(
+        dir.path(),
+        "tiny",
+        &tiny_xml("tiny", &kit, "wait-shutdown", ""),
+    );
+    lifecycle(
+        &server,
+        "tiny",
+        &xml,
+        "TINY: waiting for shutdown request",
+        "TINY: shutdown request",
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn lifecycle_actions_apply_on_the_vmm_engine() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "reboots",
+            "reset",
+            "<on_reboot>destroy</on_reboot>",
+            "shut off (shutdown)",
+        ),
+        ("crashes", "triple-fault", "", "shut off (crashed)"),
+        (
+            "keeps",
+            "triple-fault",
+            "<on_crash>preserve</on_crash>",
+            "crashed (unknown)",
+        ),
+        ("poweroff", "poweroff", "", "shut off (shutdown)"),
+    ];
+    for (name, action, extra, expected) in cases {
+        let xml = write_xml(dir.path(), name, &tiny_xml(name, &kit, action, extra));
+        ok(&server, &["define", &xml]);
+        ok(&server, &["start", name]);
+        wait_state(&server, name, expected, Duration::from_secs(10));
+    }
+    // on_reboot=restart (the default): a reset starts the guest again with the same id.
+    let xml = write_xml(
+        dir.path(),
+        "again",
+        &tiny_xml("again", &kit, "wait-shutdown", ""),
+    );
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "again"]);
+    let id = ok(&server, &["domid", "again"]);
+    ok(&server, &["reset", "again"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(&server, "again"), "running (booted)");
+    assert_eq!(ok(&server, &["domid", "again"]), id);
+    // virsh reboot: the guest powers off on the button and is started again.
+    ok(&server, &["reboot", "again"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&server, "again"), "running (booted)");
+    ok(&server, &["destroy", "again"]);
+}
+
+#[test]
+fn guests_and_consoles_survive_kill_9_of_vireod() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf", "vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let with_qemu = qemu_installed().is_ok();
+    let mut server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = write_xml(
+        dir.path(),
+        "tiny",
+        &tiny_xml("tiny", &kit, "wait-shutdown", ""),
+    );
+    ok(&server, &["define", &tiny]);
+    ok(&server, &["start", "tiny"]);
+    if with_qemu {
+        let debian = write_xml(dir.path(), "debian", &debian_xml("debian", &kit));
+        ok(&server, &["define", &debian]);
+        ok(&server, &["start", "debian"]);
+    }
+    let before = ok(&server, &["list"]);
+    let pids = server.guest_pids();
+    assert_eq!(pids.len(), if with_qemu { 2 } else { 1 });
+
+    server.kill9();
+    for pid in &pids {
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "guest process {pid} died with the service"
+        );
+    }
+    server.restart();
+    assert_eq!(
+        ok(&server, &["list"]),
+        before,
+        "same guests, same ids, same states"
+    );
+    // The console still works: the tiny guest's output is there, and it still takes the button.
+    let console = Console::attach(&server, "tiny", false);
+    console.wait_for("TINY: waiting for shutdown request", Duration::from_secs(5));
+    ok(&server, &["shutdown", "tiny"]);
+    wait_state(
+        &server,
+        "tiny",
+        "shut off (shutdown)",
+        Duration::from_secs(10),
+    );
+    console.wait_ended(Duration::from_secs(5));
+    if with_qemu {
+        // QMP answers again after the restart.
+        ok(&server, &["suspend", "debian"]);
+        assert_eq!(state(&server, "debian"), "paused (user)");
+        ok(&server, &["destroy", "debian"]);
+    }
+    assert!(server.guest_pids().is_empty());
+}
+
+fn object(name: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    })
+}
+
+#[test]
+fn definitions_survive_kill_9_during_define_and_undefine() {
+    let mut server = Server::vireod();
+    let names: Vec<String> = (0..4).map(|i| format!("d{i}")).collect();
+    // What each name's last acknowledged operation left: defined or not.
+    let mut acknowledged: std::collections::BTreeMap<String, bool> =
+        std::collections::BTreeMap::new();
+    let rounds = 25;
+    let mut interrupted = 0;
+    for round in 0..rounds {
+        let log: Arc<Mutex<Vec<(String, bool, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+        let socket = server.socket.clone();
+        let worker_log = log.clone();
+        let worker_names = names.clone();
+        let worker = std::thread::spawn(move || {
+            block_on(async move {
+                let Ok(channel) = vireo_runtime::client::connect_unix(&socket).await else {
+                    return;
+                };
+                let mut client = DomainServiceClient::new(channel);
+                for step in 0u64.. {
+                    let name = &worker_names[usize::try_from(step % 4).unwrap()];
+                    let define = (step / 4) % 2 == 0;
+                    worker_log
+                        .lock()
+                        .unwrap()
+                        .push((name.clone(), define, false));
+                    let result = if define {
+                        let xml = format!(
+                            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><description>{}</description></domain>",
+                            "x".repeat(usize::try_from(step % 2000).unwrap())
+                        );
+                        client
+                            .define_domain(pb::DefineDomainRequest {
+                                source: Some(pb::define_domain_request::Source::Xml(xml)),
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop)
+                    } else {
+                        client
+                            .undefine_domain(pb::UndefineDomainRequest {
+                                domain: object(name),
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop)
+                    };
+                    match result {
+                        Ok(()) => worker_log.lock().unwrap().last_mut().unwrap().2 = true,
+                        Err(status) if status.code() == tonic::Code::NotFound => {
+                            worker_log.lock().unwrap().last_mut().unwrap().2 = true;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        });
+        std::thread::sleep(Duration::from_millis(20 + (round * 37) % 90));
+        server.kill9();
+        worker.join().unwrap();
+        let log = log.lock().unwrap().clone();
+        let mut in_flight = None;
+        for (name, define, acked) in &log {
+            if *acked {
+                acknowledged.insert(name.clone(), *define);
+            } else {
+                in_flight = Some(name.clone());
+            }
+        }
+        if in_flight.is_some() {
+            interrupted += 1;
+        }
+        server.restart();
+        let listed = ok(&server, &["list", "--all", "--name"]);
+        for name in &names {
+            let present = listed.lines().any(|l| l.trim() == name);
+            if in_flight.as_ref() != Some(name) {
+                let expected = acknowledged.get(name).copied().unwrap_or(false);
+                assert_eq!(present, expected, "round {round}: {name} after kill -9");
+            }
+            if present {
+                // Whole, not torn: it dumps and parses.
+                let xml = ok(&server, &["dumpxml", name]);
+                assert!(xml.contains(&format!("<name>{name}</name>")), "{xml}");
+            }
+            if in_flight.as_ref() == Some(name) {
+                acknowledged.insert(name.clone(), present);
+            }
+        }
+        let domains = server.state_dir.join("compute/domains");
+        for entry in std::fs::read_dir(&domains).unwrap().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            assert!(
+                file.ends_with(".xml"),
+                "left in {}: {file}",
+                domains.display()
+            );
+        }
+    }
+    eprintln!("{rounds} kills, {interrupted} with an operation in flight");
+}
+
+#[test]
+fn fifty_domains_defined_and_ten_running() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        let name = format!("g{i:02}");
+        let xml = write_xml(
+            dir.path(),
+            &name,
+            &tiny_xml(&name, &kit, "wait-shutdown", ""),
+        );
+        ok(&server, &["define", &xml]);
+    }
+    let count = |args: &[&str]| {
+        ok(&server, args)
+            .lines()
+            .filter(|l| l.trim().starts_with('g'))
+            .count()
+    };
+    assert_eq!(count(&["list", "--all", "--name"]), 50);
+    for i in 0..10 {
+        ok(&server, &["start", &format!("g{i:02}")]);
+        let listed = ok(&server, &["list"]);
+        assert_eq!(
+            listed.lines().filter(|l| l.contains("running")).count(),
+            i + 1,
+            "{listed}"
+        );
+        assert_eq!(count(&["list", "--inactive", "--name"]), 50 - (i + 1));
+    }
+    assert_eq!(server.guest_pids().len(), 10);
+    let listed = ok(&server, &["list", "--all"]);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" g")).count(),
+        50,
+        "{listed}"
+    );
+    for i in 0..10 {
+        ok(&server, &["destroy", &format!("g{i:02}")]);
+    }
+    assert_eq!(count(&["list", "--name"]), 0);
+}
+
+#[test]
+fn bad_input_gets_errors_that_name_what_is_wrong() {
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_xml(
+        dir.path(),
+        "bad",
+        "<domain type='kvm'><name>x</name><memory>",
+    );
+    assert!(fails(&server, &["define", &bad]).contains("xml: <memory> is not closed"));
+    let huge = write_xml(
+        dir.path(),
+        "huge",
+        "<domain type='kvm'><name>huge</name><memory unit='KiB'>9223372036854775808</memory></domain>",
+    );
+    assert!(
+        fails(&server, &["define", &huge])
+            .contains("domain/memory: 9223372036854775808 KiB is more than")
+    );
+    let sound = write_xml(
+        dir.path(),
+        "sound",
+        "<domain type='qemu'><name>s</name><memory>65536</memory><devices><sound model='ich6'/></devices></domain>",
+    );
+    assert!(fails(&server, &["define", &sound]).contains("<sound> is not supported by Vireo"));
+    let dots = write_xml(
+        dir.path(),
+        "dots",
+        "<domain type='qemu'><name>d</name><memory>65536</memory><os><type>hvm</type><kernel>/boot/../etc/shadow</kernel></os></domain>",
+    );
+    assert!(fails(&server, &["define", &dots]).contains("must not contain '..'"));
+    assert!(fails(&server, &["start", "nosuch"]).contains("no such domain"));
+    assert!(fails(&server, &["dominfo", "nosuch"]).contains("no such domain"));
+    assert!(
+        ok(&server, &["list", "--all", "--name"]).trim().is_empty(),
+        "nothing half-created"
+    );
+
+    // A guest whose engine cannot start leaves nothing running and says why.
+    let broken = write_xml(
+        dir.path(),
+        "broken",
+        "<domain type='qemu'><name>broken</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>/nonexistent/vmlinuz</kernel></os><devices><serial type='pty'/></devices></domain>",
+    );
+    ok(&server, &["define", &broken]);
+    if qemu_installed().is_ok() {
+        let error = fails(&server, &["start", "broken"]);
+        assert!(error.contains("QEMU did not start the guest"), "{error}");
+        assert!(error.contains("/nonexistent/vmlinuz"), "{error}");
+        assert_eq!(state(&server, "broken"), "shut off (failed)");
+        assert!(server.guest_pids().is_empty());
+    }
+    // Same name, another UUID: refused.
+    let twin = write_xml(
+        dir.path(),
+        "twin",
+        "<domain type='qemu'><name>broken</name><uuid>11111111-2222-4333-8444-555555555555</uuid><memory>65536</memory></domain>",
+    );
+    assert!(fails(&server, &["define", &twin]).contains("already exists"));
+    // The vmm engine names what it cannot run.
+    let graphics = write_xml(
+        dir.path(),
+        "gfx",
+        "<domain type='kvm'><name>gfx</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>/boot/vmlinuz</kernel></os><devices><graphics type='vnc'/></devices><vireo:engine xmlns:vireo='urn:x-vireo:xmlns:1'>vmm</vireo:engine></domain>",
+    );
+    ok(&server, &["define", &graphics]);
+    let error = fails(&server, &["start", "gfx"]);
+    assert!(
+        error.contains("the vmm engine cannot run <graphics>")
+            || error.contains("vmm engine is unavailable"),
+        "{error}"
+    );
+    assert!(server.guest_pids().is_empty());
+}
+
+#[test]
+fn inspection_and_tuning_of_a_running_tiny_guest() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let xml = tiny_xml("t", &kit, "wait-shutdown", "<vcpu>2</vcpu>").replace(
+        "<serial type='pty'/>",
+        &format!(
+            "<serial type='pty'/><disk type='file'><source file='{}'/><target dev='vda'/></disk>",
+            disk.display()
+        ),
+    );
+    let xml = write_xml(dir.path(), "t", &xml);
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "t"]);
+
+    let info = ok(&server, &["dominfo", "t"]);
+    for line in [
+        "State:          running",
+        "CPU(s):         2",
+        "Max memory:     32768 KiB",
+        "Engine:         vmm",
+    ] {
+        assert!(info.contains(line), "{info}");
+    }
+    let vcpus = ok(&server, &["vcpuinfo", "t"]);
+    assert_eq!(vcpus.matches("VCPU:").count(), 2, "{vcpus}");
+    ok(&server, &["vcpupin", "t", "1", "0"]);
+    let pins = ok(&server, &["vcpupin", "t"]);
+    assert!(
+        pins.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "0"]),
+        "{pins}"
+    );
+    assert!(ok(&server, &["dumpxml", "t"]).contains("<vcpupin vcpu='1' cpuset='0'/>"));
+
+    let blocks = ok(&server, &["domblklist", "t"]);
+    assert!(
+        blocks.contains(&format!("vda      {}", disk.display())),
+        "{blocks}"
+    );
+    let stats = ok(&server, &["domblkstat", "t", "vda"]);
+    assert!(stats.contains("vda rd_req "), "{stats}");
+    ok(&server, &["setmem", "t", "16M"]);
+    let memory = ok(&server, &["dommemstat", "t"]);
+    assert!(
+        memory.contains("actual ") && memory.contains("rss "),
+        "{memory}"
+    );
+    assert!(
+        ok(&server, &["dumpxml", "t"]).contains("<currentMemory unit='KiB'>16384</currentMemory>")
+    );
+    assert!(fails(&server, &["setmem", "t", "1G"]).contains("more than the domain's maximum"));
+
+    // Devices: the persistent definition always; live changes are refused by name.
+    let extra = dir.path().join("extra.img");
+    std::fs::write(&extra, b"").unwrap();
+    let live = fails(
+        &server,
+        &["attach-disk", "t", &extra.display().to_string(), "vdb"],
+    );
+    assert!(live.contains("not supported by the vmm engine"), "{live}");
+    ok(
+        &server,
+        &[
+            "attach-disk",
+            "t",
+            &extra.display().to_string(),
+            "vdb",
+            "--config",
+        ],
+    );
+    assert!(ok(&server, &["domblklist", "t", "--inactive"]).contains("vdb"));
+    assert!(!ok(&server, &["domblklist", "t"]).contains("vdb"));
+    ok(
+        &server,
+        &[
+            "attach-interface",
+            "t",
+            "bridge",
+            "br0",
+            "--mac",
+            "52:54:00:aa:bb:cc",
+            "--config",
+        ],
+    );
+    let interfaces = ok(&server, &["domiflist", "t", "--inactive"]);
+    assert!(
+        interfaces.contains("bridge") && interfaces.contains("52:54:00:aa:bb:cc"),
+        "{interfaces}"
+    );
+    ok(
+        &server,
+        &[
+            "detach-interface",
+            "t",
+            "bridge",
+            "--mac",
+            "52:54:00:aa:bb:cc",
+            "--config",
+        ],
+    );
+    ok(&server, &["detach-disk", "t", "vdb", "--config"]);
+    assert!(!ok(&server, &["domblklist", "t", "--inactive"]).contains("vdb"));
+    ok(&server, &["setvcpus", "t", "1", "--config"]);
+    assert!(ok(&server, &["dumpxml", "t", "--inactive"]).contains("current='1'"));
+    ok(&server, &["setmaxmem", "t", "64M", "--config"]);
+    assert!(
+        ok(&server, &["dumpxml", "t", "--inactive"]).contains("<memory unit='KiB'>65536</memory>")
+    );
+
+    ok(&server, &["autostart", "t"]);
+    assert!(ok(&server, &["list", "--autostart", "--name"]).contains('t'));
+    assert!(ok(&server, &["dominfo", "t"]).contains("Autostart:      enable"));
+    let uuid = ok(&server, &["domuuid", "t"]);
+    assert_eq!(ok(&server, &["domname", uuid.trim()]).trim(), "t");
+    ok(&server, &["destroy", "t"]);
+}
+
+#[test]
+fn autostart_domains_start_with_the_service() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let mut server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(
+        dir.path(),
+        "auto",
+        &tiny_xml("auto", &kit, "wait-shutdown", ""),
+    );
+    ok(&server, &["define", &xml]);
+    ok(&server, &["autostart", "auto"]);
+    assert_eq!(
+        server
+            .terminate(Duration::from_secs(10))
+            .map(|s| s.success()),
+        Some(true)
+    );
+    server.restart();
+    assert_eq!(state(&server, "auto"), "running (booted)");
+    ok(&server, &["autostart", "auto", "--disable"]);
+    ok(&server, &["destroy", "auto"]);
+}
