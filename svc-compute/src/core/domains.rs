@@ -874,14 +874,30 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let control = match Control::connect(placement.engine, paths, events_tx).await {
-            Ok(control) => control,
-            Err(err) => {
-                process::signal(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait().await;
-                return Err(failed(err));
+        let mut attempts = 0;
+        let control = loop {
+            match Control::connect(placement.engine, paths, events_tx.clone()).await {
+                Ok(control) => break control,
+                // The guest already ran and ended (a guest that powers off at once): the
+                // supervisor reads its exit status like any other.
+                Err(_) if matches!(child.try_wait(), Ok(Some(_))) => {
+                    break match placement.engine {
+                        pb::Engine::Vmm => Control::Vmm(paths.control()),
+                        _ => return Err(failed("exited before it could be controlled".into())),
+                    };
+                }
+                Err(err) if attempts >= 50 => {
+                    process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait().await;
+                    return Err(failed(err));
+                }
+                Err(_) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         };
+        drop(events_tx);
         let has_serial = live
             .devices
             .as_ref()
