@@ -247,11 +247,8 @@ fn later_work_answers_unimplemented_and_names_it() {
     let status = block_on(async {
         let mut client =
             compute::domain_service_client::DomainServiceClient::new(vireod.connect().await);
-        let request = compute::GetDomainXmlRequest {
-            host: String::new(),
-            ..Default::default()
-        };
-        client.get_domain_xml(request).await.unwrap_err()
+        let request = compute::ListSnapshotsRequest::default();
+        client.list_snapshots(request).await.unwrap_err()
     });
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
