@@ -284,6 +284,99 @@ pub enum DomainCommand {
         #[command(flatten)]
         scope: ScopeArgs,
     },
+    /// Show or set CPU scheduler parameters (cgroup CPU shares and quota)
+    Schedinfo {
+        domain: String,
+        /// cpu_shares=N, vcpu_period=US or vcpu_quota=US (repeatable)
+        #[arg(long)]
+        set: Vec<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Show or set memory limits (cgroup); sizes in KiB or with a unit, -1 for unlimited
+    Memtune {
+        domain: String,
+        #[arg(long, allow_hyphen_values = true)]
+        hard_limit: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        soft_limit: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        swap_hard_limit: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        min_guarantee: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Show a guest's CPU time per host CPU and in total
+    CpuStats {
+        domain: String,
+        #[arg(long)]
+        start: Option<u32>,
+        #[arg(long)]
+        count: Option<u32>,
+        #[arg(long)]
+        total: bool,
+    },
+    /// Show statistics of domains (all when none is named)
+    Domstats {
+        domains: Vec<String>,
+        #[arg(long)]
+        state: bool,
+        #[arg(long)]
+        cpu_total: bool,
+        #[arg(long)]
+        balloon: bool,
+        #[arg(long)]
+        vcpu: bool,
+        #[arg(long)]
+        interface: bool,
+        #[arg(long)]
+        block: bool,
+    },
+    /// Show the addresses of a guest's interfaces
+    Domifaddr {
+        domain: String,
+        #[arg(long)]
+        interface: Option<String>,
+        /// lease, agent or arp
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Take a snapshot of a domain
+    SnapshotCreateAs {
+        domain: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        disk_only: bool,
+    },
+    /// List a domain's snapshots
+    SnapshotList { domain: String },
+    /// Return a domain to a snapshot
+    SnapshotRevert {
+        domain: String,
+        snapshotname: Option<String>,
+        #[arg(long)]
+        current: bool,
+    },
+    /// Delete a snapshot
+    SnapshotDelete {
+        domain: String,
+        snapshotname: Option<String>,
+        #[arg(long)]
+        current: bool,
+    },
+    /// Write a guest's memory to a file (core dump)
+    Dump {
+        domain: String,
+        file: String,
+        #[arg(long)]
+        memory_only: bool,
+        #[arg(long)]
+        live: bool,
+    },
     /// Print domain lifecycle events
     Event {
         domain: Option<String>,
@@ -1304,8 +1397,435 @@ pub async fn run(
             all: _,
             timeout,
         } => events(connection, format, domain, event, keep, timeout).await?,
+        C::Schedinfo { domain, set, scope } => {
+            schedinfo(connection, format, &domain, &set, scope).await?
+        }
+        C::Memtune {
+            domain,
+            hard_limit,
+            soft_limit,
+            swap_hard_limit,
+            min_guarantee,
+            scope,
+        } => {
+            let limit = |text: Option<String>| -> Result<Option<pb::MemoryLimit>, Call> {
+                let Some(text) = text else { return Ok(None) };
+                let value = if text == "-1" || text == "unlimited" {
+                    pb::memory_limit::Value::Unlimited(true)
+                } else {
+                    pb::memory_limit::Value::Kib(parse_kib(&text).map_err(fail)?)
+                };
+                Ok(Some(pb::MemoryLimit { value: Some(value) }))
+            };
+            let params = pb::MemoryParams {
+                hard_limit: limit(hard_limit)?,
+                soft_limit: limit(soft_limit)?,
+                swap_hard_limit: limit(swap_hard_limit)?,
+                min_guarantee: limit(min_guarantee)?,
+            };
+            let mut client = client(connection).await?;
+            if params != pb::MemoryParams::default() {
+                client
+                    .set_memory_params(pb::SetMemoryParamsRequest {
+                        domain: object(&domain),
+                        params: Some(params),
+                        scope: scope.scope(),
+                        ..Default::default()
+                    })
+                    .await?;
+                return Ok(());
+            }
+            let params = client
+                .get_memory_params(pb::GetMemoryParamsRequest {
+                    domain: object(&domain),
+                    config: scope.config,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&params);
+                return Ok(());
+            }
+            let show = |limit: &Option<pb::MemoryLimit>| match limit
+                .as_ref()
+                .and_then(|l| l.value.as_ref())
+            {
+                Some(pb::memory_limit::Value::Kib(kib)) => kib.to_string(),
+                _ => "unlimited".to_string(),
+            };
+            println!("{:<15}: {}", "hard_limit", show(&params.hard_limit));
+            println!("{:<15}: {}", "soft_limit", show(&params.soft_limit));
+            println!(
+                "{:<15}: {}",
+                "swap_hard_limit",
+                show(&params.swap_hard_limit)
+            );
+            println!();
+        }
+        C::CpuStats {
+            domain,
+            start,
+            count,
+            total,
+        } => {
+            let stats = client(connection)
+                .await?
+                .get_cpu_stats(pb::GetCpuStatsRequest {
+                    domain: object(&domain),
+                    start_cpu: start,
+                    count,
+                    total_only: total,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&stats);
+                return Ok(());
+            }
+            let secs = |ns: u64| format!("{:>12.9} seconds", ns as f64 / 1e9);
+            for cpu in &stats.per_cpu {
+                println!("CPU{}:", cpu.cpu);
+                println!("\t{:<15}{}", "cpu_time", secs(cpu.cpu_time_ns));
+                println!(
+                    "\t{:<15}{}",
+                    "vcpu_time",
+                    secs(cpu.vcpu_time_ns.unwrap_or(0))
+                );
+            }
+            let t = stats.total.unwrap_or_default();
+            println!("Total:");
+            println!("\t{:<15}{}", "cpu_time", secs(t.cpu_time_ns));
+            println!("\t{:<15}{}", "user_time", secs(t.user_time_ns));
+            println!("\t{:<15}{}", "system_time", secs(t.system_time_ns));
+        }
+        C::Domstats {
+            domains,
+            state,
+            cpu_total,
+            balloon,
+            vcpu,
+            interface,
+            block,
+        } => {
+            use pb::DomainStatsGroup as G;
+            let groups: Vec<i32> = [
+                (state, G::State),
+                (cpu_total, G::CpuTotal),
+                (balloon, G::Balloon),
+                (vcpu, G::Vcpu),
+                (interface, G::Interface),
+                (block, G::Block),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, g)| g as i32)
+            .collect();
+            let list = client(connection)
+                .await?
+                .get_domain_stats(pb::GetDomainStatsRequest {
+                    domains: domains.iter().filter_map(|d| object(d)).collect(),
+                    groups,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            for record in &list.records {
+                print_domstats(record);
+            }
+        }
+        C::Domifaddr {
+            domain,
+            interface,
+            source,
+        } => {
+            let source = match source.as_deref() {
+                None | Some("lease") => pb::InterfaceAddressSource::Lease,
+                Some("agent") => pb::InterfaceAddressSource::Agent,
+                Some("arp") => pb::InterfaceAddressSource::Arp,
+                Some(other) => {
+                    return Err(fail(format!(
+                        "invalid --source '{other}' (lease, agent or arp)"
+                    )));
+                }
+            };
+            let list = client(connection)
+                .await?
+                .get_interface_addresses(pb::GetInterfaceAddressesRequest {
+                    domain: object(&domain),
+                    interface: interface.unwrap_or_default(),
+                    source: source as i32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for i in &list.interfaces {
+                if i.addresses.is_empty() {
+                    rows.push(vec![
+                        i.name.clone(),
+                        i.hwaddr.clone(),
+                        "N/A".into(),
+                        "N/A".into(),
+                    ]);
+                }
+                for a in &i.addresses {
+                    let protocol = if a.r#type == pb::IpAddressType::Ipv6 as i32 {
+                        "ipv6"
+                    } else {
+                        "ipv4"
+                    };
+                    let address = if a.prefix == 0 {
+                        a.address.clone()
+                    } else {
+                        format!("{}/{}", a.address, a.prefix)
+                    };
+                    rows.push(vec![
+                        i.name.clone(),
+                        i.hwaddr.clone(),
+                        protocol.into(),
+                        address,
+                    ]);
+                }
+            }
+            print_table(&["Name", "MAC address", "Protocol", "Address"], &rows);
+        }
+        C::SnapshotCreateAs {
+            domain,
+            name,
+            description,
+            disk_only,
+        } => {
+            let snapshot = client(connection)
+                .await?
+                .create_snapshot(pb::CreateSnapshotRequest {
+                    domain: object(&domain),
+                    source: Some(pb::create_snapshot_request::Source::Definition(
+                        pb::SnapshotDefinition {
+                            name: name.unwrap_or_default(),
+                            description: description.unwrap_or_default(),
+                            ..Default::default()
+                        },
+                    )),
+                    disk_only,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("Domain snapshot {} created\n", snapshot.name);
+        }
+        C::SnapshotList { domain } => {
+            let list = client(connection)
+                .await?
+                .list_snapshots(pb::ListSnapshotsRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .snapshots
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.creation_time_unix_s.to_string(),
+                        state_name(s.state).into(),
+                    ]
+                })
+                .collect();
+            print_table(&["Name", "Creation Time", "State"], &rows);
+        }
+        C::SnapshotRevert {
+            domain,
+            snapshotname,
+            current,
+        } => {
+            client(connection)
+                .await?
+                .revert_to_snapshot(pb::RevertToSnapshotRequest {
+                    domain: object(&domain),
+                    snapshot: snapshotname.unwrap_or_default(),
+                    current,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::SnapshotDelete {
+            domain,
+            snapshotname,
+            current,
+        } => {
+            let name = snapshotname.clone().unwrap_or_default();
+            client(connection)
+                .await?
+                .delete_snapshot(pb::DeleteSnapshotRequest {
+                    domain: object(&domain),
+                    snapshot: name.clone(),
+                    current,
+                    ..Default::default()
+                })
+                .await?;
+            println!("Domain snapshot {name} deleted\n");
+        }
+        C::Dump {
+            domain,
+            file,
+            memory_only,
+            live,
+        } => {
+            let mut stream = client(connection)
+                .await?
+                .core_dump(pb::CoreDumpRequest {
+                    domain: object(&domain),
+                    file: file.clone(),
+                    memory_only,
+                    live,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            println!("\nDomain '{domain}' dumped to {file}\n");
+        }
     }
     Ok(())
+}
+
+async fn schedinfo(
+    connection: &mut Connection,
+    format: Format,
+    domain: &str,
+    set: &[String],
+    scope: ScopeArgs,
+) -> Result<(), Call> {
+    let mut client = client(connection).await?;
+    if !set.is_empty() {
+        let mut params = pb::SchedulerParams::default();
+        for item in set.iter().flat_map(|s| s.split(',')) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| fail(format!("--set {item}: expected NAME=VALUE")))?;
+            let bad = || fail(format!("--set {item}: '{value}' is not a number"));
+            match key {
+                "cpu_shares" => params.cpu_shares = Some(value.parse().map_err(|_| bad())?),
+                "vcpu_period" => params.period_us = Some(value.parse().map_err(|_| bad())?),
+                "vcpu_quota" => params.quota_us = Some(value.parse().map_err(|_| bad())?),
+                other => {
+                    return Err(fail(format!(
+                        "--set {other}: unknown parameter (cpu_shares, vcpu_period, vcpu_quota)"
+                    )));
+                }
+            }
+        }
+        client
+            .set_scheduler_params(pb::SetSchedulerParamsRequest {
+                domain: object(domain),
+                params: Some(params),
+                scope: scope.scope(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let params = client
+        .get_scheduler_params(pb::GetSchedulerParamsRequest {
+            domain: object(domain),
+            config: scope.config,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    if format == Format::Json {
+        print_json(&params);
+        return Ok(());
+    }
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("{:<15}: posix", "Scheduler");
+    println!(
+        "{:<15}: {}",
+        "cpu_shares",
+        show(params.cpu_shares.map(|v| v.to_string()))
+    );
+    println!(
+        "{:<15}: {}",
+        "vcpu_period",
+        show(params.period_us.map(|v| v.to_string()))
+    );
+    println!(
+        "{:<15}: {}",
+        "vcpu_quota",
+        show(params.quota_us.map(|v| v.to_string()))
+    );
+    println!();
+    Ok(())
+}
+
+fn print_domstats(record: &pb::DomainStatsRecord) {
+    println!("Domain: '{}'", record.name);
+    if let Some(state) = &record.state {
+        println!("  state.state={}", state_number(state.state));
+        println!("  state.reason={}", state.reason % 10);
+    }
+    if let Some(cpu) = &record.cpu {
+        println!("  cpu.time={}", cpu.time_ns);
+        println!("  cpu.user={}", cpu.user_ns);
+        println!("  cpu.system={}", cpu.system_ns);
+    }
+    if let Some(balloon) = &record.balloon {
+        println!("  balloon.current={}", balloon.current_kib);
+        println!("  balloon.maximum={}", balloon.maximum_kib);
+    }
+    if let Some(vcpu) = &record.vcpu {
+        println!("  vcpu.current={}", vcpu.current);
+        println!("  vcpu.maximum={}", vcpu.maximum);
+        for v in &vcpu.vcpus {
+            println!("  vcpu.{}.state=1", v.number);
+            println!("  vcpu.{}.time={}", v.number, v.time_ns);
+        }
+    }
+    if !record.interfaces.is_empty() {
+        println!("  net.count={}", record.interfaces.len());
+        for (i, n) in record.interfaces.iter().enumerate() {
+            println!("  net.{i}.name={}", n.interface);
+            println!("  net.{i}.rx.bytes={}", n.rx_bytes);
+            println!("  net.{i}.rx.pkts={}", n.rx_packets);
+            println!("  net.{i}.tx.bytes={}", n.tx_bytes);
+            println!("  net.{i}.tx.pkts={}", n.tx_packets);
+        }
+    }
+    if !record.blocks.is_empty() {
+        println!("  block.count={}", record.blocks.len());
+        for (i, b) in record.blocks.iter().enumerate() {
+            println!("  block.{i}.name={}", b.name);
+            println!("  block.{i}.path={}", b.path);
+            if let Some(s) = &b.stats {
+                println!("  block.{i}.rd.reqs={}", s.rd_req);
+                println!("  block.{i}.rd.bytes={}", s.rd_bytes);
+                println!("  block.{i}.wr.reqs={}", s.wr_req);
+                println!("  block.{i}.wr.bytes={}", s.wr_bytes);
+                println!("  block.{i}.fl.reqs={}", s.flush_req);
+            }
+        }
+    }
+    println!();
+}
+
+/// libvirt's numeric virDomainState, as domstats prints it.
+fn state_number(state: i32) -> i32 {
+    (state - 1).max(0)
 }
 
 fn engine_name(engine: i32) -> &'static str {

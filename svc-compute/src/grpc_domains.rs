@@ -1021,6 +1021,414 @@ impl DomainService for Domains {
         Ok(empty())
     }
 
+    async fn get_scheduler_params(
+        &self,
+        request: Request<pb::GetSchedulerParamsRequest>,
+    ) -> Result<Response<pb::SchedulerParams>, Status> {
+        let request = request.into_inner();
+        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let tune = if request.config || domain.live.is_none() {
+            pick(&domain, true).cputune.unwrap_or_default()
+        } else {
+            self.manager
+                .with_run(request.domain.as_ref(), async |run| match run.cgroup {
+                    Some(group) => group.cpu().map_err(Error::io("reading the guest's cgroup")),
+                    None => Ok(run.live.cputune.clone().unwrap_or_default()),
+                })
+                .await?
+        };
+        Ok(Response::new(pb::SchedulerParams {
+            cpu_shares: tune.shares,
+            period_us: tune.period_us,
+            quota_us: tune.quota_us,
+        }))
+    }
+
+    async fn set_scheduler_params(
+        &self,
+        request: Request<pb::SetSchedulerParamsRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        let domain = request.domain.as_ref();
+        let params = request.params.unwrap_or_default();
+        let change = |tune: &mut pb::CpuTune| {
+            if params.cpu_shares.is_some() {
+                tune.shares = params.cpu_shares;
+            }
+            if params.period_us.is_some() {
+                tune.period_us = params.period_us;
+            }
+            if params.quota_us.is_some() {
+                tune.quota_us = params.quota_us;
+            }
+        };
+        let scope = scope_of(request.scope.as_ref(), false, self.running(domain).await?);
+        if scope.config {
+            self.manager
+                .update_persistent(domain, |def| {
+                    change(def.cputune.get_or_insert_default());
+                    Ok(())
+                })
+                .await?;
+        }
+        if scope.live {
+            self.manager
+                .with_run(domain, async |run| {
+                    let mut tune = run.live.cputune.clone().unwrap_or_default();
+                    change(&mut tune);
+                    let mut check = run.live.clone();
+                    check.cputune = Some(tune.clone());
+                    vireo_conf::domain::validate(&check)?;
+                    let group = run.cgroup.ok_or_else(|| {
+                        Error::Unsupported("the guest has no cgroup on this host to tune".into())
+                    })?;
+                    group
+                        .set_cpu(&tune)
+                        .map_err(Error::io("setting the guest's CPU tuning"))?;
+                    run.live.cputune = Some(tune);
+                    Ok(())
+                })
+                .await?;
+            self.manager.save_status(domain).await;
+        }
+        Ok(empty())
+    }
+
+    async fn get_memory_params(
+        &self,
+        request: Request<pb::GetMemoryParamsRequest>,
+    ) -> Result<Response<pb::MemoryParams>, Status> {
+        let request = request.into_inner();
+        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let tune = if request.config || domain.live.is_none() {
+            pick(&domain, true).memtune.unwrap_or_default()
+        } else {
+            self.manager
+                .with_run(request.domain.as_ref(), async |run| match run.cgroup {
+                    Some(group) => group
+                        .memory()
+                        .map_err(Error::io("reading the guest's cgroup")),
+                    None => Ok(run.live.memtune.clone().unwrap_or_default()),
+                })
+                .await?
+        };
+        Ok(Response::new(pb::MemoryParams {
+            hard_limit: tune.hard_limit,
+            soft_limit: tune.soft_limit,
+            swap_hard_limit: tune.swap_hard_limit,
+            min_guarantee: tune.min_guarantee,
+        }))
+    }
+
+    async fn set_memory_params(
+        &self,
+        request: Request<pb::SetMemoryParamsRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        let domain = request.domain.as_ref();
+        let params = request.params.unwrap_or_default();
+        let change = |tune: &mut pb::MemoryTune| {
+            for (field, value) in [
+                (&mut tune.hard_limit, &params.hard_limit),
+                (&mut tune.soft_limit, &params.soft_limit),
+                (&mut tune.swap_hard_limit, &params.swap_hard_limit),
+                (&mut tune.min_guarantee, &params.min_guarantee),
+            ] {
+                if value.is_some() {
+                    field.clone_from(value);
+                }
+            }
+        };
+        let scope = scope_of(request.scope.as_ref(), false, self.running(domain).await?);
+        if scope.config {
+            self.manager
+                .update_persistent(domain, |def| {
+                    change(def.memtune.get_or_insert_default());
+                    Ok(())
+                })
+                .await?;
+        }
+        if scope.live {
+            self.manager
+                .with_run(domain, async |run| {
+                    let group = run.cgroup.ok_or_else(|| {
+                        Error::Unsupported("the guest has no cgroup on this host to tune".into())
+                    })?;
+                    let mut wanted = pb::MemoryTune::default();
+                    change(&mut wanted);
+                    group
+                        .set_memory(&wanted)
+                        .map_err(Error::io("setting the guest's memory limits"))?;
+                    change(run.live.memtune.get_or_insert_default());
+                    Ok(())
+                })
+                .await?;
+            self.manager.save_status(domain).await;
+        }
+        Ok(empty())
+    }
+
+    async fn set_ksm(
+        &self,
+        request: Request<pb::SetKsmRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        let domain = request.domain.as_ref();
+        let scope = scope_of(request.scope.as_ref(), false, self.running(domain).await?);
+        if scope.live {
+            let engine = self
+                .manager
+                .get(domain)
+                .await?
+                .summary
+                .map_or(0, |s| s.engine);
+            return Err(self
+                .live_change_unsupported("turning KSM on or off", engine)
+                .into());
+        }
+        let enabled = request.enabled;
+        self.manager
+            .update_persistent(domain, |def| {
+                def.memory_backing.get_or_insert_default().nosharepages = !enabled;
+                Ok(())
+            })
+            .await?;
+        Ok(empty())
+    }
+
+    async fn get_cpu_stats(
+        &self,
+        request: Request<pb::GetCpuStatsRequest>,
+    ) -> Result<Response<pb::DomainCpuStats>, Status> {
+        let request = request.into_inner();
+        let stats = self
+            .manager
+            .with_run(request.domain.as_ref(), async |run| {
+                let (user_ns, system_ns) = process::process_user_system_ns(run.pid);
+                let total = run
+                    .cgroup
+                    .and_then(|g| g.cpu_time_ns())
+                    .unwrap_or(user_ns + system_ns);
+                let mut per_cpu = Vec::new();
+                if !request.total_only {
+                    let mut by_cpu: std::collections::BTreeMap<u32, (u64, u64)> =
+                        Default::default();
+                    for (tid, vcpu) in process::threads(run.pid) {
+                        if let Some((time, cpu)) = process::thread_cpu(run.pid, tid) {
+                            let slot = by_cpu.entry(cpu).or_default();
+                            slot.0 += time;
+                            if vcpu {
+                                slot.1 += time;
+                            }
+                        }
+                    }
+                    let host_cpus =
+                        u32::try_from(std::thread::available_parallelism().map_or(1, |n| n.get()))
+                            .unwrap_or(1);
+                    let start = request.start_cpu.unwrap_or(0);
+                    let end = request
+                        .count
+                        .map_or(host_cpus, |c| start.saturating_add(c).min(host_cpus));
+                    for cpu in start..end {
+                        let (time, vcpu_time) = by_cpu.get(&cpu).copied().unwrap_or((0, 0));
+                        per_cpu.push(pb::DomainPerCpuStats {
+                            cpu,
+                            cpu_time_ns: time,
+                            vcpu_time_ns: Some(vcpu_time),
+                        });
+                    }
+                }
+                Ok(pb::DomainCpuStats {
+                    per_cpu,
+                    total: Some(pb::DomainCpuTotal {
+                        cpu_time_ns: total,
+                        user_time_ns: user_ns,
+                        system_time_ns: system_ns,
+                    }),
+                })
+            })
+            .await?;
+        Ok(Response::new(stats))
+    }
+
+    async fn get_domain_stats(
+        &self,
+        request: Request<pb::GetDomainStatsRequest>,
+    ) -> Result<Response<pb::DomainStatsList>, Status> {
+        let request = request.into_inner();
+        let summaries: Vec<pb::DomainSummary> = if request.domains.is_empty() {
+            self.manager
+                .list(&pb::ListDomainsRequest {
+                    include_active: true,
+                    include_inactive: !request.list_active && !request.list_running,
+                    ..Default::default()
+                })
+                .await
+        } else {
+            let mut found = Vec::new();
+            for domain in &request.domains {
+                found.push(
+                    self.manager
+                        .get(Some(domain))
+                        .await?
+                        .summary
+                        .unwrap_or_default(),
+                );
+            }
+            found
+        };
+        let wants = |group: pb::DomainStatsGroup| {
+            request.groups.is_empty() || request.groups.contains(&(group as i32))
+        };
+        let mut records = Vec::new();
+        for summary in summaries {
+            let reference = Some(ObjectRef {
+                key: Some(vireo_proto::common::v1::object_ref::Key::Uuid(
+                    summary.uuid.clone(),
+                )),
+            });
+            let domain = self.manager.get(reference.as_ref()).await?;
+            let def = pick(&domain, false);
+            let mut record = pb::DomainStatsRecord {
+                host: String::new(),
+                name: summary.name.clone(),
+                uuid: summary.uuid.clone(),
+                ..Default::default()
+            };
+            if wants(pb::DomainStatsGroup::State) {
+                record.state = Some(pb::DomainStateInfo {
+                    state: summary.state,
+                    reason: summary.reason,
+                });
+            }
+            let vcpu = def.vcpu.clone().unwrap_or_default();
+            if wants(pb::DomainStatsGroup::Vcpu) {
+                let threads = if domain.pid != 0 {
+                    process::vcpu_threads(domain.pid)
+                } else {
+                    Vec::new()
+                };
+                record.vcpu = Some(pb::DomainStatsVcpus {
+                    current: vcpu.current.unwrap_or(vcpu.count),
+                    maximum: vcpu.count,
+                    vcpus: threads
+                        .iter()
+                        .map(|t| pb::DomainStatsVcpu {
+                            number: t.vcpu,
+                            state: pb::VcpuState::Running as i32,
+                            time_ns: process::thread_cpu(domain.pid, t.tid)
+                                .map_or(0, |(time, _)| time),
+                            wait_ns: None,
+                        })
+                        .collect(),
+                });
+            }
+            if domain.live.is_some() {
+                if wants(pb::DomainStatsGroup::CpuTotal) {
+                    let (user_ns, system_ns) = process::process_user_system_ns(domain.pid);
+                    record.cpu = Some(pb::DomainStatsCpu {
+                        time_ns: domain.cpu_time_ns,
+                        user_ns,
+                        system_ns,
+                    });
+                }
+                if wants(pb::DomainStatsGroup::Balloon) {
+                    record.balloon = Some(pb::DomainStatsBalloon {
+                        current_kib: def.current_memory_kib,
+                        maximum_kib: def.memory_kib,
+                        memory: None,
+                    });
+                }
+                if wants(pb::DomainStatsGroup::Interface) {
+                    record.interfaces = def
+                        .devices
+                        .iter()
+                        .flat_map(|d| &d.interfaces)
+                        .filter_map(|i| tap_stats(&i.target_dev).ok())
+                        .collect();
+                }
+                if wants(pb::DomainStatsGroup::Block) {
+                    for disk in def.devices.iter().flat_map(|d| &d.disks) {
+                        let target = disk
+                            .target
+                            .as_ref()
+                            .map(|t| t.dev.clone())
+                            .unwrap_or_default();
+                        let stats = self
+                            .get_block_stats(Request::new(pb::GetBlockStatsRequest {
+                                host: String::new(),
+                                domain: reference.clone(),
+                                device: target.clone(),
+                            }))
+                            .await
+                            .ok()
+                            .map(Response::into_inner);
+                        record.blocks.push(pb::DomainStatsBlock {
+                            name: target,
+                            path: crate::core::engine::disk_source(disk)
+                                .unwrap_or("")
+                                .to_string(),
+                            stats,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            records.push(record);
+        }
+        Ok(Response::new(pb::DomainStatsList { records }))
+    }
+
+    async fn get_interface_addresses(
+        &self,
+        request: Request<pb::GetInterfaceAddressesRequest>,
+    ) -> Result<Response<pb::InterfaceAddressList>, Status> {
+        let request = request.into_inner();
+        match request.source() {
+            pb::InterfaceAddressSource::Arp => {}
+            pb::InterfaceAddressSource::Agent => {
+                return Err(Error::Unsupported(
+                    "--source agent needs a guest agent, which Vireo does not talk to yet".into(),
+                )
+                .into());
+            }
+            _ => {
+                return Err(Error::Unsupported(
+                    "--source lease reads svc-network's DHCP leases, which arrive with issue #7; use --source arp".into(),
+                )
+                .into());
+            }
+        }
+        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let def = domain
+            .live
+            .ok_or_else(|| Error::State("the domain is not running".into()))?;
+        let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+        let interfaces = def
+            .devices
+            .iter()
+            .flat_map(|d| &d.interfaces)
+            .filter(|i| request.interface.is_empty() || i.target_dev == request.interface)
+            .map(|i| pb::InterfaceAddresses {
+                name: i.target_dev.clone(),
+                hwaddr: i.mac.clone(),
+                addresses: arp
+                    .lines()
+                    .skip(1)
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        (fields.get(3)?.eq_ignore_ascii_case(&i.mac)).then(|| pb::IpAddress {
+                            r#type: pb::IpAddressType::Ipv4 as i32,
+                            address: fields[0].to_string(),
+                            prefix: 0,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::InterfaceAddressList { interfaces }))
+    }
+
     async fn console(
         &self,
         request: Request<Streaming<pb::ConsoleInput>>,

@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, broadcast, mpsc};
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
 
+use super::cgroup::{self, Group};
 use super::console::ConsoleHub;
 use super::engine::{self, Control, EngineEvent, RunPaths};
 use super::engines::Engines;
@@ -54,6 +55,7 @@ struct Run {
     console: Arc<ConsoleHub>,
     paths: RunPaths,
     taps: Vec<String>,
+    cgroup: Option<Group>,
     generation: u64,
     intent: Intent,
     /// The last poweroff/reboot/crash the engine reported.
@@ -302,6 +304,7 @@ impl Manager {
                 console,
                 paths,
                 taps: status.taps,
+                cgroup: cgroup::detect().map(|layout| Group::new(layout, &uuid)),
                 generation,
                 intent: Intent::None,
                 last_event: None,
@@ -722,11 +725,14 @@ impl Manager {
             }
         };
         let result = self
-            .spawn(&mut live, placement, &paths, &taps, paused)
+            .spawn(uuid, &mut live, placement, &paths, &taps, paused)
             .await;
-        let (mut child, control, events_rx, console) = match result {
+        let (mut child, control, events_rx, console, group) = match result {
             Ok(parts) => parts,
             Err(err) => {
+                if let Some(layout) = cgroup::detect() {
+                    Group::new(layout, uuid).remove();
+                }
                 network::remove_taps(&taps).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 let entry = table.entry(uuid);
@@ -757,6 +763,7 @@ impl Manager {
             console,
             paths,
             taps,
+            cgroup: group,
             generation,
             intent: Intent::None,
             last_event: None,
@@ -791,6 +798,7 @@ impl Manager {
     #[allow(clippy::type_complexity)]
     async fn spawn(
         &self,
+        uuid: &str,
         live: &mut pb::DomainDefinition,
         placement: Placement,
         paths: &RunPaths,
@@ -802,6 +810,7 @@ impl Manager {
             Control,
             mpsc::UnboundedReceiver<EngineEvent>,
             Arc<ConsoleHub>,
+            Option<Group>,
         ),
         Error,
     > {
@@ -856,6 +865,14 @@ impl Manager {
                 if tail.is_empty() { "" } else { ": " },
                 tail.join(" | ")
             ))
+        };
+        let group = match place_in_cgroup(uuid, pid, live) {
+            Ok(group) => group,
+            Err(err) => {
+                process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait().await;
+                return Err(err);
+            }
         };
         // Wait for the control socket, watching for an early exit.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
@@ -920,7 +937,13 @@ impl Manager {
             let _ = child.wait().await;
             return Err(failed(err.to_string()));
         }
-        Ok((SpawnedChild(Some(child)), control, events_rx, console))
+        Ok((
+            SpawnedChild(Some(child)),
+            control,
+            events_rx,
+            console,
+            group,
+        ))
     }
 
     fn write_status(&self, table: &Table, uuid: &str) {
@@ -1026,6 +1049,9 @@ impl Manager {
     /// Cleans up after a run and applies `outcome`; a restart keeps the runtime id.
     async fn finish(self: &Arc<Self>, table: &mut Table, uuid: &str, run: Run, outcome: Outcome) {
         run.console.close();
+        if let Some(group) = &run.cgroup {
+            group.remove();
+        }
         network::remove_taps(&run.taps).await;
         let _ = std::fs::remove_dir_all(&run.paths.dir);
         let live = run.live.clone();
@@ -1211,6 +1237,7 @@ impl Manager {
             live: &mut run.live,
             control: &run.control,
             console: &run.console,
+            cgroup: run.cgroup.as_ref(),
             pid: run.pid,
             engine: run.engine,
         })
@@ -1272,6 +1299,7 @@ pub struct RunView<'a> {
     pub live: &'a mut pb::DomainDefinition,
     pub control: &'a Control,
     pub console: &'a Arc<ConsoleHub>,
+    pub cgroup: Option<&'a Group>,
     pub pid: u32,
     pub engine: pb::Engine,
 }
@@ -1398,4 +1426,55 @@ fn apply_pinning(run: &Run) -> std::io::Result<()> {
         process::set_affinity(thread.tid, &cpus)?;
     }
     Ok(())
+}
+
+/// Puts a new engine process in its cgroup and applies the definition's CPU and memory tuning.
+/// A definition that asks for limits fails to start without cgroups; one that does not still
+/// gets a group for accounting where the host allows.
+fn place_in_cgroup(
+    uuid: &str,
+    pid: u32,
+    def: &pb::DomainDefinition,
+) -> Result<Option<Group>, Error> {
+    let cpu = def
+        .cputune
+        .as_ref()
+        .filter(|t| t.shares.is_some() || t.period_us.is_some() || t.quota_us.is_some());
+    let memory = def.memtune.as_ref();
+    let wanted = cpu.is_some() || memory.is_some();
+    let refuse = |why: String| {
+        Error::State(format!(
+            "<cputune>/<memtune> need cgroups, and {why}; nothing was started"
+        ))
+    };
+    let Some(layout) = cgroup::detect() else {
+        return if wanted {
+            Err(refuse(
+                "this host has no cgroup hierarchy Vireo can manage".into(),
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let group = Group::new(layout, uuid);
+    if let Err(err) = group.create(pid) {
+        group.remove();
+        return if wanted {
+            Err(refuse(format!("creating the guest's cgroup failed: {err}")))
+        } else {
+            tracing::warn!(%uuid, %err, "no cgroup for the guest; running without accounting");
+            Ok(None)
+        };
+    }
+    let applied = cpu
+        .map(|tune| group.set_cpu(tune))
+        .transpose()
+        .and_then(|_| memory.map(|tune| group.set_memory(tune)).transpose());
+    if let Err(err) = applied {
+        group.remove();
+        return Err(Error::State(format!(
+            "applying <cputune>/<memtune> failed: {err}; nothing was started"
+        )));
+    }
+    Ok(Some(group))
 }

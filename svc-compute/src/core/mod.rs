@@ -1,5 +1,6 @@
 //! Compute logic, free of gRPC types (apart from the generated definition messages it stores).
 
+pub mod cgroup;
 pub mod console;
 pub mod domains;
 pub mod engine;

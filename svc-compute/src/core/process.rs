@@ -98,6 +98,32 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
         .map_or(0, ticks_to_ns)
 }
 
+/// User and system CPU time of a whole process, in nanoseconds.
+pub fn process_user_system_ns(pid: u32) -> (u64, u64) {
+    stat_fields(&format!("/proc/{pid}/stat"))
+        .and_then(|f| {
+            Some((
+                f.get(11)?.parse::<u64>().ok()?,
+                f.get(12)?.parse::<u64>().ok()?,
+            ))
+        })
+        .map_or((0, 0), |(user, system)| {
+            (ticks_to_ns(user), ticks_to_ns(system))
+        })
+}
+
+/// Every thread of a process, and whether it is a vCPU thread.
+pub fn threads(pid: u32) -> Vec<(u32, bool)> {
+    let vcpus: Vec<u32> = vcpu_threads(pid).iter().map(|t| t.tid).collect();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .map(|tid| (tid, vcpus.contains(&tid)))
+        .collect()
+}
+
 fn ticks_to_ns(ticks: u64) -> u64 {
     // SAFETY: sysconf only reads a configuration value.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })

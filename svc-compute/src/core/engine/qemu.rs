@@ -52,10 +52,15 @@ pub fn command(
         def.uuid.clone(),
         "-machine".into(),
         format!(
-            "{},accel={},acpi={}",
+            "{},accel={},acpi={},mem-merge={}",
             opt(machine),
             if kvm { "kvm" } else { "tcg" },
-            if acpi { "on" } else { "off" }
+            if acpi { "on" } else { "off" },
+            if def.memory_backing.as_ref().is_some_and(|m| m.nosharepages) {
+                "off"
+            } else {
+                "on"
+            }
         ),
         "-cpu".into(),
         match def.cpu.as_ref() {
