@@ -13,6 +13,7 @@ use vireo_proto::compute::v1::domain_service_server::{DomainService, DomainServi
 
 use crate::Error;
 use crate::core::domains::Manager;
+use crate::core::engine::qemu::Hotplug;
 use crate::core::process;
 
 pub fn domain_server(manager: Arc<Manager>) -> DomainServiceServer<Domains> {
@@ -95,7 +96,8 @@ impl Domains {
         scope: Option<&pb::ModifyScope>,
         persistent: bool,
         what: &str,
-        change: impl FnOnce(&mut pb::DomainDevices) -> Result<(), Error>,
+        hotplug: Option<Hotplug>,
+        change: impl Fn(&mut pb::DomainDevices) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let current = self.manager.get(domain).await?;
         let scope = scope_of(scope, persistent, current.live.is_some());
@@ -106,12 +108,50 @@ impl Domains {
                     current.summary.map(|s| s.name).unwrap_or_default()
                 )));
             }
-            let engine = current.summary.map_or(0, |s| s.engine);
-            return Err(self.live_change_unsupported(what, engine));
+            let engine = current.summary.as_ref().map_or(0, |s| s.engine);
+            let Some(hotplug) = hotplug.filter(|_| engine == pb::Engine::Qemu as i32) else {
+                return Err(self.live_change_unsupported(what, engine));
+            };
+            // Check the persistent change first, so a refused one leaves the guest untouched.
+            if scope.config {
+                let mut check = current.persistent.clone().unwrap_or_default();
+                change(check.devices.get_or_insert_default())?;
+            }
+            self.manager
+                .with_run(domain, async |run| {
+                    let mut devices = run.live.devices.clone().unwrap_or_default();
+                    change(&mut devices)?;
+                    let crate::core::engine::Control::Qemu(qmp) = run.control else {
+                        return Err(self.live_change_unsupported(what, engine));
+                    };
+                    // A disk may be named by its source path; QEMU knows it by target.
+                    let hotplug = match hotplug {
+                        Hotplug::RemoveDisk(name) => Hotplug::RemoveDisk(
+                            run.live
+                                .devices
+                                .iter()
+                                .flat_map(|d| &d.disks)
+                                .find(|d| {
+                                    crate::core::engine::disk_source(d) == Some(name.as_str())
+                                })
+                                .and_then(|d| d.target.as_ref().map(|t| t.dev.clone()))
+                                .unwrap_or(name),
+                        ),
+                        other => other,
+                    };
+                    crate::core::engine::qemu::hotplug(qmp, &hotplug).await?;
+                    run.live.devices = Some(devices);
+                    Ok(())
+                })
+                .await?;
+            self.manager.save_status(domain).await;
         }
-        self.manager
-            .update_persistent(domain, |def| change(def.devices.get_or_insert_default()))
-            .await
+        if scope.config {
+            self.manager
+                .update_persistent(domain, |def| change(def.devices.get_or_insert_default()))
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -776,7 +816,8 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "attaching a device",
-            move |devices| add_device(devices, added),
+            disk_of(&device).map(Hotplug::AddDisk),
+            move |devices| add_device(devices, added.clone()),
         )
         .await?;
         Ok(Response::new(pb::AttachDeviceResponse {
@@ -808,6 +849,7 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "detaching a device",
+            disk_of(&device).map(|d| Hotplug::RemoveDisk(d.target.unwrap_or_default().dev)),
             move |devices| remove_device(devices, &device),
         )
         .await?;
@@ -881,23 +923,18 @@ impl DomainService for Domains {
         let device = pb::DomainDevice {
             kind: Some(pb::domain_device::Kind::Disk(disk.clone())),
         };
+        let reply = device.clone();
         self.change_device(
             request.domain.as_ref(),
             request.scope.as_ref(),
             request.persistent,
             "attaching a disk",
-            move |devices| {
-                add_device(
-                    devices,
-                    pb::DomainDevice {
-                        kind: Some(pb::domain_device::Kind::Disk(disk)),
-                    },
-                )
-            },
+            Some(Hotplug::AddDisk(disk.clone())),
+            move |devices| add_device(devices, device.clone()),
         )
         .await?;
         Ok(Response::new(pb::AttachDeviceResponse {
-            device: Some(device),
+            device: Some(reply),
         }))
     }
 
@@ -912,6 +949,7 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "detaching a disk",
+            Some(Hotplug::RemoveDisk(request.target.clone())),
             move |devices| {
                 let before = devices.disks.len();
                 devices.disks.retain(|d| {
@@ -976,7 +1014,8 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "attaching an interface",
-            move |devices| add_device(devices, added),
+            None,
+            move |devices| add_device(devices, added.clone()),
         )
         .await?;
         Ok(Response::new(pb::AttachDeviceResponse {
@@ -996,6 +1035,7 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "detaching an interface",
+            None,
             move |devices| {
                 let matching: Vec<usize> = devices
                     .interfaces
@@ -1429,6 +1469,52 @@ impl DomainService for Domains {
         Ok(Response::new(pb::InterfaceAddressList { interfaces }))
     }
 
+    async fn core_dump(
+        &self,
+        request: Request<pb::CoreDumpRequest>,
+    ) -> Result<Response<BoxStream<pb::CoreDumpUpdate>>, Status> {
+        let request = request.into_inner();
+        vireo_conf::domain::check_host_path(&request.file, "file").map_err(Error::from)?;
+        let format = match request.format() {
+            pb::CoreDumpFormat::Unspecified | pb::CoreDumpFormat::Elf => "elf",
+            pb::CoreDumpFormat::KdumpZlib => "kdump-zlib",
+            pb::CoreDumpFormat::KdumpLzo => "kdump-lzo",
+            pb::CoreDumpFormat::KdumpSnappy => "kdump-snappy",
+        };
+        let file = request.file.clone();
+        self.manager
+            .with_run(request.domain.as_ref(), async |run| match run.control {
+                crate::core::engine::Control::Qemu(qmp) => qmp
+                    .execute(
+                        "dump-guest-memory",
+                        serde_json::json!({
+                            "paging": false,
+                            "protocol": format!("file:{file}"),
+                            "format": format,
+                        }),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|err| Error::Engine(format!("QEMU dump-guest-memory: {err}"))),
+                crate::core::engine::Control::Vmm(_) => Err(Error::Unsupported(
+                    "the vmm engine cannot write a core dump of guest memory; save (issue #10) keeps a guest's whole state".into(),
+                )),
+            })
+            .await?;
+        if request.crash {
+            self.manager.destroy(request.domain.as_ref(), false).await?;
+        } else if request.reset {
+            self.manager.reset(request.domain.as_ref()).await?;
+        }
+        let size_bytes = std::fs::metadata(&request.file).map_or(0, |m| m.len());
+        Ok(one(pb::CoreDumpUpdate {
+            update: Some(pb::core_dump_update::Update::Done(pb::CoreDumpResult {
+                file: request.file,
+                size_bytes,
+            })),
+        }))
+    }
+
     async fn console(
         &self,
         request: Request<Streaming<pb::ConsoleInput>>,
@@ -1622,6 +1708,13 @@ fn tap_stats(tap: &str) -> Result<pb::InterfaceStats, Error> {
         tx_errs: read("rx_errors"),
         tx_drop: read("rx_dropped"),
     })
+}
+
+fn disk_of(device: &pb::DomainDevice) -> Option<pb::Disk> {
+    match &device.kind {
+        Some(pb::domain_device::Kind::Disk(disk)) => Some(disk.clone()),
+        _ => None,
+    }
 }
 
 fn add_device(devices: &mut pb::DomainDevices, device: pb::DomainDevice) -> Result<(), Error> {

@@ -873,3 +873,144 @@ fn autostart_domains_start_with_the_service() {
     ok(&server, &["autostart", "auto", "--disable"]);
     ok(&server, &["destroy", "auto"]);
 }
+
+#[test]
+fn qemu_engine_attaches_a_disk_live_and_dumps_guest_memory() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(dir.path(), "hot", &debian_xml("hot", &kit));
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "hot"]);
+    let mut console = Console::attach(&server, "hot", false);
+    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
+
+    let image = dir.path().join("hot.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let image = image.display().to_string();
+    ok(
+        &server,
+        &["attach-disk", "hot", &image, "vdb", "--persistent"],
+    );
+    assert!(ok(&server, &["domblklist", "hot"]).contains("vdb"));
+    assert!(ok(&server, &["domblklist", "hot", "--inactive"]).contains("vdb"));
+    // The guest sees an 8 MiB virtio disk (16384 sectors): typed on its console, answered there.
+    console.wait_for("16384 512-byte logical blocks", Duration::from_secs(30));
+    console.type_text("echo SIZE=$(cat /sys/block/vda/size)\n");
+    console.wait_for("SIZE=16384", Duration::from_secs(30));
+
+    ok(&server, &["detach-disk", "hot", "vdb", "--persistent"]);
+    assert!(!ok(&server, &["domblklist", "hot"]).contains("vdb"));
+    assert!(!ok(&server, &["domblklist", "hot", "--inactive"]).contains("vdb"));
+
+    let core = dir.path().join("core.elf");
+    ok(
+        &server,
+        &["dump", "hot", &core.display().to_string(), "--memory-only"],
+    );
+    let mut magic = [0u8; 4];
+    std::fs::File::open(&core)
+        .unwrap()
+        .read_exact(&mut magic)
+        .unwrap();
+    assert_eq!(&magic, b"\x7fELF", "the dump is an ELF core");
+    assert!(
+        std::fs::metadata(&core).unwrap().len() > 256 << 20,
+        "it holds the guest's 256 MiB"
+    );
+    console.leave();
+    ok(&server, &["destroy", "hot"]);
+}
+
+#[test]
+fn cgroups_carry_cpu_and_memory_tuning() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let cpu_root = Path::new("/sys/fs/cgroup/cpu");
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !cpu_root.join("cpu.shares").exists() && !unified {
+        skip!("needs a cgroup v1 cpu hierarchy or cgroup v2 at /sys/fs/cgroup");
+    }
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let tune = "<cputune><shares>512</shares><quota>50000</quota></cputune>\
+                <memtune><hard_limit unit='MiB'>256</hard_limit></memtune>\
+                <memoryBacking><nosharepages/></memoryBacking>";
+    let xml = write_xml(
+        dir.path(),
+        "tuned",
+        &tiny_xml("tuned", &kit, "wait-shutdown", tune),
+    );
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "tuned"]);
+    let uuid = ok(&server, &["domuuid", "tuned"]).trim().to_string();
+    let pid = server.guest_pids()[0];
+    let (cpu_dir, memory_dir) = if unified {
+        let dir = Path::new("/sys/fs/cgroup/vireo").join(&uuid);
+        (dir.clone(), dir)
+    } else {
+        (
+            cpu_root.join("vireo").join(&uuid),
+            Path::new("/sys/fs/cgroup/memory/vireo").join(&uuid),
+        )
+    };
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    assert!(
+        read(cpu_dir.join("cgroup.procs"))
+            .lines()
+            .any(|l| l == pid.to_string())
+    );
+    let info = ok(&server, &["schedinfo", "tuned"]);
+    assert!(
+        info.contains("cpu_shares     : 512") && info.contains("vcpu_quota     : 50000"),
+        "{info}"
+    );
+    let memory = ok(&server, &["memtune", "tuned"]);
+    assert!(memory.contains("hard_limit     : 262144"), "{memory}");
+    if !unified {
+        assert_eq!(read(cpu_dir.join("cpu.shares")).trim(), "512");
+        assert_eq!(
+            read(memory_dir.join("memory.limit_in_bytes")).trim(),
+            (256u64 << 20).to_string()
+        );
+    }
+    // Live changes reach the cgroup; --config reaches the definition.
+    ok(
+        &server,
+        &["schedinfo", "tuned", "--set", "cpu_shares=2048", "--live"],
+    );
+    assert!(ok(&server, &["schedinfo", "tuned"]).contains("cpu_shares     : 2048"));
+    ok(
+        &server,
+        &["memtune", "tuned", "--hard-limit", "128M", "--config"],
+    );
+    assert!(
+        ok(&server, &["dumpxml", "tuned", "--inactive"])
+            .contains("<hard_limit unit='KiB'>131072</hard_limit>")
+    );
+    let stats = ok(&server, &["cpu-stats", "tuned", "--total"]);
+    assert!(stats.contains("cpu_time"), "{stats}");
+    let domstats = ok(&server, &["domstats", "tuned"]);
+    assert!(
+        domstats.contains("state.state=1") && domstats.contains("vcpu.maximum=1"),
+        "{domstats}"
+    );
+    ok(&server, &["destroy", "tuned"]);
+    assert!(!cpu_dir.exists(), "the cgroup goes with the guest");
+}

@@ -744,7 +744,7 @@ impl Manager {
         let start_time = process::start_time(pid).unwrap_or(0);
         table.generation += 1;
         let generation = table.generation;
-        fill_live(&mut live, &paths, &taps, placement);
+        fill_live(&mut live, &taps, placement);
         let (state, reason) = if paused {
             (State::Paused, Reason::PausedStartingUp)
         } else {
@@ -920,6 +920,17 @@ impl Manager {
             .as_ref()
             .is_some_and(|d| !d.serials.is_empty() || !d.consoles.is_empty());
         let console = ConsoleHub::start(paths.serial(), paths.console_log());
+        if let (Control::Qemu(qmp), Some(devices)) = (&control, live.devices.as_mut())
+            && let Some(graphics) = devices.graphics.first_mut()
+            && let Ok(vnc) = qmp.execute("query-vnc", serde_json::json!({})).await
+            && let Some(port) = vnc
+                .get("service")
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.parse().ok())
+        {
+            // The display QEMU found free (autoport), as libvirt's live XML shows it.
+            graphics.port = port;
+        }
         if placement.engine == pb::Engine::Qemu {
             // QEMU waits (-S) until the console is attached, so nothing the guest prints is lost.
             if has_serial {
@@ -1358,13 +1369,8 @@ fn outcome_of(run: &Run, code: Option<i32>) -> Outcome {
     }
 }
 
-/// Runtime values of the live definition: the serial console's socket, taps, engine.
-fn fill_live(
-    live: &mut pb::DomainDefinition,
-    paths: &RunPaths,
-    taps: &[String],
-    placement: Placement,
-) {
+/// Runtime values of the live definition: aliases, taps, engine.
+fn fill_live(live: &mut pb::DomainDefinition, taps: &[String], placement: Placement) {
     live.engine = placement.engine as i32;
     let Some(devices) = live.devices.as_mut() else {
         return;
@@ -1378,7 +1384,8 @@ fn fill_live(
             interface.target_dev = tap.clone();
         }
     }
-    let serial = paths.serial().display().to_string();
+    // A pty serial port has no /dev/pts path here: the guest's port is relayed by the service's
+    // console hub (`vireo console`), so the live definition names none rather than a wrong one.
     for (index, device) in devices
         .serials
         .iter_mut()
@@ -1390,13 +1397,6 @@ fn fill_live(
         } else {
             format!("console{}", index - 1)
         };
-        if device.r#type == pb::CharSourceType::Pty as i32 {
-            // The guest's serial port is relayed through the service's console hub.
-            let source = device.source.get_or_insert_default();
-            if source.path.is_empty() {
-                source.path.clone_from(&serial);
-            }
-        }
     }
 }
 

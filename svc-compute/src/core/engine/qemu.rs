@@ -439,3 +439,93 @@ pub async fn disk_counters(qmp: &Qmp) -> Result<Vec<(String, DiskCounters)>, Err
         })
         .collect())
 }
+
+/// A device change on a running QEMU guest.
+#[derive(Debug, Clone)]
+pub enum Hotplug {
+    AddDisk(pb::Disk),
+    /// By target name (vdb).
+    RemoveDisk(String),
+}
+
+/// Plugs a virtio disk in (blockdev-add, device_add) or out (device_del, wait for the guest to
+/// let go, blockdev-del). Only virtio disks hotplug on QEMU's PCI bus.
+pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
+    let run = |command: &'static str, arguments: Value| async move {
+        qmp.execute(command, arguments)
+            .await
+            .map_err(|err| Error::Engine(format!("QEMU {command}: {err}")))
+    };
+    match change {
+        Hotplug::AddDisk(disk) => {
+            let target = disk.target.clone().unwrap_or_default();
+            if target.bus() != pb::DiskBus::Virtio || disk.device != pb::DiskDevice::Disk as i32 {
+                return Err(unsupported(
+                    "qemu",
+                    &format!(
+                        "disk {}: live attach of anything but a virtio disk",
+                        target.dev
+                    ),
+                ));
+            }
+            let path = disk_source(disk).ok_or_else(|| {
+                unsupported(
+                    "qemu",
+                    &format!("disk {}: a live volume source (issue #6)", target.dev),
+                )
+            })?;
+            let format = match disk.driver.as_ref().map(|d| d.r#type()) {
+                Some(pb::DiskFormat::Qcow2) => "qcow2",
+                _ => "raw",
+            };
+            let protocol = if disk.r#type() == pb::DiskType::Block {
+                "host_device"
+            } else {
+                "file"
+            };
+            let node = format!("drive-{}", target.dev);
+            run(
+                "blockdev-add",
+                json!({
+                    "node-name": node,
+                    "driver": format,
+                    "read-only": disk.readonly,
+                    "file": { "driver": protocol, "filename": path },
+                }),
+            )
+            .await?;
+            let mut device = json!({ "driver": "virtio-blk-pci", "drive": node, "id": target.dev });
+            if !disk.serial.is_empty() {
+                device["serial"] = json!(disk.serial);
+            }
+            if let Err(err) = run("device_add", device).await {
+                let _ = run("blockdev-del", json!({ "node-name": node })).await;
+                return Err(err);
+            }
+            Ok(())
+        }
+        Hotplug::RemoveDisk(target) => {
+            run("device_del", json!({ "id": target })).await?;
+            let path = format!("/machine/peripheral/{target}");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while qmp
+                .execute("qom-get", json!({ "path": path, "property": "type" }))
+                .await
+                .is_ok()
+            {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::State(format!(
+                        "the guest did not release disk {target} within 10 s (it must act on the ACPI eject request)"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            run(
+                "blockdev-del",
+                json!({ "node-name": format!("drive-{target}") }),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
