@@ -360,6 +360,12 @@ pub enum DomainCommand {
         snapshotname: Option<String>,
         #[arg(long)]
         current: bool,
+        /// Leave the guest paused after reverting
+        #[arg(long)]
+        paused: bool,
+        /// Run the guest after reverting (the default for a snapshot of a running guest)
+        #[arg(long)]
+        running: bool,
     },
     /// Delete a snapshot
     SnapshotDelete {
@@ -1642,7 +1648,7 @@ pub async fn run(
                 .map(|s| {
                     vec![
                         s.name.clone(),
-                        s.creation_time_unix_s.to_string(),
+                        utc_time(s.creation_time_unix_s),
                         state_name(s.state).into(),
                     ]
                 })
@@ -1653,6 +1659,8 @@ pub async fn run(
             domain,
             snapshotname,
             current,
+            paused,
+            running,
         } => {
             client(connection)
                 .await?
@@ -1660,6 +1668,8 @@ pub async fn run(
                     domain: object(&domain),
                     snapshot: snapshotname.unwrap_or_default(),
                     current,
+                    paused,
+                    running,
                     ..Default::default()
                 })
                 .await?;
@@ -1669,9 +1679,22 @@ pub async fn run(
             snapshotname,
             current,
         } => {
-            let name = snapshotname.clone().unwrap_or_default();
-            client(connection)
-                .await?
+            let mut client = client(connection).await?;
+            let name = match snapshotname {
+                Some(name) => name,
+                None => {
+                    client
+                        .get_snapshot(pb::GetSnapshotRequest {
+                            domain: object(&domain),
+                            current: true,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .name
+                }
+            };
+            client
                 .delete_snapshot(pb::DeleteSnapshotRequest {
                     domain: object(&domain),
                     snapshot: name.clone(),
@@ -1826,6 +1849,27 @@ fn print_domstats(record: &pb::DomainStatsRecord) {
 /// libvirt's numeric virDomainState, as domstats prints it.
 fn state_number(state: i32) -> i32 {
     (state - 1).max(0)
+}
+
+/// "2026-11-26 17:59:50 +0000", as virsh prints times (civil date from days since 1970).
+fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn engine_name(engine: i32) -> &'static str {
@@ -2126,5 +2170,6 @@ mod tests {
         assert!(parse_kib("99999999999999999999T").is_err());
         assert_eq!(parse_cpu_list("0-3,^2").unwrap(), vec![0, 1, 3]);
         assert_eq!(cpu_list(&[0, 1, 3, 5, 6]), "0-1,3,5-6");
+        assert_eq!(utc_time(1_795_715_990), "2026-11-26 17:59:50 +0000");
     }
 }

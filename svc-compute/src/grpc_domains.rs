@@ -228,7 +228,9 @@ impl DomainService for Domains {
             )
             .into());
         }
-        self.manager.undefine(request.domain.as_ref()).await?;
+        self.manager
+            .undefine(request.domain.as_ref(), request.snapshots_metadata)
+            .await?;
         Ok(Response::new(pb::UndefineDomainResponse {
             removed_volumes: Vec::new(),
         }))
@@ -1467,6 +1469,108 @@ impl DomainService for Domains {
             })
             .collect();
         Ok(Response::new(pb::InterfaceAddressList { interfaces }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        use pb::create_snapshot_request::Source;
+        let request = request.into_inner();
+        let definition = match request.source {
+            Some(Source::Definition(def)) => def,
+            Some(Source::Xml(_)) => {
+                return Err(Error::Unsupported(
+                    "snapshot XML is not read yet; give the name and description (snapshot-create-as)".into(),
+                )
+                .into());
+            }
+            None => pb::SnapshotDefinition::default(),
+        };
+        if definition.memory.is_some() || !definition.disks.is_empty() {
+            return Err(Error::Unsupported(
+                "per-disk and memory locations are not chosen yet: snapshots are internal".into(),
+            )
+            .into());
+        }
+        let snapshot = self
+            .manager
+            .create_snapshot(
+                request.domain.as_ref(),
+                definition.name,
+                definition.description,
+                request.disk_only,
+            )
+            .await?;
+        Ok(Response::new(snapshot))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::SnapshotList>, Status> {
+        let request = request.into_inner();
+        let mut snapshots = self.manager.list_snapshots(request.domain.as_ref()).await?;
+        if request.current {
+            snapshots.retain(|s| s.current);
+        }
+        if request.roots {
+            snapshots.retain(|s| s.parent.is_empty());
+        }
+        if request.leaves {
+            snapshots.retain(|s| s.children == 0);
+        }
+        Ok(Response::new(pb::SnapshotList { snapshots }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let request = request.into_inner();
+        let (snapshot, _) = self
+            .manager
+            .get_snapshot(request.domain.as_ref(), &request.snapshot, request.current)
+            .await?;
+        Ok(Response::new(snapshot))
+    }
+
+    async fn revert_to_snapshot(
+        &self,
+        request: Request<pb::RevertToSnapshotRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        self.manager
+            .revert_snapshot(
+                request.domain.as_ref(),
+                &request.snapshot,
+                request.current,
+                request.paused,
+            )
+            .await?;
+        Ok(empty())
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        if request.children || request.children_only {
+            return Err(Error::Unsupported(
+                "--children/--children-only are not built; delete snapshots one by one".into(),
+            )
+            .into());
+        }
+        self.manager
+            .delete_snapshot(
+                request.domain.as_ref(),
+                &request.snapshot,
+                request.current,
+                request.metadata_only,
+            )
+            .await?;
+        Ok(empty())
     }
 
     async fn core_dump(

@@ -1014,3 +1014,123 @@ fn cgroups_carry_cpu_and_memory_tuning() {
     ok(&server, &["destroy", "tuned"]);
     assert!(!cpu_dir.exists(), "the cgroup goes with the guest");
 }
+
+fn counts(text: &str) -> Vec<u64> {
+    text.split("count=")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn snapshots_of_a_running_vmm_guest_take_it_back_in_time() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(dir.path(), "cnt", &tiny_xml("cnt", &kit, "counter tiny.count_shift=16", ""));
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "cnt"]);
+    let console = Console::attach(&server, "cnt", false);
+    console.wait_for("count=", Duration::from_secs(10));
+    ok(&server, &["snapshot-create-as", "cnt", "--name", "s1", "--description", "first"]);
+    let id = ok(&server, &["domid", "cnt"]);
+    // The guest goes on counting in a new vireo-vmm process, same domain id.
+    let (_, _) = console.wait_ended(Duration::from_secs(10));
+    let console = Console::attach(&server, "cnt", false);
+    console.wait_for("count=", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(800));
+    let after = *counts(&console.leave()).last().unwrap();
+    assert_eq!(ok(&server, &["domid", "cnt"]), id);
+    let listed = ok(&server, &["snapshot-list", "cnt"]);
+    assert!(listed.contains(" s1 ") && listed.contains("running"), "{listed}");
+
+    ok(&server, &["snapshot-revert", "cnt", "s1"]);
+    assert_eq!(state(&server, "cnt"), "running (from snapshot)");
+    let console = Console::attach(&server, "cnt", false);
+    console.wait_for("count=", Duration::from_secs(10));
+    let first_after_revert = counts(&console.leave())[0];
+    assert!(
+        first_after_revert < after,
+        "after the revert the count starts again from the snapshot ({first_after_revert} < {after})"
+    );
+    // A domain with snapshots is not undefined by accident.
+    ok(&server, &["destroy", "cnt"]);
+    assert!(fails(&server, &["undefine", "cnt"]).contains("has snapshots"));
+    assert!(ok(&server, &["snapshot-delete", "cnt", "--current"]).contains("s1 deleted"));
+    ok(&server, &["undefine", "cnt"]);
+}
+
+#[test]
+fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let raw = dir.path().join("raw.img");
+    std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+    let with_disk = |name: &str, path: &Path, format: &str| {
+        debian_xml(name, &kit).replace(
+            "<serial type='pty'/>",
+            &format!(
+                "<serial type='pty'/><disk type='file'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda'/></disk>",
+                path.display()
+            ),
+        )
+    };
+    let xml = write_xml(dir.path(), "qs", &with_disk("qs", &disk, "qcow2"));
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "qs"]);
+    let mut console = Console::attach(&server, "qs", false);
+    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
+    console.type_text("echo BEFORE > /tmp/mark\n");
+    ok(&server, &["snapshot-create-as", "qs", "--name", "live"]);
+    console.type_text("echo AFTER > /tmp/mark\n");
+    ok(&server, &["snapshot-revert", "qs", "live"]);
+    assert_eq!(state(&server, "qs"), "running (from snapshot)");
+    // The guest's memory went back: the file holds what it held at the snapshot.
+    console.type_text("echo MARK=$(cat /tmp/mark)\n");
+    console.wait_for("MARK=BEFORE", Duration::from_secs(30));
+    console.leave();
+
+    ok(&server, &["destroy", "qs"]);
+    // Reverting a shut-off domain to a running snapshot starts it from there.
+    ok(&server, &["snapshot-revert", "qs", "live"]);
+    assert_eq!(state(&server, "qs"), "running (from snapshot)");
+    ok(&server, &["destroy", "qs"]);
+    // Taken while shut off: disks only, by qemu-img.
+    ok(&server, &["snapshot-create-as", "qs", "--name", "off"]);
+    let images = Command::new("qemu-img").args(["snapshot", "-l"]).arg(&disk).output().unwrap();
+    let images = stdout(&images);
+    assert!(images.contains("live") && images.contains("off"), "{images}");
+    let listed = ok(&server, &["snapshot-list", "qs"]);
+    assert!(listed.contains("shut off"), "{listed}");
+    ok(&server, &["snapshot-delete", "qs", "off"]);
+    ok(&server, &["snapshot-delete", "qs", "live"]);
+    let images = Command::new("qemu-img").args(["snapshot", "-l"]).arg(&disk).output().unwrap();
+    assert!(stdout(&images).trim().is_empty(), "{}", stdout(&images));
+
+    // A writable raw disk cannot hold a snapshot: refused by name.
+    let xml = write_xml(dir.path(), "rawdisk", &with_disk("rawdisk", &raw, "raw"));
+    ok(&server, &["define", &xml]);
+    let refused = fails(&server, &["snapshot-create-as", "rawdisk", "--name", "x"]);
+    assert!(refused.contains("disk vda is writable and not qcow2"), "{refused}");
+}

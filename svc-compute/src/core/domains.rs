@@ -21,6 +21,7 @@ use super::engine::{self, Control, EngineEvent, RunPaths};
 use super::engines::Engines;
 use super::network;
 use super::process;
+use super::snapshots::{self, Memory, Record, SnapshotStore};
 use super::store::{Store, write_atomically};
 use crate::Error;
 
@@ -177,6 +178,7 @@ struct Status {
 
 pub struct Manager {
     store: Store,
+    snapshots: SnapshotStore,
     run_root: PathBuf,
     engines: Arc<Engines>,
     table: Mutex<Table>,
@@ -203,6 +205,7 @@ impl Manager {
         std::fs::create_dir_all(&run_root).map_err(Error::io("compute run directory"))?;
         let manager = Arc::new(Manager {
             store,
+            snapshots: SnapshotStore::new(state_dir),
             run_root,
             engines,
             table: Mutex::new(Table {
@@ -238,7 +241,7 @@ impl Manager {
         for uuid in autostart {
             let id = table.next_id;
             table.next_id += 1;
-            if let Err(err) = manager.launch(&mut table, &uuid, id, false).await {
+            if let Err(err) = manager.launch(&mut table, &uuid, id, false, &Boot::Fresh).await {
                 tracing::error!(%uuid, %err, "autostart failed");
             }
         }
@@ -506,9 +509,22 @@ impl Manager {
         Ok(self.domain_of(&table, &def.uuid))
     }
 
-    pub async fn undefine(&self, domain: Option<&ObjectRef>) -> Result<(), Error> {
+    pub async fn undefine(
+        &self,
+        domain: Option<&ObjectRef>,
+        snapshots_metadata: bool,
+    ) -> Result<(), Error> {
         let mut table = self.table.lock().await;
         let uuid = table.find(domain)?;
+        if self.snapshots.any(&uuid) {
+            if !snapshots_metadata {
+                return Err(Error::State(format!(
+                    "domain '{}' has snapshots: delete them, or undefine with --snapshots-metadata",
+                    table.entry(&uuid).name()
+                )));
+            }
+            self.snapshots.remove_all(&uuid);
+        }
         let entry = table.entry(&uuid);
         let Some(def) = entry.persistent.clone() else {
             return Err(Error::State(format!(
@@ -657,7 +673,7 @@ impl Manager {
         }
         let id = table.next_id;
         table.next_id += 1;
-        self.launch(&mut table, &uuid, id, paused).await?;
+        self.launch(&mut table, &uuid, id, paused, &Boot::Fresh).await?;
         Ok(self.domain_of(&table, &uuid))
     }
 
@@ -691,7 +707,9 @@ impl Manager {
         let saved = entry.persistent.replace(def.clone());
         let id = table.next_id;
         table.next_id += 1;
-        let result = self.launch(&mut table, &uuid, id, paused).await;
+        let result = self
+            .launch(&mut table, &uuid, id, paused, &Boot::Fresh)
+            .await;
         let entry = table.entry(&uuid);
         entry.persistent = saved;
         if let Err(err) = result {
@@ -710,6 +728,7 @@ impl Manager {
         uuid: &str,
         id: i32,
         paused: bool,
+        boot: &Boot,
     ) -> Result<(), Error> {
         let entry = table.entry(uuid);
         let mut live = entry.definition().clone();
@@ -725,7 +744,7 @@ impl Manager {
             }
         };
         let result = self
-            .spawn(uuid, &mut live, placement, &paths, &taps, paused)
+            .spawn(uuid, &mut live, placement, &paths, &taps, paused, boot)
             .await;
         let (mut child, control, events_rx, console, group) = match result {
             Ok(parts) => parts,
@@ -745,10 +764,10 @@ impl Manager {
         table.generation += 1;
         let generation = table.generation;
         fill_live(&mut live, &taps, placement);
-        let (state, reason) = if paused {
-            (State::Paused, Reason::PausedStartingUp)
-        } else {
-            (State::Running, Reason::RunningBooted)
+        let (state, reason) = match (paused, boot) {
+            (true, _) => (State::Paused, Reason::PausedStartingUp),
+            (false, Boot::Fresh) => (State::Running, Reason::RunningBooted),
+            (false, _) => (State::Running, Reason::RunningFromSnapshot),
         };
         let run = Run {
             live: live.clone(),
@@ -804,6 +823,7 @@ impl Manager {
         paths: &RunPaths,
         taps: &[String],
         paused: bool,
+        boot: &Boot,
     ) -> Result<
         (
             SpawnedChild,
@@ -837,6 +857,38 @@ impl Manager {
                 paths,
             )?,
         };
+        let mut launch = launch;
+        match boot {
+            Boot::Fresh => {}
+            Boot::Restore(file) if placement.engine == pb::Engine::Vmm => {
+                // The snapshot holds the machine and its devices; only the host ends are given.
+                let serial = launch
+                    .args
+                    .iter()
+                    .skip_while(|a| *a != "--serial")
+                    .nth(1)
+                    .cloned()
+                    .unwrap_or_else(|| "null".into());
+                launch.args = vec![
+                    "restore".into(),
+                    "--snapshot".into(),
+                    file.display().to_string(),
+                    "--serial".into(),
+                    serial,
+                    "--control".into(),
+                    paths.control().display().to_string(),
+                ];
+            }
+            Boot::LoadVm(name) if placement.engine == pb::Engine::Qemu => {
+                launch.args.extend(["-loadvm".into(), name.clone()]);
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "this snapshot was taken on another engine than the domain's {}",
+                    if placement.engine == pb::Engine::Vmm { "vmm" } else { "qemu" }
+                )));
+            }
+        }
         let log = std::fs::File::create(paths.engine_log()).map_err(Error::io("engine log"))?;
         let log_err = log.try_clone().map_err(Error::io("engine log"))?;
         let mut command = tokio::process::Command::new(&launch.program);
@@ -1110,7 +1162,7 @@ impl Manager {
             );
         }
         if restart {
-            match self.launch(table, uuid, run.id, false).await {
+            match self.launch(table, uuid, run.id, false, &Boot::Fresh).await {
                 Ok(()) => return,
                 Err(err) => {
                     tracing::error!(%uuid, %err, "restarting the guest failed");
@@ -1128,6 +1180,351 @@ impl Manager {
         if entry.persistent.is_none() {
             table.entries.remove(uuid);
         }
+    }
+
+
+    // ----------------------------------------------------------------------------------------
+    // Snapshots
+    // ----------------------------------------------------------------------------------------
+
+    fn snapshot_view(&self, uuid: &str, domain: &str, record: &Record, all: &[Record]) -> pb::Snapshot {
+        let children = all.iter().filter(|r| r.parent == record.name).count();
+        let mut descendants = 0;
+        let mut frontier = vec![record.name.clone()];
+        while let Some(name) = frontier.pop() {
+            for child in all.iter().filter(|r| r.parent == name) {
+                descendants += 1;
+                frontier.push(child.name.clone());
+            }
+        }
+        pb::Snapshot {
+            name: record.name.clone(),
+            domain: domain.to_string(),
+            description: record.description.clone(),
+            parent: record.parent.clone(),
+            creation_time_unix_s: record.created_unix_s,
+            state: record.state,
+            disk_only: false,
+            location: if record.memory == Memory::VmmState {
+                pb::SnapshotLocation::External
+            } else {
+                pb::SnapshotLocation::Internal
+            } as i32,
+            current: self.snapshots.current(uuid).as_deref() == Some(record.name.as_str()),
+            children: u32::try_from(children).unwrap_or(u32::MAX),
+            descendants: u32::try_from(descendants).unwrap_or(u32::MAX),
+            has_metadata: true,
+        }
+    }
+
+    /// Stops a run at once for a snapshot operation: no lifecycle action, no stop event.
+    async fn stop_for_snapshot(&self, table: &mut Table, uuid: &str) -> Option<Run> {
+        let entry = table.entry(uuid);
+        let run = entry.run.as_mut()?;
+        run.intent = Intent::Destroy;
+        let pid = run.pid;
+        if let Ok(pidfd) = process::pidfd(pid) {
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            process::wait_exit(pidfd).await;
+        }
+        let run = table.entry(uuid).run.take()?;
+        self.release(&run).await;
+        Some(run)
+    }
+
+    /// What a run holds on the host: console, cgroup, taps, run directory.
+    async fn release(&self, run: &Run) {
+        run.console.close();
+        if let Some(group) = &run.cgroup {
+            group.remove();
+        }
+        network::remove_taps(&run.taps).await;
+        let _ = std::fs::remove_dir_all(&run.paths.dir);
+    }
+
+    fn snapshot_name(&self, uuid: &str, name: &str, current: bool) -> Result<String, Error> {
+        if current || name.is_empty() {
+            return self
+                .snapshots
+                .current(uuid)
+                .ok_or_else(|| Error::NotFound("the domain has no current snapshot".into()));
+        }
+        if self.snapshots.get(uuid, name).is_none() {
+            return Err(Error::NotFound(format!("snapshot '{name}' does not exist")));
+        }
+        Ok(name.to_string())
+    }
+
+    pub async fn create_snapshot(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        name: String,
+        description: String,
+        disk_only: bool,
+    ) -> Result<pb::Snapshot, Error> {
+        if disk_only {
+            return Err(Error::Unsupported(
+                "--disk-only (external overlay) snapshots are not built; internal snapshots keep disks and memory".into(),
+            ));
+        }
+        let created = now_ms() / 1000;
+        let name = if name.is_empty() { created.to_string() } else { name };
+        vireo_conf::domain::check_name(&name, "name")?;
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        if self.snapshots.get(&uuid, &name).is_some() {
+            return Err(Error::AlreadyExists(format!("snapshot '{name}' already exists")));
+        }
+        let entry = table.entry(&uuid);
+        let domain_name = entry.name().to_string();
+        let def = entry.persistent.clone().unwrap_or_else(|| entry.definition().clone());
+        let disks = writable_disks(entry.definition());
+        if let Some((target, _, _)) = disks.iter().find(|(_, _, qcow2)| !qcow2) {
+            return Err(Error::Unsupported(format!(
+                "disk {target} is writable and not qcow2: internal snapshots keep disk state inside qcow2 images (make it qcow2 or read-only)"
+            )));
+        }
+        let (state, _) = entry.state();
+        let memory = match entry.run.as_ref().map(|r| r.engine) {
+            None => {
+                for (_, path, _) in &disks {
+                    snapshots::qemu_img_snapshot("-c", &name, path)
+                        .await
+                        .map_err(Error::State)?;
+                }
+                Memory::None
+            }
+            Some(pb::Engine::Qemu) => {
+                let run = Self::running(&mut table, &uuid)?;
+                if disks.is_empty() {
+                    return Err(Error::Unsupported(
+                        "a running qemu guest keeps its snapshot inside a writable qcow2 disk, and this one has none".into(),
+                    ));
+                }
+                hmp(&run.control, &format!("savevm {name}")).await?;
+                Memory::QemuInternal
+            }
+            Some(_) => {
+                if let Some((target, _, _)) = disks.first() {
+                    return Err(Error::Unsupported(format!(
+                        "the vmm engine snapshots running guests without writable disks only (disk {target} is writable)"
+                    )));
+                }
+                let file = self.snapshots.memory_file(&uuid, &name);
+                std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/")))
+                    .map_err(Error::io("snapshot directory"))?;
+                let run = Self::running(&mut table, &uuid)?;
+                let (id, was_paused) = (run.id, run.state == State::Paused);
+                let Control::Vmm(socket) = &run.control else {
+                    return Err(Error::Engine("vmm run without a vmm control".into()));
+                };
+                // vireo-vmm writes the machine and stops; a new process continues from the file.
+                engine::vmm::request(socket, serde_json::json!({"cmd": "save", "path": file}))
+                    .await
+                    .map_err(Error::Engine)?;
+                self.stop_for_snapshot(&mut table, &uuid).await;
+                self.launch(&mut table, &uuid, id, false, &Boot::Restore(file))
+                    .await?;
+                if was_paused {
+                    let run = Self::running(&mut table, &uuid)?;
+                    run.control.pause().await?;
+                    (run.state, run.reason) = (State::Paused, Reason::PausedFromSnapshot);
+                }
+                Memory::VmmState
+            }
+        };
+        let record = Record {
+            name: name.clone(),
+            description,
+            parent: self.snapshots.current(&uuid).unwrap_or_default(),
+            created_unix_s: created,
+            state: state as i32,
+            memory,
+            domain_xml: vireo_conf::domain::format(&def, None)?,
+            qcow2_disks: disks.iter().map(|(_, path, _)| path.clone()).collect(),
+        };
+        self.snapshots
+            .save(&uuid, &record)
+            .map_err(Error::io("snapshot record"))?;
+        self.snapshots
+            .set_current(&uuid, &name)
+            .map_err(Error::io("current snapshot"))?;
+        let all = self.snapshots.list(&uuid);
+        Ok(self.snapshot_view(&uuid, &domain_name, &record, &all))
+    }
+
+    pub async fn list_snapshots(&self, domain: Option<&ObjectRef>) -> Result<Vec<pb::Snapshot>, Error> {
+        let table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let name = table.entries[&uuid].name().to_string();
+        let all = self.snapshots.list(&uuid);
+        Ok(all.iter().map(|r| self.snapshot_view(&uuid, &name, r, &all)).collect())
+    }
+
+    pub async fn get_snapshot(
+        &self,
+        domain: Option<&ObjectRef>,
+        name: &str,
+        current: bool,
+    ) -> Result<(pb::Snapshot, String), Error> {
+        let table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let name = self.snapshot_name(&uuid, name, current)?;
+        let domain_name = table.entries[&uuid].name().to_string();
+        let all = self.snapshots.list(&uuid);
+        let record = self
+            .snapshots
+            .get(&uuid, &name)
+            .ok_or_else(|| Error::NotFound(format!("snapshot '{name}' does not exist")))?;
+        Ok((self.snapshot_view(&uuid, &domain_name, &record, &all), record.domain_xml))
+    }
+
+    pub async fn revert_snapshot(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        name: &str,
+        current: bool,
+        paused: bool,
+    ) -> Result<(), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let name = self.snapshot_name(&uuid, name, current)?;
+        let record = self
+            .snapshots
+            .get(&uuid, &name)
+            .ok_or_else(|| Error::NotFound(format!("snapshot '{name}' does not exist")))?;
+        let mut def = vireo_conf::domain::parse(&record.domain_xml)?;
+        vireo_conf::domain::fill_defaults(&mut def);
+        let running_engine = table.entry(&uuid).run.as_ref().map(|r| r.engine);
+        // A running QEMU guest goes back in place; anything else starts again from the snapshot.
+        if record.memory == Memory::QemuInternal && running_engine == Some(pb::Engine::Qemu) {
+            let run = Self::running(&mut table, &uuid)?;
+            hmp(&run.control, &format!("loadvm {name}")).await?;
+            if paused {
+                run.control.pause().await?;
+                (run.state, run.reason) = (State::Paused, Reason::PausedFromSnapshot);
+            } else {
+                run.control.resume().await?;
+                (run.state, run.reason) = (State::Running, Reason::RunningFromSnapshot);
+            }
+            self.write_status(&table, &uuid);
+        } else {
+            let old = self.stop_for_snapshot(&mut table, &uuid).await;
+            if record.memory == Memory::None {
+                for path in &record.qcow2_disks {
+                    snapshots::qemu_img_snapshot("-a", &name, path)
+                        .await
+                        .map_err(Error::State)?;
+                }
+            }
+            let entry = table.entry(&uuid);
+            if entry.persistent.is_some() {
+                self.store
+                    .save(&def)
+                    .map_err(Error::io("saving the reverted definition"))?;
+                entry.persistent = Some(def.clone());
+            }
+            if let Some(old) = &old {
+                self.publish(
+                    &old.live,
+                    pb::DomainEventType::Stopped,
+                    (State::Shutoff, Reason::ShutoffFromSnapshot),
+                    pb::DomainEventDetail::Unspecified,
+                );
+            }
+            let boot = match record.memory {
+                Memory::None => None,
+                Memory::VmmState => Some(Boot::Restore(self.snapshots.memory_file(&uuid, &name))),
+                Memory::QemuInternal => Some(Boot::LoadVm(name.clone())),
+            };
+            match boot {
+                Some(boot) => {
+                    let transient = entry.persistent.is_none();
+                    if transient {
+                        // launch reads the definition from the entry; a transient one stays so.
+                        entry.persistent = Some(def.clone());
+                    }
+                    let id = match &old {
+                        Some(run) => run.id,
+                        None => {
+                            table.next_id += 1;
+                            table.next_id - 1
+                        }
+                    };
+                    let result = self.launch(&mut table, &uuid, id, paused, &boot).await;
+                    if transient {
+                        table.entry(&uuid).persistent = None;
+                        if result.is_err() {
+                            table.entries.remove(&uuid);
+                        }
+                    }
+                    result?;
+                }
+                None => {
+                    if entry.persistent.is_none() {
+                        table.entries.remove(&uuid);
+                    } else {
+                        entry.inactive = (State::Shutoff, Reason::ShutoffFromSnapshot);
+                    }
+                }
+            }
+        }
+        self.snapshots
+            .set_current(&uuid, &name)
+            .map_err(Error::io("current snapshot"))?;
+        Ok(())
+    }
+
+    pub async fn delete_snapshot(
+        &self,
+        domain: Option<&ObjectRef>,
+        name: &str,
+        current: bool,
+        metadata_only: bool,
+    ) -> Result<String, Error> {
+        let table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let name = self.snapshot_name(&uuid, name, current)?;
+        let record = self
+            .snapshots
+            .get(&uuid, &name)
+            .ok_or_else(|| Error::NotFound(format!("snapshot '{name}' does not exist")))?;
+        if !metadata_only && !record.qcow2_disks.is_empty() {
+            match table.entries[&uuid].run.as_ref() {
+                Some(run) if run.engine == pb::Engine::Qemu => {
+                    hmp(&run.control, &format!("delvm {name}")).await?;
+                }
+                Some(_) => {
+                    return Err(Error::State(format!(
+                        "snapshot '{name}' lives in the disks of a running guest; destroy it first or use --metadata"
+                    )));
+                }
+                None => {
+                    for path in &record.qcow2_disks {
+                        snapshots::qemu_img_snapshot("-d", &name, path)
+                            .await
+                            .map_err(Error::State)?;
+                    }
+                }
+            }
+        }
+        let was_current = self.snapshots.current(&uuid).as_deref() == Some(name.as_str());
+        // Children now hang from the deleted snapshot's parent.
+        for mut child in self.snapshots.list(&uuid).into_iter().filter(|r| r.parent == name) {
+            child.parent.clone_from(&record.parent);
+            self.snapshots
+                .save(&uuid, &child)
+                .map_err(Error::io("snapshot record"))?;
+        }
+        self.snapshots
+            .remove(&uuid, &name)
+            .map_err(Error::io("snapshot record"))?;
+        if was_current && !record.parent.is_empty() {
+            self.snapshots
+                .set_current(&uuid, &record.parent)
+                .map_err(Error::io("current snapshot"))?;
+        }
+        Ok(name)
     }
 
     /// The running guest of a domain, or the error virsh gives for an inactive one.
@@ -1303,6 +1700,51 @@ impl Manager {
             }
         }
     }
+}
+
+/// Writable disks of a definition, as (target, path, is qcow2).
+fn writable_disks(def: &pb::DomainDefinition) -> Vec<(String, String, bool)> {
+    def.devices
+        .iter()
+        .flat_map(|d| &d.disks)
+        .filter(|d| !d.readonly && d.device == pb::DiskDevice::Disk as i32)
+        .map(|d| {
+            (
+                d.target.as_ref().map(|t| t.dev.clone()).unwrap_or_default(),
+                engine::disk_source(d).unwrap_or("").to_string(),
+                d.driver.as_ref().is_some_and(|x| x.r#type == pb::DiskFormat::Qcow2 as i32),
+            )
+        })
+        .collect()
+}
+
+/// An HMP command through QMP; HMP reports failure as text.
+async fn hmp(control: &Control, command: &str) -> Result<(), Error> {
+    let Control::Qemu(qmp) = control else {
+        return Err(Error::Unsupported(format!("'{command}' needs the qemu engine")));
+    };
+    let reply = qmp
+        .execute(
+            "human-monitor-command",
+            serde_json::json!({ "command-line": command }),
+        )
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU {command}: {err}")))?;
+    match reply.as_str().map(str::trim) {
+        None | Some("") => Ok(()),
+        Some(text) => Err(Error::State(format!("QEMU {command}: {text}"))),
+    }
+}
+
+/// How a guest's engine starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// From its kernel or firmware.
+    Fresh,
+    /// vireo-vmm: from a saved machine state.
+    Restore(PathBuf),
+    /// QEMU: from an internal snapshot of its qcow2 disks (-loadvm).
+    LoadVm(String),
 }
 
 /// A running guest as a request handler sees it.

@@ -8,4 +8,5 @@ pub mod engines;
 pub mod host;
 pub mod network;
 pub mod process;
+pub mod snapshots;
 pub mod store;
