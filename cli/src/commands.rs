@@ -71,7 +71,7 @@ pub enum Command {
     #[command(alias = "exit")]
     Quit,
     #[command(flatten)]
-    Domain(crate::domain::DomainCommand),
+    Domain(Box<crate::domain::DomainCommand>),
 }
 
 /// What the shell should do after a command.
@@ -112,7 +112,7 @@ pub async fn run(
         Command::Sysinfo => sysinfo(connection, format).await,
         Command::Nodememstats => nodememstats(connection, format).await,
         Command::Nodecpustats { cpu } => nodecpustats(connection, format, cpu).await,
-        Command::Domain(command) => crate::domain::run(connection, format, command).await,
+        Command::Domain(command) => crate::domain::run(connection, format, *command).await,
         Command::List {
             all,
             inactive,

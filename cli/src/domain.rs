@@ -354,6 +354,8 @@ pub enum DomainCommand {
     },
     /// List a domain's snapshots
     SnapshotList { domain: String },
+    /// Print a snapshot's XML
+    SnapshotDumpxml { domain: String, snapshot: String },
     /// Return a domain to a snapshot
     SnapshotRevert {
         domain: String,
@@ -525,9 +527,9 @@ fn parse_cpu_list(text: &str) -> Result<Vec<u32>, String> {
     Ok(cpus.into_iter().collect())
 }
 
-fn word<T: TryFrom<i32>>(text: Option<&str>, words: &[(&str, T)], what: &str) -> Result<i32, Call>
+fn word<T>(text: Option<&str>, words: &[(&str, T)], what: &str) -> Result<i32, Call>
 where
-    T: Copy + Into<i32>,
+    T: Copy + Into<i32> + TryFrom<i32>,
 {
     match text {
         None => Ok(0),
@@ -829,10 +831,7 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            match format {
-                Format::Json => print_json(&xml),
-                Format::Table => print!("{}", xml.xml),
-            }
+            print_xml(format, &xml, &xml.xml);
         }
         C::Edit { domain } => edit(connection, &domain).await?,
         C::Dominfo { domain } => {
@@ -1081,21 +1080,18 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            match format {
-                Format::Json => print_json(&stats),
-                Format::Table => {
-                    for (name, value) in [
-                        ("rd_req", stats.rd_req),
-                        ("rd_bytes", stats.rd_bytes),
-                        ("wr_req", stats.wr_req),
-                        ("wr_bytes", stats.wr_bytes),
-                        ("flush_operations", stats.flush_req),
-                    ] {
-                        println!("{} {name} {value}", stats.device);
-                    }
-                    println!();
-                }
-            }
+            print_counters(
+                format,
+                &stats,
+                &stats.device,
+                &[
+                    ("rd_req", stats.rd_req),
+                    ("rd_bytes", stats.rd_bytes),
+                    ("wr_req", stats.wr_req),
+                    ("wr_bytes", stats.wr_bytes),
+                    ("flush_operations", stats.flush_req),
+                ],
+            );
         }
         C::Domifstat { domain, interface } => {
             let stats = client(connection)
@@ -1107,24 +1103,21 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            match format {
-                Format::Json => print_json(&stats),
-                Format::Table => {
-                    for (name, value) in [
-                        ("rx_bytes", stats.rx_bytes),
-                        ("rx_packets", stats.rx_packets),
-                        ("rx_errs", stats.rx_errs),
-                        ("rx_drop", stats.rx_drop),
-                        ("tx_bytes", stats.tx_bytes),
-                        ("tx_packets", stats.tx_packets),
-                        ("tx_errs", stats.tx_errs),
-                        ("tx_drop", stats.tx_drop),
-                    ] {
-                        println!("{} {name} {value}", stats.interface);
-                    }
-                    println!();
-                }
-            }
+            print_counters(
+                format,
+                &stats,
+                &stats.interface,
+                &[
+                    ("rx_bytes", stats.rx_bytes),
+                    ("rx_packets", stats.rx_packets),
+                    ("rx_errs", stats.rx_errs),
+                    ("rx_drop", stats.rx_drop),
+                    ("tx_bytes", stats.tx_bytes),
+                    ("tx_packets", stats.tx_packets),
+                    ("tx_errs", stats.tx_errs),
+                    ("tx_drop", stats.tx_drop),
+                ],
+            );
         }
         C::Domblklist {
             domain,
@@ -1655,6 +1648,18 @@ pub async fn run(
                 .collect();
             print_table(&["Name", "Creation Time", "State"], &rows);
         }
+        C::SnapshotDumpxml { domain, snapshot } => {
+            let xml = client(connection)
+                .await?
+                .get_snapshot_xml(pb::GetSnapshotXmlRequest {
+                    domain: object(&domain),
+                    snapshot,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            print_xml(format, &xml, &xml.xml);
+        }
         C::SnapshotRevert {
             domain,
             snapshotname,
@@ -1870,6 +1875,31 @@ fn utc_time(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// XML as it is for people, the whole message as JSON for scripts.
+fn print_xml<T: serde::Serialize>(format: Format, message: &T, xml: &str) {
+    match format {
+        Format::Json => print_json(message),
+        Format::Table => print!("{xml}"),
+    }
+}
+
+/// virsh's "DEVICE name value" counter lines (domblkstat, domifstat).
+fn print_counters<T: serde::Serialize>(
+    format: Format,
+    message: &T,
+    device: &str,
+    counters: &[(&str, u64)],
+) {
+    if format == Format::Json {
+        print_json(message);
+        return;
+    }
+    for (name, value) in counters {
+        println!("{device} {name} {value}");
+    }
+    println!();
 }
 
 fn engine_name(engine: i32) -> &'static str {

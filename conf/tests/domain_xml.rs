@@ -2,6 +2,8 @@
 //! matching `*.out.xml`; the output parses back to the same definition. Set
 //! VIREO_BLESS=1 to rewrite the expected files after a deliberate change.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use vireo_conf::domain;

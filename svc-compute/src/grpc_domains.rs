@@ -818,7 +818,7 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "attaching a device",
-            disk_of(&device).map(Hotplug::AddDisk),
+            disk_of(&device).map(|disk| Hotplug::AddDisk(Box::new(disk))),
             move |devices| add_device(devices, added.clone()),
         )
         .await?;
@@ -931,7 +931,7 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "attaching a disk",
-            Some(Hotplug::AddDisk(disk.clone())),
+            Some(Hotplug::AddDisk(Box::new(disk.clone()))),
             move |devices| add_device(devices, device.clone()),
         )
         .await?;
@@ -1150,7 +1150,7 @@ impl DomainService for Domains {
                     Some(group) => group
                         .memory()
                         .map_err(Error::io("reading the guest's cgroup")),
-                    None => Ok(run.live.memtune.clone().unwrap_or_default()),
+                    None => Ok(run.live.memtune.unwrap_or_default()),
                 })
                 .await?
         };
@@ -1528,11 +1528,25 @@ impl DomainService for Domains {
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
         let request = request.into_inner();
-        let (snapshot, _) = self
+        let (snapshot, _, _) = self
             .manager
             .get_snapshot(request.domain.as_ref(), &request.snapshot, request.current)
             .await?;
         Ok(Response::new(snapshot))
+    }
+
+    async fn get_snapshot_xml(
+        &self,
+        request: Request<pb::GetSnapshotXmlRequest>,
+    ) -> Result<Response<pb::SnapshotXml>, Status> {
+        let request = request.into_inner();
+        let (snapshot, domain_xml, memory_file) = self
+            .manager
+            .get_snapshot(request.domain.as_ref(), &request.snapshot, false)
+            .await?;
+        let xml = vireo_conf::snapshot::format(&snapshot, memory_file.as_deref(), &domain_xml)
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::SnapshotXml { xml }))
     }
 
     async fn revert_to_snapshot(

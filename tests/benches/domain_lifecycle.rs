@@ -179,7 +179,8 @@ fn main() {
         "{:<24}{:>16}{:>16}{:>12}{:>18}",
         "step", "vireo (qemu)", "libvirt (qemu)", "ratio", "vireo (vmm, tiny)"
     );
-    let rows: [(&str, fn(&Figures) -> Vec<Duration>); 4] = [
+    type Pick = fn(&Figures) -> Vec<Duration>;
+    let rows: [(&str, Pick); 4] = [
         ("define", |f| f.define.clone()),
         ("start -> running", |f| f.start.clone()),
         ("define+start -> running", |f| f.define_start.clone()),

@@ -131,8 +131,7 @@ impl Console {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "vireo console exited with {status}");
-        let seen = self.seen.lock().unwrap().clone();
-        seen
+        self.seen.lock().unwrap().clone()
     }
 
     /// Waits for the session to end by itself (the guest stopped or another client forced it).
@@ -1018,7 +1017,12 @@ fn cgroups_carry_cpu_and_memory_tuning() {
 fn counts(text: &str) -> Vec<u64> {
     text.split("count=")
         .skip(1)
-        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -1033,12 +1037,26 @@ fn snapshots_of_a_running_vmm_guest_take_it_back_in_time() {
     };
     let server = Server::vireod();
     let dir = tempfile::tempdir().unwrap();
-    let xml = write_xml(dir.path(), "cnt", &tiny_xml("cnt", &kit, "counter tiny.count_shift=16", ""));
+    let xml = write_xml(
+        dir.path(),
+        "cnt",
+        &tiny_xml("cnt", &kit, "counter tiny.count_shift=16", ""),
+    );
     ok(&server, &["define", &xml]);
     ok(&server, &["start", "cnt"]);
     let console = Console::attach(&server, "cnt", false);
     console.wait_for("count=", Duration::from_secs(10));
-    ok(&server, &["snapshot-create-as", "cnt", "--name", "s1", "--description", "first"]);
+    ok(
+        &server,
+        &[
+            "snapshot-create-as",
+            "cnt",
+            "--name",
+            "s1",
+            "--description",
+            "first",
+        ],
+    );
     let id = ok(&server, &["domid", "cnt"]);
     // The guest goes on counting in a new vireo-vmm process, same domain id.
     let (_, _) = console.wait_ended(Duration::from_secs(10));
@@ -1048,7 +1066,19 @@ fn snapshots_of_a_running_vmm_guest_take_it_back_in_time() {
     let after = *counts(&console.leave()).last().unwrap();
     assert_eq!(ok(&server, &["domid", "cnt"]), id);
     let listed = ok(&server, &["snapshot-list", "cnt"]);
-    assert!(listed.contains(" s1 ") && listed.contains("running"), "{listed}");
+    assert!(
+        listed.contains(" s1 ") && listed.contains("running"),
+        "{listed}"
+    );
+    let xml = ok(&server, &["snapshot-dumpxml", "cnt", "s1"]);
+    for part in [
+        "<name>s1</name>",
+        "<description>first</description>",
+        "<memory snapshot='external'",
+        "<name>cnt</name>",
+    ] {
+        assert!(xml.contains(part), "{xml}");
+    }
 
     ok(&server, &["snapshot-revert", "cnt", "s1"]);
     assert_eq!(state(&server, "cnt"), "running (from snapshot)");
@@ -1086,7 +1116,10 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
         .unwrap();
     assert!(created.success());
     let raw = dir.path().join("raw.img");
-    std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let with_disk = |name: &str, path: &Path, format: &str| {
         debian_xml(name, &kit).replace(
             "<serial type='pty'/>",
@@ -1118,19 +1151,33 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
     ok(&server, &["destroy", "qs"]);
     // Taken while shut off: disks only, by qemu-img.
     ok(&server, &["snapshot-create-as", "qs", "--name", "off"]);
-    let images = Command::new("qemu-img").args(["snapshot", "-l"]).arg(&disk).output().unwrap();
+    let images = Command::new("qemu-img")
+        .args(["snapshot", "-l"])
+        .arg(&disk)
+        .output()
+        .unwrap();
     let images = stdout(&images);
-    assert!(images.contains("live") && images.contains("off"), "{images}");
+    assert!(
+        images.contains("live") && images.contains("off"),
+        "{images}"
+    );
     let listed = ok(&server, &["snapshot-list", "qs"]);
     assert!(listed.contains("shut off"), "{listed}");
     ok(&server, &["snapshot-delete", "qs", "off"]);
     ok(&server, &["snapshot-delete", "qs", "live"]);
-    let images = Command::new("qemu-img").args(["snapshot", "-l"]).arg(&disk).output().unwrap();
+    let images = Command::new("qemu-img")
+        .args(["snapshot", "-l"])
+        .arg(&disk)
+        .output()
+        .unwrap();
     assert!(stdout(&images).trim().is_empty(), "{}", stdout(&images));
 
     // A writable raw disk cannot hold a snapshot: refused by name.
     let xml = write_xml(dir.path(), "rawdisk", &with_disk("rawdisk", &raw, "raw"));
     ok(&server, &["define", &xml]);
     let refused = fails(&server, &["snapshot-create-as", "rawdisk", "--name", "x"]);
-    assert!(refused.contains("disk vda is writable and not qcow2"), "{refused}");
+    assert!(
+        refused.contains("disk vda is writable and not qcow2"),
+        "{refused}"
+    );
 }

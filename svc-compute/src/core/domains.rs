@@ -241,7 +241,10 @@ impl Manager {
         for uuid in autostart {
             let id = table.next_id;
             table.next_id += 1;
-            if let Err(err) = manager.launch(&mut table, &uuid, id, false, &Boot::Fresh).await {
+            if let Err(err) = manager
+                .launch(&mut table, &uuid, id, false, &Boot::Fresh)
+                .await
+            {
                 tracing::error!(%uuid, %err, "autostart failed");
             }
         }
@@ -673,7 +676,8 @@ impl Manager {
         }
         let id = table.next_id;
         table.next_id += 1;
-        self.launch(&mut table, &uuid, id, paused, &Boot::Fresh).await?;
+        self.launch(&mut table, &uuid, id, paused, &Boot::Fresh)
+            .await?;
         Ok(self.domain_of(&table, &uuid))
     }
 
@@ -815,6 +819,8 @@ impl Manager {
     }
 
     #[allow(clippy::type_complexity)]
+    // One argument per part of a start; grouping them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn spawn(
         &self,
         uuid: &str,
@@ -885,7 +891,11 @@ impl Manager {
             _ => {
                 return Err(Error::Unsupported(format!(
                     "this snapshot was taken on another engine than the domain's {}",
-                    if placement.engine == pb::Engine::Vmm { "vmm" } else { "qemu" }
+                    if placement.engine == pb::Engine::Vmm {
+                        "vmm"
+                    } else {
+                        "qemu"
+                    }
                 )));
             }
         }
@@ -1182,12 +1192,17 @@ impl Manager {
         }
     }
 
-
     // ----------------------------------------------------------------------------------------
     // Snapshots
     // ----------------------------------------------------------------------------------------
 
-    fn snapshot_view(&self, uuid: &str, domain: &str, record: &Record, all: &[Record]) -> pb::Snapshot {
+    fn snapshot_view(
+        &self,
+        uuid: &str,
+        domain: &str,
+        record: &Record,
+        all: &[Record],
+    ) -> pb::Snapshot {
         let children = all.iter().filter(|r| r.parent == record.name).count();
         let mut descendants = 0;
         let mut frontier = vec![record.name.clone()];
@@ -1268,16 +1283,25 @@ impl Manager {
             ));
         }
         let created = now_ms() / 1000;
-        let name = if name.is_empty() { created.to_string() } else { name };
+        let name = if name.is_empty() {
+            created.to_string()
+        } else {
+            name
+        };
         vireo_conf::domain::check_name(&name, "name")?;
         let mut table = self.table.lock().await;
         let uuid = table.find(domain)?;
         if self.snapshots.get(&uuid, &name).is_some() {
-            return Err(Error::AlreadyExists(format!("snapshot '{name}' already exists")));
+            return Err(Error::AlreadyExists(format!(
+                "snapshot '{name}' already exists"
+            )));
         }
         let entry = table.entry(&uuid);
         let domain_name = entry.name().to_string();
-        let def = entry.persistent.clone().unwrap_or_else(|| entry.definition().clone());
+        let def = entry
+            .persistent
+            .clone()
+            .unwrap_or_else(|| entry.definition().clone());
         let disks = writable_disks(entry.definition());
         if let Some((target, _, _)) = disks.iter().find(|(_, _, qcow2)| !qcow2) {
             return Err(Error::Unsupported(format!(
@@ -1353,12 +1377,18 @@ impl Manager {
         Ok(self.snapshot_view(&uuid, &domain_name, &record, &all))
     }
 
-    pub async fn list_snapshots(&self, domain: Option<&ObjectRef>) -> Result<Vec<pb::Snapshot>, Error> {
+    pub async fn list_snapshots(
+        &self,
+        domain: Option<&ObjectRef>,
+    ) -> Result<Vec<pb::Snapshot>, Error> {
         let table = self.table.lock().await;
         let uuid = table.find(domain)?;
         let name = table.entries[&uuid].name().to_string();
         let all = self.snapshots.list(&uuid);
-        Ok(all.iter().map(|r| self.snapshot_view(&uuid, &name, r, &all)).collect())
+        Ok(all
+            .iter()
+            .map(|r| self.snapshot_view(&uuid, &name, r, &all))
+            .collect())
     }
 
     pub async fn get_snapshot(
@@ -1366,7 +1396,7 @@ impl Manager {
         domain: Option<&ObjectRef>,
         name: &str,
         current: bool,
-    ) -> Result<(pb::Snapshot, String), Error> {
+    ) -> Result<(pb::Snapshot, String, Option<String>), Error> {
         let table = self.table.lock().await;
         let uuid = table.find(domain)?;
         let name = self.snapshot_name(&uuid, name, current)?;
@@ -1376,7 +1406,17 @@ impl Manager {
             .snapshots
             .get(&uuid, &name)
             .ok_or_else(|| Error::NotFound(format!("snapshot '{name}' does not exist")))?;
-        Ok((self.snapshot_view(&uuid, &domain_name, &record, &all), record.domain_xml))
+        let memory_file = (record.memory == Memory::VmmState).then(|| {
+            self.snapshots
+                .memory_file(&uuid, &name)
+                .display()
+                .to_string()
+        });
+        Ok((
+            self.snapshot_view(&uuid, &domain_name, &record, &all),
+            record.domain_xml,
+            memory_file,
+        ))
     }
 
     pub async fn revert_snapshot(
@@ -1510,7 +1550,12 @@ impl Manager {
         }
         let was_current = self.snapshots.current(&uuid).as_deref() == Some(name.as_str());
         // Children now hang from the deleted snapshot's parent.
-        for mut child in self.snapshots.list(&uuid).into_iter().filter(|r| r.parent == name) {
+        for mut child in self
+            .snapshots
+            .list(&uuid)
+            .into_iter()
+            .filter(|r| r.parent == name)
+        {
             child.parent.clone_from(&record.parent);
             self.snapshots
                 .save(&uuid, &child)
@@ -1712,7 +1757,9 @@ fn writable_disks(def: &pb::DomainDefinition) -> Vec<(String, String, bool)> {
             (
                 d.target.as_ref().map(|t| t.dev.clone()).unwrap_or_default(),
                 engine::disk_source(d).unwrap_or("").to_string(),
-                d.driver.as_ref().is_some_and(|x| x.r#type == pb::DiskFormat::Qcow2 as i32),
+                d.driver
+                    .as_ref()
+                    .is_some_and(|x| x.r#type == pb::DiskFormat::Qcow2 as i32),
             )
         })
         .collect()
@@ -1721,7 +1768,9 @@ fn writable_disks(def: &pb::DomainDefinition) -> Vec<(String, String, bool)> {
 /// An HMP command through QMP; HMP reports failure as text.
 async fn hmp(control: &Control, command: &str) -> Result<(), Error> {
     let Control::Qemu(qmp) = control else {
-        return Err(Error::Unsupported(format!("'{command}' needs the qemu engine")));
+        return Err(Error::Unsupported(format!(
+            "'{command}' needs the qemu engine"
+        )));
     };
     let reply = qmp
         .execute(

@@ -74,7 +74,10 @@ impl SnapshotStore {
     pub fn save(&self, uuid: &str, record: &Record) -> std::io::Result<()> {
         std::fs::create_dir_all(self.dir(uuid))?;
         let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        write_atomically(&self.dir(uuid).join(format!("{}.json", record.name)), &bytes)
+        write_atomically(
+            &self.dir(uuid).join(format!("{}.json", record.name)),
+            &bytes,
+        )
     }
 
     pub fn remove(&self, uuid: &str, name: &str) -> std::io::Result<()> {

@@ -443,7 +443,7 @@ pub async fn disk_counters(qmp: &Qmp) -> Result<Vec<(String, DiskCounters)>, Err
 /// A device change on a running QEMU guest.
 #[derive(Debug, Clone)]
 pub enum Hotplug {
-    AddDisk(pb::Disk),
+    AddDisk(Box<pb::Disk>),
     /// By target name (vdb).
     RemoveDisk(String),
 }

@@ -86,7 +86,7 @@ pub fn command(
         }
     }
     let devices = def.devices.clone().unwrap_or_default();
-    let serial_target = devices.serials.first().is_some()
+    let serial_target = !devices.serials.is_empty()
         || devices.consoles.iter().any(|c| {
             c.target
                 .as_ref()
