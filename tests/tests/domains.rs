@@ -904,6 +904,7 @@ fn qemu_engine_attaches_a_disk_live_and_dumps_guest_memory() {
     assert!(ok(&server, &["domblklist", "hot", "--inactive"]).contains("vdb"));
     // The guest sees an 8 MiB virtio disk (16384 sectors): typed on its console, answered there.
     console.wait_for("16384 512-byte logical blocks", Duration::from_secs(30));
+    console.wait_for("/ # ", Duration::from_secs(30));
     console.type_text("echo SIZE=$(cat /sys/block/vda/size)\n");
     console.wait_for("SIZE=16384", Duration::from_secs(30));
 
@@ -1134,9 +1135,13 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
     ok(&server, &["start", "qs"]);
     let mut console = Console::attach(&server, "qs", false);
     console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
-    console.type_text("echo BEFORE > /tmp/mark\n");
+    console.wait_for("/ # ", Duration::from_secs(30));
+    // Each step is confirmed by output the typed line itself does not contain.
+    console.type_text("echo BEFORE > /tmp/mark; echo W$((1+1))\n");
+    console.wait_for("W2", Duration::from_secs(30));
     ok(&server, &["snapshot-create-as", "qs", "--name", "live"]);
-    console.type_text("echo AFTER > /tmp/mark\n");
+    console.type_text("echo AFTER > /tmp/mark; echo X$((2+1))\n");
+    console.wait_for("X3", Duration::from_secs(30));
     ok(&server, &["snapshot-revert", "qs", "live"]);
     assert_eq!(state(&server, "qs"), "running (from snapshot)");
     // The guest's memory went back: the file holds what it held at the snapshot.

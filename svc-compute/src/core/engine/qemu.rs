@@ -520,12 +520,17 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            run(
-                "blockdev-del",
-                json!({ "node-name": format!("drive-{target}") }),
-            )
-            .await?;
-            Ok(())
+            // The device lets go of its drive a moment after it leaves the QOM tree.
+            let node = format!("drive-{target}");
+            loop {
+                match run("blockdev-del", json!({ "node-name": node })).await {
+                    Ok(_) => return Ok(()),
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
         }
     }
 }
