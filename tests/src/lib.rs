@@ -264,11 +264,36 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Guests outlive the service by design; a test's guests must not outlive the test.
-        for pid in self.guest_pids() {
+        let pids = self.guest_pids();
+        for pid in &pids {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        let started = Instant::now();
+        while pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            && started.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Nor their cgroups (svc-compute names them vireo/<uuid>).
+        for entry in std::fs::read_dir(self.run_dir.join("compute"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let uuid = entry.file_name();
+            for hierarchy in ["cpu", "cpuacct", "memory", ""] {
+                let _ = std::fs::remove_dir(
+                    Path::new("/sys/fs/cgroup")
+                        .join(hierarchy)
+                        .join("vireo")
+                        .join(&uuid),
+                );
+            }
         }
     }
 }
