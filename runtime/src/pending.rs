@@ -16,14 +16,6 @@ const GENERATED_STUB_MESSAGE: &str = "Not yet implemented";
 /// Which piece of planned work brings each part of the API, by gRPC path prefix (first match wins).
 const PLANNED: &[(&str, &str)] = &[
     (
-        "/vireo.compute.v1.DomainService/",
-        "domains and their lifecycle arrive with svc-compute (issue #5)",
-    ),
-    (
-        "/vireo.compute.v1.",
-        "this host call arrives with svc-compute (issue #5)",
-    ),
-    (
         "/vireo.storage.v1.",
         "storage pools and volumes arrive with svc-storage (issue #6)",
     ),

@@ -246,13 +246,15 @@ fn later_work_answers_unimplemented_and_names_it() {
 
     let status = block_on(async {
         let mut client =
-            compute::domain_service_client::DomainServiceClient::new(vireod.connect().await);
-        let request = compute::ListSnapshotsRequest::default();
-        client.list_snapshots(request).await.unwrap_err()
+            vireo_proto::network::v1::network_service_client::NetworkServiceClient::new(
+                vireod.connect().await,
+            );
+        let request = vireo_proto::network::v1::ListNetworksRequest::default();
+        client.list_networks(request).await.unwrap_err()
     });
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status.message().contains("issue #5"),
+        status.message().contains("issue #7"),
         "{}",
         status.message()
     );
