@@ -814,7 +814,7 @@ pub async fn run(
                 .await?
                 .into_inner();
             while stream.message().await?.is_some() {}
-            println!("\nDomain '{domain}' state saved by libvirt\n");
+            println!("\nDomain '{domain}' state saved\n");
         }
         C::Dumpxml {
             domain,

@@ -299,7 +299,7 @@ impl DomainService for Domains {
         }
         let domain = self
             .manager
-            .start(request.domain.as_ref(), request.paused)
+            .start(request.domain.as_ref(), request.paused, request.force_boot)
             .await?;
         Ok(one(pb::StartDomainUpdate {
             update: Some(pb::start_domain_update::Update::Done(domain)),
@@ -1585,6 +1585,41 @@ impl DomainService for Domains {
             )
             .await?;
         Ok(empty())
+    }
+
+    async fn save_domain_state(
+        &self,
+        request: Request<pb::SaveDomainStateRequest>,
+    ) -> Result<Response<pb::SaveDomainStateResponse>, Status> {
+        let request = request.into_inner();
+        let (file, size_bytes, name, uuid) = self
+            .manager
+            .save_state(
+                request.domain.as_ref(),
+                &request.file,
+                request.managed,
+                request.restore_paused,
+            )
+            .await?;
+        Ok(Response::new(pb::SaveDomainStateResponse {
+            file: file.display().to_string(),
+            size_bytes,
+            name,
+            uuid,
+        }))
+    }
+
+    async fn restore_domain_state(
+        &self,
+        request: Request<pb::RestoreDomainStateRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let request = request.into_inner();
+        vireo_conf::domain::check_host_path(&request.file, "file").map_err(Error::from)?;
+        let domain = self
+            .manager
+            .restore_state(std::path::Path::new(&request.file), request.paused)
+            .await?;
+        Ok(Response::new(domain))
     }
 
     async fn core_dump(

@@ -1186,3 +1186,77 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
         "{refused}"
     );
 }
+
+#[test]
+fn save_restore_and_managed_save_on_both_engines() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf", "vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+
+    // vmm: the counter goes on from where it was saved.
+    let xml = write_xml(
+        dir.path(),
+        "cnt",
+        &tiny_xml("cnt", &kit, "counter tiny.count_shift=16", ""),
+    );
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "cnt"]);
+    let console = Console::attach(&server, "cnt", false);
+    console.wait_for("count=", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let image = dir.path().join("cnt.save").display().to_string();
+    ok(&server, &["save", "cnt", &image]);
+    let (_, _) = console.wait_ended(Duration::from_secs(10));
+    assert_eq!(state(&server, "cnt"), "shut off (saved)");
+    ok(&server, &["restore", &image]);
+    assert_eq!(state(&server, "cnt"), "running (restored)");
+    let console = Console::attach(&server, "cnt", false);
+    console.wait_for("count=", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let restored = counts(&console.leave());
+    assert!(
+        restored[0] > 0,
+        "the count continues after restore: {restored:?}"
+    );
+    // Managed save: the next start resumes, and the image is used up.
+    ok(&server, &["managedsave", "cnt"]);
+    assert!(ok(&server, &["dominfo", "cnt"]).contains("Managed save:   yes"));
+    ok(&server, &["start", "cnt"]);
+    assert_eq!(state(&server, "cnt"), "running (restored)");
+    assert!(ok(&server, &["dominfo", "cnt"]).contains("Managed save:   no"));
+    ok(&server, &["destroy", "cnt"]);
+    assert!(
+        fails(&server, &["restore", "/nonexistent/image"])
+            .contains("not a save image this host wrote")
+    );
+
+    // qemu: the guest's memory comes back (a file in its tmpfs).
+    if qemu_installed().is_err() {
+        return;
+    }
+    let xml = write_xml(dir.path(), "deb", &debian_xml("deb", &kit));
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "deb"]);
+    let mut console = Console::attach(&server, "deb", false);
+    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
+    console.wait_for("/ # ", Duration::from_secs(30));
+    console.type_text("echo KEPT > /tmp/mark; echo W$((1+1))\n");
+    console.wait_for("W2", Duration::from_secs(30));
+    console.leave();
+    let image = dir.path().join("deb.save").display().to_string();
+    ok(&server, &["save", "deb", &image]);
+    assert_eq!(state(&server, "deb"), "shut off (saved)");
+    ok(&server, &["restore", &image]);
+    assert_eq!(state(&server, "deb"), "running (restored)");
+    let mut console = Console::attach(&server, "deb", false);
+    console.type_text("echo MARK=$(cat /tmp/mark)\n");
+    console.wait_for("MARK=KEPT", Duration::from_secs(30));
+    console.leave();
+    ok(&server, &["destroy", "deb"]);
+}

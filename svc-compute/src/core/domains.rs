@@ -21,6 +21,7 @@ use super::engine::{self, Control, EngineEvent, RunPaths};
 use super::engines::Engines;
 use super::network;
 use super::process;
+use super::saves::{SaveRecord, SaveStore};
 use super::snapshots::{self, Memory, Record, SnapshotStore};
 use super::store::{Store, write_atomically};
 use crate::Error;
@@ -179,6 +180,7 @@ struct Status {
 pub struct Manager {
     store: Store,
     snapshots: SnapshotStore,
+    saves: SaveStore,
     run_root: PathBuf,
     engines: Arc<Engines>,
     table: Mutex<Table>,
@@ -206,6 +208,7 @@ impl Manager {
         let manager = Arc::new(Manager {
             store,
             snapshots: SnapshotStore::new(state_dir),
+            saves: SaveStore::new(state_dir),
             run_root,
             engines,
             table: Mutex::new(Table {
@@ -606,7 +609,7 @@ impl Manager {
                 .as_ref()
                 .map_or(0, |r| process::process_cpu_ns(r.pid)),
             pid: entry.run.as_ref().map_or(0, |r| r.pid),
-            has_managed_save: false,
+            has_managed_save: self.saves.managed(uuid).is_some(),
             current_snapshot: String::new(),
             started_unix_ms: entry.run.as_ref().map_or(0, |r| r.started_ms),
         }
@@ -664,6 +667,7 @@ impl Manager {
         self: &Arc<Self>,
         domain: Option<&ObjectRef>,
         paused: bool,
+        force_boot: bool,
     ) -> Result<pb::Domain, Error> {
         let mut table = self.table.lock().await;
         let uuid = table.find(domain)?;
@@ -674,10 +678,152 @@ impl Manager {
                 entry.name()
             )));
         }
+        // A managed save image is resumed from, and removed, unless --force-boot.
+        if let Some(record) = self.saves.managed(&uuid) {
+            if !force_boot {
+                drop(table);
+                return self
+                    .restore_state(&record.file, Some(paused || record.paused))
+                    .await;
+            }
+            self.saves.remove(&record);
+        }
         let id = table.next_id;
         table.next_id += 1;
         self.launch(&mut table, &uuid, id, paused, &Boot::Fresh)
             .await?;
+        Ok(self.domain_of(&table, &uuid))
+    }
+
+    /// Writes a running guest's state through its engine and stops it (shut off, saved).
+    pub async fn save_state(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        file: &str,
+        managed: bool,
+        restore_paused: Option<bool>,
+    ) -> Result<(PathBuf, u64, String, String), Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let file = if managed {
+            if table.entry(&uuid).persistent.is_none() {
+                return Err(Error::State(
+                    "a transient domain has no managed save: use save FILE".into(),
+                ));
+            }
+            self.saves.managed_file(&uuid)
+        } else {
+            vireo_conf::domain::check_host_path(file, "file")?;
+            PathBuf::from(file)
+        };
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io(format!("{}", parent.display())))?;
+        }
+        let run = Self::running(&mut table, &uuid)?;
+        let record = SaveRecord {
+            file: file.clone(),
+            uuid: uuid.clone(),
+            engine: run.engine as i32,
+            domain_xml: vireo_conf::domain::format(&run.live, None)?,
+            paused: restore_paused.unwrap_or(run.state == State::Paused),
+            managed,
+            saved_unix_ms: now_ms(),
+        };
+        let name = run.live.name.clone();
+        let pid = run.pid;
+        let pidfd = process::pidfd(pid).map_err(Error::io("pidfd of the guest"))?;
+        match &run.control {
+            Control::Vmm(socket) => {
+                // vireo-vmm pauses, writes the machine and exits with its "saved" status.
+                engine::vmm::request(socket, serde_json::json!({"cmd": "save", "path": file}))
+                    .await
+                    .map_err(Error::Engine)?;
+            }
+            Control::Qemu(qmp) => {
+                engine::qemu::save_to(qmp, &run.paths.dir.join("save.sock"), &file).await?;
+                let _ = qmp.execute("quit", serde_json::json!({})).await;
+            }
+        }
+        run.intent = Intent::Destroy;
+        if tokio::time::timeout(DESTROY_GRACE, process::wait_exit(pidfd))
+            .await
+            .is_err()
+        {
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.saves.save(&record).map_err(Error::io("save record"))?;
+        if let Some(run) = table.entry(&uuid).run.take() {
+            self.finish(&mut table, &uuid, run, Outcome::Saved).await;
+        }
+        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        Ok((file, size, name, uuid))
+    }
+
+    /// Starts a domain from an image this host saved; a new id, the same name and UUID.
+    pub async fn restore_state(
+        self: &Arc<Self>,
+        file: &Path,
+        paused: Option<bool>,
+    ) -> Result<pb::Domain, Error> {
+        let record = self.saves.get(file).ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} is not a save image this host wrote (or it was removed)",
+                file.display()
+            ))
+        })?;
+        let mut def = vireo_conf::domain::parse(&record.domain_xml)?;
+        def.engine = record.engine;
+        let mut table = self.table.lock().await;
+        let uuid = record.uuid.clone();
+        let fresh = !table.entries.contains_key(&uuid);
+        if let Some(entry) = table.entries.get(&uuid)
+            && entry.run.is_some()
+        {
+            return Err(Error::State(format!(
+                "domain '{}' is already active",
+                entry.name()
+            )));
+        }
+        let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
+            persistent: None,
+            autostart: false,
+            inactive: (State::Shutoff, Reason::ShutoffSaved),
+            run: None,
+        });
+        // The saved machine runs with its saved definition.
+        let saved = entry.persistent.replace(def);
+        let id = table.next_id;
+        table.next_id += 1;
+        let boot = if record.engine == pb::Engine::Vmm as i32 {
+            Boot::Restore(record.file.clone())
+        } else {
+            Boot::Incoming(record.file.clone())
+        };
+        let result = self
+            .launch(
+                &mut table,
+                &uuid,
+                id,
+                paused.unwrap_or(record.paused),
+                &boot,
+            )
+            .await;
+        table.entry(&uuid).persistent = saved;
+        if let Err(err) = result {
+            if fresh {
+                table.entries.remove(&uuid);
+            }
+            return Err(err);
+        }
+        if let Some(run) = table.entry(&uuid).run.as_mut()
+            && run.state == State::Running
+        {
+            run.reason = Reason::RunningRestored;
+        }
+        self.write_status(&table, &uuid);
+        // The image is used up: a managed one is deleted, a plain one forgotten (libvirt keeps
+        // the file, and so do we; restoring it twice would fork the guest's disks).
+        self.saves.remove(&record);
         Ok(self.domain_of(&table, &uuid))
     }
 
@@ -888,6 +1034,12 @@ impl Manager {
             Boot::LoadVm(name) if placement.engine == pb::Engine::Qemu => {
                 launch.args.extend(["-loadvm".into(), name.clone()]);
             }
+            Boot::Incoming(_) if placement.engine == pb::Engine::Qemu => {
+                launch.args.extend([
+                    "-incoming".into(),
+                    format!("unix:{}", paths.dir.join("incoming.sock").display()),
+                ]);
+            }
             _ => {
                 return Err(Error::Unsupported(format!(
                     "this snapshot was taken on another engine than the domain's {}",
@@ -992,6 +1144,15 @@ impl Manager {
         {
             // The display QEMU found free (autoport), as libvirt's live XML shows it.
             graphics.port = port;
+        }
+        if let (Boot::Incoming(file), Control::Qemu(qmp)) = (boot, &control)
+            && let Err(err) =
+                engine::qemu::feed_incoming(qmp, &paths.dir.join("incoming.sock"), file).await
+        {
+            console.close();
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait().await;
+            return Err(err);
         }
         if placement.engine == pb::Engine::Qemu {
             // QEMU waits (-S) until the console is attached, so nothing the guest prints is lost.
@@ -1794,6 +1955,8 @@ pub enum Boot {
     Restore(PathBuf),
     /// QEMU: from an internal snapshot of its qcow2 disks (-loadvm).
     LoadVm(String),
+    /// QEMU: from a saved state file, fed through -incoming.
+    Incoming(PathBuf),
 }
 
 /// A running guest as a request handler sees it.

@@ -8,5 +8,6 @@ pub mod engines;
 pub mod host;
 pub mod network;
 pub mod process;
+pub mod saves;
 pub mod snapshots;
 pub mod store;

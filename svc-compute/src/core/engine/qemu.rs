@@ -534,3 +534,103 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
         }
     }
 }
+
+/// Writes a paused guest's whole state to `file`: QEMU migrates into a unix socket the service
+/// listens on, and the service copies the stream into the file.
+pub async fn save_to(qmp: &Qmp, socket: &Path, file: &Path) -> Result<u64, Error> {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|err| Error::Engine(format!("save socket {}: {err}", socket.display())))?;
+    let mut out = tokio::fs::File::create(file)
+        .await
+        .map_err(|err| Error::State(format!("cannot write {}: {err}", file.display())))?;
+    let copy = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        let copied = tokio::io::copy(&mut stream, &mut out).await?;
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        out.sync_all().await?;
+        Ok::<u64, std::io::Error>(copied)
+    });
+    let run = |command: &'static str, arguments: Value| async move {
+        qmp.execute(command, arguments)
+            .await
+            .map_err(|err| Error::Engine(format!("QEMU {command}: {err}")))
+    };
+    run("stop", json!({})).await?;
+    let uri = format!("unix:{}", socket.display());
+    if let Err(err) = run("migrate", json!({ "uri": uri })).await {
+        copy.abort();
+        let _ = run("cont", json!({})).await;
+        return Err(err);
+    }
+    loop {
+        let status = run("query-migrate", json!({})).await?;
+        match status.get("status").and_then(Value::as_str) {
+            Some("completed") => break,
+            Some("failed" | "cancelled") => {
+                copy.abort();
+                let _ = run("cont", json!({})).await;
+                return Err(Error::Engine(format!(
+                    "QEMU could not write its state: {}",
+                    status
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("migration failed")
+                )));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let copied = copy
+        .await
+        .map_err(|err| Error::Engine(format!("save copy: {err}")))?
+        .map_err(|err| Error::State(format!("writing {}: {err}", file.display())))?;
+    let _ = std::fs::remove_file(socket);
+    Ok(copied)
+}
+
+/// Feeds a saved state into a QEMU started with `-incoming unix:SOCKET` and waits until it has
+/// taken it (the guest is then paused, as -S leaves it).
+pub async fn feed_incoming(qmp: &Qmp, socket: &Path, file: &Path) -> Result<(), Error> {
+    let mut input = tokio::fs::File::open(file)
+        .await
+        .map_err(|err| Error::State(format!("cannot read {}: {err}", file.display())))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => break stream,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(err) => {
+                return Err(Error::Engine(format!(
+                    "QEMU incoming socket {}: {err}",
+                    socket.display()
+                )));
+            }
+        }
+    };
+    tokio::io::copy(&mut input, &mut stream)
+        .await
+        .map_err(|err| Error::Engine(format!("feeding the saved state to QEMU: {err}")))?;
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let status = qmp
+            .execute("query-status", json!({}))
+            .await
+            .map_err(|err| Error::Engine(format!("QEMU query-status: {err}")))?;
+        match status.get("status").and_then(Value::as_str) {
+            Some("inmigrate") if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Some("paused" | "prelaunch" | "running") => return Ok(()),
+            other => {
+                return Err(Error::Engine(format!(
+                    "QEMU did not take the saved state (status {})",
+                    other.unwrap_or("unknown")
+                )));
+            }
+        }
+    }
+}
