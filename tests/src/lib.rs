@@ -82,6 +82,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// A running server process with its own temporary directories.
 pub struct Server {
     pub child: Child,
+    wrapper: Vec<String>,
     binary_name: String,
     extra: Vec<String>,
     pub dirs: tempfile::TempDir,
@@ -94,13 +95,32 @@ impl Server {
     /// Starts `binary` with temporary state and run directories, plus `extra` arguments, and
     /// waits until it reports itself SERVING on `socket_name`.
     pub fn start(binary_name: &str, socket_name: &str, extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], binary_name, socket_name, extra)
+    }
+
+    /// As `start`, run under `wrapper` (e.g. `ip netns exec NS`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        binary_name: &str,
+        socket_name: &str,
+        extra: &[&str],
+    ) -> Server {
         let dirs = tempfile::tempdir().expect("temp dir");
         let state_dir = dirs.path().join("state");
         let run_dir = dirs.path().join("run");
-        let child = spawn_server(binary_name, dirs.path(), &state_dir, &run_dir, extra);
+        let wrapper: Vec<String> = wrapper.iter().map(ToString::to_string).collect();
+        let child = spawn_server(
+            &wrapper,
+            binary_name,
+            dirs.path(),
+            &state_dir,
+            &run_dir,
+            extra,
+        );
         let socket = run_dir.join(socket_name);
         let mut server = Server {
             child,
+            wrapper,
             binary_name: binary_name.to_string(),
             extra: extra.iter().map(ToString::to_string).collect(),
             dirs,
@@ -122,6 +142,7 @@ impl Server {
     pub fn restart(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.child = spawn_server(
+            &self.wrapper,
             &self.binary_name,
             self.dirs.path(),
             &self.state_dir,
@@ -136,7 +157,12 @@ impl Server {
 
     /// vireod on temporary directories, with every service SERVING through the gateway.
     pub fn vireod() -> Server {
-        let mut server = Server::start("vireod", "gateway.sock", &[]);
+        Server::vireod_wrapped(&[])
+    }
+
+    /// vireod under `wrapper`, e.g. `["ip", "netns", "exec", NS]` to give it its own network.
+    pub fn vireod_wrapped(wrapper: &[&str]) -> Server {
+        let mut server = Server::start_wrapped(wrapper, "vireod", "gateway.sock", &[]);
         for name in server.service_names() {
             server.wait_serving(&name);
         }
@@ -315,6 +341,7 @@ impl Server {
 }
 
 fn spawn_server(
+    wrapper: &[String],
     binary_name: &str,
     dir: &Path,
     state_dir: &Path,
@@ -326,7 +353,16 @@ fn spawn_server(
         .append(true)
         .open(dir.join("log"))
         .expect("log file");
-    Command::new(binary(binary_name))
+    let (program, leading) = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut leading: Vec<std::ffi::OsString> = rest.iter().map(Into::into).collect();
+            leading.push(binary(binary_name).into());
+            (std::ffi::OsString::from(program), leading)
+        }
+        None => (binary(binary_name).into(), Vec::new()),
+    };
+    Command::new(program)
+        .args(leading)
         .arg("--state-dir")
         .arg(state_dir)
         .arg("--run-dir")

@@ -1260,3 +1260,146 @@ fn save_restore_and_managed_save_on_both_engines() {
     console.leave();
     ok(&server, &["destroy", "deb"]);
 }
+
+#[test]
+fn qemu_engine_places_disks_on_every_bus_and_emulated_devices() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let mut devices = String::new();
+    for (target, bus, device) in [
+        ("hda", "ide", "disk"),
+        ("hdc", "ide", "cdrom"),
+        ("sda", "sata", "disk"),
+        ("sdb", "scsi", "disk"),
+        ("fda", "fdc", "floppy"),
+    ] {
+        let image = dir.path().join(format!("{target}.img"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(1_474_560)
+            .unwrap();
+        devices.push_str(&format!(
+            "<disk type='file' device='{device}'><source file='{}'/><target dev='{target}' bus='{bus}'/></disk>",
+            image.display()
+        ));
+    }
+    devices.push_str(
+        "<disk type='file' device='cdrom'><target dev='hdd' bus='ide'/></disk>\
+         <interface type='user'><model type='e1000'/></interface>\
+         <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\
+         <input type='tablet' bus='usb'/><video><model type='cirrus'/></video>\
+         <graphics type='vnc' autoport='yes'/>",
+    );
+    let xml = debian_xml("buses", &kit).replace(
+        "<serial type='pty'/>",
+        &format!("<serial type='pty'/>{devices}"),
+    );
+    let xml = write_xml(dir.path(), "buses", &xml);
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "buses"]);
+    // QEMU holds each drive where the definition put it: it counts I/O for every one.
+    for target in ["hda", "hdc", "sda", "sdb", "fda", "hdd"] {
+        let stats = ok(&server, &["domblkstat", "buses", target]);
+        assert!(stats.contains(&format!("{target} rd_req ")), "{stats}");
+    }
+    let live = ok(&server, &["dumpxml", "buses"]);
+    assert!(
+        live.contains("<graphics type='vnc' port='59"),
+        "the VNC port QEMU took: {live}"
+    );
+    let interfaces = ok(&server, &["domiflist", "buses"]);
+    assert!(
+        interfaces.contains("user") && interfaces.contains("e1000"),
+        "{interfaces}"
+    );
+    ok(&server, &["destroy", "buses"]);
+}
+
+#[test]
+fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
+    if let Err(needs) = kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    // The service runs in a network namespace of the test's own, with a bridge in it.
+    let netns = format!("vireo-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ip(&["netns", "add", &netns]) {
+        skip!("needs `ip netns add` (CAP_SYS_ADMIN, iproute2)");
+    }
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _netns = Netns(netns.clone());
+    let bridge = "vtbr0";
+    assert!(ip(&["-n", &netns, "link", "add", bridge, "type", "bridge"]));
+    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let dir = tempfile::tempdir().unwrap();
+    let xml = tiny_xml("nic", &kit, "wait-shutdown", "").replace(
+        "<serial type='pty'/>",
+        &format!(
+            "<serial type='pty'/><interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='{bridge}'/></interface>"
+        ),
+    );
+    let xml = write_xml(dir.path(), "nic", &xml);
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "nic"]);
+    let interfaces = ok(&server, &["domiflist", "nic"]);
+    let tap = interfaces
+        .lines()
+        .find(|l| l.contains("52:54:00:12:34:56"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{interfaces}"))
+        .to_string();
+    let on_bridge = Command::new("ip")
+        .args(["-n", &netns, "-o", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&on_bridge).contains(&tap),
+        "{tap} on {bridge}: {}",
+        stdout(&on_bridge)
+    );
+    let stats = ok(&server, &["domifstat", "nic", &tap]);
+    assert!(stats.contains(&format!("{tap} rx_bytes ")), "{stats}");
+    ok(&server, &["destroy", "nic"]);
+    let left = Command::new("ip")
+        .args(["-n", &netns, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&left).contains(&tap),
+        "the tap goes with the guest: {}",
+        stdout(&left)
+    );
+    // A bridge that does not exist is named, and nothing starts.
+    let missing = write_xml(
+        dir.path(),
+        "nobr",
+        &tiny_xml("nobr", &kit, "wait-shutdown", "").replace(
+            "<serial type='pty'/>",
+            "<serial type='pty'/><interface type='bridge'><source bridge='nosuchbr0'/></interface>",
+        ),
+    );
+    ok(&server, &["define", &missing]);
+    assert!(fails(&server, &["start", "nobr"]).contains("bridge 'nosuchbr0' does not exist"));
+    assert!(server.guest_pids().is_empty());
+}
