@@ -1403,3 +1403,74 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
     assert!(fails(&server, &["start", "nobr"]).contains("bridge 'nosuchbr0' does not exist"));
     assert!(server.guest_pids().is_empty());
 }
+
+#[test]
+fn a_direct_interface_is_a_macvtap_qemu_holds_open() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let netns = format!("vireo-test-mv-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ip(&["netns", "add", &netns]) {
+        skip!("needs `ip netns add` (CAP_SYS_ADMIN, iproute2)");
+    }
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _netns = Netns(netns.clone());
+    assert!(ip(&[
+        "-n", &netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "peer0"
+    ]));
+    assert!(ip(&["-n", &netns, "link", "set", "uplink0", "up"]));
+    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let dir = tempfile::tempdir().unwrap();
+    let xml = debian_xml("mv", &kit).replace(
+        "<serial type='pty'/>",
+        "<serial type='pty'/><interface type='direct'><mac address='52:54:00:ab:cd:ef'/><source dev='uplink0' mode='bridge'/><model type='virtio'/></interface>",
+    );
+    let xml = write_xml(dir.path(), "mv", &xml);
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "mv"]);
+    let interfaces = ok(&server, &["domiflist", "mv"]);
+    let tap = interfaces
+        .lines()
+        .find(|l| l.contains("52:54:00:ab:cd:ef"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{interfaces}"))
+        .to_string();
+    assert!(
+        interfaces.contains("direct") && interfaces.contains("uplink0"),
+        "{interfaces}"
+    );
+    let link = Command::new("ip")
+        .args(["-n", &netns, "-d", "link", "show", &tap])
+        .output()
+        .unwrap();
+    let link = stdout(&link);
+    assert!(
+        link.contains("macvtap") && link.contains("mode bridge"),
+        "{link}"
+    );
+    assert!(
+        link.contains("52:54:00:ab:cd:ef"),
+        "the macvtap has the guest's MAC: {link}"
+    );
+    ok(&server, &["destroy", "mv"]);
+    let left = Command::new("ip")
+        .args(["-n", &netns, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!stdout(&left).contains(&tap), "{}", stdout(&left));
+}

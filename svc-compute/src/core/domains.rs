@@ -1053,7 +1053,33 @@ impl Manager {
         }
         let log = std::fs::File::create(paths.engine_log()).map_err(Error::io("engine log"))?;
         let log_err = log.try_clone().map_err(Error::io("engine log"))?;
+        let mut passed = Vec::new();
+        for (path, fd) in &launch.fds {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|err| Error::Engine(format!("opening {}: {err}", path.display())))?;
+            passed.push((file, *fd));
+        }
         let mut command = tokio::process::Command::new(&launch.program);
+        if !passed.is_empty() {
+            use std::os::fd::AsRawFd;
+            let pairs: Vec<(i32, i32)> =
+                passed.iter().map(|(f, fd)| (f.as_raw_fd(), *fd)).collect();
+            // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; the
+            // duplicates have no close-on-exec flag, so the engine inherits them.
+            unsafe {
+                command.pre_exec(move || {
+                    for (from, to) in &pairs {
+                        if libc::dup2(*from, *to) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
             .args(&launch.args)
             .stdin(std::process::Stdio::null())

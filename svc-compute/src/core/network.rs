@@ -75,12 +75,50 @@ pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<Str
                     made.map(|()| name)
                 }
             }
+            pb::InterfaceType::Direct => {
+                let name = if interface.target_dev.is_empty() {
+                    format!("vireo{id}m{index}")
+                } else {
+                    interface.target_dev.clone()
+                };
+                let mode = match source.mode() {
+                    pb::DirectMode::Bridge => "bridge",
+                    pb::DirectMode::Private => "private",
+                    pb::DirectMode::Passthrough => "passthru",
+                    _ => "vepa",
+                };
+                let made = async {
+                    ip(&[
+                        "link",
+                        "add",
+                        "link",
+                        &source.dev,
+                        "name",
+                        &name,
+                        "address",
+                        &interface.mac,
+                        "type",
+                        "macvtap",
+                        "mode",
+                        mode,
+                    ])
+                    .await?;
+                    ip(&["link", "set", "dev", &name, "up"]).await
+                }
+                .await;
+                if made.is_ok() {
+                    created.push(name.clone());
+                } else {
+                    let _ = ip(&["link", "del", "dev", &name]).await;
+                }
+                made.map(|()| name)
+            }
             pb::InterfaceType::Network => Err(Error::Unsupported(format!(
                 "interface {}: virtual networks (type='network') arrive with svc-network (issue #7); use type='bridge' meanwhile",
                 interface.mac
             ))),
             _ => Err(Error::Unsupported(format!(
-                "interface {}: type='direct' (macvtap) is not built yet",
+                "interface {}: this interface type is not supported",
                 interface.mac
             ))),
         };
@@ -93,6 +131,35 @@ pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<Str
         }
     }
     Ok(taps)
+}
+
+/// The character device of a macvtap (`/dev/tapN`, N its ifindex); where udev did not make
+/// it (containers), the service makes one in the guest's run directory `dir` from the numbers
+/// sysfs gives, so nothing is left in /dev.
+pub fn macvtap_device(name: &str, dir: &std::path::Path) -> Result<std::path::PathBuf, Error> {
+    let sys = std::path::Path::new("/sys/class/net").join(name);
+    let ifindex = std::fs::read_to_string(sys.join("ifindex"))
+        .map_err(|err| Error::Engine(format!("macvtap {name}: {err}")))?;
+    let udev = std::path::PathBuf::from(format!("/dev/tap{}", ifindex.trim()));
+    if udev.exists() {
+        return Ok(udev);
+    }
+    let device = dir.join(format!("tap{}", ifindex.trim()));
+    let numbers = std::fs::read_to_string(sys.join(format!("macvtap/tap{}/dev", ifindex.trim())))
+        .map_err(|err| Error::Engine(format!("macvtap {name}: {err}")))?;
+    let (major, minor) = numbers
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .ok_or_else(|| Error::Engine(format!("macvtap {name}: bad device numbers {numbers}")))?;
+    nix::sys::stat::mknod(
+        &device,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(major, minor),
+    )
+    .map_err(|err| Error::Engine(format!("creating {}: {err}", device.display())))?;
+    Ok(device)
 }
 
 /// Removes the taps created for a guest (names starting with "vireo"; an admin's ethernet tap

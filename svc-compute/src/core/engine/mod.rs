@@ -49,7 +49,12 @@ impl RunPaths {
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Character devices the engine gets open at a given descriptor (macvtap queues).
+    pub fds: Vec<(PathBuf, i32)>,
 }
+
+/// The first descriptor number handed to an engine for its devices.
+pub const FIRST_PASSED_FD: i32 = 100;
 
 /// Something the engine reported about the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,11 +247,17 @@ pub fn command(
     {
         a.extend(["-device".into(), "piix3-usb-uhci,id=usb".into()]);
     }
+    let mut fds = Vec::new();
     for (index, (interface, tap)) in devices.interfaces.iter().zip(taps).enumerate() {
-        let netdev = if interface.r#type() == pb::InterfaceType::User {
-            format!("user,id=net{index}")
-        } else {
-            format!("tap,id=net{index},ifname={tap},script=no,downscript=no")
+        let netdev = match interface.r#type() {
+            pb::InterfaceType::User => format!("user,id=net{index}"),
+            pb::InterfaceType::Direct => {
+                // A macvtap's queue is a character device QEMU gets already open.
+                let fd = super::FIRST_PASSED_FD + i32::try_from(fds.len()).unwrap_or(0);
+                fds.push((crate::core::network::macvtap_device(tap, &paths.dir)?, fd));
+                format!("tap,id=net{index},fd={fd}")
+            }
+            _ => format!("tap,id=net{index},ifname={tap},script=no,downscript=no"),
         };
         let mut device = format!(
             "{},netdev=net{index},mac={},id=net{index}",
@@ -358,6 +364,7 @@ pub fn command(
     Ok(Launch {
         program: binary.to_path_buf(),
         args: a,
+        fds,
     })
 }
 

@@ -163,6 +163,18 @@ pub fn command(
         args.extend(["--disk".into(), spec]);
     }
     for (interface, tap) in devices.interfaces.iter().zip(taps) {
+        if interface.r#type() == pb::InterfaceType::Direct {
+            return Err(unsupported(
+                "vmm",
+                "a direct (macvtap) interface; use type='bridge'",
+            ));
+        }
+        if interface.r#type() == pb::InterfaceType::User {
+            return Err(unsupported(
+                "vmm",
+                "user-mode networking; use type='bridge'",
+            ));
+        }
         if interface.model != pb::InterfaceModel::Virtio as i32 {
             return Err(unsupported(
                 "vmm",
@@ -214,6 +226,7 @@ pub fn command(
     Ok(Launch {
         program: binary.to_path_buf(),
         args,
+        fds: Vec::new(),
     })
 }
 
