@@ -186,6 +186,27 @@ impl Events {
     }
 }
 
+/// A network namespace of the test's own, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Result<Netns, String> {
+        let name = format!("vireo-test-{tag}-{}", std::process::id());
+        let made = Command::new("ip").args(["netns", "add", &name]).status();
+        if made.is_ok_and(|s| s.success()) {
+            Ok(Netns(name))
+        } else {
+            Err("`ip netns add` (CAP_SYS_ADMIN, iproute2)".into())
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 fn debian_xml(name: &str, kit: &Path) -> String {
     format!(
         "<domain type='qemu'>
@@ -1332,23 +1353,17 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
         Err(needs) => skip!("needs {needs}"),
     };
     // The service runs in a network namespace of the test's own, with a bridge in it.
-    let netns = format!("vireo-test-{}", std::process::id());
+    let guard = match Netns::create("br") {
+        Ok(netns) => netns,
+        Err(needs) => skip!("needs {needs}"),
+    };
     let ip = |args: &[&str]| {
         Command::new("ip")
             .args(args)
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !ip(&["netns", "add", &netns]) {
-        skip!("needs `ip netns add` (CAP_SYS_ADMIN, iproute2)");
-    }
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _netns = Netns(netns.clone());
+    let netns = guard.0.clone();
     let bridge = "vtbr0";
     assert!(ip(&["-n", &netns, "link", "add", bridge, "type", "bridge"]));
     let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
@@ -1413,23 +1428,17 @@ fn a_direct_interface_is_a_macvtap_qemu_holds_open() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
-    let netns = format!("vireo-test-mv-{}", std::process::id());
+    let guard = match Netns::create("mv") {
+        Ok(netns) => netns,
+        Err(needs) => skip!("needs {needs}"),
+    };
     let ip = |args: &[&str]| {
         Command::new("ip")
             .args(args)
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !ip(&["netns", "add", &netns]) {
-        skip!("needs `ip netns add` (CAP_SYS_ADMIN, iproute2)");
-    }
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _netns = Netns(netns.clone());
+    let netns = guard.0.clone();
     assert!(ip(&[
         "-n", &netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "peer0"
     ]));

@@ -24,6 +24,31 @@ async fn ip(args: &[&str]) -> Result<(), Error> {
     }
 }
 
+/// Runs the `ip` steps that make link `name`, then brings it up; on failure removes it again.
+async fn create_link(
+    name: &str,
+    steps: &[&[&str]],
+    created: &mut Vec<String>,
+) -> Result<String, Error> {
+    let made = async {
+        for step in steps {
+            ip(step).await?;
+        }
+        ip(&["link", "set", "dev", name, "up"]).await
+    }
+    .await;
+    match made {
+        Ok(()) => {
+            created.push(name.to_string());
+            Ok(name.to_string())
+        }
+        Err(err) => {
+            let _ = ip(&["link", "del", "dev", name]).await;
+            Err(err)
+        }
+    }
+}
+
 /// The tap name of each interface, in order ("" for user networking). Taps created here are
 /// removed again if a later one fails.
 pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<String>, Error> {
@@ -61,18 +86,15 @@ pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<Str
                         interface.mac
                     )))
                 } else {
-                    let made = async {
-                        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).await?;
-                        ip(&["link", "set", "dev", &name, "master", bridge]).await?;
-                        ip(&["link", "set", "dev", &name, "up"]).await
-                    }
-                    .await;
-                    if made.is_ok() {
-                        created.push(name.clone());
-                    } else {
-                        let _ = ip(&["link", "del", "dev", &name]).await;
-                    }
-                    made.map(|()| name)
+                    create_link(
+                        &name,
+                        &[
+                            &["tuntap", "add", "dev", &name, "mode", "tap"],
+                            &["link", "set", "dev", &name, "master", bridge],
+                        ],
+                        &mut created,
+                    )
+                    .await
                 }
             }
             pb::InterfaceType::Direct => {
@@ -87,31 +109,21 @@ pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<Str
                     pb::DirectMode::Passthrough => "passthru",
                     _ => "vepa",
                 };
-                let made = async {
-                    ip(&[
-                        "link",
-                        "add",
-                        "link",
-                        &source.dev,
-                        "name",
-                        &name,
-                        "address",
-                        &interface.mac,
-                        "type",
-                        "macvtap",
-                        "mode",
-                        mode,
-                    ])
-                    .await?;
-                    ip(&["link", "set", "dev", &name, "up"]).await
-                }
-                .await;
-                if made.is_ok() {
-                    created.push(name.clone());
-                } else {
-                    let _ = ip(&["link", "del", "dev", &name]).await;
-                }
-                made.map(|()| name)
+                let add = [
+                    "link",
+                    "add",
+                    "link",
+                    &source.dev,
+                    "name",
+                    &name,
+                    "address",
+                    &interface.mac,
+                    "type",
+                    "macvtap",
+                    "mode",
+                    mode,
+                ];
+                create_link(&name, &[&add], &mut created).await
             }
             pb::InterfaceType::Network => Err(Error::Unsupported(format!(
                 "interface {}: virtual networks (type='network') arrive with svc-network (issue #7); use type='bridge' meanwhile",
