@@ -556,19 +556,43 @@ impl DomainService for Domains {
             )
             .into());
         }
-        if scope.live {
-            let engine = self
-                .manager
-                .get(domain)
-                .await?
-                .summary
-                .map_or(0, |s| s.engine);
-            return Err(self
-                .live_change_unsupported("changing the vCPU count", engine)
-                .into());
-        }
         let count = request.count;
         let maximum = request.maximum;
+        if scope.live {
+            if maximum {
+                return Err(Error::InvalidField {
+                    field: "maximum",
+                    message:
+                        "the maximum vCPU count changes only the persistent definition (--config)"
+                            .into(),
+                }
+                .into());
+            }
+            self.manager
+                .with_run(domain, async |run| {
+                    let crate::core::engine::Control::Qemu(qmp) = run.control else {
+                        return Err(self.live_change_unsupported(
+                            "changing the vCPU count (CPU hotplug)",
+                            run.engine as i32,
+                        ));
+                    };
+                    let vcpu = run.live.vcpu.get_or_insert_default();
+                    if count == 0 || count > vcpu.count {
+                        return Err(Error::InvalidField {
+                            field: "count",
+                            message: format!("must be 1-{} (the domain's maximum)", vcpu.count),
+                        });
+                    }
+                    crate::core::engine::qemu::set_vcpus(qmp, count).await?;
+                    vcpu.current = (count != vcpu.count).then_some(count);
+                    Ok(())
+                })
+                .await?;
+            self.manager.save_status(domain).await;
+            if !scope.config {
+                return Ok(empty());
+            }
+        }
         self.manager
             .update_persistent(domain, |def| {
                 let vcpu = def.vcpu.get_or_insert_default();

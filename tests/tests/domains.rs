@@ -849,6 +849,8 @@ fn inspection_and_tuning_of_a_running_tiny_guest() {
     );
     ok(&server, &["detach-disk", "t", "vdb", "--config"]);
     assert!(!ok(&server, &["domblklist", "t", "--inactive"]).contains("vdb"));
+    let live = fails(&server, &["setvcpus", "t", "1", "--live"]);
+    assert!(live.contains("not supported by the vmm engine"), "{live}");
     ok(&server, &["setvcpus", "t", "1", "--config"]);
     assert!(ok(&server, &["dumpxml", "t", "--inactive"]).contains("current='1'"));
     ok(&server, &["setmaxmem", "t", "64M", "--config"]);
@@ -1482,4 +1484,38 @@ fn a_direct_interface_is_a_macvtap_qemu_holds_open() {
         .output()
         .unwrap();
     assert!(!stdout(&left).contains(&tap), "{}", stdout(&left));
+}
+
+#[test]
+fn qemu_engine_plugs_vcpus_in_and_out_live() {
+    if let Err(needs) = qemu_installed() {
+        skip!("needs {needs}");
+    }
+    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = debian_xml("cpus", &kit).replace("<vcpu>1</vcpu>", "<vcpu current='1'>3</vcpu>");
+    let xml = write_xml(dir.path(), "cpus", &xml);
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "cpus"]);
+    let mut console = Console::attach(&server, "cpus", false);
+    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
+    console.wait_for("/ # ", Duration::from_secs(30));
+    ok(&server, &["setvcpus", "cpus", "3", "--live"]);
+    assert!(ok(&server, &["dominfo", "cpus"]).contains("CPU(s):         3"));
+    assert_eq!(
+        ok(&server, &["vcpuinfo", "cpus"]).matches("VCPU:").count(),
+        3
+    );
+    // The guest sees them: Linux makes a sysfs entry per hot-added CPU.
+    console.type_text("echo CPUS=$(ls -d /sys/devices/system/cpu/cpu[0-9]* | wc -l)\n");
+    console.wait_for("CPUS=3", Duration::from_secs(30));
+    ok(&server, &["setvcpus", "cpus", "1", "--live"]);
+    assert!(ok(&server, &["dominfo", "cpus"]).contains("CPU(s):         1"));
+    assert!(fails(&server, &["setvcpus", "cpus", "4", "--live"]).contains("must be 1-3"));
+    console.leave();
+    ok(&server, &["destroy", "cpus"]);
 }

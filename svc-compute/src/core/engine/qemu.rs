@@ -641,3 +641,83 @@ pub async fn feed_incoming(qmp: &Qmp, socket: &Path, file: &Path) -> Result<(), 
         }
     }
 }
+
+/// Plugs vCPUs in or out until `count` are present (QEMU's CPU hotplug; the guest brings new
+/// ones online, and must release ones being removed). Only hot-plugged vCPUs can leave.
+pub async fn set_vcpus(qmp: &Qmp, count: u32) -> Result<(), Error> {
+    let query = || async {
+        qmp.execute("query-hotpluggable-cpus", json!({}))
+            .await
+            .map_err(|err| Error::Engine(format!("QEMU query-hotpluggable-cpus: {err}")))
+    };
+    let slots = query().await?;
+    let slots = slots.as_array().cloned().unwrap_or_default();
+    let present: Vec<&Value> = slots
+        .iter()
+        .filter(|s| s.get("qom-path").is_some())
+        .collect();
+    let wanted = usize::try_from(count).unwrap_or(usize::MAX);
+    if wanted > present.len() {
+        // QEMU lists free slots last-first; plug the lowest ones.
+        let mut free: Vec<&Value> = slots
+            .iter()
+            .filter(|s| s.get("qom-path").is_none())
+            .collect();
+        free.reverse();
+        for slot in free.into_iter().take(wanted - present.len()) {
+            let props = slot.get("props").cloned().unwrap_or(json!({}));
+            let id = |key: &str| props.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let mut device = json!({
+                "driver": slot.get("type").cloned().unwrap_or(Value::Null),
+                "id": format!("vcpu-{}-{}-{}", id("socket-id"), id("core-id"), id("thread-id")),
+            });
+            for (key, value) in props.as_object().into_iter().flatten() {
+                device[key] = value.clone();
+            }
+            qmp.execute("device_add", device)
+                .await
+                .map_err(|err| Error::Engine(format!("QEMU device_add (vCPU): {err}")))?;
+        }
+        return Ok(());
+    }
+    let mut removable: Vec<String> = present
+        .iter()
+        .filter_map(|s| s.get("qom-path")?.as_str())
+        .filter_map(|path| path.strip_prefix("/machine/peripheral/"))
+        .map(str::to_string)
+        .collect();
+    removable.sort();
+    let surplus = present.len() - wanted;
+    if removable.len() < surplus {
+        return Err(Error::State(format!(
+            "only vCPUs added while running can be removed ({} of them); the guest booted with {}",
+            removable.len(),
+            present.len() - removable.len()
+        )));
+    }
+    for id in removable.iter().rev().take(surplus) {
+        qmp.execute("device_del", json!({ "id": id }))
+            .await
+            .map_err(|err| Error::Engine(format!("QEMU device_del {id}: {err}")))?;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let slots = query().await?;
+        let now = slots
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s.get("qom-path").is_some())
+            .count();
+        if now <= wanted {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::State(
+                "the guest did not release the vCPUs within 10 s (it must act on the ACPI eject)"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
