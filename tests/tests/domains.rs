@@ -186,6 +186,18 @@ impl Events {
     }
 }
 
+/// The Debian test guest under QEMU, or what is missing.
+fn debian_kit() -> Result<std::path::PathBuf, String> {
+    qemu_installed()?;
+    kit_files(&["vmlinuz", "initramfs.cpio.gz"])
+}
+
+/// The tiny guest on this host's KVM, or what is missing.
+fn tiny_kit() -> Result<std::path::PathBuf, String> {
+    kvm_usable()?;
+    kit_files(&["tiny.elf"])
+}
+
 /// A network namespace of the test's own, deleted when dropped.
 struct Netns(String);
 
@@ -343,10 +355,7 @@ fn lifecycle(
 
 #[test]
 fn qemu_engine_runs_a_debian_guest_through_its_lifecycle() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -365,10 +374,7 @@ fn qemu_engine_runs_a_debian_guest_through_its_lifecycle() {
 
 #[test]
 fn vmm_engine_runs_the_tiny_guest_through_its_lifecycle() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -391,10 +397,7 @@ fn vmm_engine_runs_the_tiny_guest_through_its_lifecycle() {
 
 #[test]
 fn lifecycle_actions_apply_on_the_vmm_engine() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -614,10 +617,7 @@ fn definitions_survive_kill_9_during_define_and_undefine() {
 
 #[test]
 fn fifty_domains_defined_and_ten_running() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -739,10 +739,7 @@ fn bad_input_gets_errors_that_name_what_is_wrong() {
 
 #[test]
 fn inspection_and_tuning_of_a_running_tiny_guest() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -868,10 +865,7 @@ fn inspection_and_tuning_of_a_running_tiny_guest() {
 
 #[test]
 fn autostart_domains_start_with_the_service() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -898,10 +892,7 @@ fn autostart_domains_start_with_the_service() {
 
 #[test]
 fn qemu_engine_attaches_a_disk_live_and_dumps_guest_memory() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -956,10 +947,7 @@ fn qemu_engine_attaches_a_disk_live_and_dumps_guest_memory() {
 
 #[test]
 fn cgroups_carry_cpu_and_memory_tuning() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1052,10 +1040,7 @@ fn counts(text: &str) -> Vec<u64> {
 
 #[test]
 fn snapshots_of_a_running_vmm_guest_take_it_back_in_time() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1122,10 +1107,7 @@ fn snapshots_of_a_running_vmm_guest_take_it_back_in_time() {
 
 #[test]
 fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1286,10 +1268,7 @@ fn save_restore_and_managed_save_on_both_engines() {
 
 #[test]
 fn qemu_engine_places_disks_on_every_bus_and_emulated_devices() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1347,10 +1326,7 @@ fn qemu_engine_places_disks_on_every_bus_and_emulated_devices() {
 
 #[test]
 fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
-    if let Err(needs) = kvm_usable() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["tiny.elf"]) {
+    let kit = match tiny_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1423,10 +1399,7 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
 
 #[test]
 fn a_direct_interface_is_a_macvtap_qemu_holds_open() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
@@ -1488,10 +1461,7 @@ fn a_direct_interface_is_a_macvtap_qemu_holds_open() {
 
 #[test]
 fn qemu_engine_plugs_vcpus_in_and_out_live() {
-    if let Err(needs) = qemu_installed() {
-        skip!("needs {needs}");
-    }
-    let kit = match kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+    let kit = match debian_kit() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
