@@ -59,9 +59,12 @@ fn write_xml(dir: &Path, name: &str, xml: &str) -> String {
     path.display().to_string()
 }
 
-/// `vireo console NAME` in the background, collecting what the guest prints.
+/// `vireo console NAME` in the background, collecting what the guest prints. Like a terminal,
+/// it answers the shell's cursor-position query (ESC [6n), which busybox's line editor waits
+/// for, eating typed characters as the answer otherwise.
 struct Console {
     child: Child,
+    input: Arc<Mutex<std::process::ChildStdin>>,
     seen: Arc<Mutex<String>>,
 }
 
@@ -82,20 +85,26 @@ impl Console {
             .spawn()
             .unwrap();
         let seen = Arc::new(Mutex::new(String::new()));
+        let input = Arc::new(Mutex::new(child.stdin.take().unwrap()));
         let mut out = child.stdout.take().unwrap();
         let sink = seen.clone();
+        let answer = input.clone();
         std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(n) = out.read(&mut buffer) {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                for _ in 0..text.matches("\u{1b}[6n").count() {
+                    let mut input = answer.lock().unwrap();
+                    let _ = input.write_all(b"\x1b[1;1R");
+                    let _ = input.flush();
+                }
+                sink.lock().unwrap().push_str(&text);
             }
         });
-        Console { child, seen }
+        Console { child, input, seen }
     }
 
     fn wait_for(&self, text: &str, deadline: Duration) {
@@ -111,9 +120,9 @@ impl Console {
     }
 
     fn type_text(&mut self, text: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
+        let mut input = self.input.lock().unwrap();
+        input.write_all(text.as_bytes()).unwrap();
+        input.flush().unwrap();
     }
 
     /// Ctrl-], as in virsh; the client must exit by itself.
