@@ -104,7 +104,13 @@ impl Console {
                 sink.lock().unwrap().push_str(&text);
             }
         });
-        Console { child, input, seen }
+        let console = Console { child, input, seen };
+        // Attached once the client says so: what the guest prints from then on is seen.
+        console.wait_for(
+            &format!("Connected to domain '{name}'"),
+            Duration::from_secs(10),
+        );
+        console
     }
 
     fn wait_for(&self, text: &str, deadline: Duration) {
@@ -1497,4 +1503,67 @@ fn qemu_engine_plugs_vcpus_in_and_out_live() {
     assert!(fails(&server, &["setvcpus", "cpus", "4", "--live"]).contains("must be 1-3"));
     console.leave();
     ok(&server, &["destroy", "cpus"]);
+}
+
+#[test]
+fn serial_ports_go_to_the_file_or_socket_the_definition_names() {
+    let kit = match tiny_kit() {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let xml = tiny_xml("tofile", &kit, "wait-shutdown", "").replace(
+        "<serial type='pty'/>",
+        &format!(
+            "<serial type='file'><source path='{}'/></serial>",
+            log.display()
+        ),
+    );
+    ok(&server, &["define", &write_xml(dir.path(), "tofile", &xml)]);
+    ok(&server, &["start", "tofile"]);
+    wait_until(Duration::from_secs(10), "the serial file", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("TINY: waiting for shutdown request"))
+    });
+
+    let socket = dir.path().join("serial.sock");
+    let xml = tiny_xml("tosock", &kit, "wait-shutdown", "").replace(
+        "<serial type='pty'/>",
+        &format!(
+            "<serial type='unix'><source mode='bind' path='{}'/></serial>",
+            socket.display()
+        ),
+    );
+    ok(&server, &["define", &write_xml(dir.path(), "tosock", &xml)]);
+    // A guest with nothing waiting would print before anyone connects: start it paused.
+    ok(&server, &["start", "tosock", "--paused"]);
+    let mut stream = wait_until(Duration::from_secs(10), "the serial socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    });
+    ok(&server, &["resume", "tosock"]);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut buffer = [0u8; 1024];
+    while !seen.contains("TINY: waiting for shutdown request") {
+        let n = stream
+            .read(&mut buffer)
+            .expect("serial output on the socket");
+        assert!(n > 0, "the socket closed; it showed {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    // Unsupported host ends are named before anything starts.
+    let tcp = tiny_xml("totcp", &kit, "wait-shutdown", "").replace(
+        "<serial type='pty'/>",
+        "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/></serial>",
+    );
+    ok(&server, &["define", &write_xml(dir.path(), "totcp", &tcp)]);
+    assert!(fails(&server, &["start", "totcp"]).contains("serial port on TCP"));
+    ok(&server, &["destroy", "tofile"]);
+    ok(&server, &["destroy", "tosock"]);
+    assert!(!socket.exists(), "the socket goes with the guest");
 }

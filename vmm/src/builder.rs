@@ -544,6 +544,14 @@ impl Vmm {
                     }
                     let _ = reply.send(outcome.as_ref().map(|_| self.info()).map_err(Clone::clone));
                     if let Ok(Some(exit)) = outcome {
+                        // Let the client read its answer first: the socket thread drops its end
+                        // of the channel once the reply is written (bounded, never blocking).
+                        let asked = std::time::Instant::now();
+                        while asked.elapsed() < std::time::Duration::from_millis(200)
+                            && reply.send(Err(String::new())).is_ok()
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
                         break exit;
                     }
                 }

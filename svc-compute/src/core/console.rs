@@ -13,6 +13,17 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+/// Where else the guest's serial port goes, as its definition says (`<serial type=...>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEnd {
+    /// pty: only through the hub (`vireo console`).
+    Hub,
+    /// type='file': everything the guest writes is also written to this file.
+    File { path: PathBuf, append: bool },
+    /// type='unix' mode='bind': the hub also serves the port on this socket, two-way.
+    Unix(PathBuf),
+}
+
 /// What a newly attached client is shown of what came before (a screenful or so).
 const BACKLOG_BYTES: usize = 16 * 1024;
 
@@ -38,7 +49,7 @@ pub struct Attachment {
 
 impl ConsoleHub {
     /// Starts relaying `serial` (a unix socket the engine serves) and logging to `log`.
-    pub fn start(serial: PathBuf, log: PathBuf) -> std::sync::Arc<ConsoleHub> {
+    pub fn start(serial: PathBuf, log: PathBuf, end: HostEnd) -> std::sync::Arc<ConsoleHub> {
         let (output, _) = broadcast::channel(256);
         let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
         let hub = std::sync::Arc::new(ConsoleHub {
@@ -50,8 +61,23 @@ impl ConsoleHub {
             connected: watch::Sender::new(false),
             stop: CancellationToken::new(),
         });
+        if let HostEnd::Unix(path) = &end {
+            hub.clone().serve_socket(path.clone());
+        }
         let relay = hub.clone();
         tokio::spawn(async move {
+            let mut copy = match &end {
+                HostEnd::File { path, append } => tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(*append)
+                    .truncate(!*append)
+                    .open(path)
+                    .await
+                    .map_err(|err| tracing::warn!(file = %path.display(), %err, "serial file"))
+                    .ok(),
+                _ => None,
+            };
             let mut log = match tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -84,6 +110,9 @@ impl ConsoleHub {
                             if let Some(log) = log.as_mut() {
                                 let _ = log.write_all(bytes).await;
                             }
+                            if let Some(copy) = copy.as_mut() {
+                                let _ = copy.write_all(bytes).await;
+                            }
                             relay.remember(bytes);
                             let _ = relay.output.send(bytes.to_vec());
                         }
@@ -101,6 +130,51 @@ impl ConsoleHub {
             }
         });
         hub
+    }
+
+    /// Serves the port on a unix socket of the definition's: every client sees the output and
+    /// types into the guest. The socket is removed when the hub closes.
+    fn serve_socket(self: std::sync::Arc<Self>, path: PathBuf) {
+        tokio::spawn(async move {
+            let _ = std::fs::remove_file(&path);
+            let listener = match tokio::net::UnixListener::bind(&path) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(socket = %path.display(), %err, "serial socket");
+                    return;
+                }
+            };
+            loop {
+                let accepted = tokio::select! {
+                    () = self.stop.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.into_split();
+                    let mut output = hub.output.subscribe();
+                    let mut buffer = vec![0u8; 1024];
+                    loop {
+                        tokio::select! {
+                            () = hub.stop.cancelled() => break,
+                            bytes = output.recv() => match bytes {
+                                Ok(bytes) => if write.write_all(&bytes).await.is_err() { break },
+                                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(_) => break,
+                            },
+                            n = read.read(&mut buffer) => match n {
+                                Ok(n) if n > 0 => {
+                                    if hub.input.send(buffer[..n].to_vec()).await.is_err() { break }
+                                }
+                                _ => break,
+                            },
+                        }
+                    }
+                });
+            }
+            let _ = std::fs::remove_file(&path);
+        });
     }
 
     fn remember(&self, bytes: &[u8]) {

@@ -16,7 +16,7 @@ use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
 
 use super::cgroup::{self, Group};
-use super::console::ConsoleHub;
+use super::console::{ConsoleHub, HostEnd};
 use super::engine::{self, Control, EngineEvent, RunPaths};
 use super::engines::Engines;
 use super::network;
@@ -295,7 +295,7 @@ impl Manager {
             let Ok(pidfd) = process::pidfd(status.pid) else {
                 continue;
             };
-            let console = ConsoleHub::start(paths.serial(), paths.console_log());
+            let console = ConsoleHub::start(paths.serial(), paths.console_log(), host_end(&live));
             let paused = control.paused().await.unwrap_or(false);
             table.generation += 1;
             let generation = table.generation;
@@ -417,8 +417,8 @@ impl Manager {
             }
             pb::Engine::Unspecified if !is_kvm => qemu(false),
             pb::Engine::Unspecified => {
-                let fits_vmm = engines.vmm.available
-                    && engine::vmm::command(
+                let vmm_refusal = if engines.vmm.available {
+                    engine::vmm::command(
                         Path::new("vireo-vmm"),
                         def,
                         &vec![
@@ -427,20 +427,22 @@ impl Manager {
                         ],
                         &RunPaths::new(PathBuf::new()),
                     )
-                    .is_ok();
-                if fits_vmm {
-                    vmm()
-                } else if kvm_stock {
-                    qemu(true)
+                    .err()
+                    .map(|err| err.to_string())
                 } else {
-                    Err(Error::Unsupported(format!(
-                        "this <domain type='kvm'> needs the qemu engine (it boots firmware or uses devices vireo-vmm lacks), and this host's KVM cannot run stock guests ({}); use <domain type='qemu'> for TCG emulation",
+                    Some(engines.vmm.unavailable_reason.clone())
+                };
+                match vmm_refusal {
+                    None => vmm(),
+                    Some(_) if kvm_stock => qemu(true),
+                    Some(why) => Err(Error::Unsupported(format!(
+                        "this <domain type='kvm'> cannot run on vireo-vmm ({why}), and the qemu engine would need a KVM that runs stock guests, which this host's is not ({}); use <domain type='qemu'> for TCG emulation",
                         if engines.kvm.available {
                             "a paravirtual nested KVM"
                         } else {
                             engines.kvm.unavailable_reason.as_str()
                         }
-                    )))
+                    ))),
                 }
             }
         }
@@ -1159,7 +1161,7 @@ impl Manager {
             .devices
             .as_ref()
             .is_some_and(|d| !d.serials.is_empty() || !d.consoles.is_empty());
-        let console = ConsoleHub::start(paths.serial(), paths.console_log());
+        let console = ConsoleHub::start(paths.serial(), paths.console_log(), host_end(live));
         if let (Control::Qemu(qmp), Some(devices)) = (&control, live.devices.as_mut())
             && let Some(graphics) = devices.graphics.first_mut()
             && let Ok(vnc) = qmp.execute("query-vnc", serde_json::json!({})).await
@@ -1969,6 +1971,32 @@ async fn hmp(control: &Control, command: &str) -> Result<(), Error> {
     match reply.as_str().map(str::trim) {
         None | Some("") => Ok(()),
         Some(text) => Err(Error::State(format!("QEMU {command}: {text}"))),
+    }
+}
+
+/// Where the first serial port goes besides the console hub, from the definition.
+fn host_end(def: &pb::DomainDefinition) -> HostEnd {
+    let Some(devices) = def.devices.as_ref() else {
+        return HostEnd::Hub;
+    };
+    let port = devices.serials.first().or_else(|| {
+        devices.consoles.iter().find(|c| {
+            c.target
+                .as_ref()
+                .is_none_or(|t| t.r#type != pb::CharTargetType::Virtio as i32)
+        })
+    });
+    let Some(port) = port else {
+        return HostEnd::Hub;
+    };
+    let source = port.source.clone().unwrap_or_default();
+    match port.r#type() {
+        pb::CharSourceType::File => HostEnd::File {
+            path: PathBuf::from(source.path),
+            append: source.append,
+        },
+        pb::CharSourceType::Unix => HostEnd::Unix(PathBuf::from(source.path)),
+        _ => HostEnd::Hub,
     }
 }
 

@@ -128,17 +128,21 @@ fn serve_client(stream: UnixStream, events: &Sender<VmEvent>) -> std::io::Result
             }
             return Ok(());
         }
+        // The receiver lives until the reply is written: the event loop waits for it to go
+        // before ending the VM, so a `save` or `stop` is answered before the process exits.
+        let (reply_to, replies) = mpsc::channel();
         let reply = match parse(trimmed) {
             Err(error) => Err(error),
             Ok(request) => {
-                let (reply_to, reply) = mpsc::channel();
                 if events.send(VmEvent::Control(request, reply_to)).is_err() {
                     return Ok(());
                 }
-                reply.recv().unwrap_or(Err("VMM is exiting".into()))
+                replies.recv().unwrap_or(Err("VMM is exiting".into()))
             }
         };
         writer.write_all(reply_line(reply).as_bytes())?;
+        writer.flush()?;
+        drop(replies);
     }
 }
 

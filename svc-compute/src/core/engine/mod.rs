@@ -250,6 +250,31 @@ pub fn disk_source(disk: &pb::Disk) -> Option<&str> {
     }
 }
 
+/// Serial ports and consoles the service can serve: pty (through the console hub), file, and
+/// unix sockets it listens on. TCP ends and unix sockets it would connect out to are refused.
+pub fn check_char_devices(def: &pb::DomainDefinition, engine: &str) -> Result<(), Error> {
+    let devices = def
+        .devices
+        .iter()
+        .flat_map(|d| d.serials.iter().chain(&d.consoles));
+    for device in devices {
+        let source = device.source.clone().unwrap_or_default();
+        match device.r#type() {
+            pb::CharSourceType::Tcp => {
+                return Err(unsupported(engine, "a serial port on TCP (type='tcp') yet"));
+            }
+            pb::CharSourceType::Unix if source.mode == pb::CharSourceMode::Connect as i32 => {
+                return Err(unsupported(
+                    engine,
+                    "a serial port that connects out to a unix socket (mode='connect') yet",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The first device of a definition's list that an engine cannot run, named for the error.
 pub fn unsupported(engine: &str, what: &str) -> Error {
     Error::Unsupported(format!(

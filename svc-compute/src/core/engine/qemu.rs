@@ -36,6 +36,7 @@ pub fn command(
     taps: &[String],
     paths: &RunPaths,
 ) -> Result<Launch, Error> {
+    super::check_char_devices(def, "qemu")?;
     let os = def.os.clone().unwrap_or_default();
     let vcpu = def.vcpu.clone().unwrap_or_default();
     let devices = def.devices.clone().unwrap_or_default();
@@ -233,6 +234,10 @@ pub fn command(
         };
         if !disk.serial.is_empty() {
             device.push_str(&format!(",serial={}", opt(&disk.serial)));
+        }
+        if disk.shareable {
+            // Several guests may write it: QEMU must not lock the image for itself.
+            device.push_str(",share-rw=on");
         }
         if let Some(order) = disk.boot_order {
             device.push_str(&format!(",bootindex={order}"));

@@ -54,6 +54,24 @@ pub fn command(
     if !os.machine.is_empty() {
         return Err(unsupported("vmm", "a machine type (<type machine=...>)"));
     }
+    super::check_char_devices(def, "vmm")?;
+    if def.features.as_ref().is_some_and(|f| !f.acpi) {
+        return Err(unsupported(
+            "vmm",
+            "a guest without ACPI (its <features> lack <acpi/>)",
+        ));
+    }
+    if let Some(clock) = &def.clock
+        && (!matches!(
+            clock.offset(),
+            pb::ClockOffset::Utc | pb::ClockOffset::Unspecified
+        ) || !clock.timers.is_empty())
+    {
+        return Err(unsupported(
+            "vmm",
+            "a clock other than <clock offset='utc'/> without timers (its RTC keeps UTC)",
+        ));
+    }
     let vcpu = def.vcpu.clone().unwrap_or_default();
     if vcpu.current.is_some_and(|current| current != vcpu.count) {
         return Err(unsupported(
