@@ -125,6 +125,25 @@ impl Console {
         }
     }
 
+    /// Where the output seen so far ends.
+    fn mark(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The `N=<count>` lines of the counting guest printed after `mark`.
+    fn counts_since(&self, mark: usize) -> Vec<u64> {
+        let seen = self.seen.lock().unwrap();
+        seen.get(mark..)
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("N=")?.parse().ok())
+            .collect()
+    }
+
+    fn last_count(&self) -> u64 {
+        self.counts_since(0).last().copied().unwrap_or(0)
+    }
+
     fn type_text(&mut self, text: &str) {
         let mut input = self.input.lock().unwrap();
         input.write_all(text.as_bytes()).unwrap();
@@ -254,6 +273,16 @@ fn debian_xml(name: &str, kit: &Path) -> String {
 ",
         kernel = kit.join("vmlinuz").display(),
         initrd = kit.join("initramfs.cpio.gz").display(),
+    )
+}
+
+/// The Debian guest running a counter on its serial port: `N=0`, `N=1`, ... every 0.2 s. It
+/// shows where a guest is in time without typing into a shell.
+fn counting_debian_xml(name: &str, kit: &Path) -> String {
+    // base64 of: i=0; while true; do echo N=$i; i=$((i+1)); sleep 0.2; done
+    debian_xml(name, kit).replace(
+        "vireo.hold=1",
+        "vireo.run64=aT0wOyB3aGlsZSB0cnVlOyBkbyBlY2hvIE49JGk7IGk9JCgoaSsxKSk7IHNsZWVwIDAuMjsgZG9uZQ==",
     )
 }
 
@@ -1142,7 +1171,7 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
         .set_len(1 << 20)
         .unwrap();
     let with_disk = |name: &str, path: &Path, format: &str| {
-        debian_xml(name, &kit).replace(
+        counting_debian_xml(name, &kit).replace(
             "<serial type='pty'/>",
             &format!(
                 "<serial type='pty'/><disk type='file'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda'/></disk>",
@@ -1153,20 +1182,25 @@ fn snapshots_of_a_qemu_guest_live_in_its_qcow2_disk() {
     let xml = write_xml(dir.path(), "qs", &with_disk("qs", &disk, "qcow2"));
     ok(&server, &["define", &xml]);
     ok(&server, &["start", "qs"]);
-    let mut console = Console::attach(&server, "qs", false);
-    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
-    console.wait_for("/ # ", Duration::from_secs(30));
-    // Each step is confirmed by output the typed line itself does not contain.
-    console.type_text("echo BEFORE > /tmp/mark; echo W$((1+1))\n");
-    console.wait_for("W2", Duration::from_secs(30));
+    let console = Console::attach(&server, "qs", false);
+    console.wait_for("N=5\r\n", Duration::from_secs(90));
     ok(&server, &["snapshot-create-as", "qs", "--name", "live"]);
-    console.type_text("echo AFTER > /tmp/mark; echo X$((2+1))\n");
-    console.wait_for("X3", Duration::from_secs(30));
+    let at_snapshot = console.last_count();
+    // Let the guest count on, then take it back to the snapshot: it counts from there again.
+    wait_until(Duration::from_secs(60), "the guest to count on", || {
+        (console.last_count() >= at_snapshot + 10).then_some(())
+    });
+    let before_revert = console.last_count();
+    let mark = console.mark();
     ok(&server, &["snapshot-revert", "qs", "live"]);
     assert_eq!(state(&server, "qs"), "running (from snapshot)");
-    // The guest's memory went back: the file holds what it held at the snapshot.
-    console.type_text("echo MARK=$(cat /tmp/mark)\n");
-    console.wait_for("MARK=BEFORE", Duration::from_secs(30));
+    let first = wait_until(Duration::from_secs(60), "a count after the revert", || {
+        console.counts_since(mark).first().copied()
+    });
+    assert!(
+        first <= at_snapshot + 2 && first < before_revert,
+        "after the revert the guest counts from the snapshot ({first}; {at_snapshot} at the snapshot, {before_revert} before the revert)"
+    );
     console.leave();
 
     ok(&server, &["destroy", "qs"]);
@@ -1260,23 +1294,27 @@ fn save_restore_and_managed_save_on_both_engines() {
     if qemu_installed().is_err() {
         return;
     }
-    let xml = write_xml(dir.path(), "deb", &debian_xml("deb", &kit));
+    let xml = write_xml(dir.path(), "deb", &counting_debian_xml("deb", &kit));
     ok(&server, &["define", &xml]);
     ok(&server, &["start", "deb"]);
-    let mut console = Console::attach(&server, "deb", false);
-    console.wait_for("VIREO-GUEST-READY", Duration::from_secs(90));
-    console.wait_for("/ # ", Duration::from_secs(30));
-    console.type_text("echo KEPT > /tmp/mark; echo W$((1+1))\n");
-    console.wait_for("W2", Duration::from_secs(30));
-    console.leave();
+    let console = Console::attach(&server, "deb", false);
+    console.wait_for("N=10\r\n", Duration::from_secs(90));
     let image = dir.path().join("deb.save").display().to_string();
     ok(&server, &["save", "deb", &image]);
+    let saved_at = console.last_count();
+    console.wait_ended(Duration::from_secs(10));
     assert_eq!(state(&server, "deb"), "shut off (saved)");
     ok(&server, &["restore", &image]);
     assert_eq!(state(&server, "deb"), "running (restored)");
-    let mut console = Console::attach(&server, "deb", false);
-    console.type_text("echo MARK=$(cat /tmp/mark)\n");
-    console.wait_for("MARK=KEPT", Duration::from_secs(30));
+    // The guest goes on counting from where it was saved; a fresh boot would start at 0.
+    let console = Console::attach(&server, "deb", false);
+    let first = wait_until(Duration::from_secs(60), "a count after the restore", || {
+        console.counts_since(0).first().copied()
+    });
+    assert!(
+        first >= saved_at,
+        "restored at {first}, saved at {saved_at}"
+    );
     console.leave();
     ok(&server, &["destroy", "deb"]);
 }
