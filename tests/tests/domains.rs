@@ -1605,3 +1605,56 @@ fn serial_ports_go_to_the_file_or_socket_the_definition_names() {
     ok(&server, &["destroy", "tosock"]);
     assert!(!socket.exists(), "the socket goes with the guest");
 }
+
+#[test]
+fn create_runs_a_transient_guest_and_edit_changes_a_definition() {
+    let kit = match tiny_kit() {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(
+        dir.path(),
+        "temp",
+        &tiny_xml("temp", &kit, "wait-shutdown", ""),
+    );
+    assert!(ok(&server, &["create", &xml]).contains("Domain 'temp' created from"));
+    assert!(ok(&server, &["dominfo", "temp"]).contains("Persistent:     no"));
+    assert!(fails(&server, &["autostart", "temp"]).contains("transient"));
+    ok(&server, &["shutdown", "temp"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the transient domain to go",
+        || (!ok(&server, &["list", "--all", "--name"]).contains("temp")).then_some(()),
+    );
+
+    // edit: $EDITOR changes the persistent XML, which is defined again.
+    let xml = write_xml(dir.path(), "ed", &tiny_xml("ed", &kit, "wait-shutdown", ""));
+    ok(&server, &["define", &xml]);
+    let edited = Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(["edit", "ed"])
+        .env("EDITOR", "sed -i s|</name>|</name><title>edited</title>|")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&edited).contains("XML configuration edited"),
+        "{}",
+        stderr(&edited)
+    );
+    assert!(ok(&server, &["dumpxml", "ed"]).contains("<title>edited</title>"));
+    let unchanged = Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(["edit", "ed"])
+        .env("EDITOR", "true")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&unchanged).contains("not changed"),
+        "{}",
+        stderr(&unchanged)
+    );
+}
