@@ -1274,6 +1274,30 @@ pub fn fill_defaults(def: &mut pb::DomainDefinition) {
     }
 }
 
+/// libvirt's defaults for one device given on its own (attach-device, attach-disk, ...): a
+/// disk's driver and bus, an interface's MAC and model.
+pub fn fill_device_defaults(device: &mut pb::DomainDevice) {
+    use pb::domain_device::Kind;
+    let mut def = pb::DomainDefinition::default();
+    let devices = def.devices.get_or_insert_default();
+    match device.kind.take() {
+        Some(Kind::Disk(disk)) => devices.disks.push(disk),
+        Some(Kind::Interface(interface)) => devices.interfaces.push(interface),
+        other => {
+            device.kind = other;
+            return;
+        }
+    }
+    fill_defaults(&mut def);
+    let devices = def.devices.unwrap_or_default();
+    device.kind = devices
+        .disks
+        .into_iter()
+        .next()
+        .map(Kind::Disk)
+        .or_else(|| devices.interfaces.into_iter().next().map(Kind::Interface));
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64

@@ -139,7 +139,68 @@ impl Domains {
                         ),
                         other => other,
                     };
-                    crate::core::engine::qemu::hotplug(qmp, &hotplug).await?;
+                    match hotplug {
+                        Hotplug::AddInterface(_) => {
+                            // The interface the change added is the last; give it a host end.
+                            let index = devices.interfaces.len() - 1;
+                            let interface = &mut devices.interfaces[index];
+                            let taken: Vec<String> = run
+                                .live
+                                .devices
+                                .iter()
+                                .flat_map(|d| &d.interfaces)
+                                .map(|i| i.alias.clone())
+                                .collect();
+                            let free = (0..)
+                                .map(|n| format!("net{n}"))
+                                .find(|alias| !taken.contains(alias))
+                                .unwrap_or_default();
+                            interface.alias.clone_from(&free);
+                            if interface.target_dev.is_empty()
+                                && interface.r#type() == pb::InterfaceType::Bridge
+                            {
+                                interface.target_dev = format!("vireo{}h{}", run.id, &free[3..]);
+                            }
+                            let single = pb::DomainDefinition {
+                                devices: Some(pb::DomainDevices {
+                                    interfaces: vec![interface.clone()],
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            };
+                            let taps = crate::core::network::prepare_taps(&single, run.id).await?;
+                            let tap = taps.first().cloned().unwrap_or_default();
+                            if let Err(err) =
+                                crate::core::engine::qemu::plug_interface(qmp, interface, &tap)
+                                    .await
+                            {
+                                crate::core::network::remove_taps(&taps).await;
+                                return Err(err);
+                            }
+                            if !tap.is_empty() {
+                                interface.target_dev.clone_from(&tap);
+                                run.taps.push(tap);
+                            }
+                        }
+                        Hotplug::RemoveInterface(mac) => {
+                            let gone = run
+                                .live
+                                .devices
+                                .iter()
+                                .flat_map(|d| &d.interfaces)
+                                .find(|i| i.mac == mac)
+                                .cloned()
+                                .ok_or_else(|| {
+                                    Error::NotFound(format!("no interface with MAC {mac}"))
+                                })?;
+                            crate::core::engine::qemu::unplug_interface(qmp, &gone.alias).await?;
+                            if run.taps.contains(&gone.target_dev) {
+                                crate::core::network::remove_taps(&[gone.target_dev.clone()]).await;
+                                run.taps.retain(|t| *t != gone.target_dev);
+                            }
+                        }
+                        disk => crate::core::engine::qemu::hotplug(qmp, &disk).await?,
+                    }
                     run.live.devices = Some(devices);
                     Ok(())
                 })
@@ -836,13 +897,17 @@ impl DomainService for Domains {
                 .into());
             }
         };
+        let mut device = device;
+        vireo_conf::domain::fill_device_defaults(&mut device);
         let added = device.clone();
         self.change_device(
             request.domain.as_ref(),
             request.scope.as_ref(),
             request.persistent,
             "attaching a device",
-            disk_of(&device).map(|disk| Hotplug::AddDisk(Box::new(disk))),
+            disk_of(&device)
+                .map(|disk| Hotplug::AddDisk(Box::new(disk)))
+                .or_else(|| device_interface(&device).map(|i| Hotplug::AddInterface(Box::new(i)))),
             move |devices| add_device(devices, added.clone()),
         )
         .await?;
@@ -875,7 +940,9 @@ impl DomainService for Domains {
             request.scope.as_ref(),
             request.persistent,
             "detaching a device",
-            disk_of(&device).map(|d| Hotplug::RemoveDisk(d.target.unwrap_or_default().dev)),
+            disk_of(&device)
+                .map(|d| Hotplug::RemoveDisk(d.target.unwrap_or_default().dev))
+                .or_else(|| device_interface(&device).map(|i| Hotplug::RemoveInterface(i.mac))),
             move |devices| remove_device(devices, &device),
         )
         .await?;
@@ -937,18 +1004,11 @@ impl DomainService for Domains {
             address: request.address.clone(),
             ..Default::default()
         };
-        let mut filled = pb::DomainDefinition {
-            devices: Some(pb::DomainDevices {
-                disks: vec![disk],
-                ..Default::default()
-            }),
-            ..Default::default()
+        let mut device = pb::DomainDevice {
+            kind: Some(pb::domain_device::Kind::Disk(disk)),
         };
-        vireo_conf::domain::fill_defaults(&mut filled);
-        let disk = filled.devices.unwrap_or_default().disks.remove(0);
-        let device = pb::DomainDevice {
-            kind: Some(pb::domain_device::Kind::Disk(disk.clone())),
-        };
+        vireo_conf::domain::fill_device_defaults(&mut device);
+        let disk = disk_of(&device).unwrap_or_default();
         let reply = device.clone();
         self.change_device(
             request.domain.as_ref(),
@@ -1015,32 +1075,24 @@ impl DomainService for Domains {
             },
             _ => pb::InterfaceSource::default(),
         };
-        let mut filled = pb::DomainDefinition {
-            devices: Some(pb::DomainDevices {
-                interfaces: vec![pb::Interface {
-                    r#type: request.r#type,
-                    source: Some(source),
-                    mac: request.mac.to_ascii_lowercase(),
-                    model: request.model,
-                    target_dev: request.target.clone(),
-                    ..Default::default()
-                }],
+        let mut device = pb::DomainDevice {
+            kind: Some(pb::domain_device::Kind::Interface(pb::Interface {
+                r#type: request.r#type,
+                source: Some(source),
+                mac: request.mac.to_ascii_lowercase(),
+                model: request.model,
+                target_dev: request.target.clone(),
                 ..Default::default()
-            }),
-            ..Default::default()
+            })),
         };
-        vireo_conf::domain::fill_defaults(&mut filled);
-        let interface = filled.devices.unwrap_or_default().interfaces.remove(0);
-        let device = pb::DomainDevice {
-            kind: Some(pb::domain_device::Kind::Interface(interface)),
-        };
+        vireo_conf::domain::fill_device_defaults(&mut device);
         let added = device.clone();
         self.change_device(
             request.domain.as_ref(),
             request.scope.as_ref(),
             request.persistent,
             "attaching an interface",
-            None,
+            device_interface(&device).map(|i| Hotplug::AddInterface(Box::new(i))),
             move |devices| add_device(devices, added.clone()),
         )
         .await?;
@@ -1055,13 +1107,29 @@ impl DomainService for Domains {
     ) -> Result<Response<Empty>, Status> {
         let request = request.into_inner();
         let kind = request.r#type;
-        let mac = request.mac.to_ascii_lowercase();
+        let mut mac = request.mac.to_ascii_lowercase();
+        if mac.is_empty() {
+            // One interface of the type may be named by its type alone.
+            let current = self.manager.get(request.domain.as_ref()).await?;
+            let def = current.live.or(current.persistent).unwrap_or_default();
+            let found: Vec<String> = def
+                .devices
+                .iter()
+                .flat_map(|d| &d.interfaces)
+                .filter(|i| i.r#type == kind)
+                .map(|i| i.mac.clone())
+                .collect();
+            if let [only] = found.as_slice() {
+                mac.clone_from(only);
+            }
+        }
+        let unplug = (!mac.is_empty()).then(|| Hotplug::RemoveInterface(mac.clone()));
         self.change_device(
             request.domain.as_ref(),
             request.scope.as_ref(),
             request.persistent,
             "detaching an interface",
-            None,
+            unplug,
             move |devices| {
                 let matching: Vec<usize> = devices
                     .interfaces
@@ -1885,6 +1953,13 @@ fn tap_stats(tap: &str) -> Result<pb::InterfaceStats, Error> {
         tx_errs: read("rx_errors"),
         tx_drop: read("rx_dropped"),
     })
+}
+
+fn device_interface(device: &pb::DomainDevice) -> Option<pb::Interface> {
+    match &device.kind {
+        Some(pb::domain_device::Kind::Interface(interface)) => Some(interface.clone()),
+        _ => None,
+    }
 }
 
 fn disk_of(device: &pb::DomainDevice) -> Option<pb::Disk> {

@@ -1658,3 +1658,75 @@ fn create_runs_a_transient_guest_and_edit_changes_a_definition() {
         stderr(&unchanged)
     );
 }
+
+#[test]
+fn qemu_engine_plugs_a_nic_into_a_bridge_live() {
+    let kit = match debian_kit() {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let guard = match Netns::create("hotnic") {
+        Ok(netns) => netns,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let netns = guard.0.clone();
+    let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
+    assert!(
+        ip(&["-n", &netns, "link", "add", "vtbr0", "type", "bridge"])
+            .status
+            .success()
+    );
+    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(dir.path(), "hotnic", &counting_debian_xml("hotnic", &kit));
+    ok(&server, &["define", &xml]);
+    ok(&server, &["start", "hotnic"]);
+    let console = Console::attach(&server, "hotnic", false);
+    console.wait_for("N=3\r\n", Duration::from_secs(90));
+    let mac = "52:54:00:00:aa:01";
+    ok(
+        &server,
+        &[
+            "attach-interface",
+            "hotnic",
+            "bridge",
+            "vtbr0",
+            "--mac",
+            mac,
+            "--live",
+        ],
+    );
+    let listed = ok(&server, &["domiflist", "hotnic"]);
+    let tap = listed
+        .lines()
+        .find(|l| l.contains(mac))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_string();
+    let on_bridge = ip(&["-n", &netns, "-o", "link", "show", "master", "vtbr0"]);
+    assert!(stdout(&on_bridge).contains(&tap), "{}", stdout(&on_bridge));
+    assert!(
+        !ok(&server, &["domiflist", "hotnic", "--inactive"]).contains(mac),
+        "live only"
+    );
+    ok(
+        &server,
+        &[
+            "detach-interface",
+            "hotnic",
+            "bridge",
+            "--mac",
+            mac,
+            "--live",
+        ],
+    );
+    assert!(!ok(&server, &["domiflist", "hotnic"]).contains(mac));
+    let links = ip(&["-n", &netns, "-o", "link"]);
+    assert!(
+        !stdout(&links).contains(&tap),
+        "the tap goes with the NIC: {}",
+        stdout(&links)
+    );
+    console.leave();
+    ok(&server, &["destroy", "hotnic"]);
+}

@@ -1876,6 +1876,8 @@ impl Manager {
         let uuid = table.find(domain)?;
         let run = Self::running(&mut table, &uuid)?;
         f(RunView {
+            id: run.id,
+            taps: &mut run.taps,
             live: &mut run.live,
             control: &run.control,
             console: &run.console,
@@ -2015,6 +2017,8 @@ pub enum Boot {
 
 /// A running guest as a request handler sees it.
 pub struct RunView<'a> {
+    pub id: i32,
+    pub taps: &'a mut Vec<String>,
     pub live: &'a mut pb::DomainDefinition,
     pub control: &'a Control,
     pub console: &'a Arc<ConsoleHub>,

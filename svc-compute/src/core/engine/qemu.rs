@@ -458,6 +458,9 @@ pub enum Hotplug {
     AddDisk(Box<pb::Disk>),
     /// By target name (vdb).
     RemoveDisk(String),
+    AddInterface(Box<pb::Interface>),
+    /// By MAC address.
+    RemoveInterface(String),
 }
 
 /// Plugs a virtio disk in (blockdev-add, device_add) or out (device_del, wait for the guest to
@@ -516,6 +519,9 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
             }
             Ok(())
         }
+        Hotplug::AddInterface(_) | Hotplug::RemoveInterface(_) => Err(Error::Engine(
+            "interfaces are plugged with plug_interface / unplug_interface".into(),
+        )),
         Hotplug::RemoveDisk(target) => {
             run("device_del", json!({ "id": target })).await?;
             let path = format!("/machine/peripheral/{target}");
@@ -725,4 +731,63 @@ pub async fn set_vcpus(qmp: &Qmp, count: u32) -> Result<(), Error> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Plugs a NIC in: its host end (`tap`, or user networking) as a netdev, then the device; both
+/// take the interface's alias as id.
+pub async fn plug_interface(qmp: &Qmp, interface: &pb::Interface, tap: &str) -> Result<(), Error> {
+    let netdev = match interface.r#type() {
+        pb::InterfaceType::User => json!({ "type": "user", "id": interface.alias }),
+        pb::InterfaceType::Bridge | pb::InterfaceType::Ethernet => json!({
+            "type": "tap", "id": interface.alias, "ifname": tap,
+            "script": "no", "downscript": "no",
+        }),
+        _ => {
+            return Err(unsupported(
+                "qemu",
+                "live attach of this interface type yet (bridge, ethernet and user are)",
+            ));
+        }
+    };
+    qmp.execute("netdev_add", netdev)
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU netdev_add: {err}")))?;
+    let device = json!({
+        "driver": nic_model(interface.model()),
+        "netdev": interface.alias,
+        "mac": interface.mac,
+        "id": interface.alias,
+    });
+    if let Err(err) = qmp.execute("device_add", device).await {
+        let _ = qmp
+            .execute("netdev_del", json!({ "id": interface.alias }))
+            .await;
+        return Err(Error::Engine(format!("QEMU device_add (NIC): {err}")));
+    }
+    Ok(())
+}
+
+/// Unplugs the NIC with this alias once the guest lets go of it, then its netdev.
+pub async fn unplug_interface(qmp: &Qmp, alias: &str) -> Result<(), Error> {
+    qmp.execute("device_del", json!({ "id": alias }))
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU device_del {alias}: {err}")))?;
+    let path = format!("/machine/peripheral/{alias}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while qmp
+        .execute("qom-get", json!({ "path": path, "property": "type" }))
+        .await
+        .is_ok()
+    {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::State(format!(
+                "the guest did not release interface {alias} within 10 s (it must act on the ACPI eject request)"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    qmp.execute("netdev_del", json!({ "id": alias }))
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU netdev_del {alias}: {err}")))?;
+    Ok(())
 }
