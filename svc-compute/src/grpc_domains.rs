@@ -195,7 +195,10 @@ impl Domains {
                                 })?;
                             crate::core::engine::qemu::unplug_interface(qmp, &gone.alias).await?;
                             if run.taps.contains(&gone.target_dev) {
-                                crate::core::network::remove_taps(&[gone.target_dev.clone()]).await;
+                                crate::core::network::remove_taps(std::slice::from_ref(
+                                    &gone.target_dev,
+                                ))
+                                .await;
                                 run.taps.retain(|t| *t != gone.target_dev);
                             }
                         }

@@ -523,21 +523,8 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
             "interfaces are plugged with plug_interface / unplug_interface".into(),
         )),
         Hotplug::RemoveDisk(target) => {
-            run("device_del", json!({ "id": target })).await?;
-            let path = format!("/machine/peripheral/{target}");
+            unplug(qmp, target, "disk").await?;
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            while qmp
-                .execute("qom-get", json!({ "path": path, "property": "type" }))
-                .await
-                .is_ok()
-            {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(Error::State(format!(
-                        "the guest did not release disk {target} within 10 s (it must act on the ACPI eject request)"
-                    )));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
             // The device lets go of its drive a moment after it leaves the QOM tree.
             let node = format!("drive-{target}");
             loop {
@@ -767,12 +754,13 @@ pub async fn plug_interface(qmp: &Qmp, interface: &pb::Interface, tap: &str) -> 
     Ok(())
 }
 
-/// Unplugs the NIC with this alias once the guest lets go of it, then its netdev.
-pub async fn unplug_interface(qmp: &Qmp, alias: &str) -> Result<(), Error> {
-    qmp.execute("device_del", json!({ "id": alias }))
+/// Asks the guest to release device `id` (device_del) and waits until it has left QEMU's device
+/// tree; the guest must act on the ACPI eject request.
+async fn unplug(qmp: &Qmp, id: &str, what: &str) -> Result<(), Error> {
+    qmp.execute("device_del", json!({ "id": id }))
         .await
-        .map_err(|err| Error::Engine(format!("QEMU device_del {alias}: {err}")))?;
-    let path = format!("/machine/peripheral/{alias}");
+        .map_err(|err| Error::Engine(format!("QEMU device_del {id}: {err}")))?;
+    let path = format!("/machine/peripheral/{id}");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while qmp
         .execute("qom-get", json!({ "path": path, "property": "type" }))
@@ -781,11 +769,17 @@ pub async fn unplug_interface(qmp: &Qmp, alias: &str) -> Result<(), Error> {
     {
         if tokio::time::Instant::now() > deadline {
             return Err(Error::State(format!(
-                "the guest did not release interface {alias} within 10 s (it must act on the ACPI eject request)"
+                "the guest did not release {what} {id} within 10 s (it must act on the ACPI eject request)"
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Unplugs the NIC with this alias once the guest lets go of it, then its netdev.
+pub async fn unplug_interface(qmp: &Qmp, alias: &str) -> Result<(), Error> {
+    unplug(qmp, alias, "interface").await?;
     qmp.execute("netdev_del", json!({ "id": alias }))
         .await
         .map_err(|err| Error::Engine(format!("QEMU netdev_del {alias}: {err}")))?;
