@@ -231,6 +231,11 @@ const RNG_BACKENDS: Table<pb::RngBackendModel> = &[
     ("random", pb::RngBackendModel::Random),
     ("builtin", pb::RngBackendModel::Builtin),
 ];
+const PANIC_MODELS: Table<pb::PanicModel> = &[
+    ("isa", pb::PanicModel::Isa),
+    ("pvpanic", pb::PanicModel::Pvpanic),
+    ("hyperv", pb::PanicModel::Hyperv),
+];
 const HOSTDEV_TYPES: Table<pb::HostdevType> = &[
     ("pci", pb::HostdevType::Pci),
     ("usb", pb::HostdevType::Usb),
@@ -724,6 +729,7 @@ pub fn parse_device(xml: &str) -> Result<pb::DomainDevice, ConfError> {
         "memballoon" => Kind::Memballoon(parse_memballoon(el)?),
         "rng" => Kind::Rng(parse_rng(el)?),
         "hostdev" => Kind::Hostdev(parse_hostdev(el)?),
+        "panic" => Kind::Panic(parse_panic(el)?),
         other => return Err(el.error(format!("<{other}> is not a device Vireo supports"))),
     };
     Ok(pb::DomainDevice { kind: Some(kind) })
@@ -766,6 +772,9 @@ fn parse_devices(mut el: Element) -> Result<pb::DomainDevices, ConfError> {
     }
     for hostdev in el.children("hostdev") {
         devices.hostdevs.push(parse_hostdev(hostdev)?);
+    }
+    for panic in el.children("panic") {
+        devices.panics.push(parse_panic(panic)?);
     }
     el.finish()?;
     Ok(devices)
@@ -1050,6 +1059,17 @@ fn parse_rng(mut el: Element) -> Result<pb::Rng, ConfError> {
     skip_alias(&mut el)?;
     el.finish()?;
     Ok(rng)
+}
+
+fn parse_panic(mut el: Element) -> Result<pb::Panic, ConfError> {
+    let mut panic = pb::Panic {
+        model: enum_attr(&mut el, "model", PANIC_MODELS)?,
+        ..Default::default()
+    };
+    panic.address = parse_address(&mut el)?;
+    skip_alias(&mut el)?;
+    el.finish()?;
+    Ok(panic)
 }
 
 fn parse_hostdev(mut el: Element) -> Result<pb::Hostdev, ConfError> {
@@ -2064,6 +2084,14 @@ fn format_devices(x: &mut XmlWriter, devices: &pb::DomainDevices) -> Fmt {
     }
     for hostdev in &devices.hostdevs {
         format_hostdev(x, hostdev)?;
+    }
+    for panic in &devices.panics {
+        let attrs = Attrs::default().word("model", PANIC_MODELS, panic.model);
+        let has_body = panic.address.is_some() || !panic.alias.is_empty();
+        device_element(x, "panic", &attrs, has_body, |x| {
+            format_alias(x, &panic.alias)?;
+            format_address(x, panic.address.as_ref())
+        })?;
     }
     x.close("devices")
 }

@@ -1730,3 +1730,51 @@ fn qemu_engine_plugs_a_nic_into_a_bridge_live() {
     console.leave();
     ok(&server, &["destroy", "hotnic"]);
 }
+
+#[test]
+fn a_qemu_guest_that_panics_is_crashed_and_on_crash_applies() {
+    let kit = match debian_kit() {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    // base64 of: echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger
+    let panics = debian_xml("panics", &kit)
+        .replace(
+            "vireo.hold=1",
+            "vireo.run64=ZWNobyAxID4gL3Byb2Mvc3lzL2tlcm5lbC9zeXNycTsgZWNobyBjID4gL3Byb2Mvc3lzcnEtdHJpZ2dlcg==",
+        )
+        .replace("<serial type='pty'/>", "<serial type='pty'/><panic model='isa'/>");
+    let xml = write_xml(dir.path(), "panics", &panics);
+    ok(&server, &["define", &xml]);
+    let events = Events::watch(&server);
+    ok(&server, &["start", "panics"]);
+    wait_state(
+        &server,
+        "panics",
+        "shut off (crashed)",
+        Duration::from_secs(90),
+    );
+    let lines = events.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("'panics': Crashed Panicked"))
+            && lines
+                .iter()
+                .any(|l| l.ends_with("'panics': Stopped Crashed")),
+        "{lines:?}"
+    );
+    // The vmm engine sees crashes itself and has no pvpanic device: refused by name.
+    let xml = panics
+        .replace("<domain type='qemu'>", "<domain type='kvm'>")
+        .replace(
+            "</devices>",
+            "</devices><vireo:engine xmlns:vireo='urn:x-vireo:xmlns:1'>vmm</vireo:engine>",
+        );
+    ok(&server, &["define", &write_xml(dir.path(), "panics", &xml)]);
+    if tiny_kit().is_ok() {
+        assert!(fails(&server, &["start", "panics"]).contains("cannot run <panic>"));
+    }
+}

@@ -363,6 +363,18 @@ pub fn command(
             _ => return Err(unsupported("qemu", "USB or SCSI host devices yet")),
         }
     }
+    for panic in &devices.panics {
+        let device = match panic.model() {
+            pb::PanicModel::Pvpanic => "pvpanic-pci",
+            pb::PanicModel::Isa | pb::PanicModel::Unspecified => "pvpanic",
+            pb::PanicModel::Hyperv => return Err(unsupported("qemu", "a Hyper-V <panic> yet")),
+        };
+        a.extend(["-device".into(), device.into()]);
+    }
+    if !devices.panics.is_empty() {
+        // A reported panic ends QEMU; the service then applies on_crash.
+        a.extend(["-action".into(), "panic=shutdown".into()]);
+    }
     if !devices.channels.is_empty() {
         return Err(unsupported("qemu", "<channel> yet"));
     }

@@ -221,6 +221,10 @@ pub fn command(
         ),
         (!devices.channels.is_empty(), "<channel>"),
         (
+            !devices.panics.is_empty(),
+            "<panic> (it sees a crash itself: a triple fault or a KVM error)",
+        ),
+        (
             devices
                 .inputs
                 .iter()
