@@ -71,6 +71,9 @@ pub enum DomainCommand {
         console: bool,
         #[arg(long)]
         paused: bool,
+        /// Boot fresh, discarding a managed save image
+        #[arg(long)]
+        force_boot: bool,
     },
     /// Ask a guest to shut down (ACPI power button: the guest decides)
     Shutdown {
@@ -682,12 +685,14 @@ pub async fn run(
             domain,
             console,
             paused,
+            force_boot,
         } => {
             let mut stream = client(connection)
                 .await?
                 .start_domain(pb::StartDomainRequest {
                     domain: object(&domain),
                     paused,
+                    force_boot,
                     ..Default::default()
                 })
                 .await?

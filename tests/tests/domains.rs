@@ -1285,6 +1285,13 @@ fn save_restore_and_managed_save_on_both_engines() {
     assert_eq!(state(&server, "cnt"), "running (restored)");
     assert!(ok(&server, &["dominfo", "cnt"]).contains("Managed save:   no"));
     ok(&server, &["destroy", "cnt"]);
+    // --force-boot discards a managed image and boots fresh.
+    ok(&server, &["start", "cnt"]);
+    ok(&server, &["managedsave", "cnt"]);
+    ok(&server, &["start", "cnt", "--force-boot"]);
+    assert_eq!(state(&server, "cnt"), "running (booted)");
+    assert!(ok(&server, &["dominfo", "cnt"]).contains("Managed save:   no"));
+    ok(&server, &["destroy", "cnt"]);
     assert!(
         fails(&server, &["restore", "/nonexistent/image"])
             .contains("not a save image this host wrote")
