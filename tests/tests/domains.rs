@@ -1785,3 +1785,56 @@ fn a_qemu_guest_that_panics_is_crashed_and_on_crash_applies() {
         assert!(fails(&server, &["start", "panics"]).contains("cannot run <panic>"));
     }
 }
+
+#[test]
+fn a_vmm_snapshot_comes_back_on_its_own_taps() {
+    let kit = match tiny_kit() {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let guard = match Netns::create("snapnic") {
+        Ok(netns) => netns,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let netns = guard.0.clone();
+    let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
+    assert!(
+        ip(&["-n", &netns, "link", "add", "vtbr0", "type", "bridge"])
+            .status
+            .success()
+    );
+    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let dir = tempfile::tempdir().unwrap();
+    let xml = tiny_xml("snapnic", &kit, "wait-shutdown", "").replace(
+        "<serial type='pty'/>",
+        "<serial type='pty'/><interface type='bridge'><mac address='52:54:00:00:bb:01'/><source bridge='vtbr0'/></interface>",
+    );
+    ok(
+        &server,
+        &["define", &write_xml(dir.path(), "snapnic", &xml)],
+    );
+    ok(&server, &["start", "snapnic"]);
+    let tap_of = |listed: &str| {
+        listed
+            .lines()
+            .find(|l| l.contains("52:54:00:00:bb:01"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{listed}"))
+            .to_string()
+    };
+    let saved_with = tap_of(&ok(&server, &["domiflist", "snapnic"]));
+    ok(&server, &["snapshot-create-as", "snapnic", "--name", "s"]);
+    ok(&server, &["destroy", "snapnic"]);
+    // From shut off: a new run, yet the machine state gets the tap it was saved with.
+    ok(&server, &["snapshot-revert", "snapnic", "s"]);
+    assert_eq!(state(&server, "snapnic"), "running (from snapshot)");
+    let tap = tap_of(&ok(&server, &["domiflist", "snapnic"]));
+    assert_eq!(
+        tap, saved_with,
+        "the restored machine reopens the tap it was saved with"
+    );
+    let on_bridge = ip(&["-n", &netns, "-o", "link", "show", "master", "vtbr0"]);
+    assert!(stdout(&on_bridge).contains(&tap), "{}", stdout(&on_bridge));
+    ok(&server, &["destroy", "snapnic"]);
+    ok(&server, &["snapshot-delete", "snapnic", "s"]);
+}

@@ -1498,6 +1498,10 @@ impl Manager {
             )));
         }
         let (state, _) = entry.state();
+        let live_xml = match entry.run.as_ref() {
+            Some(run) => vireo_conf::domain::format(&run.live, None)?,
+            None => String::new(),
+        };
         let memory = match entry.run.as_ref().map(|r| r.engine) {
             None => {
                 for (_, path, _) in &disks {
@@ -1555,6 +1559,11 @@ impl Manager {
             memory,
             domain_xml: vireo_conf::domain::format(&def, None)?,
             qcow2_disks: disks.iter().map(|(_, path, _)| path.clone()).collect(),
+            live_xml: if memory == Memory::VmmState {
+                live_xml
+            } else {
+                String::new()
+            },
         };
         self.snapshots
             .save(&uuid, &record)
@@ -1669,10 +1678,12 @@ impl Manager {
             match boot {
                 Some(boot) => {
                     let transient = entry.persistent.is_none();
-                    if transient {
-                        // launch reads the definition from the entry; a transient one stays so.
-                        entry.persistent = Some(def.clone());
-                    }
+                    // launch reads the definition from the entry: a machine state comes back
+                    // with the definition it ran with (its taps' names); the persistent one
+                    // is put back after.
+                    let run_with =
+                        vireo_conf::domain::parse(&record.live_xml).unwrap_or(def.clone());
+                    let kept = entry.persistent.replace(run_with);
                     let id = match &old {
                         Some(run) => run.id,
                         None => {
@@ -1681,11 +1692,9 @@ impl Manager {
                         }
                     };
                     let result = self.launch(&mut table, &uuid, id, paused, &boot).await;
-                    if transient {
-                        table.entry(&uuid).persistent = None;
-                        if result.is_err() {
-                            table.entries.remove(&uuid);
-                        }
+                    table.entry(&uuid).persistent = kept;
+                    if transient && result.is_err() {
+                        table.entries.remove(&uuid);
                     }
                     result?;
                 }

@@ -33,6 +33,10 @@ pub struct Record {
     pub domain_xml: String,
     /// Writable qcow2 disks holding an internal snapshot of this name.
     pub qcow2_disks: Vec<String>,
+    /// The running definition (with its tap names) for a vireo-vmm machine state, which
+    /// reopens the same host ends when it is restored.
+    #[serde(default)]
+    pub live_xml: String,
 }
 
 pub struct SnapshotStore {
