@@ -253,6 +253,47 @@ impl Drop for Netns {
     }
 }
 
+/// vireod in a network namespace of the test's own, with a bridge `vtbr0` in it. The server
+/// goes before the namespace (fields drop in order).
+struct Bridged {
+    server: Server,
+    netns: Netns,
+}
+
+impl Bridged {
+    fn start(tag: &str) -> Result<Bridged, String> {
+        let netns = Netns::create(tag)?;
+        let made = Command::new("ip")
+            .args(["-n", &netns.0, "link", "add", "vtbr0", "type", "bridge"])
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            return Err("a bridge in a network namespace (ip link add type bridge)".into());
+        }
+        let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns.0]);
+        Ok(Bridged { server, netns })
+    }
+
+    /// `ip -n NETNS ARGS`, its output.
+    fn ip(&self, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.netns.0])
+            .args(args)
+            .output()
+            .unwrap();
+        stdout(&output)
+    }
+}
+
+/// The host-side device of the interface with `mac` in `vireo domiflist` output.
+fn tap_of(listed: &str, mac: &str) -> String {
+    listed
+        .lines()
+        .find(|l| l.contains(mac))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no interface {mac}: {listed}"))
+        .to_string()
+}
+
 fn debian_xml(name: &str, kit: &Path) -> String {
     format!(
         "<domain type='qemu'>
@@ -1391,20 +1432,12 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
         Err(needs) => skip!("needs {needs}"),
     };
     // The service runs in a network namespace of the test's own, with a bridge in it.
-    let guard = match Netns::create("br") {
-        Ok(netns) => netns,
+    let bridged = match Bridged::start("br") {
+        Ok(bridged) => bridged,
         Err(needs) => skip!("needs {needs}"),
     };
-    let ip = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let netns = guard.0.clone();
+    let server = &bridged.server;
     let bridge = "vtbr0";
-    assert!(ip(&["-n", &netns, "link", "add", bridge, "type", "bridge"]));
-    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
     let dir = tempfile::tempdir().unwrap();
     let xml = tiny_xml("nic", &kit, "wait-shutdown", "").replace(
         "<serial type='pty'/>",
@@ -1413,36 +1446,16 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
         ),
     );
     let xml = write_xml(dir.path(), "nic", &xml);
-    ok(&server, &["define", &xml]);
-    ok(&server, &["start", "nic"]);
-    let interfaces = ok(&server, &["domiflist", "nic"]);
-    let tap = interfaces
-        .lines()
-        .find(|l| l.contains("52:54:00:12:34:56"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{interfaces}"))
-        .to_string();
-    let on_bridge = Command::new("ip")
-        .args(["-n", &netns, "-o", "link", "show", "master", bridge])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&on_bridge).contains(&tap),
-        "{tap} on {bridge}: {}",
-        stdout(&on_bridge)
-    );
-    let stats = ok(&server, &["domifstat", "nic", &tap]);
+    ok(server, &["define", &xml]);
+    ok(server, &["start", "nic"]);
+    let tap = tap_of(&ok(server, &["domiflist", "nic"]), "52:54:00:12:34:56");
+    let on_bridge = bridged.ip(&["-o", "link", "show", "master", bridge]);
+    assert!(on_bridge.contains(&tap), "{tap} on {bridge}: {on_bridge}");
+    let stats = ok(server, &["domifstat", "nic", &tap]);
     assert!(stats.contains(&format!("{tap} rx_bytes ")), "{stats}");
-    ok(&server, &["destroy", "nic"]);
-    let left = Command::new("ip")
-        .args(["-n", &netns, "-o", "link"])
-        .output()
-        .unwrap();
-    assert!(
-        !stdout(&left).contains(&tap),
-        "the tap goes with the guest: {}",
-        stdout(&left)
-    );
+    ok(server, &["destroy", "nic"]);
+    let left = bridged.ip(&["-o", "link"]);
+    assert!(!left.contains(&tap), "the tap goes with the guest: {left}");
     // A bridge that does not exist is named, and nothing starts.
     let missing = write_xml(
         dir.path(),
@@ -1452,8 +1465,8 @@ fn a_bridge_interface_gets_a_tap_on_the_bridge_for_the_guests_life() {
             "<serial type='pty'/><interface type='bridge'><source bridge='nosuchbr0'/></interface>",
         ),
     );
-    ok(&server, &["define", &missing]);
-    assert!(fails(&server, &["start", "nobr"]).contains("bridge 'nosuchbr0' does not exist"));
+    ok(server, &["define", &missing]);
+    assert!(fails(server, &["start", "nobr"]).contains("bridge 'nosuchbr0' does not exist"));
     assert!(server.guest_pids().is_empty());
 }
 
@@ -1672,27 +1685,20 @@ fn qemu_engine_plugs_a_nic_into_a_bridge_live() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
-    let guard = match Netns::create("hotnic") {
-        Ok(netns) => netns,
+    let bridged = match Bridged::start("hotnic") {
+        Ok(bridged) => bridged,
         Err(needs) => skip!("needs {needs}"),
     };
-    let netns = guard.0.clone();
-    let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
-    assert!(
-        ip(&["-n", &netns, "link", "add", "vtbr0", "type", "bridge"])
-            .status
-            .success()
-    );
-    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let server = &bridged.server;
     let dir = tempfile::tempdir().unwrap();
     let xml = write_xml(dir.path(), "hotnic", &counting_debian_xml("hotnic", &kit));
-    ok(&server, &["define", &xml]);
-    ok(&server, &["start", "hotnic"]);
-    let console = Console::attach(&server, "hotnic", false);
+    ok(server, &["define", &xml]);
+    ok(server, &["start", "hotnic"]);
+    let console = Console::attach(server, "hotnic", false);
     console.wait_for("N=3\r\n", Duration::from_secs(90));
     let mac = "52:54:00:00:aa:01";
     ok(
-        &server,
+        server,
         &[
             "attach-interface",
             "hotnic",
@@ -1703,21 +1709,15 @@ fn qemu_engine_plugs_a_nic_into_a_bridge_live() {
             "--live",
         ],
     );
-    let listed = ok(&server, &["domiflist", "hotnic"]);
-    let tap = listed
-        .lines()
-        .find(|l| l.contains(mac))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{listed}"))
-        .to_string();
-    let on_bridge = ip(&["-n", &netns, "-o", "link", "show", "master", "vtbr0"]);
-    assert!(stdout(&on_bridge).contains(&tap), "{}", stdout(&on_bridge));
+    let tap = tap_of(&ok(server, &["domiflist", "hotnic"]), mac);
+    let on_bridge = bridged.ip(&["-o", "link", "show", "master", "vtbr0"]);
+    assert!(on_bridge.contains(&tap), "{on_bridge}");
     assert!(
-        !ok(&server, &["domiflist", "hotnic", "--inactive"]).contains(mac),
+        !ok(server, &["domiflist", "hotnic", "--inactive"]).contains(mac),
         "live only"
     );
     ok(
-        &server,
+        server,
         &[
             "detach-interface",
             "hotnic",
@@ -1727,15 +1727,11 @@ fn qemu_engine_plugs_a_nic_into_a_bridge_live() {
             "--live",
         ],
     );
-    assert!(!ok(&server, &["domiflist", "hotnic"]).contains(mac));
-    let links = ip(&["-n", &netns, "-o", "link"]);
-    assert!(
-        !stdout(&links).contains(&tap),
-        "the tap goes with the NIC: {}",
-        stdout(&links)
-    );
+    assert!(!ok(server, &["domiflist", "hotnic"]).contains(mac));
+    let links = bridged.ip(&["-o", "link"]);
+    assert!(!links.contains(&tap), "the tap goes with the NIC: {links}");
     console.leave();
-    ok(&server, &["destroy", "hotnic"]);
+    ok(server, &["destroy", "hotnic"]);
 }
 
 #[test]
@@ -1792,49 +1788,32 @@ fn a_vmm_snapshot_comes_back_on_its_own_taps() {
         Ok(kit) => kit,
         Err(needs) => skip!("needs {needs}"),
     };
-    let guard = match Netns::create("snapnic") {
-        Ok(netns) => netns,
+    let bridged = match Bridged::start("snapnic") {
+        Ok(bridged) => bridged,
         Err(needs) => skip!("needs {needs}"),
     };
-    let netns = guard.0.clone();
-    let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
-    assert!(
-        ip(&["-n", &netns, "link", "add", "vtbr0", "type", "bridge"])
-            .status
-            .success()
-    );
-    let server = Server::vireod_wrapped(&["ip", "netns", "exec", &netns]);
+    let server = &bridged.server;
     let dir = tempfile::tempdir().unwrap();
     let xml = tiny_xml("snapnic", &kit, "wait-shutdown", "").replace(
         "<serial type='pty'/>",
         "<serial type='pty'/><interface type='bridge'><mac address='52:54:00:00:bb:01'/><source bridge='vtbr0'/></interface>",
     );
-    ok(
-        &server,
-        &["define", &write_xml(dir.path(), "snapnic", &xml)],
-    );
-    ok(&server, &["start", "snapnic"]);
-    let tap_of = |listed: &str| {
-        listed
-            .lines()
-            .find(|l| l.contains("52:54:00:00:bb:01"))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{listed}"))
-            .to_string()
-    };
-    let saved_with = tap_of(&ok(&server, &["domiflist", "snapnic"]));
-    ok(&server, &["snapshot-create-as", "snapnic", "--name", "s"]);
-    ok(&server, &["destroy", "snapnic"]);
+    ok(server, &["define", &write_xml(dir.path(), "snapnic", &xml)]);
+    ok(server, &["start", "snapnic"]);
+    let mac = "52:54:00:00:bb:01";
+    let saved_with = tap_of(&ok(server, &["domiflist", "snapnic"]), mac);
+    ok(server, &["snapshot-create-as", "snapnic", "--name", "s"]);
+    ok(server, &["destroy", "snapnic"]);
     // From shut off: a new run, yet the machine state gets the tap it was saved with.
-    ok(&server, &["snapshot-revert", "snapnic", "s"]);
-    assert_eq!(state(&server, "snapnic"), "running (from snapshot)");
-    let tap = tap_of(&ok(&server, &["domiflist", "snapnic"]));
+    ok(server, &["snapshot-revert", "snapnic", "s"]);
+    assert_eq!(state(server, "snapnic"), "running (from snapshot)");
+    let tap = tap_of(&ok(server, &["domiflist", "snapnic"]), mac);
     assert_eq!(
         tap, saved_with,
         "the restored machine reopens the tap it was saved with"
     );
-    let on_bridge = ip(&["-n", &netns, "-o", "link", "show", "master", "vtbr0"]);
-    assert!(stdout(&on_bridge).contains(&tap), "{}", stdout(&on_bridge));
-    ok(&server, &["destroy", "snapnic"]);
-    ok(&server, &["snapshot-delete", "snapnic", "s"]);
+    let on_bridge = bridged.ip(&["-o", "link", "show", "master", "vtbr0"]);
+    assert!(on_bridge.contains(&tap), "{on_bridge}");
+    ok(server, &["destroy", "snapnic"]);
+    ok(server, &["snapshot-delete", "snapnic", "s"]);
 }
