@@ -1,7 +1,8 @@
 //! svc-migrate owns migration jobs between hosts (prepare, perform, finish, confirm, rollback) and
 //! save/restore of domains; the engines move the bytes. Save, restore and managed save are built:
 //! this service asks svc-compute (through its gRPC API on the same host) to write or resume a
-//! guest's state. Migration itself, and the save-image XML calls, arrive with issue #10.
+//! guest's state (`vireo dominfo` shows a managed image). Migration itself, HasManagedSave and the
+//! save-image XML calls arrive with issue #10.
 
 use std::path::PathBuf;
 
@@ -168,27 +169,6 @@ impl SaveRestoreService for SaveRestore {
                     persistent: summary.persistent,
                 }),
             })),
-        }))
-    }
-
-    async fn has_managed_save(
-        &self,
-        request: Request<pb::HasManagedSaveRequest>,
-    ) -> Result<Response<pb::HasManagedSaveResponse>, Status> {
-        let domain = self
-            .compute()
-            .await?
-            .get_domain(compute::GetDomainRequest {
-                host: String::new(),
-                domain: request.into_inner().domain,
-                security_info: false,
-            })
-            .await?
-            .into_inner();
-        Ok(Response::new(pb::HasManagedSaveResponse {
-            has_managed_save: domain.has_managed_save,
-            saved_unix_ms: 0,
-            size_bytes: 0,
         }))
     }
 }
