@@ -1537,8 +1537,31 @@ pub fn validate(def: &pb::DomainDefinition) -> Result<(), ConfError> {
             ));
         }
     }
+    if let Some(tune) = &def.memtune {
+        check_memory_limits(tune, "domain/memtune")?;
+    }
     if let Some(devices) = &def.devices {
         validate_devices(devices)?;
+    }
+    Ok(())
+}
+
+/// Memory limits (memtune) within what Vireo supports.
+pub fn check_memory_limits(tune: &pb::MemoryTune, field: &str) -> Result<(), ConfError> {
+    for (name, limit) in [
+        ("hard_limit", &tune.hard_limit),
+        ("soft_limit", &tune.soft_limit),
+        ("swap_hard_limit", &tune.swap_hard_limit),
+        ("min_guarantee", &tune.min_guarantee),
+    ] {
+        if let Some(pb::memory_limit::Value::Kib(kib)) = limit.as_ref().and_then(|l| l.value)
+            && kib > MAX_MEMORY_KIB
+        {
+            return Err(ConfError::new(
+                format!("{field}/{name}"),
+                format!("{kib} KiB is more than Vireo supports (at most 16 TiB)"),
+            ));
+        }
     }
     Ok(())
 }

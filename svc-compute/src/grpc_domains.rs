@@ -121,6 +121,10 @@ impl Domains {
                 .with_run(domain, async |run| {
                     let mut devices = run.live.devices.clone().unwrap_or_default();
                     change(&mut devices)?;
+                    // The running definition is held to the same rules as a persistent one.
+                    let mut check = run.live.clone();
+                    check.devices = Some(devices.clone());
+                    vireo_conf::domain::validate(&check)?;
                     let crate::core::engine::Control::Qemu(qmp) = run.control else {
                         return Err(self.live_change_unsupported(what, engine));
                     };
@@ -1264,6 +1268,16 @@ impl DomainService for Domains {
         let request = request.into_inner();
         let domain = request.domain.as_ref();
         let params = request.params.unwrap_or_default();
+        vireo_conf::domain::check_memory_limits(
+            &pb::MemoryTune {
+                hard_limit: params.hard_limit,
+                soft_limit: params.soft_limit,
+                swap_hard_limit: params.swap_hard_limit,
+                min_guarantee: params.min_guarantee,
+            },
+            "params",
+        )
+        .map_err(Error::from)?;
         let change = |tune: &mut pb::MemoryTune| {
             for (field, value) in [
                 (&mut tune.hard_limit, &params.hard_limit),

@@ -1007,6 +1007,13 @@ fn qemu_engine_attaches_a_disk_live_and_dumps_guest_memory() {
     console.type_text("echo SIZE=$(cat /sys/block/vda/size)\n");
     console.wait_for("SIZE=16384", Duration::from_secs(30));
 
+    // A live change is held to the rules of a definition: no `..` in a path.
+    let refused = fails(
+        &server,
+        &["attach-disk", "hot", "/tmp/../etc/passwd", "vdc", "--live"],
+    );
+    assert!(refused.contains("must not contain '..'"), "{refused}");
+    assert!(!ok(&server, &["domblklist", "hot"]).contains("vdc"));
     ok(&server, &["detach-disk", "hot", "vdb", "--persistent"]);
     assert!(!ok(&server, &["domblklist", "hot"]).contains("vdb"));
     assert!(!ok(&server, &["domblklist", "hot", "--inactive"]).contains("vdb"));
@@ -1092,6 +1099,11 @@ fn cgroups_carry_cpu_and_memory_tuning() {
         &["schedinfo", "tuned", "--set", "cpu_shares=2048", "--live"],
     );
     assert!(ok(&server, &["schedinfo", "tuned"]).contains("cpu_shares     : 2048"));
+    let huge = fails(&server, &["memtune", "tuned", "--hard-limit", "20T"]);
+    assert!(
+        huge.contains("params/hard_limit: 21474836480 KiB is more than Vireo supports"),
+        "{huge}"
+    );
     ok(
         &server,
         &["memtune", "tuned", "--hard-limit", "128M", "--config"],
