@@ -11,6 +11,11 @@ use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 use vireo_proto::migrate::v1 as migrate;
 use vireo_proto::migrate::v1::save_restore_service_client::SaveRestoreServiceClient;
 
+use vireo_conf::domain::{
+    DISK_BUSES, DISK_CACHES, DISK_DEVICES, DISK_FORMATS, INTERFACE_MODELS, INTERFACE_TYPES, Table,
+    name_of, parse_cpuset,
+};
+
 use crate::commands::{Call, state_name};
 use crate::connection::Connection;
 use crate::output::{Format, print_fields_at, print_json, print_table};
@@ -505,100 +510,22 @@ fn cpu_list(cpus: &[u32]) -> String {
     ranges.join(",")
 }
 
-fn parse_cpu_list(text: &str) -> Result<Vec<u32>, String> {
-    let mut cpus = std::collections::BTreeSet::new();
-    for part in text.split(',') {
-        let (exclude, range) = match part.strip_prefix('^') {
-            Some(rest) => (true, rest),
-            None => (false, part),
-        };
-        let (low, high) = range.split_once('-').unwrap_or((range, range));
-        let bad = || format!("invalid CPU list '{text}' (e.g. 0-3,^2)");
-        let low: u32 = low.trim().parse().map_err(|_| bad())?;
-        let high: u32 = high.trim().parse().map_err(|_| bad())?;
-        if low > high {
-            return Err(bad());
-        }
-        for cpu in low..=high {
-            if exclude {
-                cpus.remove(&cpu);
-            } else {
-                cpus.insert(cpu);
-            }
-        }
-    }
-    Ok(cpus.into_iter().collect())
-}
-
-fn word<T>(text: Option<&str>, words: &[(&str, T)], what: &str) -> Result<i32, Call>
-where
-    T: Copy + Into<i32> + TryFrom<i32>,
-{
+/// A CLI option's libvirt word as its proto value (0 when not given).
+fn word<T: Copy + Into<i32>>(text: Option<&str>, table: Table<T>, what: &str) -> Result<i32, Call> {
     match text {
         None => Ok(0),
-        Some(text) => words
-            .iter()
-            .find(|(w, _)| *w == text)
-            .map(|(_, v)| (*v).into())
-            .ok_or_else(|| {
-                let known: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
-                fail(format!(
-                    "invalid {what} '{text}' (expected {})",
-                    known.join(", ")
-                ))
-            }),
+        Some(text) => vireo_conf::domain::lookup(table, text, what.to_string())
+            .map(Into::into)
+            .map_err(|err| fail(err.to_string())),
     }
 }
 
-const DISK_DEVICES: &[(&str, pb::DiskDevice)] = &[
-    ("disk", pb::DiskDevice::Disk),
-    ("cdrom", pb::DiskDevice::Cdrom),
-    ("floppy", pb::DiskDevice::Floppy),
-];
-const DISK_FORMATS: &[(&str, pb::DiskFormat)] = &[
-    ("raw", pb::DiskFormat::Raw),
-    ("qcow2", pb::DiskFormat::Qcow2),
-];
-const DISK_BUSES: &[(&str, pb::DiskBus)] = &[
-    ("virtio", pb::DiskBus::Virtio),
-    ("ide", pb::DiskBus::Ide),
-    ("sata", pb::DiskBus::Sata),
-    ("scsi", pb::DiskBus::Scsi),
-    ("usb", pb::DiskBus::Usb),
-    ("fdc", pb::DiskBus::Fdc),
-];
-const DISK_CACHES: &[(&str, pb::DiskCache)] = &[
-    ("default", pb::DiskCache::Default),
-    ("none", pb::DiskCache::None),
-    ("writethrough", pb::DiskCache::Writethrough),
-    ("writeback", pb::DiskCache::Writeback),
-    ("directsync", pb::DiskCache::Directsync),
-    ("unsafe", pb::DiskCache::Unsafe),
-];
-const INTERFACE_TYPES: &[(&str, pb::InterfaceType)] = &[
-    ("network", pb::InterfaceType::Network),
-    ("bridge", pb::InterfaceType::Bridge),
-    ("direct", pb::InterfaceType::Direct),
-    ("user", pb::InterfaceType::User),
-    ("ethernet", pb::InterfaceType::Ethernet),
-];
-const INTERFACE_MODELS: &[(&str, pb::InterfaceModel)] = &[
-    ("virtio", pb::InterfaceModel::Virtio),
-    ("e1000", pb::InterfaceModel::E1000),
-    ("e1000e", pb::InterfaceModel::E1000e),
-    ("rtl8139", pb::InterfaceModel::Rtl8139),
-    ("ne2k_pci", pb::InterfaceModel::Ne2kPci),
-    ("pcnet", pb::InterfaceModel::Pcnet),
-];
-
-fn name_of<T: Copy + PartialEq + TryFrom<i32>>(
-    words: &[(&'static str, T)],
-    value: i32,
-) -> &'static str {
-    T::try_from(value)
-        .ok()
-        .and_then(|v| words.iter().find(|(_, w)| *w == v).map(|(n, _)| *n))
-        .unwrap_or("-")
+/// virsh's "-" for a value without a word.
+fn word_or_dash<T: Copy + PartialEq + TryFrom<i32>>(table: Table<T>, value: i32) -> &'static str {
+    match name_of(table, value) {
+        "" => "-",
+        word => word,
+    }
 }
 
 fn seconds(ns: u64) -> String {
@@ -991,7 +918,7 @@ pub async fn run(
             scope,
         } => match (vcpu, cpulist) {
             (Some(vcpu), Some(list)) => {
-                let cpus = parse_cpu_list(&list).map_err(fail)?;
+                let cpus = parse_cpuset(&list, "cpulist").map_err(|err| fail(err.to_string()))?;
                 client(connection)
                     .await?
                     .pin_vcpu(pb::PinVcpuRequest {
@@ -1161,7 +1088,7 @@ pub async fn run(
                                 _ => "file",
                             }
                             .into(),
-                            name_of(DISK_DEVICES, d.device).into(),
+                            word_or_dash(DISK_DEVICES, d.device).into(),
                             d.target.clone(),
                             source(&d.source),
                         ]
@@ -1201,13 +1128,13 @@ pub async fn run(
                         } else {
                             i.target_dev.clone()
                         },
-                        name_of(INTERFACE_TYPES, i.r#type).into(),
+                        word_or_dash(INTERFACE_TYPES, i.r#type).into(),
                         if i.source.is_empty() {
                             "-".into()
                         } else {
                             i.source.clone()
                         },
-                        name_of(INTERFACE_MODELS, i.model).into(),
+                        word_or_dash(INTERFACE_MODELS, i.model).into(),
                         i.mac.clone(),
                     ]
                 })
@@ -2203,7 +2130,6 @@ mod tests {
         assert_eq!(parse_kib("1GiB").unwrap(), 1024 * 1024);
         assert!(parse_kib("12Q").is_err());
         assert!(parse_kib("99999999999999999999T").is_err());
-        assert_eq!(parse_cpu_list("0-3,^2").unwrap(), vec![0, 1, 3]);
         assert_eq!(cpu_list(&[0, 1, 3, 5, 6]), "0-1,3,5-6");
         assert_eq!(utc_time(1_795_715_990), "2026-11-26 17:59:50 +0000");
     }

@@ -12,7 +12,8 @@ pub const MAX_MEMORY_KIB: u64 = 16 << 30;
 /// The most vCPUs a definition may ask for.
 pub const MAX_VCPUS: u32 = 255;
 
-type Table<T> = &'static [(&'static str, T)];
+/// A libvirt keyword table: the XML word and the typed value.
+pub type Table<T> = &'static [(&'static str, T)];
 
 const DOMAIN_TYPES: Table<pb::DomainType> =
     &[("qemu", pb::DomainType::Qemu), ("kvm", pb::DomainType::Kvm)];
@@ -89,16 +90,16 @@ const DISK_TYPES: Table<pb::DiskType> = &[
     ("block", pb::DiskType::Block),
     ("volume", pb::DiskType::Volume),
 ];
-const DISK_DEVICES: Table<pb::DiskDevice> = &[
+pub const DISK_DEVICES: Table<pb::DiskDevice> = &[
     ("disk", pb::DiskDevice::Disk),
     ("cdrom", pb::DiskDevice::Cdrom),
     ("floppy", pb::DiskDevice::Floppy),
 ];
-const DISK_FORMATS: Table<pb::DiskFormat> = &[
+pub const DISK_FORMATS: Table<pb::DiskFormat> = &[
     ("raw", pb::DiskFormat::Raw),
     ("qcow2", pb::DiskFormat::Qcow2),
 ];
-const DISK_CACHES: Table<pb::DiskCache> = &[
+pub const DISK_CACHES: Table<pb::DiskCache> = &[
     ("default", pb::DiskCache::Default),
     ("none", pb::DiskCache::None),
     ("writethrough", pb::DiskCache::Writethrough),
@@ -115,7 +116,7 @@ const DISK_DISCARDS: Table<pb::DiskDiscard> = &[
     ("ignore", pb::DiskDiscard::Ignore),
     ("unmap", pb::DiskDiscard::Unmap),
 ];
-const DISK_BUSES: Table<pb::DiskBus> = &[
+pub const DISK_BUSES: Table<pb::DiskBus> = &[
     ("virtio", pb::DiskBus::Virtio),
     ("ide", pb::DiskBus::Ide),
     ("sata", pb::DiskBus::Sata),
@@ -157,7 +158,7 @@ const CONTROLLER_MODELS: Table<pb::ControllerModel> = &[
     ),
     ("pcie-to-pci-bridge", pb::ControllerModel::PcieToPciBridge),
 ];
-const INTERFACE_TYPES: Table<pb::InterfaceType> = &[
+pub const INTERFACE_TYPES: Table<pb::InterfaceType> = &[
     ("network", pb::InterfaceType::Network),
     ("bridge", pb::InterfaceType::Bridge),
     ("direct", pb::InterfaceType::Direct),
@@ -170,7 +171,7 @@ const DIRECT_MODES: Table<pb::DirectMode> = &[
     ("private", pb::DirectMode::Private),
     ("passthrough", pb::DirectMode::Passthrough),
 ];
-const INTERFACE_MODELS: Table<pb::InterfaceModel> = &[
+pub const INTERFACE_MODELS: Table<pb::InterfaceModel> = &[
     ("virtio", pb::InterfaceModel::Virtio),
     ("e1000", pb::InterfaceModel::E1000),
     ("e1000e", pb::InterfaceModel::E1000e),
@@ -246,7 +247,8 @@ fn word<T: Copy + PartialEq>(table: Table<T>, value: T) -> Option<&'static str> 
     table.iter().find(|(_, v)| *v == value).map(|(w, _)| *w)
 }
 
-fn lookup<T: Copy>(table: Table<T>, text: &str, field: String) -> Result<T, ConfError> {
+/// The value of an XML word; the error names `field` and the words it could have been.
+pub fn lookup<T: Copy>(table: Table<T>, text: &str, field: String) -> Result<T, ConfError> {
     table
         .iter()
         .find(|(w, _)| *w == text)
@@ -1720,7 +1722,8 @@ impl Attrs {
     }
 }
 
-fn name_of<T: Copy + PartialEq + TryFrom<i32>>(table: Table<T>, value: i32) -> &'static str {
+/// The XML word of a proto enum value ("" when it has none).
+pub fn name_of<T: Copy + PartialEq + TryFrom<i32>>(table: Table<T>, value: i32) -> &'static str {
     T::try_from(value)
         .ok()
         .and_then(|v| word(table, v))

@@ -366,30 +366,21 @@ impl Manager {
     pub fn placement(&self, def: &pb::DomainDefinition) -> Result<Placement, Error> {
         let engines = &self.engines;
         let kvm_stock = engines.kvm.available && engines.kvm.runs_stock_guests();
-        let qemu = |kvm: bool| -> Result<Placement, Error> {
-            if !engines.qemu.available {
+        let available = |engine: pb::Engine, kvm: bool| -> Result<Placement, Error> {
+            let (name, facts) = match engine {
+                pb::Engine::Vmm => ("vmm", &engines.vmm),
+                _ => ("qemu", &engines.qemu),
+            };
+            if !facts.available {
                 return Err(Error::Unsupported(format!(
-                    "the qemu engine is unavailable: {}",
-                    engines.qemu.unavailable_reason
+                    "the {name} engine is unavailable: {}",
+                    facts.unavailable_reason
                 )));
             }
-            Ok(Placement {
-                engine: pb::Engine::Qemu,
-                kvm,
-            })
+            Ok(Placement { engine, kvm })
         };
-        let vmm = || -> Result<Placement, Error> {
-            if !engines.vmm.available {
-                return Err(Error::Unsupported(format!(
-                    "the vmm engine is unavailable: {}",
-                    engines.vmm.unavailable_reason
-                )));
-            }
-            Ok(Placement {
-                engine: pb::Engine::Vmm,
-                kvm: true,
-            })
-        };
+        let qemu = |kvm: bool| available(pb::Engine::Qemu, kvm);
+        let vmm = || available(pb::Engine::Vmm, true);
         let is_kvm = def.r#type == pb::DomainType::Kvm as i32;
         match def.engine() {
             pb::Engine::Vmm => {
