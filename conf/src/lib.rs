@@ -8,6 +8,7 @@ mod dom;
 pub mod domain;
 pub mod snapshot;
 pub mod sysinfo;
+pub mod units;
 mod xml;
 
 pub use dom::ConfError;
