@@ -272,7 +272,7 @@ fn keyword<T: Copy>(el: &mut Element, attr: &str, table: Table<T>) -> Result<Opt
     }
 }
 
-fn enum_attr<T: Copy + Into<i32>>(
+pub(crate) fn enum_attr<T: Copy + Into<i32>>(
     el: &mut Element,
     attr: &str,
     table: Table<T>,
@@ -280,7 +280,7 @@ fn enum_attr<T: Copy + Into<i32>>(
     Ok(keyword(el, attr, table)?.map_or(0, Into::into))
 }
 
-fn yes_no(el: &mut Element, attr: &str) -> Result<Option<bool>, ConfError> {
+pub(crate) fn yes_no(el: &mut Element, attr: &str) -> Result<Option<bool>, ConfError> {
     match el.attr(attr).as_deref() {
         None => Ok(None),
         Some("yes" | "on") => Ok(Some(true)),
@@ -290,7 +290,7 @@ fn yes_no(el: &mut Element, attr: &str) -> Result<Option<bool>, ConfError> {
 }
 
 /// A number in decimal or 0x hexadecimal.
-fn number<T: TryFrom<u64>>(text: &str, field: &str) -> Result<T, ConfError> {
+pub(crate) fn number<T: TryFrom<u64>>(text: &str, field: &str) -> Result<T, ConfError> {
     let text = text.trim();
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
@@ -302,7 +302,10 @@ fn number<T: TryFrom<u64>>(text: &str, field: &str) -> Result<T, ConfError> {
         .ok_or_else(|| ConfError::new(field, format!("'{text}' is not a valid number here")))
 }
 
-fn number_attr<T: TryFrom<u64>>(el: &mut Element, attr: &str) -> Result<Option<T>, ConfError> {
+pub(crate) fn number_attr<T: TryFrom<u64>>(
+    el: &mut Element,
+    attr: &str,
+) -> Result<Option<T>, ConfError> {
     match el.attr(attr) {
         None => Ok(None),
         Some(text) => number(&text, &el.field(attr)).map(Some),
@@ -320,21 +323,13 @@ fn size_kib(el: &mut Element) -> Result<u64, ConfError> {
     let unit = el.attr("unit");
     let text = el.text();
     let value: u64 = number(&text, &el.path)?;
-    let scale: u128 = match unit.as_deref().unwrap_or("KiB") {
-        "b" | "bytes" => 1,
-        "KB" => 1000,
-        "k" | "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "M" | "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "G" | "GiB" => 1 << 30,
-        "TB" => 1_000_000_000_000,
-        "T" | "TiB" => 1 << 40,
-        other => {
-            return Err(el.attr_error("unit", format!("unknown unit '{other}'")));
-        }
-    };
-    let kib = (u128::from(value) * scale).div_ceil(1024);
+    let unit_word = unit.as_deref().unwrap_or("KiB");
+    // An explicit but empty unit='' is a mistake, not a request for the default.
+    let scale = Some(unit_word)
+        .filter(|word| !word.is_empty())
+        .and_then(|word| crate::units::scale_of(word, 1024))
+        .ok_or_else(|| el.attr_error("unit", format!("unknown unit '{unit_word}'")))?;
+    let kib = (u128::from(value) * u128::from(scale)).div_ceil(1024);
     u64::try_from(kib)
         .ok()
         .filter(|kib| *kib <= MAX_MEMORY_KIB)
@@ -685,7 +680,7 @@ fn parse_address(el: &mut Element) -> Result<Option<pb::DeviceAddress>, ConfErro
     Ok(Some(pb::DeviceAddress { kind: Some(kind) }))
 }
 
-fn pci_address(el: &mut Element) -> Result<pb::PciAddress, ConfError> {
+pub(crate) fn pci_address(el: &mut Element) -> Result<pb::PciAddress, ConfError> {
     Ok(pb::PciAddress {
         domain: number_attr(el, "domain")?.unwrap_or(0),
         bus: number_attr(el, "bus")?.unwrap_or(0),
@@ -1344,7 +1339,7 @@ pub fn check_name(name: &str, field: &str) -> Result<(), ConfError> {
     }
 }
 
-fn valid_uuid(uuid: &str) -> bool {
+pub(crate) fn valid_uuid(uuid: &str) -> bool {
     let bytes = uuid.as_bytes();
     bytes.len() == 36
         && bytes.iter().enumerate().all(|(i, b)| match i {
@@ -1690,10 +1685,10 @@ pub fn parse_definition(xml: &str) -> Result<pb::DomainDefinition, ConfError> {
 
 /// Attributes in the order they are set, skipping empty values.
 #[derive(Default)]
-struct Attrs(Vec<(&'static str, String)>);
+pub(crate) struct Attrs(Vec<(&'static str, String)>);
 
 impl Attrs {
-    fn set(mut self, key: &'static str, value: impl ToString) -> Attrs {
+    pub(crate) fn set(mut self, key: &'static str, value: impl ToString) -> Attrs {
         let value = value.to_string();
         if !value.is_empty() {
             self.0.push((key, value));
@@ -1701,7 +1696,7 @@ impl Attrs {
         self
     }
 
-    fn word<T: Copy + PartialEq + TryFrom<i32>>(
+    pub(crate) fn word<T: Copy + PartialEq + TryFrom<i32>>(
         self,
         key: &'static str,
         table: Table<T>,
@@ -1717,7 +1712,7 @@ impl Attrs {
         if value { self.set(key, "yes") } else { self }
     }
 
-    fn refs(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn refs(&self) -> Vec<(&str, &str)> {
         self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 }
@@ -1730,7 +1725,7 @@ pub fn name_of<T: Copy + PartialEq + TryFrom<i32>>(table: Table<T>, value: i32) 
         .unwrap_or("")
 }
 
-type Fmt = Result<(), crate::XmlError>;
+pub(crate) type Fmt = Result<(), crate::XmlError>;
 
 /// The definition as libvirt domain XML. `id` is the runtime id of a running domain.
 pub fn format(def: &pb::DomainDefinition, id: Option<i32>) -> Result<String, crate::XmlError> {

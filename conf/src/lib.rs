@@ -6,14 +6,16 @@
 pub mod capabilities;
 mod dom;
 pub mod domain;
+pub mod pool;
 pub mod snapshot;
 pub mod sysinfo;
 pub mod units;
+pub mod volume;
 mod xml;
 
 pub use dom::ConfError;
 pub use xml::XmlError;
 
-/// The XML namespace of Vireo's own elements (engine choice, engine facts), as libvirt does for
-/// its hypervisor-specific extensions.
+/// The XML namespace of Vireo's own elements (engine choice, engine facts, volume
+/// preallocation), as libvirt does for its hypervisor-specific extensions.
 pub const VIREO_XML_NAMESPACE: &str = "urn:x-vireo:xmlns:1";

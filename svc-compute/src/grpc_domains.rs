@@ -109,9 +109,12 @@ impl Domains {
                 )));
             }
             let engine = current.summary.as_ref().map_or(0, |s| s.engine);
-            let Some(hotplug) = hotplug.filter(|_| engine == pb::Engine::Qemu as i32) else {
+            let Some(mut hotplug) = hotplug.filter(|_| engine == pb::Engine::Qemu as i32) else {
                 return Err(self.live_change_unsupported(what, engine));
             };
+            if let Hotplug::AddDisk(disk) = &mut hotplug {
+                self.manager.storage().resolve_disk(disk).await?;
+            }
             // Check the persistent change first, so a refused one leaves the guest untouched.
             if scope.config {
                 let mut check = current.persistent.clone().unwrap_or_default();

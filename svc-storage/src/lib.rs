@@ -1,34 +1,27 @@
-//! svc-storage owns storage pools (dir, fs, netfs, logical, disk, iscsi) and their volumes: definitions,
-//! backends per pool type, image work through qemu-img, uploads and downloads. Its behaviour
-//! arrives with issue #6; today it serves the v1 API, health and reflection.
+//! svc-storage owns storage pools (dir, fs, netfs, logical, disk, iscsi) and their volumes:
+//! definitions and lifecycle, a backend per pool type (mount, lvm2, parted/partx, iscsiadm),
+//! image work through qemu-img, wiping, uploads and downloads. `core/` is the logic and knows
+//! nothing of gRPC; `grpc.rs` converts between proto messages and core.
 
-use vireo_proto::storage::v1::storage_pool_service_server::{
-    StoragePoolService, StoragePoolServiceServer,
-};
-use vireo_proto::storage::v1::storage_volume_service_server::{
-    StorageVolumeService, StorageVolumeServiceServer,
-};
+pub mod core;
+mod error;
+mod grpc;
+
+pub use error::Error;
+
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, ServiceContext};
 
-/// Serves this service's API on `context.socket` until `shutdown` is cancelled.
+/// Serves the storage API on `context.socket` until `shutdown` is cancelled.
 pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
     context.prepare_state_dir()?;
+    let settings: core::pools::Settings = context.section()?;
+    let manager =
+        core::pools::Manager::open(&context.state_dir, &context.run_dir, settings).await?;
+    manager.autostart().await;
     let server = ServerBuilder::new()
-        .add_service(StoragePoolServiceServer::new(Pools))
-        .add_service(StorageVolumeServiceServer::new(Volumes));
-    tracing::info!(socket = %context.socket.display(), "Storage serving");
+        .add_service(grpc::pool_server(manager.clone()))
+        .add_service(grpc::volume_server(manager));
+    tracing::info!(socket = %context.socket.display(), "storage serving");
     server.serve(&context.socket, shutdown).await?;
     Ok(())
 }
-
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Pools;
-
-#[tonic::async_trait]
-impl StoragePoolService for Pools {}
-
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Volumes;
-
-#[tonic::async_trait]
-impl StorageVolumeService for Volumes {}

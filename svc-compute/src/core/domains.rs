@@ -24,6 +24,7 @@ use super::process;
 use super::saves::{SaveRecord, SaveStore};
 use super::snapshots::{self, Memory, Record, SnapshotStore};
 use super::store::{Store, write_atomically};
+use super::volumes::Storage;
 use crate::Error;
 
 use pb::DomainState as State;
@@ -183,6 +184,7 @@ pub struct Manager {
     saves: SaveStore,
     run_root: PathBuf,
     engines: Arc<Engines>,
+    storage: Storage,
     table: Mutex<Table>,
     events: broadcast::Sender<pb::DomainEvent>,
     seq: AtomicU64,
@@ -197,6 +199,11 @@ fn now_ms() -> i64 {
 impl Manager {
     /// Loads the definitions, re-attaches to guests that kept running while the service was
     /// away, and starts autostart domains.
+    /// svc-storage, which resolves volume disks.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     pub async fn open(
         state_dir: &Path,
         run_dir: &Path,
@@ -211,6 +218,7 @@ impl Manager {
             saves: SaveStore::new(state_dir),
             run_root,
             engines,
+            storage: Storage::new(run_dir.join("storage.sock")),
             table: Mutex::new(Table {
                 next_id: 1,
                 ..Table::default()
@@ -875,6 +883,7 @@ impl Manager {
     ) -> Result<(), Error> {
         let entry = table.entry(uuid);
         let mut live = entry.definition().clone();
+        self.storage.resolve(&mut live).await?;
         let placement = self.placement(&live)?;
         let paths = RunPaths::new(self.run_root.join(uuid));
         let _ = std::fs::remove_dir_all(&paths.dir);

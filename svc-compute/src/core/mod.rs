@@ -11,3 +11,4 @@ pub mod process;
 pub mod saves;
 pub mod snapshots;
 pub mod store;
+pub mod volumes;

@@ -246,6 +246,9 @@ pub fn disk_source(disk: &pb::Disk) -> Option<&str> {
     match disk.r#type() {
         pb::DiskType::File if !source.file.is_empty() => Some(&source.file),
         pb::DiskType::Block if !source.dev.is_empty() => Some(&source.dev),
+        // Resolved by svc-storage when the domain starts or the disk is plugged.
+        pb::DiskType::Volume if !source.file.is_empty() => Some(&source.file),
+        pb::DiskType::Volume if !source.dev.is_empty() => Some(&source.dev),
         _ => None,
     }
 }

@@ -152,10 +152,7 @@ pub fn command(
             None if disk.r#type() == pb::DiskType::Volume => {
                 return Err(unsupported(
                     "qemu",
-                    &format!(
-                        "disk {}: a volume source yet (svc-storage resolves volumes, issue #6)",
-                        target.dev
-                    ),
+                    &format!("disk {}: an unresolved volume source", target.dev),
                 ));
             }
             None => {}
@@ -498,14 +495,14 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
             let path = disk_source(disk).ok_or_else(|| {
                 unsupported(
                     "qemu",
-                    &format!("disk {}: a live volume source (issue #6)", target.dev),
+                    &format!("disk {}: an unresolved volume source", target.dev),
                 )
             })?;
             let format = match disk.driver.as_ref().map(|d| d.r#type()) {
                 Some(pb::DiskFormat::Qcow2) => "qcow2",
                 _ => "raw",
             };
-            let protocol = if disk.r#type() == pb::DiskType::Block {
+            let protocol = if disk.source.as_ref().is_some_and(|s| !s.dev.is_empty()) {
                 "host_device"
             } else {
                 "file"

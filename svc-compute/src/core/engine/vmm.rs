@@ -161,10 +161,7 @@ pub fn command(
         let path = disk_source(disk).ok_or_else(|| {
             unsupported(
                 "vmm",
-                &format!(
-                    "disk {}: a volume source (resolved by svc-storage, issue #6)",
-                    target.dev
-                ),
+                &format!("disk {}: an unresolved volume source", target.dev),
             )
         })?;
         let format = match disk.driver.as_ref().map(|d| d.r#type()) {

@@ -1,0 +1,322 @@
+//! iSCSI pools: the LUNs of one target, logged in with the host's initiator (iscsiadm); each
+//! LUN's SCSI disk is a volume. Also the discovery half of find-storage-pool-sources (sendtargets)
+//! and, for netfs, the NFS export list (showmount).
+
+use std::path::Path;
+
+use vireo_proto::storage::v1 as pb;
+
+use super::Space;
+use crate::core::tool::{args, run};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PORT: u32 = 3260;
+
+/// "host:port" of the pool's first host.
+pub fn portal(source: &pb::PoolSource) -> Result<String> {
+    let host = source
+        .hosts
+        .first()
+        .ok_or_else(|| Error::field("pool/source/host", "an iSCSI source needs a host"))?;
+    let port = if host.port == 0 {
+        DEFAULT_PORT
+    } else {
+        host.port
+    };
+    Ok(format!("{}:{port}", host.name))
+}
+
+fn target_iqn(def: &pb::PoolDefinition) -> String {
+    def.source
+        .as_ref()
+        .and_then(|s| s.devices.first())
+        .map(|d| d.path.clone())
+        .unwrap_or_default()
+}
+
+/// Asks a portal which targets it offers (sendtargets), without keeping node records.
+pub async fn discover(source: &pb::PoolSource) -> Result<Vec<pb::PoolSource>> {
+    let portal = portal(source)?;
+    let text = run(
+        "iscsiadm",
+        &args([
+            "--mode",
+            "discovery",
+            "--type",
+            "sendtargets",
+            "--portal",
+            portal.as_str(),
+            "--op",
+            "nonpersistent",
+        ]),
+    )
+    .await?;
+    Ok(parse_sendtargets(&text)
+        .into_iter()
+        .map(|(address, iqn)| {
+            let (name, port) = split_portal(&address);
+            pb::PoolSource {
+                hosts: vec![pb::PoolSourceHost { name, port }],
+                devices: vec![pb::PoolSourceDevice {
+                    path: iqn,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect())
+}
+
+/// "127.0.0.1:3260,1 iqn.2010-05.com.example:trial" lines → (portal, IQN).
+fn parse_sendtargets(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (portal, iqn) = line.trim().split_once(' ')?;
+            let portal = portal.split(',').next()?;
+            Some((portal.to_string(), iqn.trim().to_string()))
+        })
+        .collect()
+}
+
+fn split_portal(address: &str) -> (String, u32) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse().unwrap_or(DEFAULT_PORT),
+        ),
+        None => (address.to_string(), DEFAULT_PORT),
+    }
+}
+
+/// pool-start: the target must be offered by the portal; then log in.
+pub async fn start(def: &pb::PoolDefinition) -> Result<()> {
+    let source = def.source.clone().unwrap_or_default();
+    let iqn = target_iqn(def);
+    let offered = discover(&source).await?;
+    if !offered
+        .iter()
+        .any(|s| s.devices.first().is_some_and(|d| d.path == iqn))
+    {
+        return Err(Error::State(format!(
+            "the portal {} does not offer target {iqn}",
+            portal(&source)?
+        )));
+    }
+    if session(&iqn).is_some() {
+        return Ok(());
+    }
+    let portal = portal(&source)?;
+    // Discovery above was not persistent; login needs a node record, created here and removed
+    // on stop.
+    run(
+        "iscsiadm",
+        &args([
+            "--mode",
+            "node",
+            "--targetname",
+            iqn.as_str(),
+            "--portal",
+            portal.as_str(),
+            "--op",
+            "new",
+        ]),
+    )
+    .await?;
+    if let Err(err) = run(
+        "iscsiadm",
+        &args([
+            "--mode",
+            "node",
+            "--targetname",
+            iqn.as_str(),
+            "--portal",
+            portal.as_str(),
+            "--login",
+        ]),
+    )
+    .await
+    {
+        forget_node(&iqn, &portal).await;
+        return Err(err.into());
+    }
+    Ok(())
+}
+
+async fn forget_node(iqn: &str, portal: &str) {
+    let _ = run(
+        "iscsiadm",
+        &args([
+            "--mode",
+            "node",
+            "--targetname",
+            iqn,
+            "--portal",
+            portal,
+            "--op",
+            "delete",
+        ]),
+    )
+    .await;
+}
+
+pub async fn stop(def: &pb::PoolDefinition) -> Result<()> {
+    let source = def.source.clone().unwrap_or_default();
+    let iqn = target_iqn(def);
+    let portal = portal(&source)?;
+    if session(&iqn).is_some() {
+        run(
+            "iscsiadm",
+            &args([
+                "--mode",
+                "node",
+                "--targetname",
+                iqn.as_str(),
+                "--portal",
+                portal.as_str(),
+                "--logout",
+            ]),
+        )
+        .await?;
+    }
+    forget_node(&iqn, &portal).await;
+    Ok(())
+}
+
+/// The sysfs directory of the kernel's session with target `iqn`, if logged in.
+fn session(iqn: &str) -> Option<std::path::PathBuf> {
+    let sessions = std::fs::read_dir("/sys/class/iscsi_session").ok()?;
+    sessions.flatten().map(|e| e.path()).find(|path| {
+        std::fs::read_to_string(path.join("targetname")).is_ok_and(|name| name.trim() == iqn)
+    })
+}
+
+pub fn is_active(def: &pb::PoolDefinition) -> bool {
+    session(&target_iqn(def)).is_some()
+}
+
+/// The session's LUNs: each SCSI device under the session with a block device.
+pub fn refresh(def: &pb::PoolDefinition) -> Result<(Space, Vec<pb::VolumeDefinition>)> {
+    let iqn = target_iqn(def);
+    let session = session(&iqn).ok_or_else(|| {
+        Error::State(format!(
+            "no iSCSI session with {iqn}: the pool is not logged in"
+        ))
+    })?;
+    let portal = portal(&def.source.clone().unwrap_or_default())?;
+    let mut volumes = Vec::new();
+    let device_dir = session.join("device");
+    for target in std::fs::read_dir(&device_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !target.file_name().to_string_lossy().starts_with("target") {
+            continue;
+        }
+        for lun in std::fs::read_dir(target.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let hctl = lun.file_name().to_string_lossy().into_owned();
+            let Some(lun_number) = hctl.rsplit(':').next().and_then(|l| l.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(block) = std::fs::read_dir(lun.path().join("block"))
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+            else {
+                continue;
+            };
+            let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{block}/size"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            let by_path = format!("/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun_number}");
+            let path = if Path::new(&by_path).exists() {
+                by_path.clone()
+            } else {
+                format!("/dev/{block}")
+            };
+            let mut volume = pb::VolumeDefinition {
+                name: format!("unit:0:0:{lun_number}"),
+                key: by_path,
+                capacity_bytes: sectors * 512,
+                allocation_bytes: Some(sectors * 512),
+                physical_bytes: sectors * 512,
+                target: Some(pb::VolumeTarget {
+                    path,
+                    format: Some(pb::volume_target::Format::ImageFormat(
+                        pb::VolumeFormat::Raw as i32,
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            volume.set_type(pb::VolumeType::Block);
+            volumes.push(volume);
+        }
+    }
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    let capacity = volumes.iter().map(|v| v.capacity_bytes).sum();
+    Ok((
+        Space {
+            capacity,
+            allocation: capacity,
+            available: 0,
+        },
+        volumes,
+    ))
+}
+
+/// The exports an NFS server offers (showmount), as netfs sources.
+pub async fn nfs_exports(source: &pb::PoolSource) -> Result<Vec<pb::PoolSource>> {
+    let host = source
+        .hosts
+        .first()
+        .ok_or_else(|| Error::field("source/host", "finding NFS exports needs a host"))?;
+    let text = run(
+        "showmount",
+        &args(["--no-headers", "--exports", host.name.as_str()]),
+    )
+    .await?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|dir| {
+            let mut found = pb::PoolSource {
+                hosts: vec![pb::PoolSourceHost {
+                    name: host.name.clone(),
+                    port: 0,
+                }],
+                dir_path: dir.to_string(),
+                ..Default::default()
+            };
+            found.set_format(pb::PoolSourceFormat::Nfs);
+            found
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sendtargets_lines_are_read() {
+        let found = parse_sendtargets(
+            "127.0.0.1:3260,1 iqn.2010-05.com.example.server1:trial1\n[::1]:3261,1 iqn.x:y\n",
+        );
+        assert_eq!(
+            found[0],
+            (
+                "127.0.0.1:3260".into(),
+                "iqn.2010-05.com.example.server1:trial1".into()
+            )
+        );
+        assert_eq!(split_portal(&found[1].0), ("::1".into(), 3261));
+    }
+}
