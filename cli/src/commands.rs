@@ -72,6 +72,8 @@ pub enum Command {
     Quit,
     #[command(flatten)]
     Domain(Box<crate::domain::DomainCommand>),
+    #[command(flatten)]
+    Storage(Box<crate::storage::StorageCommand>),
 }
 
 /// What the shell should do after a command.
@@ -113,6 +115,7 @@ pub async fn run(
         Command::Nodememstats => nodememstats(connection, format).await,
         Command::Nodecpustats { cpu } => nodecpustats(connection, format, cpu).await,
         Command::Domain(command) => crate::domain::run(connection, format, *command).await,
+        Command::Storage(command) => crate::storage::run(connection, format, *command).await,
         Command::List {
             all,
             inactive,
@@ -160,6 +163,16 @@ impl From<Failed> for Call {
     fn from(_: Failed) -> Call {
         Call::Failed
     }
+}
+
+/// A user mistake found before any call, reported as the server reports one.
+pub(crate) fn fail(message: String) -> Call {
+    Call::Status(Status::invalid_argument(message))
+}
+
+/// An XML (or other) file named on the command line.
+pub(crate) fn read_file(path: &str) -> Result<String, Call> {
+    std::fs::read_to_string(path).map_err(|err| fail(format!("cannot read {path}: {err}")))
 }
 
 async fn node(

@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
-use tonic::Status;
 use tonic::transport::Channel;
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
@@ -16,9 +15,10 @@ use vireo_conf::domain::{
     name_of, parse_cpuset,
 };
 
-use crate::commands::{Call, state_name};
+use crate::commands::{Call, fail, read_file, state_name};
 use crate::connection::Connection;
-use crate::output::{Format, print_fields_at, print_json, print_table};
+use crate::edit::edit_xml;
+use crate::output::{Format, print_fields_at, print_json, print_table, print_xml};
 
 /// --config / --live / --current, as virsh's domain commands take them.
 #[derive(Debug, Clone, Copy, Args)]
@@ -419,18 +419,6 @@ pub fn object(name: &str) -> Option<ObjectRef> {
 
 async fn client(connection: &mut Connection) -> Result<DomainServiceClient<Channel>, Call> {
     Ok(DomainServiceClient::new(connection.channel().await?))
-}
-
-fn read_file(path: &str) -> Result<String, Call> {
-    std::fs::read_to_string(path).map_err(|err| {
-        Call::Status(Status::invalid_argument(format!(
-            "cannot read {path}: {err}"
-        )))
-    })
-}
-
-fn fail(message: String) -> Call {
-    Call::Status(Status::invalid_argument(message))
 }
 
 /// "1024", "1024KiB", "512M", "2G": virsh's scaled sizes, KiB by default.
@@ -1809,14 +1797,6 @@ fn utc_time(secs: i64) -> String {
     )
 }
 
-/// XML as it is for people, the whole message as JSON for scripts.
-fn print_xml<T: serde::Serialize>(format: Format, message: &T, xml: &str) {
-    match format {
-        Format::Json => print_json(message),
-        Format::Table => print!("{xml}"),
-    }
-}
-
 /// virsh's "DEVICE name value" counter lines (domblkstat, domifstat).
 fn print_counters<T: serde::Serialize>(
     format: Format,
@@ -1869,34 +1849,10 @@ async fn edit(connection: &mut Connection, domain: &str) -> Result<(), Call> {
         .into_inner()
         .xml;
     let name = lookup_name(connection, domain).await?;
-    let mut file = tempfile_for(&name)
-        .map_err(|err| fail(format!("cannot create a temporary file: {err}")))?;
-    file.1
-        .write_all(xml.as_bytes())
-        .map_err(|err| fail(format!("cannot write {}: {err}", file.0.display())))?;
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".into());
-    let words = shell_words::split(&editor).map_err(|err| fail(format!("$EDITOR: {err}")))?;
-    let (program, args) = words
-        .split_first()
-        .ok_or_else(|| fail("$EDITOR is empty".into()))?;
-    let status = std::process::Command::new(program)
-        .args(args)
-        .arg(&file.0)
-        .status()
-        .map_err(|err| fail(format!("cannot run {editor}: {err}")))?;
-    let edited = std::fs::read_to_string(&file.0).unwrap_or_default();
-    let _ = std::fs::remove_file(&file.0);
-    if !status.success() {
-        return Err(fail(format!(
-            "{editor} exited with {status}; nothing changed"
-        )));
-    }
-    if edited == xml {
+    let Some(edited) = edit_xml(&name, &xml)? else {
         println!("Domain '{name}' XML configuration not changed.\n");
         return Ok(());
-    }
+    };
     client
         .define_domain(pb::DefineDomainRequest {
             source: Some(pb::define_domain_request::Source::Xml(edited)),
@@ -1905,23 +1861,6 @@ async fn edit(connection: &mut Connection, domain: &str) -> Result<(), Call> {
         .await?;
     println!("Domain '{name}' XML configuration edited.\n");
     Ok(())
-}
-
-fn tempfile_for(name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let dir = std::env::temp_dir();
-    for attempt in 0..100u32 {
-        let path = dir.join(format!("vireo-{name}-{}-{attempt}.xml", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Err(std::io::Error::other("no free temporary file name"))
 }
 
 /// The escape byte that leaves a console: Ctrl-].

@@ -5,8 +5,10 @@
 mod commands;
 mod connection;
 mod domain;
+mod edit;
 mod output;
 mod shell;
+mod storage;
 
 use std::process::ExitCode;
 

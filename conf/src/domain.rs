@@ -1225,9 +1225,11 @@ pub fn fill_defaults(def: &mut pb::DomainDefinition) {
         if disk.device == 0 {
             disk.device = pb::DiskDevice::Disk as i32;
         }
+        let is_volume = disk.r#type() == pb::DiskType::Volume;
         let driver = disk.driver.get_or_insert_default();
         driver.name = pb::DiskDriverName::Qemu as i32;
-        if driver.r#type == 0 {
+        // A volume's own format decides when it is resolved at start.
+        if driver.r#type == 0 && !is_volume {
             driver.r#type = pb::DiskFormat::Raw as i32;
         }
         if let Some(target) = disk.target.as_mut()

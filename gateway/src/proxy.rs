@@ -64,25 +64,39 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
     };
     let channel = backends.channel(&host, service)?;
 
-    // A client-side stream error simply ends the forwarded stream; the backend sees the end.
-    let outbound = futures::stream::iter(first).chain(
-        inbound
-            .take_while(|item| std::future::ready(item.is_ok()))
-            .filter_map(|item| std::future::ready(item.ok())),
-    );
+    // A client-side stream error must not look like a clean end to the backend (an upload cut
+    // short would pass as complete): the forwarded stream stalls and the call is dropped below,
+    // which resets the backend's stream.
+    let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<Status>();
+    let outbound = futures::stream::iter(first).chain(futures::stream::unfold(
+        (inbound, Some(abort_tx)),
+        |(mut inbound, mut abort)| async move {
+            match inbound.next().await {
+                Some(Ok(message)) => Some((message, (inbound, abort))),
+                Some(Err(status)) => {
+                    if let Some(abort) = abort.take() {
+                        let _ = abort.send(status);
+                    }
+                    std::future::pending().await
+                }
+                None => None,
+            }
+        },
+    ));
     let mut client = tonic::client::Grpc::new(channel);
     client
         .ready()
         .await
         .map_err(|err| backends.unavailable(service, Status::unavailable(err.to_string())))?;
-    let response = client
-        .streaming(
-            Request::from_parts(metadata, extensions, outbound),
-            path_and_query,
-            RawCodec,
-        )
-        .await
-        .map_err(|status| backends.unavailable(service, status))?;
+    let call = client.streaming(
+        Request::from_parts(metadata, extensions, outbound),
+        path_and_query,
+        RawCodec,
+    );
+    let response = tokio::select! {
+        response = call => response.map_err(|status| backends.unavailable(service, status))?,
+        Ok(status) = abort_rx => return Err(status),
+    };
     let (metadata, replies, extensions) = response.into_parts();
     Ok(Response::from_parts(metadata, replies.boxed(), extensions))
 }

@@ -681,6 +681,11 @@ impl StorageVolumeService for Volumes {
             .await
             .map_err(|err| Status::internal(format!("upload writer: {err}")))?
             .map_err(|err| Status::from(Error::io(format!("writing {}", path.display()))(err)));
+        if failure.is_none() && limit > 0 && received < limit {
+            failure = Some(Status::aborted(format!(
+                "the upload ended after {received} of the {limit} bytes it announced"
+            )));
+        }
         if let Some(status) = failure {
             return Err(status);
         }

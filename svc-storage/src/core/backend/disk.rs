@@ -177,20 +177,31 @@ pub async fn start(def: &pb::PoolDefinition) -> Result<()> {
         }
         _ => {}
     }
-    sync_kernel(&device, &table).await;
+    check_partition_scanning(&device)?;
+    sync_kernel(&device).await?;
     remove_partials(def, &table).await;
     Ok(())
 }
 
-/// Makes the kernel's view match the table: add what is missing (partx -a fails on partitions it
-/// already knows, so each is tried on its own).
-async fn sync_kernel(device: &str, table: &Table) {
-    for partition in &table.partitions {
-        let _ = run(
-            "partx",
-            &args(["-a", "--nr", &partition.number.to_string(), device]),
-        )
-        .await;
+/// Makes the kernel's view of the partitions match the table (parted tells the kernel itself
+/// where it can; partx -u adds and removes whatever is still different).
+async fn sync_kernel(device: &str) -> std::result::Result<(), ToolError> {
+    match run("partx", &args(["-u", device])).await {
+        // An empty table: partx has no range to update, and nothing is out of date.
+        Err(err) if err.0.contains("does not make sense") => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// A loop device reports partitions only when attached with partition scanning (losetup -P).
+fn check_partition_scanning(device: &str) -> Result<()> {
+    let name = device.rsplit('/').next().unwrap_or("");
+    let flag = format!("/sys/block/{name}/loop/partscan");
+    match std::fs::read_to_string(&flag) {
+        Ok(value) if value.trim() == "0" => Err(Error::State(format!(
+            "{device} is a loop device without partition scanning; attach it with losetup -P"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -211,7 +222,10 @@ async fn remove_partials(def: &pb::PoolDefinition, table: &Table) {
 /// pool-delete: erases the partition table; refused while it still has partitions.
 pub async fn delete(def: &pb::PoolDefinition, pool: &str) -> Result<()> {
     let device = device(def);
-    let table = read_table(&device).await?;
+    let Ok(table) = read_table(&device).await else {
+        // No table parted can read: nothing of the pool's is left to delete.
+        return Ok(());
+    };
     if !table.partitions.is_empty() {
         return Err(Error::State(format!(
             "pool '{pool}' still holds {} volume(s) on {device}; delete them first",
@@ -392,12 +406,7 @@ pub async fn create(def: &pb::PoolDefinition, volume: &pb::VolumeDefinition) -> 
             )
             .await?;
         }
-        run(
-            "partx",
-            &args(["-a", "--nr", &number_text, device.as_str()]),
-        )
-        .await?;
-        std::result::Result::<(), ToolError>::Ok(())
+        sync_kernel(&device).await
     };
     if let Err(err) = finish.await {
         let _ = remove_partition(&device, created).await;
@@ -435,8 +444,7 @@ fn number_of(def: &pb::PoolDefinition, table: &Table, path: &str) -> Result<u32>
 async fn remove_partition(device: &str, number: u32) -> std::result::Result<(), ToolError> {
     let number = number.to_string();
     run("parted", &args(["-s", device, "rm", number.as_str()])).await?;
-    let _ = run("partx", &args(["-d", "--nr", number.as_str(), device])).await;
-    Ok(())
+    sync_kernel(device).await
 }
 
 /// Removes the partition at `path`.
