@@ -107,7 +107,7 @@ fn tools_for(pool_type: pb::PoolType) -> &'static [&'static str] {
         T::Netfs => &["qemu-img", "mount", "umount", "showmount"],
         T::Logical => &["lvm"],
         T::Disk => &["parted", "partx", "wipefs"],
-        T::Iscsi => &["iscsiadm"],
+        T::Iscsi => &["iscsiadm", "iscsi-ls"],
         _ => &[],
     }
 }

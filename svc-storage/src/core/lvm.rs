@@ -85,7 +85,9 @@ fn bytes(row: &serde_json::Map<String, serde_json::Value>, key: &str) -> u64 {
 impl Lvm {
     /// `extra` is the `[storage] lvm_config` setting, appended to what this host needs.
     pub fn new(extra: &str) -> Lvm {
-        let activation = std::path::Path::new("/dev/mapper/control").exists();
+        // The kernel's own word (a /dev/mapper/control node can exist without the driver).
+        let activation = std::fs::read_to_string("/proc/misc")
+            .is_ok_and(|misc| misc.lines().any(|line| line.ends_with(" device-mapper")));
         let mut config = String::from("backup{backup=0 archive=0} ");
         if !activation {
             config.push_str(

@@ -1,6 +1,6 @@
 //! iSCSI pools: the LUNs of one target, logged in with the host's initiator (iscsiadm); each
-//! LUN's SCSI disk is a volume. Also the discovery half of find-storage-pool-sources (sendtargets)
-//! and, for netfs, the NFS export list (showmount).
+//! LUN's SCSI disk is a volume. Also the discovery half of find-storage-pool-sources (sendtargets
+//! through libiscsi's iscsi-ls) and, for netfs, the NFS export list (showmount).
 
 use std::path::Path;
 
@@ -34,24 +34,19 @@ fn target_iqn(def: &pb::PoolDefinition) -> String {
         .unwrap_or_default()
 }
 
-/// Asks a portal which targets it offers (sendtargets), without keeping node records.
+/// Asks a portal which targets it offers (a sendtargets discovery session). libiscsi's
+/// `iscsi-ls` runs it in user space, so discovery works on hosts without the kernel initiator
+/// or iscsid; logging in (pool-start) is iscsiadm's.
 pub async fn discover(source: &pb::PoolSource) -> Result<Vec<pb::PoolSource>> {
     let portal = portal(source)?;
-    let text = run(
-        "iscsiadm",
-        &args([
-            "--mode",
-            "discovery",
-            "--type",
-            "sendtargets",
-            "--portal",
-            portal.as_str(),
-            "--op",
-            "nonpersistent",
-        ]),
-    )
-    .await?;
-    Ok(parse_sendtargets(&text)
+    let mut argv = args(["-s"]);
+    if let Some(initiator) = initiator_name(source) {
+        argv.push("-i".into());
+        argv.push(initiator);
+    }
+    argv.push(format!("iscsi://{portal}"));
+    let text = run("iscsi-ls", &argv).await?;
+    Ok(parse_targets(&text)
         .into_iter()
         .map(|(address, iqn)| {
             let (name, port) = split_portal(&address);
@@ -67,13 +62,33 @@ pub async fn discover(source: &pb::PoolSource) -> Result<Vec<pb::PoolSource>> {
         .collect())
 }
 
-/// "127.0.0.1:3260,1 iqn.2010-05.com.example:trial" lines → (portal, IQN).
-fn parse_sendtargets(text: &str) -> Vec<(String, String)> {
+/// The initiator IQN to present: the source's own, else this host's (open-iscsi's file).
+fn initiator_name(source: &pb::PoolSource) -> Option<String> {
+    if !source.initiator_iqn.is_empty() {
+        return Some(source.initiator_iqn.clone());
+    }
+    std::fs::read_to_string("/etc/iscsi/initiatorname.iscsi")
+        .ok()?
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("InitiatorName="))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+}
+
+/// "Target:iqn.2010-05.com.example:trial Portal:127.0.0.1:3260,1" lines → (portal, IQN).
+fn parse_targets(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|line| {
-            let (portal, iqn) = line.trim().split_once(' ')?;
-            let portal = portal.split(',').next()?;
-            Some((portal.to_string(), iqn.trim().to_string()))
+            let mut iqn = None;
+            let mut portal = None;
+            for word in line.split_whitespace() {
+                if let Some(value) = word.strip_prefix("Target:") {
+                    iqn = Some(value.to_string());
+                } else if let Some(value) = word.strip_prefix("Portal:") {
+                    portal = value.split(',').next().map(str::to_string);
+                }
+            }
+            Some((portal?, iqn?))
         })
         .collect()
 }
@@ -306,9 +321,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sendtargets_lines_are_read() {
-        let found = parse_sendtargets(
-            "127.0.0.1:3260,1 iqn.2010-05.com.example.server1:trial1\n[::1]:3261,1 iqn.x:y\n",
+    fn discovered_targets_are_read() {
+        let found = parse_targets(
+            "Target:iqn.2010-05.com.example.server1:trial1 Portal:127.0.0.1:3260,1\n\
+             Lun:1    Type:DIRECT_ACCESS (Size:63M)\n\
+             Target:iqn.x:y Portal:[::1]:3261,1\n",
         );
         assert_eq!(
             found[0],
