@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Stdio;
 
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 use vireo_proto::storage::v1 as pb;
 
 use super::tool::{ToolError, args, run};
@@ -204,7 +203,7 @@ pub async fn convert(job: Convert<'_>, mut progress: impl FnMut(f64)) -> Result<
     }
     argv.push(job.source.to_string_lossy().into_owned());
     argv.push(job.dest.to_string_lossy().into_owned());
-    let mut child = Command::new("qemu-img")
+    let mut child = super::tool::command("qemu-img")
         .args(&argv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -246,6 +246,7 @@ impl Manager {
             };
             table.pools[index].active = true;
             let def = table.pools[index].def.clone();
+            self.backends.remove_partials(&def).await;
             match self.backends.refresh(&def).await {
                 Ok((space, volumes)) => set_volumes(&mut table.pools[index], space, volumes),
                 Err(err) => tracing::warn!(pool = def.name, %err, "refreshing a pool found active"),

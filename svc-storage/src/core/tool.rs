@@ -11,9 +11,25 @@ use tokio::process::Command;
 #[error("{0}")]
 pub struct ToolError(pub String);
 
+/// A tool command that dies with the service: a qemu-img left copying after a crash would
+/// keep writing a volume that the restarted service removes as unfinished.
+pub fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// Runs `program args` to completion and returns its stdout.
 pub async fn run(program: &str, args: &[String]) -> Result<String, ToolError> {
-    let output = Command::new(program)
+    let output = command(program)
         .args(args)
         .stdin(Stdio::null())
         .env("LC_ALL", "C")

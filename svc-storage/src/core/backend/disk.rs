@@ -179,7 +179,6 @@ pub async fn start(def: &pb::PoolDefinition) -> Result<()> {
     }
     check_partition_scanning(&device)?;
     sync_kernel(&device).await?;
-    remove_partials(def, &table).await;
     Ok(())
 }
 
@@ -205,15 +204,14 @@ fn check_partition_scanning(device: &str) -> Result<()> {
     }
 }
 
-async fn remove_partials(def: &pb::PoolDefinition, table: &Table) {
+pub async fn remove_partials(def: &pb::PoolDefinition) {
     let device = device(def);
+    let Ok(table) = read_table(&device).await else {
+        return;
+    };
     for partition in &table.partitions {
         if partition.name.starts_with(PARTIAL_PREFIX) {
-            tracing::warn!(
-                device,
-                partition = partition.number,
-                "removing a partition whose creation was cut short"
-            );
+            tracing::warn!(device, partition = partition.number, "removing a partition whose creation was cut short");
             let _ = remove_partition(&device, partition.number).await;
         }
     }

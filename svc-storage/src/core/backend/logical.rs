@@ -61,17 +61,17 @@ pub async fn start(lvm: &Lvm, def: &pb::PoolDefinition) -> Result<()> {
         )));
     }
     lvm.activate(&vg, true).await?;
-    for lv in lvm.logical_volumes(&vg).await? {
+    Ok(())
+}
+
+pub async fn remove_partials(lvm: &Lvm, def: &pb::PoolDefinition) {
+    let vg = group(def);
+    for lv in lvm.logical_volumes(&vg).await.unwrap_or_default() {
         if lv.tags.iter().any(|t| t == PARTIAL_TAG) {
-            tracing::warn!(
-                vg,
-                lv = lv.name,
-                "removing a logical volume whose creation was cut short"
-            );
+            tracing::warn!(vg, lv = lv.name, "removing a logical volume whose creation was cut short");
             let _ = lvm.remove_volume(&vg, &lv.name).await;
         }
     }
-    Ok(())
 }
 
 pub async fn stop(lvm: &Lvm, def: &pb::PoolDefinition) -> Result<()> {

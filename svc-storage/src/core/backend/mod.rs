@@ -181,10 +181,19 @@ impl Backends {
                 )));
             }
         }
-        if matches!(def.r#type(), T::Dir | T::Fs | T::Netfs) {
-            files::remove_partials(def);
-        }
+        self.remove_partials(def).await;
         Ok(())
+    }
+
+    /// Removes volumes whose creation was cut short (by a crash): at start, and when a restarted
+    /// service finds the pool still active. Nothing of this service's can be writing them then.
+    pub async fn remove_partials(&self, def: &pb::PoolDefinition) {
+        match def.r#type() {
+            T::Dir | T::Fs | T::Netfs => files::remove_partials(def),
+            T::Logical => logical::remove_partials(&self.lvm, def).await,
+            T::Disk => disk::remove_partials(def).await,
+            _ => {}
+        }
     }
 
     /// pool-destroy: deactivate; the data stays.
