@@ -32,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every RPC without a real handler answers UNIMPLEMENTED; the server's pending-work layer
         // rewrites the message to name the issue that brings it.
         .generate_default_stubs(true)
+        // Bulk data (uploads, downloads, consoles) is decoded as a view of the received frame
+        // instead of a copy.
+        .bytes(".vireo.common.v1.DataChunk.data")
         .compile_protos(&protos, std::slice::from_ref(&root))?;
 
     let descriptors = std::fs::read(&descriptor_path)?;

@@ -647,6 +647,22 @@ fn pool_definition(args: &PoolAsArgs) -> Result<pb::PoolDefinition, String> {
     if host.is_none() && args.source_port.is_some() {
         return Err("--source-port needs --source-host".into());
     }
+    // virsh accepts HOST:PORT as the source host.
+    let (host, port) = match host.as_deref().and_then(|h| h.rsplit_once(':')) {
+        Some((name, port)) if !name.contains(':') && args.source_port.is_none() => {
+            let port = port
+                .parse::<u32>()
+                .map_err(|_| format!("--source-host: '{port}' is not a port"))?;
+            (Some(name.to_string()), Some(port))
+        }
+        _ => (host, args.source_port),
+    };
+    // The seed's iSCSI form gives the target's IQN as the source path; iSCSI pools name it
+    // as their source device.
+    let (dir_path, device) = match (args.kind.as_str(), dir_path, device) {
+        ("iscsi" | "iscsi-direct", Some(iqn), None) => (None, Some(iqn)),
+        (_, dir_path, device) => (dir_path, device),
+    };
     let format = optional_code(
         args.source_format.as_deref(),
         POOL_SOURCE_FORMATS,
@@ -687,7 +703,7 @@ fn pool_definition(args: &PoolAsArgs) -> Result<pb::PoolDefinition, String> {
         hosts: host
             .map(|name| pb::PoolSourceHost {
                 name,
-                port: args.source_port.unwrap_or(0),
+                port: port.unwrap_or(0),
             })
             .into_iter()
             .collect(),
@@ -2072,7 +2088,7 @@ fn send_file(
                     return ReadEnd::Closed;
                 }
             }
-            let data = Part::Chunk(DataChunk { data: chunk });
+            let data = Part::Chunk(DataChunk { data: chunk.into() });
             if tx.blocking_send(upload_part(data)).is_err() {
                 return ReadEnd::Closed;
             }

@@ -42,4 +42,6 @@ pub fn lazy_unix(socket: &Path) -> Channel {
 fn unix_endpoint() -> Endpoint {
     // The authority is never resolved: the connector dials the socket.
     Endpoint::from_static("http://localhost")
+        .initial_stream_window_size(crate::server::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::server::CONNECTION_WINDOW_BYTES)
 }

@@ -736,7 +736,9 @@ impl StorageVolumeService for Volumes {
                 loop {
                     let part = match reader.next_piece() {
                         Ok(Some(Piece::Data(data))) => Ok(pb::VolumeDownloadPart {
-                            part: Some(pb::volume_download_part::Part::Chunk(DataChunk { data })),
+                            part: Some(pb::volume_download_part::Part::Chunk(DataChunk {
+                                data: data.into(),
+                            })),
                         }),
                         Ok(Some(Piece::Hole(length))) => Ok(pb::VolumeDownloadPart {
                             part: Some(pb::volume_download_part::Part::Hole(pb::VolumeHole {

@@ -12,30 +12,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vireo_tests::{Server, kit_files, kvm_usable, qemu_installed};
+use vireo_tests::{Server, kit_files, kvm_usable, libvirt_ready, median, qemu_installed, timed};
 
 const RUNS: usize = 5;
-
-fn timed(what: &str, mut command: Command) -> Duration {
-    let started = Instant::now();
-    let output = command
-        .output()
-        .unwrap_or_else(|err| panic!("{what}: {err}"));
-    let elapsed = started.elapsed();
-    assert!(
-        output.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    elapsed
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 #[derive(Default)]
 struct Figures {
@@ -50,8 +31,8 @@ fn cycle(cli: &dyn Fn(&[&str]) -> Command, name: &str, xml: &Path) -> Figures {
     let mut figures = Figures::default();
     let xml = xml.display().to_string();
     for _ in 0..RUNS {
-        let define = timed("define", cli(&["define", &xml]));
-        let start = timed("start", cli(&["start", name]));
+        let define = timed("define", &mut cli(&["define", &xml]));
+        let start = timed("start", &mut cli(&["start", name]));
         figures.define.push(define);
         figures.start.push(start);
         figures.define_start.push(define + start);
@@ -59,47 +40,14 @@ fn cycle(cli: &dyn Fn(&[&str]) -> Command, name: &str, xml: &Path) -> Figures {
         std::thread::sleep(Duration::from_millis(300));
         figures
             .destroy
-            .push(timed("destroy", cli(&["destroy", name])));
-        timed("undefine", cli(&["undefine", name]));
+            .push(timed("destroy", &mut cli(&["destroy", name])));
+        timed("undefine", &mut cli(&["undefine", name]));
     }
     figures
 }
 
 fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn libvirt_ready() -> Result<(), String> {
-    if Command::new("virsh").arg("--version").output().is_err() {
-        return Err("virsh and libvirtd (scripts/install-deps bench)".into());
-    }
-    for (socket, daemon) in [
-        ("/run/libvirt/virtlogd-sock", "virtlogd"),
-        ("/run/libvirt/libvirt-sock", "libvirtd"),
-    ] {
-        if !Path::new(socket).exists() {
-            std::fs::create_dir_all("/var/log/libvirt").ok();
-            let status = Command::new(daemon).arg("-d").status();
-            if !status.is_ok_and(|s| s.success()) {
-                return Err(format!("{daemon} could not be started"));
-            }
-            let started = Instant::now();
-            while !Path::new(socket).exists() && started.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    let probe = Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output()
-        .map_err(|err| err.to_string())?;
-    if !probe.status.success() {
-        return Err(format!(
-            "a working libvirtd: {}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 fn debian_xml(name: &str, kit: &Path) -> String {

@@ -16,6 +16,8 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
+pub mod storage;
+
 /// Prints why a test cannot run here and returns from it. It never counts as a pass of the
 /// behaviour: the message names what is missing.
 #[macro_export]
@@ -442,4 +444,114 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Debian's libvirtd (the peer of the benchmarks), started with virtlogd when not answering;
+/// `Err` names what is missing.
+pub fn libvirt_ready() -> Result<(), String> {
+    if Command::new("virsh").arg("--version").output().is_err() {
+        return Err("virsh and libvirtd (scripts/install-deps bench)".into());
+    }
+    for (socket, daemon) in [
+        ("/run/libvirt/virtlogd-sock", "virtlogd"),
+        ("/run/libvirt/libvirt-sock", "libvirtd"),
+    ] {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            continue;
+        }
+        // A socket left by a daemon that is gone would make the new one refuse to start.
+        let _ = std::fs::remove_file(socket);
+        std::fs::create_dir_all("/var/log/libvirt").ok();
+        let status = Command::new(daemon).arg("-d").status();
+        if !status.is_ok_and(|s| s.success()) {
+            return Err(format!("{daemon} could not be started"));
+        }
+        let started = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err()
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let probe = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .map_err(|err| err.to_string())?;
+    if !probe.status.success() {
+        return Err(format!(
+            "a working libvirtd: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs vireo and insists it succeeds; returns stdout.
+pub fn ok(server: &Server, args: &[&str]) -> String {
+    let output = server.vireo(args);
+    assert!(
+        output.status.success(),
+        "vireo {args:?} failed: {}\nlog:\n{}",
+        stderr(&output),
+        server.log()
+    );
+    stdout(&output)
+}
+
+/// Runs vireo and insists it fails; returns stderr.
+pub fn fails(server: &Server, args: &[&str]) -> String {
+    let output = server.vireo(args);
+    assert!(
+        !output.status.success(),
+        "vireo {args:?} should have failed; printed {}",
+        stdout(&output)
+    );
+    stderr(&output)
+}
+
+/// Runs a benchmark step, which must succeed, and returns how long it took.
+pub fn timed(what: &str, command: &mut Command) -> Duration {
+    let started = Instant::now();
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    elapsed
+}
+
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Writes `mib` MiB of data that neither compresses nor has holes, except every `zero_every`-th
+/// MiB (0: none), which is zeroes.
+pub fn write_random_file(path: &Path, mib: usize, zero_every: usize) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create data file"));
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    for index in 0..mib {
+        if zero_every > 0 && index % zero_every == 0 {
+            block.fill(0);
+        } else {
+            for word in block.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+        }
+        file.write_all(&block).expect("write data file");
+    }
+    file.into_inner()
+        .expect("flush data file")
+        .sync_all()
+        .expect("sync data file");
 }

@@ -14,32 +14,9 @@ use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
 use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 use vireo_tests::{
-    Server, binary, block_on, kit_files, kvm_usable, qemu_installed, skip, stderr, stdout,
-    wait_until,
+    Server, binary, block_on, fails, kit_files, kvm_usable, ok, qemu_installed, skip, stderr,
+    stdout, wait_until,
 };
-
-/// Runs vireo and insists it succeeds; returns stdout.
-fn ok(server: &Server, args: &[&str]) -> String {
-    let output = server.vireo(args);
-    assert!(
-        output.status.success(),
-        "vireo {args:?} failed: {}\nlog:\n{}",
-        stderr(&output),
-        server.log()
-    );
-    stdout(&output)
-}
-
-/// Runs vireo and insists it fails; returns stderr.
-fn fails(server: &Server, args: &[&str]) -> String {
-    let output = server.vireo(args);
-    assert!(
-        !output.status.success(),
-        "vireo {args:?} should have failed; printed {}",
-        stdout(&output)
-    );
-    stderr(&output)
-}
 
 fn state(server: &Server, name: &str) -> String {
     ok(server, &["domstate", name, "--reason"])

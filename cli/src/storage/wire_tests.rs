@@ -114,7 +114,7 @@ impl StorageVolumeService for Mock {
         let hole = |length_bytes| Part::Hole(pb::VolumeHole { length_bytes });
         let chunk = |data: &[u8]| {
             Part::Chunk(DataChunk {
-                data: data.to_vec(),
+                data: data.to_vec().into(),
             })
         };
         Ok(Response::new(boxed(vec![

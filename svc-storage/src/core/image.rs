@@ -129,7 +129,13 @@ pub fn preallocation(def: &pb::VolumeDefinition, format: &str) -> &'static str {
         Some(pb::VolumePreallocation::Falloc) => "falloc",
         Some(pb::VolumePreallocation::Full) => "full",
         // An overlay starts empty: its data lives in the backing image.
-        _ if def.backing_store.as_ref().is_some_and(|b| !b.path.is_empty()) => "off",
+        _ if def
+            .backing_store
+            .as_ref()
+            .is_some_and(|b| !b.path.is_empty()) =>
+        {
+            "off"
+        }
         _ => {
             let allocation = def.allocation_bytes.unwrap_or(def.capacity_bytes);
             if allocation < def.capacity_bytes || def.capacity_bytes == 0 {

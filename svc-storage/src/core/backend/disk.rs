@@ -211,7 +211,11 @@ pub async fn remove_partials(def: &pb::PoolDefinition) {
     };
     for partition in &table.partitions {
         if partition.name.starts_with(PARTIAL_PREFIX) {
-            tracing::warn!(device, partition = partition.number, "removing a partition whose creation was cut short");
+            tracing::warn!(
+                device,
+                partition = partition.number,
+                "removing a partition whose creation was cut short"
+            );
             let _ = remove_partition(&device, partition.number).await;
         }
     }

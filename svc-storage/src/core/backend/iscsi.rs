@@ -39,7 +39,9 @@ fn target_iqn(def: &pb::PoolDefinition) -> String {
 /// or iscsid; logging in (pool-start) is iscsiadm's.
 pub async fn discover(source: &pb::PoolSource) -> Result<Vec<pb::PoolSource>> {
     let portal = portal(source)?;
-    let mut argv = args(["-s"]);
+    // Discovery only: `-s` would also log in to each target at the portal it advertises, which
+    // the client may not reach (NAT, or tgtd on 127.0.0.1 seen through QEMU's user network).
+    let mut argv: Vec<String> = Vec::new();
     if let Some(initiator) = initiator_name(source) {
         argv.push("-i".into());
         argv.push(initiator);
@@ -154,7 +156,69 @@ pub async fn start(def: &pb::PoolDefinition) -> Result<()> {
         forget_node(&iqn, &portal).await;
         return Err(err.into());
     }
+    settle_luns(&iqn).await;
     Ok(())
+}
+
+/// Waits for the LUNs of a new session. The kernel scans them in the background and sd attaches
+/// disks asynchronously, so a refresh right after login finds none. A write to the SCSI host's
+/// `scan` (what `iscsiadm --rescan` does) returns once that scan is done; then each disk LUN gets
+/// a few seconds to show its block device.
+async fn settle_luns(iqn: &str) {
+    let Some(session) = session(iqn) else {
+        return;
+    };
+    // The session's device is /sys/devices/.../hostN/sessionM.
+    let host = std::fs::canonicalize(session.join("device"))
+        .ok()
+        .and_then(|device| Some(device.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .filter(|name| name.starts_with("host"));
+    if let Some(host) = host {
+        let scan = Path::new("/sys/class/scsi_host").join(host).join("scan");
+        let _ = tokio::task::spawn_blocking(move || std::fs::write(scan, "- - -")).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !lun_dirs(&session).iter().all(|lun| {
+            // SCSI peripheral type 0 is a disk; others (tgt's LUN 0 controller) get no block device.
+            let disk = std::fs::read_to_string(lun.join("type")).is_ok_and(|t| t.trim() == "0");
+            !disk || block_device(lun).is_some()
+        })
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The SCSI devices (H:C:T:L directories) under a session's targets.
+fn lun_dirs(session: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for target in std::fs::read_dir(session.join("device"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !target.file_name().to_string_lossy().starts_with("target") {
+            continue;
+        }
+        found.extend(
+            std::fs::read_dir(target.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|lun| lun.file_name().to_string_lossy().contains(':'))
+                .map(|lun| lun.path()),
+        );
+    }
+    found
+}
+
+/// The block device (`sdX`) of a SCSI device, once sd has attached it.
+fn block_device(lun: &Path) -> Option<String> {
+    std::fs::read_dir(lun.join("block"))
+        .ok()?
+        .next()?
+        .ok()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
 }
 
 async fn forget_node(iqn: &str, portal: &str) {
@@ -219,61 +283,44 @@ pub fn refresh(def: &pb::PoolDefinition) -> Result<(Space, Vec<pb::VolumeDefinit
     })?;
     let portal = portal(&def.source.clone().unwrap_or_default())?;
     let mut volumes = Vec::new();
-    let device_dir = session.join("device");
-    for target in std::fs::read_dir(&device_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if !target.file_name().to_string_lossy().starts_with("target") {
+    for lun in lun_dirs(&session) {
+        let hctl = lun
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(lun_number) = hctl.rsplit(':').next().and_then(|l| l.parse::<u32>().ok()) else {
             continue;
-        }
-        for lun in std::fs::read_dir(target.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let hctl = lun.file_name().to_string_lossy().into_owned();
-            let Some(lun_number) = hctl.rsplit(':').next().and_then(|l| l.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Some(block) = std::fs::read_dir(lun.path().join("block"))
-                .ok()
-                .and_then(|mut entries| entries.next())
-                .and_then(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-            else {
-                continue;
-            };
-            let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{block}/size"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            let by_path = format!("/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun_number}");
-            let path = if Path::new(&by_path).exists() {
-                by_path.clone()
-            } else {
-                format!("/dev/{block}")
-            };
-            let mut volume = pb::VolumeDefinition {
-                name: format!("unit:0:0:{lun_number}"),
-                key: by_path,
-                capacity_bytes: sectors * 512,
-                allocation_bytes: Some(sectors * 512),
-                physical_bytes: sectors * 512,
-                target: Some(pb::VolumeTarget {
-                    path,
-                    format: Some(pb::volume_target::Format::ImageFormat(
-                        pb::VolumeFormat::Raw as i32,
-                    )),
-                    ..Default::default()
-                }),
+        };
+        let Some(block) = block_device(&lun) else {
+            continue;
+        };
+        let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{block}/size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let by_path = format!("/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun_number}");
+        let path = if Path::new(&by_path).exists() {
+            by_path.clone()
+        } else {
+            format!("/dev/{block}")
+        };
+        let mut volume = pb::VolumeDefinition {
+            name: format!("unit:0:0:{lun_number}"),
+            key: by_path,
+            capacity_bytes: sectors * 512,
+            allocation_bytes: Some(sectors * 512),
+            physical_bytes: sectors * 512,
+            target: Some(pb::VolumeTarget {
+                path,
+                format: Some(pb::volume_target::Format::ImageFormat(
+                    pb::VolumeFormat::Raw as i32,
+                )),
                 ..Default::default()
-            };
-            volume.set_type(pb::VolumeType::Block);
-            volumes.push(volume);
-        }
+            }),
+            ..Default::default()
+        };
+        volume.set_type(pb::VolumeType::Block);
+        volumes.push(volume);
     }
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let capacity = volumes.iter().map(|v| v.capacity_bytes).sum();

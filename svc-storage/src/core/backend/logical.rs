@@ -68,7 +68,11 @@ pub async fn remove_partials(lvm: &Lvm, def: &pb::PoolDefinition) {
     let vg = group(def);
     for lv in lvm.logical_volumes(&vg).await.unwrap_or_default() {
         if lv.tags.iter().any(|t| t == PARTIAL_TAG) {
-            tracing::warn!(vg, lv = lv.name, "removing a logical volume whose creation was cut short");
+            tracing::warn!(
+                vg,
+                lv = lv.name,
+                "removing a logical volume whose creation was cut short"
+            );
             let _ = lvm.remove_volume(&vg, &lv.name).await;
         }
     }
