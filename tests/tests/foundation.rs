@@ -10,6 +10,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use vireo_proto::compute::v1 as compute;
+use vireo_proto::network::v1 as network;
 use vireo_proto::storage::v1 as storage;
 use vireo_tests::{Server, binary, block_on, run_with_stdin, stderr, stdout};
 
@@ -226,11 +227,10 @@ fn a_stopped_backend_reads_not_serving_and_is_unavailable() {
 fn later_work_answers_unimplemented_and_names_it() {
     let vireod = Server::vireod();
     let status = block_on(async {
-        let mut client = storage::storage_pool_service_client::StoragePoolServiceClient::new(
-            vireod.connect().await,
-        );
+        let mut client =
+            network::network_service_client::NetworkServiceClient::new(vireod.connect().await);
         client
-            .list_pools(storage::ListPoolsRequest::default())
+            .list_networks(network::ListNetworksRequest::default())
             .await
             .unwrap_err()
     });
@@ -238,8 +238,8 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("ListPools is not implemented yet")
-            && status.message().contains("issue #6"),
+            .contains("ListNetworks is not implemented yet")
+            && status.message().contains("issue #7"),
         "{}",
         status.message()
     );
@@ -314,7 +314,7 @@ fn cli_suggests_on_unknown_commands_and_runs_a_shell() {
     let output = vireod.vireo(&["lst"]);
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("similar subcommand exists: 'list'"),
+        stderr(&output).contains("similar subcommand") && stderr(&output).contains("'list'"),
         "{}",
         stderr(&output)
     );
