@@ -128,10 +128,11 @@ fn stop_child(child: &mut Child, signal: Option<nix::sys::signal::Signal>, deadl
 
 /// A sparse file attached to a free loop device (`losetup -f --show`).
 ///
-/// The kernel here has no partition-table parsers (`losetup -P` and BLKRRPART find nothing):
-/// partitions exist only when added through BLKPG, which `parted` does itself after every
-/// change and `partx -a`/`-d` do on request (`sfdisk` does not). They outlive `losetup -d` and
-/// would reappear on the next user of the same loop device, so drop deletes them first.
+/// Attached with `-P` (partition scanning). The kernel here has no partition-table parsers
+/// (attaching and BLKRRPART find nothing): partitions exist only when added through BLKPG,
+/// which `parted` does itself after every change and `partx -a`/`-u`/`-d` do on request
+/// (`sfdisk` does not). They outlive `losetup -d` and would reappear on the next user of the
+/// same loop device, so drop deletes them first.
 pub struct LoopDevice {
     device: PathBuf,
     name: String,
@@ -153,8 +154,10 @@ impl LoopDevice {
         sparse_file(&backing, size);
         let output = run_tool(
             "losetup",
-            // -P: partition scanning, without which the kernel refuses partitions on a loop
-            // device (BLKPG fails), so disk pools could not add them.
+            // -P: svc-storage's disk pools refuse a loop device without partition scanning.
+            // BLKPG (parted, partx) works either way here; with -P a re-read (BLKRRPART: sfdisk,
+            // wipefs, blockdev --rereadpt) succeeds and, as this kernel has no partition-table
+            // parsers, drops every partition until parted or partx adds them back.
             &[
                 OsStr::new("-f"),
                 OsStr::new("-P"),
@@ -532,6 +535,11 @@ impl IscsiTarget {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// tgtd's control channel N (`tgtd -C N`, `tgtadm -C N`, /run/tgtd/socket.N).
+    pub fn control_port(&self) -> u16 {
+        self.control
     }
 
     pub fn iqn(&self) -> &str {
@@ -1318,14 +1326,15 @@ mod tests {
             assert!(written[..65536].iter().all(|byte| *byte == 0x5a));
         }
 
-        let port = target.port();
+        let (port, control) = (target.port(), target.control_port());
+        assert!(Path::new(&format!("/var/run/tgtd/socket.{control}")).exists());
         drop(target);
         assert!(
             TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
             "tgtd still listening on {port}"
         );
-        assert!(!Path::new(&format!("/var/run/tgtd/socket.{port}")).exists());
-        assert!(!Path::new(&format!("/var/run/tgtd/socket.{port}.lock")).exists());
+        assert!(!Path::new(&format!("/var/run/tgtd/socket.{control}")).exists());
+        assert!(!Path::new(&format!("/var/run/tgtd/socket.{control}.lock")).exists());
     }
 
     #[test]
@@ -1424,6 +1433,10 @@ mod tests {
         ]) {
             skip!("{missing}");
         }
+        let rpcbind_files_before: Vec<bool> = RPCBIND_PATHS
+            .iter()
+            .map(|path| Path::new(path).exists())
+            .collect();
         let server = match NfsServer::start() {
             Ok(server) => server,
             Err(missing) => skip!("{missing}"),
@@ -1488,7 +1501,14 @@ mod tests {
         }
         if started_rpcbind {
             assert!(!portmapper_listening(), "rpcbind left running");
-            assert!(!Path::new("/run/rpcbind.sock").exists());
+            let rpcbind_files_after: Vec<bool> = RPCBIND_PATHS
+                .iter()
+                .map(|path| Path::new(path).exists())
+                .collect();
+            assert_eq!(
+                rpcbind_files_after, rpcbind_files_before,
+                "{RPCBIND_PATHS:?}"
+            );
         }
     }
 

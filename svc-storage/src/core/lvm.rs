@@ -88,7 +88,8 @@ impl Lvm {
         // The kernel's own word (a /dev/mapper/control node can exist without the driver).
         let activation = std::fs::read_to_string("/proc/misc")
             .is_ok_and(|misc| misc.lines().any(|line| line.ends_with(" device-mapper")));
-        let mut config = String::from("backup{backup=0 archive=0} ");
+        // Vireo owns no host-wide LVM caches: no metadata backups, no hints file.
+        let mut config = String::from("backup{backup=0 archive=0} devices{hints=\"none\"} ");
         if !activation {
             config.push_str(
                 "global{activation=0} activation{udev_sync=0 udev_rules=0 monitoring=0} \
