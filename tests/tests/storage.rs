@@ -509,6 +509,44 @@ fn dir_pool_takes_every_pool_and_vol_command() {
     assert_eq!(field(&info, "Persistent"), "no");
     ok(&server, &["pool-destroy", "scratch"]);
     fails(&server, &["pool-info", "scratch"]);
+
+    // pool-create FILE, watched by pool-event; pool-capabilities says what this host can do.
+    let mut events = Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(["pool-event", "--loop", "--timeout", "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let xml = write(
+        work.path(),
+        "created.xml",
+        &format!(
+            "<pool type='dir'><name>created</name><target><path>{transient}</path></target></pool>"
+        ),
+    );
+    assert!(ok(&server, &["pool-create", &xml]).contains("Pool created created from"));
+    ok(&server, &["pool-destroy", "created"]);
+    let mut seen = String::new();
+    events
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut seen)
+        .unwrap();
+    events.wait().unwrap();
+    assert!(
+        seen.contains("'lifecycle' for storage pool created: Started"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("'lifecycle' for storage pool created: Stopped"),
+        "{seen}"
+    );
+    let caps = ok(&server, &["pool-capabilities"]);
+    assert!(caps.contains("<pool type='dir' supported='yes'>"), "{caps}");
+    assert!(caps.contains("<pool type='rbd' supported='no'"), "{caps}");
 }
 
 #[test]
