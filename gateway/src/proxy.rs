@@ -64,9 +64,9 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
     };
     let channel = backends.channel(&host, service)?;
 
-    // A client-side stream error must not look like a clean end to the backend (an upload cut
-    // short would pass as complete): the forwarded stream stalls and the call is dropped below,
-    // which resets the backend's stream.
+    // A client-side stream error must not look like a clean end to a backend still reading a
+    // client stream (an upload cut short would pass as complete): the forwarded stream stalls and
+    // the call is dropped below, which resets the backend's stream.
     let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<Status>();
     let outbound = futures::stream::iter(first).chain(futures::stream::unfold(
         (inbound, Some(abort_tx)),
@@ -74,10 +74,13 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
             match inbound.next().await {
                 Some(Ok(message)) => Some((message, (inbound, abort))),
                 Some(Err(status)) => {
-                    if let Some(abort) = abort.take() {
-                        let _ = abort.send(status);
+                    // While the reply is awaited (client streams: uploads) the call is dropped,
+                    // resetting the backend; once it has come (bidi streams: consoles) the
+                    // backend simply sees the end, as it would from the client.
+                    match abort.take().map(|abort| abort.send(status)) {
+                        Some(Ok(())) => std::future::pending().await,
+                        _ => None,
                     }
-                    std::future::pending().await
                 }
                 None => None,
             }

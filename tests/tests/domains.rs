@@ -43,6 +43,8 @@ struct Console {
     child: Child,
     input: Arc<Mutex<std::process::ChildStdin>>,
     seen: Arc<Mutex<String>>,
+    /// What the client printed on stderr (its errors), for failure messages.
+    errors: Arc<Mutex<String>>,
 }
 
 impl Console {
@@ -81,7 +83,20 @@ impl Console {
                 sink.lock().unwrap().push_str(&text);
             }
         });
-        let console = Console { child, input, seen };
+        let errors = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let error_sink = errors.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            error_sink.lock().unwrap().push_str(&text);
+        });
+        let console = Console {
+            child,
+            input,
+            seen,
+            errors,
+        };
         // Attached once the client says so: what the guest prints from then on is seen.
         console.wait_for(
             &format!("Connected to domain '{name}'"),
@@ -95,8 +110,9 @@ impl Console {
         while !self.seen.lock().unwrap().contains(text) {
             assert!(
                 started.elapsed() < deadline,
-                "console never showed {text:?}; it showed:\n{}",
-                self.seen.lock().unwrap()
+                "console never showed {text:?}; it showed:\n{}\nand on stderr:\n{}",
+                self.seen.lock().unwrap(),
+                self.errors.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -158,13 +174,11 @@ impl Console {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut errors = String::new();
-        let _ = self
-            .child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut errors);
+        // The reader thread has everything once the pipe closes with the process.
+        wait_until(Duration::from_secs(5), "the console's stderr", || {
+            Arc::strong_count(&self.errors).eq(&1).then_some(())
+        });
+        let errors = self.errors.lock().unwrap().clone();
         (status.success(), errors)
     }
 }
