@@ -418,6 +418,8 @@ fn read_until(mut reader: impl std::io::Read, needle: &str) -> String {
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10))
             }
+            // A pty's slave reads EIO once vireo-vmm (the master's holder) has exited.
+            Err(err) if err.raw_os_error() == Some(libc::EIO) => break,
             Err(err) => panic!("reading the console: {err}"),
         }
     }
