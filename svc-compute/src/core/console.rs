@@ -113,8 +113,7 @@ impl ConsoleHub {
                             if let Some(copy) = copy.as_mut() {
                                 let _ = copy.write_all(bytes).await;
                             }
-                            relay.remember(bytes);
-                            let _ = relay.output.send(bytes.to_vec());
+                            relay.publish(bytes);
                         }
                         Some(bytes) = input_rx.recv() => {
                             if write.write_all(&bytes).await.is_err() { break }
@@ -153,7 +152,11 @@ impl ConsoleHub {
                 let hub = self.clone();
                 tokio::spawn(async move {
                     let (mut read, mut write) = stream.into_split();
-                    let mut output = hub.output.subscribe();
+                    // A client that connects just as the guest starts sees its first words too.
+                    let (backlog, mut output) = hub.listen();
+                    if write.write_all(&backlog).await.is_err() {
+                        return;
+                    }
                     let mut buffer = vec![0u8; 1024];
                     loop {
                         tokio::select! {
@@ -177,7 +180,9 @@ impl ConsoleHub {
         });
     }
 
-    fn remember(&self, bytes: &[u8]) {
+    /// Adds guest output to the backlog and sends it to every listener, under the backlog's lock
+    /// so that a new listener gets each byte once: in its snapshot or from the channel.
+    fn publish(&self, bytes: &[u8]) {
         let mut backlog = self
             .backlog
             .lock()
@@ -185,6 +190,16 @@ impl ConsoleHub {
         backlog.extend(bytes);
         let excess = backlog.len().saturating_sub(BACKLOG_BYTES);
         backlog.drain(..excess);
+        let _ = self.output.send(bytes.to_vec());
+    }
+
+    /// The recent output and a receiver for what follows, with nothing lost or repeated between.
+    fn listen(&self) -> (Vec<u8>, broadcast::Receiver<Vec<u8>>) {
+        let backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (backlog.iter().copied().collect(), self.output.subscribe())
     }
 
     /// Waits until the hub holds the serial connection (or the timeout passes).
@@ -210,17 +225,11 @@ impl ConsoleHub {
         if refused {
             return Err("the console is in use by another client (use --force to take it over)");
         }
-        let backlog = self
-            .backlog
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect();
+        let (backlog, output) = self.listen();
         Ok(Attachment {
             token,
             backlog,
-            output: self.output.subscribe(),
+            output,
             input: self.input.clone(),
             holder: self.holder.subscribe(),
         })
