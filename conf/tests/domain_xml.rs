@@ -4,44 +4,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
 
 use vireo_conf::domain;
 
-fn golden_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/domain"))
-}
-
 #[test]
 fn golden_files_round_trip() {
-    let mut seen = 0;
-    for entry in std::fs::read_dir(golden_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".in.xml"))
-        else {
-            continue;
-        };
-        seen += 1;
-        let input = std::fs::read_to_string(&path).unwrap();
-        let def = domain::parse_definition(&input)
-            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        let output = domain::format(&def, None).unwrap();
-        let expected_path = golden_dir().join(format!("{stem}.out.xml"));
-        if std::env::var_os("VIREO_BLESS").is_some() {
-            std::fs::write(&expected_path, &output).unwrap();
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap();
-        assert_eq!(output, expected, "{stem}: formatted XML differs");
-        let again = domain::parse_definition(&output).unwrap();
-        assert_eq!(
-            again, def,
-            "{stem}: the output does not parse back the same"
-        );
-    }
-    assert!(seen >= 2, "no golden inputs found");
+    let seen = common::round_trip(
+        "domain",
+        |stem, input| {
+            let def = domain::parse_definition(input).unwrap_or_else(|err| panic!("{stem}: {err}"));
+            let output = domain::format(&def, None).unwrap();
+            (def, output)
+        },
+        |_, output| domain::parse_definition(output).unwrap(),
+    );
+    assert!(seen.len() >= 2, "no golden inputs found");
 }
 
 fn error_of(xml: &str) -> String {

@@ -4,49 +4,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
 
 use vireo_conf::pool;
 use vireo_proto::storage::v1 as pb;
 
-fn golden_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pool"))
-}
-
-fn check_golden(name: &str, output: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("VIREO_BLESS").is_some() {
-        std::fs::write(&path, output).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(output, expected, "{name}: formatted XML differs");
-}
-
 #[test]
 fn golden_files_round_trip() {
-    let mut seen = Vec::new();
-    for entry in std::fs::read_dir(golden_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".in.xml"))
-        else {
-            continue;
-        };
-        let input = std::fs::read_to_string(&path).unwrap();
-        let def = pool::parse_definition(&input)
-            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        let output = pool::format(&def).unwrap();
-        check_golden(&format!("{stem}.out.xml"), &output);
-        let again = pool::parse_definition(&output).unwrap();
-        assert_eq!(
-            again, def,
-            "{stem}: the output does not parse back the same"
-        );
-        seen.push(stem.to_string());
-    }
-    seen.sort();
+    let seen = common::round_trip(
+        "pool",
+        |stem, input| {
+            let def = pool::parse_definition(input).unwrap_or_else(|err| panic!("{stem}: {err}"));
+            let output = pool::format(&def).unwrap();
+            (def, output)
+        },
+        |_, output| pool::parse_definition(output).unwrap(),
+    );
     assert_eq!(seen, ["dir", "disk", "fs", "iscsi", "logical", "netfs"]);
 }
 
@@ -323,5 +296,5 @@ fn capabilities_document() {
         logical.unsupported_reason = "lvm2 tools not installed".into();
     }
     let output = pool::format_capabilities(&caps).unwrap();
-    check_golden("capabilities.xml", &output);
+    common::check_golden("pool", "capabilities.xml", &output);
 }

@@ -5,14 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
 
 use vireo_conf::volume;
 use vireo_proto::storage::v1 as pb;
-
-fn golden_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/volume"))
-}
 
 /// The pool each golden volume lives in.
 fn pool_type_of(stem: &str) -> pb::PoolType {
@@ -25,35 +21,17 @@ fn pool_type_of(stem: &str) -> pb::PoolType {
 
 #[test]
 fn golden_files_round_trip() {
-    let mut seen = Vec::new();
-    for entry in std::fs::read_dir(golden_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".in.xml"))
-        else {
-            continue;
-        };
-        let pool_type = pool_type_of(stem);
-        let input = std::fs::read_to_string(&path).unwrap();
-        let def = volume::parse_definition(&input, pool_type)
-            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        let output = volume::format(&def, pool_type).unwrap();
-        let expected_path = golden_dir().join(format!("{stem}.out.xml"));
-        if std::env::var_os("VIREO_BLESS").is_some() {
-            std::fs::write(&expected_path, &output).unwrap();
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap();
-        assert_eq!(output, expected, "{stem}: formatted XML differs");
-        let again = volume::parse_definition(&output, pool_type).unwrap();
-        assert_eq!(
-            again, def,
-            "{stem}: the output does not parse back the same"
-        );
-        seen.push(stem.to_string());
-    }
-    seen.sort();
+    let seen = common::round_trip(
+        "volume",
+        |stem, input| {
+            let pool_type = pool_type_of(stem);
+            let def = volume::parse_definition(input, pool_type)
+                .unwrap_or_else(|err| panic!("{stem}: {err}"));
+            let output = volume::format(&def, pool_type).unwrap();
+            (def, output)
+        },
+        |stem, output| volume::parse_definition(output, pool_type_of(stem)).unwrap(),
+    );
     assert_eq!(seen, ["logical", "partition", "qcow2-backed", "raw"]);
 }
 
