@@ -125,34 +125,8 @@ pub async fn start(def: &pb::PoolDefinition) -> Result<()> {
     let portal = portal(&source)?;
     // Discovery above was not persistent; login needs a node record, created here and removed
     // on stop.
-    run(
-        "iscsiadm",
-        &args([
-            "--mode",
-            "node",
-            "--targetname",
-            iqn.as_str(),
-            "--portal",
-            portal.as_str(),
-            "--op",
-            "new",
-        ]),
-    )
-    .await?;
-    if let Err(err) = run(
-        "iscsiadm",
-        &args([
-            "--mode",
-            "node",
-            "--targetname",
-            iqn.as_str(),
-            "--portal",
-            portal.as_str(),
-            "--login",
-        ]),
-    )
-    .await
-    {
+    node(&iqn, &portal, &["--op", "new"]).await?;
+    if let Err(err) = node(&iqn, &portal, &["--login"]).await {
         forget_node(&iqn, &portal).await;
         return Err(err.into());
     }
@@ -221,21 +195,19 @@ fn block_device(lun: &Path) -> Option<String> {
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
 }
 
+/// iscsiadm on the node record of one target at one portal.
+async fn node(
+    iqn: &str,
+    portal: &str,
+    operation: &[&str],
+) -> std::result::Result<String, crate::core::tool::ToolError> {
+    let mut argv = args(["--mode", "node", "--targetname", iqn, "--portal", portal]);
+    argv.extend(operation.iter().map(|word| word.to_string()));
+    run("iscsiadm", &argv).await
+}
+
 async fn forget_node(iqn: &str, portal: &str) {
-    let _ = run(
-        "iscsiadm",
-        &args([
-            "--mode",
-            "node",
-            "--targetname",
-            iqn,
-            "--portal",
-            portal,
-            "--op",
-            "delete",
-        ]),
-    )
-    .await;
+    let _ = node(iqn, portal, &["--op", "delete"]).await;
 }
 
 pub async fn stop(def: &pb::PoolDefinition) -> Result<()> {
@@ -243,19 +215,7 @@ pub async fn stop(def: &pb::PoolDefinition) -> Result<()> {
     let iqn = target_iqn(def);
     let portal = portal(&source)?;
     if session(&iqn).is_some() {
-        run(
-            "iscsiadm",
-            &args([
-                "--mode",
-                "node",
-                "--targetname",
-                iqn.as_str(),
-                "--portal",
-                portal.as_str(),
-                "--logout",
-            ]),
-        )
-        .await?;
+        node(&iqn, &portal, &["--logout"]).await?;
     }
     forget_node(&iqn, &portal).await;
     Ok(())
