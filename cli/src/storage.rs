@@ -1019,6 +1019,21 @@ fn pool_failed(pool: &str, action: Option<String>) -> impl FnOnce(Status) -> Cal
     failed(Some(format!("failed to get pool '{pool}'")), action)
 }
 
+/// The end of a pool lifecycle call: virsh's "Pool X destroyed", or its two error lines.
+fn pool_step<T>(
+    pool: &str,
+    verb: &str,
+    done: &str,
+    call: Result<tonic::Response<T>, Status>,
+) -> Result<(), Call> {
+    call.map_err(pool_failed(
+        pool,
+        Some(format!("Failed to {verb} pool {pool}")),
+    ))?;
+    println!("Pool {pool} {done}\n");
+    Ok(())
+}
+
 fn vol_failed(
     vol: &str,
     pool: Option<&str>,
@@ -1272,91 +1287,55 @@ pub async fn run(
             }
         }
         C::PoolBuild { pool, mode } => {
-            pools(connection)
-                .await?
-                .build_pool(pb::BuildPoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                    mode: mode.mode(),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to build pool {pool}")),
-                ))?;
-            println!("Pool {pool} built\n");
+            let request = pb::BuildPoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+                mode: mode.mode(),
+            };
+            let call = pools(connection).await?.build_pool(request).await;
+            pool_step(&pool, "build", "built", call)?;
         }
         C::PoolStart { pool, build, mode } => {
-            pools(connection)
-                .await?
-                .start_pool(pb::StartPoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                    build,
-                    build_mode: mode.mode(),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to start pool {pool}")),
-                ))?;
-            println!("Pool {pool} started\n");
+            let request = pb::StartPoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+                build,
+                build_mode: mode.mode(),
+            };
+            let call = pools(connection).await?.start_pool(request).await;
+            pool_step(&pool, "start", "started", call)?;
         }
         C::PoolDestroy { pool } => {
-            pools(connection)
-                .await?
-                .destroy_pool(pb::DestroyPoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to destroy pool {pool}")),
-                ))?;
-            println!("Pool {pool} destroyed\n");
+            let request = pb::DestroyPoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+            };
+            let call = pools(connection).await?.destroy_pool(request).await;
+            pool_step(&pool, "destroy", "destroyed", call)?;
         }
         C::PoolDelete { pool } => {
-            pools(connection)
-                .await?
-                .delete_pool(pb::DeletePoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to delete pool {pool}")),
-                ))?;
-            println!("Pool {pool} deleted\n");
+            let request = pb::DeletePoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+            };
+            let call = pools(connection).await?.delete_pool(request).await;
+            pool_step(&pool, "delete", "deleted", call)?;
         }
         C::PoolUndefine { pool } => {
-            pools(connection)
-                .await?
-                .undefine_pool(pb::UndefinePoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to undefine pool {pool}")),
-                ))?;
-            println!("Pool {pool} has been undefined\n");
+            let request = pb::UndefinePoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+            };
+            let call = pools(connection).await?.undefine_pool(request).await;
+            pool_step(&pool, "undefine", "has been undefined", call)?;
         }
         C::PoolRefresh { pool } => {
-            pools(connection)
-                .await?
-                .refresh_pool(pb::RefreshPoolRequest {
-                    host: String::new(),
-                    pool: object(&pool),
-                })
-                .await
-                .map_err(pool_failed(
-                    &pool,
-                    Some(format!("Failed to refresh pool {pool}")),
-                ))?;
-            println!("Pool {pool} refreshed\n");
+            let request = pb::RefreshPoolRequest {
+                host: String::new(),
+                pool: object(&pool),
+            };
+            let call = pools(connection).await?.refresh_pool(request).await;
+            pool_step(&pool, "refresh", "refreshed", call)?;
         }
         C::PoolAutostart { pool, disable } => {
             let (action, done) = if disable {
