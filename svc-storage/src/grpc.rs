@@ -42,6 +42,12 @@ fn pool_of(pool: Option<ObjectRef>) -> Result<ObjectRef, Status> {
         .ok_or_else(|| Status::invalid_argument("pool: name the pool"))
 }
 
+/// An enum field's value; a number this server does not know is refused, not read as the default.
+fn known<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Status> {
+    E::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{field}: unknown value {value}")))
+}
+
 fn volume_of(volume: Option<pb::VolumeRef>) -> Result<pb::VolumeRef, Status> {
     volume.ok_or_else(|| Status::invalid_argument("volume: name the volume"))
 }
@@ -152,7 +158,7 @@ impl StoragePoolService for Pools {
         request: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
         let request = request.into_inner();
-        let mode = request.build_mode();
+        let mode = known(request.build_mode, "build_mode")?;
         let source = define_source(request.source.map(|s| match s {
             pb::create_pool_request::Source::Xml(xml) => pb::define_pool_request::Source::Xml(xml),
             pb::create_pool_request::Source::Definition(d) => {
@@ -169,7 +175,7 @@ impl StoragePoolService for Pools {
         request: Request<pb::BuildPoolRequest>,
     ) -> Result<Response<Empty>, Status> {
         let request = request.into_inner();
-        let mode = request.mode();
+        let mode = known(request.mode, "mode")?;
         self.0.build(&pool_of(request.pool)?, mode).await?;
         Ok(Response::new(Empty {}))
     }
@@ -179,7 +185,7 @@ impl StoragePoolService for Pools {
         request: Request<pb::StartPoolRequest>,
     ) -> Result<Response<Empty>, Status> {
         let request = request.into_inner();
-        let mode = request.build_mode();
+        let mode = known(request.build_mode, "build_mode")?;
         self.0
             .start(&pool_of(request.pool)?, request.build, mode)
             .await?;
@@ -493,7 +499,7 @@ impl StorageVolumeService for Volumes {
         request: Request<pb::WipeVolumeRequest>,
     ) -> Result<Response<BoxStream<pb::VolumeWipeUpdate>>, Status> {
         let request = request.into_inner();
-        let algorithm = request.algorithm();
+        let algorithm = known(request.algorithm, "algorithm")?;
         let volume = volume_of(request.volume)?;
         Ok(Response::new(progress_stream(
             self.0.clone(),

@@ -552,6 +552,30 @@ fn dir_pool_takes_every_pool_and_vol_command() {
 #[test]
 fn bad_names_sizes_and_xml_are_refused_by_field() {
     let server = Server::vireod();
+    // An enum value the server does not know is refused, not read as the default (a zero wipe).
+    ok(&server, &["vol-create-as", "default", "keep.img", "1M"]);
+    let keep = server.state_dir.join("images/keep.img");
+    std::fs::write(&keep, vec![7u8; 1 << 20]).unwrap();
+    let status = vireo_tests::block_on(async {
+        let mut client = vireo_proto::storage::v1::storage_volume_service_client::StorageVolumeServiceClient::new(server.connect().await);
+        let request = vireo_proto::storage::v1::WipeVolumeRequest {
+            volume: Some(vireo_proto::storage::v1::VolumeRef {
+                pool: "default".into(),
+                name: "keep.img".into(),
+                ..Default::default()
+            }),
+            algorithm: 99,
+            ..Default::default()
+        };
+        client.wipe_volume(request).await.err().expect("refused")
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("algorithm"), "{status:?}");
+    assert!(
+        std::fs::read(&keep).unwrap().iter().all(|&b| b == 7),
+        "nothing was wiped"
+    );
+    ok(&server, &["vol-delete", "keep.img", "--pool", "default"]);
     let work = tempfile::tempdir().unwrap();
     let target = work.path().join("p").display().to_string();
     for name in ["bad/name", "..", "-dash"] {
