@@ -523,6 +523,7 @@ impl Vmm {
 
     /// Runs until the VM ends; stops the vCPUs and tells watchers how it ended.
     pub fn run(mut self) -> VmExit {
+        let mut unread: Vec<std::sync::mpsc::Sender<control::Reply>> = Vec::new();
         let exit = loop {
             let Ok(event) = self.events.recv() else {
                 break VmExit::Crash("event channel closed".into());
@@ -543,20 +544,25 @@ impl Vmm {
                         self.watchers.push(watcher);
                     }
                     let _ = reply.send(outcome.as_ref().map(|_| self.info()).map_err(Clone::clone));
+                    unread.retain(|reply| reply.send(Err(String::new())).is_ok());
+                    unread.push(reply);
                     if let Ok(Some(exit)) = outcome {
-                        // Let the client read its answer first: the socket thread drops its end
-                        // of the channel once the reply is written (bounded, never blocking).
-                        let asked = std::time::Instant::now();
-                        while asked.elapsed() < std::time::Duration::from_millis(200)
-                            && reply.send(Err(String::new())).is_ok()
-                        {
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                        }
                         break exit;
                     }
                 }
             }
         };
+        // Let clients read their answers first (a `shutdown` answered just before the guest
+        // powers off, a `stop`): each socket thread drops its end of the channel once the
+        // reply is written. Bounded, never blocking.
+        let asked = std::time::Instant::now();
+        while asked.elapsed() < std::time::Duration::from_millis(200) {
+            unread.retain(|reply| reply.send(Err(String::new())).is_ok());
+            if unread.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         vcpu::transition(&self.run_control, &self.vcpus, RunState::Stopping);
         let line = exit.event();
         self.notify(&line);

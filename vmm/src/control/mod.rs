@@ -123,6 +123,7 @@ fn serve_client(stream: UnixStream, events: &Sender<VmEvent>) -> std::io::Result
             writer.write_all(
                 reply_line(reply.recv().unwrap_or(Err("VMM is exiting".into()))).as_bytes(),
             )?;
+            drop(reply);
             for event in receiver {
                 writer.write_all(event.as_bytes())?;
             }
