@@ -65,6 +65,17 @@ impl Connection {
         *self = Connection::new(uri, readonly);
     }
 
+    /// The gateway's local transfer socket, for a root client on the gateway's host (not
+    /// read-only: the transfers that use it write volumes or files).
+    pub fn transfer_socket(&self) -> Option<PathBuf> {
+        match parse_uri(&self.uri) {
+            Ok(Target::Unix(socket)) if !self.readonly => {
+                Some(vireo_runtime::transfer::socket_beside(&socket))
+            }
+            _ => None,
+        }
+    }
+
     pub async fn channel(&mut self) -> Result<Channel, Failed> {
         if let Some(channel) = &self.channel {
             return Ok(channel.clone());

@@ -16,6 +16,8 @@ use vireo_conf::pool::{AUTH_TYPES, POOL_SOURCE_FORMATS, POOL_TYPES};
 use vireo_conf::volume::{PARTITION_TYPES, VOLUME_FORMATS, VOLUME_TYPES, WIPE_ALGORITHMS};
 use vireo_proto::common::v1::{self as common, DataChunk, ObjectRef, object_ref::Key};
 use vireo_proto::storage::v1 as pb;
+use vireo_proto::storage::v1::local_transfer_reply::Reply;
+use vireo_proto::storage::v1::local_transfer_request::Transfer;
 use vireo_proto::storage::v1::storage_pool_service_client::StoragePoolServiceClient;
 use vireo_proto::storage::v1::storage_volume_service_client::StorageVolumeServiceClient;
 
@@ -27,6 +29,8 @@ use crate::output::{
     Format, ProgressLine, human_size, print_error, print_fields_at, print_json, print_table,
     print_xml,
 };
+
+mod local_transfer;
 
 /// Bytes per upload message: well under the 4 MiB that tonic (client, gateway and service)
 /// accepts by default, and large enough that per-message cost does not show.
@@ -2142,6 +2146,26 @@ async fn upload(
         length_bytes: if plan.exact { plan.limit_bytes } else { 0 },
         sparse: args.sparse,
     };
+    let label = format!("Uploading {}", args.vol);
+    let upload_failed = || {
+        vol_failed(
+            &args.vol,
+            args.pool.as_deref(),
+            Some(format!("cannot upload to volume {}", args.vol)),
+        )
+    };
+    let local = Transfer::Upload(header.clone());
+    if let Some(result) = local_transfer::run(connection, local, &file, &label).await {
+        let Reply::Uploaded(done) = result.map_err(upload_failed())? else {
+            return Err(fail(
+                "the gateway answered an upload with something else".into(),
+            ));
+        };
+        if format == Format::Json {
+            print_json(&done);
+        }
+        return Ok(());
+    }
     let mut grpc = tonic::client::Grpc::new(connection.channel().await?);
     grpc.ready()
         .await
@@ -2150,7 +2174,6 @@ async fn upload(
     tx.send(upload_part(pb::upload_volume_request::Part::Header(header)))
         .await
         .map_err(|_| fail("the upload stream closed before it started".into()))?;
-    let label = format!("Uploading {}", args.vol);
     let reader = tokio::task::spawn_blocking(move || send_file(file, plan, &label, tx));
     let result = grpc
         .client_streaming(
@@ -2165,13 +2188,7 @@ async fn upload(
         Err(err) => return Err(fail(format!("the reader of {path} failed: {err}"))),
         Ok(ReadEnd::Sent | ReadEnd::Closed) => {}
     }
-    let done = result
-        .map_err(vol_failed(
-            &args.vol,
-            args.pool.as_deref(),
-            Some(format!("cannot upload to volume {}", args.vol)),
-        ))?
-        .into_inner();
+    let done = result.map_err(upload_failed())?.into_inner();
     if format == Format::Json {
         print_json(&done);
     }
@@ -2209,9 +2226,22 @@ async fn download(
         length_bytes: optional_size(args.length.as_deref(), "length").map_err(fail)?,
         sparse: args.sparse,
     };
-    let mut client = volumes(connection).await?;
     let (file, created) = open_output(&args.file)?;
-    let result = receive(&mut client, request, file, args).await;
+    let label = format!("Downloading {}", args.vol);
+    let local = Transfer::Download(request.clone());
+    let result = match local_transfer::run(connection, local, &file, &label).await {
+        Some(result) => match result.map_err(download_failed(args)) {
+            Ok(Reply::Downloaded(header)) => Ok(header),
+            Ok(_) => Err(fail(
+                "the gateway answered a download with something else".into(),
+            )),
+            Err(call) => Err(call),
+        },
+        None => match volumes(connection).await {
+            Ok(mut client) => receive(&mut client, request, file, args).await,
+            Err(call) => Err(call),
+        },
+    };
     if result.is_err() && created {
         let _ = std::fs::remove_file(&args.file);
     }
@@ -2220,6 +2250,14 @@ async fn download(
         print_json(&header);
     }
     Ok(())
+}
+
+fn download_failed(args: &TransferArgs) -> impl FnOnce(Status) -> Call {
+    vol_failed(
+        &args.vol,
+        args.pool.as_deref(),
+        Some(format!("cannot download from volume {}", args.vol)),
+    )
 }
 
 /// Writes the download stream into `file`. A hole is a seek in a regular file (the file stays
@@ -2235,13 +2273,7 @@ async fn receive(
     let write_failed = |err: std::io::Error| fail(format!("cannot write {path}: {err}"));
     let regular = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
     let mut file = tokio::fs::File::from_std(file);
-    let action = || {
-        vol_failed(
-            &args.vol,
-            args.pool.as_deref(),
-            Some(format!("cannot download from volume {}", args.vol)),
-        )
-    };
+    let action = || download_failed(args);
     let mut stream = client
         .download_volume(request)
         .await

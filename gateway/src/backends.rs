@@ -60,21 +60,29 @@ impl Backends {
 
     /// The channel to `service` on `host` (empty means this gateway's own host).
     pub fn channel(&self, host: &str, service: Service) -> Result<Channel, Status> {
+        self.backend(host, service)
+            .map(|(_, channel)| channel.clone())
+    }
+
+    /// The gRPC socket of `service` on `host`, which must be this gateway's own.
+    pub fn socket(&self, host: &str, service: Service) -> Result<&Path, Status> {
+        self.backend(host, service)
+            .map(|(socket, _)| socket.as_path())
+    }
+
+    fn backend(&self, host: &str, service: Service) -> Result<&(PathBuf, Channel), Status> {
         if !host.is_empty() && host != self.host_name {
             return Err(Status::not_found(format!(
                 "host `{host}` is not known to this gateway (it serves `{}`)",
                 self.host_name
             )));
         }
-        self.channels
-            .get(&service)
-            .map(|(_, channel)| channel.clone())
-            .ok_or_else(|| {
-                Status::unimplemented(format!(
-                    "the gateway does not route to the {} service",
-                    service.name()
-                ))
-            })
+        self.channels.get(&service).ok_or_else(|| {
+            Status::unimplemented(format!(
+                "the gateway does not route to the {} service",
+                service.name()
+            ))
+        })
     }
 
     /// Adds which service and host failed to a transport error, so a client knows what is down.

@@ -1,12 +1,14 @@
 //! gateway owns the one public API: it serves every `vireo.*.v1` package, routes each per-host call
 //! to the owning service of the named host (proxying unary and streaming calls byte for byte),
 //! reports the health of every service, and decides who may call what. Cluster-wide calls
-//! (`vireo.cluster.v1`) are answered here.
+//! (`vireo.cluster.v1`) are answered here. Local clients may pass an open file for a volume
+//! upload or download on the transfer socket (`transfer.rs`).
 
 mod backends;
 mod codec;
 mod health;
 mod proxy;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,14 +62,24 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             Cluster,
         ));
     let (routes, advertised, _) = server.into_routes_advertising(&services.proxied_names())?;
-    let routes = proxy::with_fallback(routes, backends);
+    let routes = proxy::with_fallback(routes, backends.clone());
 
     let mut listeners = vec![(context.socket.clone(), SocketAccess::RootOnly)];
     if config.readonly_socket.unwrap_or(true) {
         listeners.push((readonly_socket(&context.run_dir), SocketAccess::ReadOnly));
     }
     tracing::info!(socket = %context.socket.display(), "gateway serving");
-    serve_routes(routes, &listeners, None, &advertised, shutdown).await?;
+    let transfers = transfer::serve(
+        backends,
+        vireo_runtime::transfer::socket_beside(&context.socket),
+        shutdown.clone(),
+    );
+    let (served, transferred) = tokio::join!(
+        serve_routes(routes, &listeners, None, &advertised, shutdown.clone()),
+        vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown)
+    );
+    served?;
+    transferred?;
     Ok(())
 }
 

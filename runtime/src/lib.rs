@@ -1,7 +1,7 @@
 //! vireo-runtime owns the process plumbing that every Vireo server and client shares: the common
 //! flags and TOML config, serving gRPC on a unix socket with health and reflection, answering
-//! not-yet-built RPCs honestly, shutdown on SIGTERM/SIGINT, logging, connecting to a socket, and crash-safe
-//! definition files.
+//! not-yet-built RPCs honestly, shutdown on SIGTERM/SIGINT, logging, connecting to a socket, crash-safe
+//! definition files, and local transfer sockets that pass open files.
 //! It knows nothing of any service's domain logic.
 
 pub mod access;
@@ -11,6 +11,7 @@ pub mod pending;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod transfer;
 
 pub use config::{CommonArgs, Service, ServiceContext};
 pub use server::{ServerBuilder, ServerError};

@@ -241,8 +241,8 @@ pub async fn serve_routes(
 }
 
 /// A bound socket and the guard that removes its file.
-struct BoundSocket {
-    listener: UnixListener,
+pub struct BoundSocket {
+    pub listener: UnixListener,
     file: SocketFile,
 }
 
@@ -257,7 +257,7 @@ impl Drop for SocketFile {
 
 /// Binds a socket with its final mode already set: bind a private name, chmod, then rename, so no
 /// client ever sees it with a wider mode. A stale socket (nobody listening) is replaced.
-fn bind_socket(path: &Path, access: SocketAccess) -> Result<BoundSocket, ServerError> {
+pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<BoundSocket, ServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
             path: dir.to_path_buf(),

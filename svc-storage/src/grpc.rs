@@ -48,7 +48,7 @@ fn known<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Status> {
         .map_err(|_| Status::invalid_argument(format!("{field}: unknown value {value}")))
 }
 
-fn volume_of(volume: Option<pb::VolumeRef>) -> Result<pb::VolumeRef, Status> {
+pub(crate) fn volume_of(volume: Option<pb::VolumeRef>) -> Result<pb::VolumeRef, Status> {
     volume.ok_or_else(|| Status::invalid_argument("volume: name the volume"))
 }
 
@@ -57,6 +57,16 @@ fn define_source(
 ) -> Result<pb::define_pool_request::Source, Status> {
     source
         .ok_or_else(|| Status::invalid_argument("source: give the pool as XML or as a definition"))
+}
+
+/// Why a download could not start or go on: a bad offset is the caller's, the rest the volume's.
+pub(crate) fn download_failed(path: &std::path::Path, err: std::io::Error) -> Status {
+    match err.kind() {
+        std::io::ErrorKind::InvalidInput => {
+            Status::invalid_argument(format!("offset_bytes: {err}"))
+        }
+        _ => Status::from(Error::io(format!("reading {}", path.display()))(err)),
+    }
 }
 
 /// Runs a long volume operation, streaming its progress and then its result.
@@ -719,12 +729,7 @@ impl StorageVolumeService for Volumes {
             request.length_bytes,
             request.sparse,
         )
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::InvalidInput => {
-                Status::invalid_argument(format!("offset_bytes: {err}"))
-            }
-            _ => Status::from(Error::io(format!("reading {}", path.display()))(err)),
-        })?;
+        .map_err(|err| download_failed(&path, err))?;
         let info = Manager::info_of(&found.pool.name, &found.volume);
         let (tx, rx) = mpsc::channel::<Result<pb::VolumeDownloadPart, Status>>(4);
         tokio::task::spawn_blocking(move || {

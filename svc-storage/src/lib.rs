@@ -1,11 +1,13 @@
 //! svc-storage owns storage pools (dir, fs, netfs, logical, disk, iscsi) and their volumes:
 //! definitions and lifecycle, a backend per pool type (mount, lvm2, parted/partx, iscsiadm),
-//! image work through qemu-img, wiping, uploads and downloads. `core/` is the logic and knows
+//! image work through qemu-img, wiping, uploads and downloads (gRPC streams, or a local
+//! transfer socket that takes the client's open file). `core/` is the logic and knows
 //! nothing of gRPC; `grpc.rs` converts between proto messages and core.
 
 pub mod core;
 mod error;
 mod grpc;
+mod transfer;
 
 pub use error::Error;
 
@@ -20,8 +22,18 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     manager.autostart().await;
     let server = ServerBuilder::new()
         .add_service(grpc::pool_server(manager.clone()))
-        .add_service(grpc::volume_server(manager));
+        .add_service(grpc::volume_server(manager.clone()));
     tracing::info!(socket = %context.socket.display(), "storage serving");
-    server.serve(&context.socket, shutdown).await?;
+    let transfers = transfer::serve(
+        manager,
+        vireo_runtime::transfer::socket_beside(&context.socket),
+        shutdown.clone(),
+    );
+    let (served, transferred) = tokio::join!(
+        server.serve(&context.socket, shutdown.clone()),
+        vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown)
+    );
+    served?;
+    transferred?;
     Ok(())
 }

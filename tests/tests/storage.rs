@@ -1135,6 +1135,130 @@ fn one_gib_upload_and_download_show_progress_and_keep_the_bytes() {
             .to_string()
     };
     assert_eq!(sum(&data), sum(&back), "checksums");
+
+    // A pipe cannot be passed for the kernel to copy: the same bytes go through the gRPC streams.
+    let stream_part = work.path().join("part.bin");
+    vireo_tests::write_random_file(&stream_part, 64, 4);
+    let mut upload = Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(["vol-upload", "big.img", "/dev/stdin", "--pool", "default"])
+        .args(["--offset", "1M"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = upload.stdin.take().unwrap();
+    let mut source = std::fs::File::open(&stream_part).unwrap();
+    std::io::copy(&mut source, &mut pipe).unwrap();
+    drop(pipe);
+    let uploaded = upload.wait_with_output().unwrap();
+    assert!(uploaded.status.success(), "{}", stderr(&uploaded));
+    let downloaded = Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args([
+            "vol-download",
+            "big.img",
+            "/dev/stdout",
+            "--pool",
+            "default",
+        ])
+        .args(["--offset", "1M", "--length", "64M"])
+        .output()
+        .unwrap();
+    assert!(downloaded.status.success(), "{}", stderr(&downloaded));
+    assert!(
+        downloaded.stdout == std::fs::read(&stream_part).unwrap(),
+        "the streamed 64 MiB came back different ({} bytes)",
+        downloaded.stdout.len()
+    );
+}
+
+/// The local transfer socket takes only root, and answers a confused client by field.
+#[test]
+fn the_local_transfer_socket_is_root_only_and_refuses_bad_requests() {
+    use std::os::unix::fs::PermissionsExt;
+    use vireo_proto::storage::v1 as pb;
+    use vireo_proto::storage::v1::local_transfer_reply::Reply;
+    use vireo_proto::storage::v1::local_transfer_request::Transfer;
+    let server = Server::vireod();
+    let socket = server.run_dir.join("gateway-transfer.sock");
+    for path in [&socket, &server.run_dir.join("storage-transfer.sock")] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ask = |request: pb::LocalTransferRequest, file: Option<&std::fs::File>| {
+        runtime.block_on(async {
+            let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let fd = file.map(std::os::fd::AsFd::as_fd);
+            vireo_runtime::transfer::send(&mut stream, &request, fd)
+                .await
+                .unwrap();
+            let (reply, _) =
+                vireo_runtime::transfer::receive::<pb::LocalTransferReply>(&mut stream)
+                    .await
+                    .unwrap()
+                    .expect("a reply");
+            reply.reply
+        })
+    };
+    let upload = |pool: &str, volume: &str| pb::LocalTransferRequest {
+        host: String::new(),
+        transfer: Some(Transfer::Upload(pb::UploadVolumeHeader {
+            volume: Some(pb::VolumeRef {
+                pool: pool.into(),
+                name: volume.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    let refused = |reply: Option<Reply>, code: tonic::Code, needle: &str| match reply {
+        Some(Reply::Error(error)) => {
+            assert_eq!(tonic::Code::from(error.code), code, "{}", error.message);
+            assert!(error.message.contains(needle), "{}", error.message);
+        }
+        other => panic!("expected {code:?} naming {needle}, got {other:?}"),
+    };
+    let file = tempfile::tempfile().unwrap();
+    refused(
+        ask(upload("default", "x.img"), None),
+        tonic::Code::InvalidArgument,
+        "file:",
+    );
+    refused(
+        ask(upload("default", "absent.img"), Some(&file)),
+        tonic::Code::NotFound,
+        "absent.img",
+    );
+    let mut elsewhere = upload("default", "x.img");
+    elsewhere.host = "other-host".into();
+    refused(
+        ask(elsewhere, Some(&file)),
+        tonic::Code::NotFound,
+        "other-host",
+    );
+    let nothing = pb::LocalTransferRequest::default();
+    refused(
+        ask(nothing, Some(&file)),
+        tonic::Code::InvalidArgument,
+        "transfer:",
+    );
+    // A frame claiming 4 GiB is refused, and the gateway goes on serving.
+    runtime.block_on(async {
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &u32::MAX.to_be_bytes())
+            .await
+            .unwrap();
+        let (reply, _) = vireo_runtime::transfer::receive::<pb::LocalTransferReply>(&mut stream)
+            .await
+            .unwrap()
+            .expect("a reply");
+        refused(reply.reply, tonic::Code::InvalidArgument, "at most");
+    });
+    ok(&server, &["pool-list", "--all"]);
 }
 
 /// The tiny guest (waiting for the power button) with a disk that is a volume of `default`.

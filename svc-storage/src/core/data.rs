@@ -266,6 +266,33 @@ impl UploadWriter {
         Ok(())
     }
 
+    /// Copies `length` bytes of `source` from `from` (see `copy_range`).
+    pub fn copy_from(
+        &mut self,
+        source: &File,
+        from: u64,
+        length: u64,
+        progress: &mut dyn FnMut(u64) -> bool,
+    ) -> std::io::Result<()> {
+        if !self.is_file && self.offset + length > self.end {
+            return Err(std::io::Error::other(format!(
+                "the upload runs past the end of the device ({} bytes)",
+                self.end
+            )));
+        }
+        copy_range(
+            source,
+            from,
+            &self.file,
+            self.offset,
+            length,
+            false,
+            progress,
+        )?;
+        self.offset += length;
+        Ok(())
+    }
+
     /// Flushes to stable storage; a file ending in a hole gets its length.
     pub fn finish(mut self) -> std::io::Result<u64> {
         if self.is_file && self.offset > self.end {
@@ -275,6 +302,184 @@ impl UploadWriter {
         self.file.sync_data()?;
         Ok(self.offset)
     }
+}
+
+/// Bytes per copy_file_range call: large for speed, small enough for frequent progress.
+const KERNEL_COPY_BYTES: usize = 32 << 20;
+
+/// Copies `length` bytes from `source` at `from` to `target` at `to`: in the kernel
+/// (copy_file_range) where both ends allow it, else through a buffer, where `skip_zeroes`
+/// leaves zero chunks unwritten (the target is a fresh file: they read back as holes).
+/// `progress` hears the bytes copied so far after each step and returns false to stop.
+pub fn copy_range(
+    source: &File,
+    from: u64,
+    target: &File,
+    to: u64,
+    length: u64,
+    skip_zeroes: bool,
+    progress: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<()> {
+    let stopped = || std::io::Error::new(std::io::ErrorKind::Interrupted, "the client went away");
+    let offset = |value: u64| i64::try_from(value).map_err(std::io::Error::other);
+    let mut done = 0u64;
+    if !skip_zeroes {
+        while done < length {
+            let step = usize::try_from(length - done)
+                .unwrap_or(KERNEL_COPY_BYTES)
+                .min(KERNEL_COPY_BYTES);
+            let mut source_at = offset(from + done)?;
+            let mut target_at = offset(to + done)?;
+            match nix::fcntl::copy_file_range(
+                source,
+                Some(&mut source_at),
+                target,
+                Some(&mut target_at),
+                step,
+            ) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the file ended {} bytes early", length - done),
+                    ));
+                }
+                Ok(copied) => done += copied as u64,
+                // Not two regular files, or not a pair the kernel copies between: a buffer does.
+                Err(nix::errno::Errno::EXDEV | nix::errno::Errno::EINVAL)
+                | Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS)
+                    if done == 0 =>
+                {
+                    break;
+                }
+                Err(errno) => return Err(errno.into()),
+            }
+            if !progress(done) {
+                return Err(stopped());
+            }
+        }
+        if done == length {
+            return Ok(());
+        }
+    }
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    while done < length {
+        let step = chunk_len(length - done);
+        let chunk = &mut buffer[..step];
+        source.read_exact_at(chunk, from + done)?;
+        if !(skip_zeroes && chunk.iter().all(|&byte| byte == 0)) {
+            target.write_all_at(chunk, to + done)?;
+        }
+        done += step as u64;
+        if !progress(done) {
+            return Err(stopped());
+        }
+    }
+    Ok(())
+}
+
+/// The data and holes of `file` between `start` and `end`, as (offset, length, is data). Without
+/// `sparse`, or where the file cannot say (a block device), it is all data.
+pub fn extents(
+    file: &File,
+    start: u64,
+    end: u64,
+    sparse: bool,
+) -> std::io::Result<Vec<(u64, u64, bool)>> {
+    use nix::unistd::{Whence, lseek};
+    let whole = vec![(start, end - start, true)];
+    if !sparse || start >= end || !file.metadata()?.is_file() {
+        return Ok(whole
+            .into_iter()
+            .filter(|&(_, length, _)| length > 0)
+            .collect());
+    }
+    let seek = |at: u64, whence| -> std::io::Result<Option<u64>> {
+        let at = i64::try_from(at).map_err(std::io::Error::other)?;
+        match lseek(file, at, whence) {
+            Ok(found) => Ok(Some(found.cast_unsigned().min(end))),
+            // No data after `at`: the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => Ok(None),
+            Err(errno) => Err(errno.into()),
+        }
+    };
+    let mut found = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = seek(at, Whence::SeekData)?.unwrap_or(end);
+        if data > at {
+            found.push((at, data - at, false));
+        }
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, Whence::SeekHole)?.unwrap_or(end);
+        found.push((data, hole - data, true));
+        at = hole;
+    }
+    Ok(found)
+}
+
+/// vol-upload from a file the client passed open: `length` bytes of it (0: all) from its start,
+/// written at `offset`, its holes punched when `sparse`. Returns (bytes copied, end offset).
+pub fn upload_from(
+    mut source: File,
+    path: &Path,
+    offset: u64,
+    length: u64,
+    sparse: bool,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> std::io::Result<u64> {
+    let size = size_of(&mut source)?;
+    let count = match length {
+        0 => size,
+        length => length.min(size),
+    };
+    let mut writer = UploadWriter::open(path, offset)?;
+    progress(0, count);
+    for (start, run, data) in extents(&source, 0, count, sparse)? {
+        if data {
+            writer.copy_from(&source, start, run, &mut |done| {
+                progress(start + done, count)
+            })?;
+        } else {
+            writer.hole(run)?;
+            progress(start + run, count);
+        }
+    }
+    writer.finish()?;
+    Ok(count)
+}
+
+/// vol-download into a file the client passed open (empty): the volume's bytes from `offset`,
+/// `length` of them (0: to the end), holes left as holes when `sparse`. Returns the byte count.
+pub fn download_into(
+    path: &Path,
+    offset: u64,
+    length: u64,
+    sparse: bool,
+    target: File,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> std::io::Result<u64> {
+    let (reader, total) = DownloadReader::open(path, offset, length, sparse)?;
+    let volume = reader.file;
+    let regular_target = target.metadata()?.is_file();
+    let skip_zeroes = sparse && regular_target;
+    progress(0, total);
+    for (start, run, data) in extents(&volume, offset, offset + total, sparse)? {
+        let at = start - offset;
+        if data || !regular_target {
+            copy_range(&volume, start, &target, at, run, skip_zeroes, &mut |done| {
+                progress(at + done, total)
+            })?;
+        } else {
+            progress(at + run, total);
+        }
+    }
+    if regular_target {
+        // Trailing holes were never written: the file must still reach its full length.
+        target.set_len(total)?;
+    }
+    Ok(total)
 }
 
 /// One piece of a download.
@@ -382,5 +587,65 @@ mod tests {
         }
         assert_eq!(pieces[0], Piece::Hole(CHUNK_BYTES as u64));
         assert!(matches!(pieces.last(), Some(Piece::Data(d)) if d.ends_with(b"tail")));
+    }
+
+    #[test]
+    fn passed_files_are_copied_with_their_holes_both_ways() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let hole = 8 * CHUNK_BYTES as u64;
+        {
+            let file = File::create(&source).unwrap();
+            file.write_all_at(&[1u8; 4096], 0).unwrap();
+            file.write_all_at(&[2u8; 4096], 4096 + hole).unwrap();
+        }
+        let volume = dir.path().join("volume");
+        std::fs::write(&volume, vec![9u8; 3 * CHUNK_BYTES]).unwrap();
+        let mut seen = Vec::new();
+        let copied = upload_from(
+            File::open(&source).unwrap(),
+            &volume,
+            512,
+            0,
+            true,
+            &mut |done, total| {
+                seen.push((done, total));
+                true
+            },
+        )
+        .unwrap();
+        let size = 2 * 4096 + hole;
+        assert_eq!(copied, size);
+        assert_eq!(seen.last(), Some(&(size, size)));
+        let written = std::fs::read(&volume).unwrap();
+        assert_eq!(written.len() as u64, 512 + size);
+        assert!(written[..512].iter().all(|&b| b == 9), "before the offset");
+        assert!(written[512..4608].iter().all(|&b| b == 1));
+        assert!(
+            written[4608..4608 + hole as usize].iter().all(|&b| b == 0),
+            "the hole reads as zeroes where the volume held nines"
+        );
+        assert!(written[4608 + hole as usize..].iter().all(|&b| b == 2));
+
+        let back = dir.path().join("back");
+        let target = File::create(&back).unwrap();
+        let total = download_into(&volume, 512, 0, true, target, &mut |_, _| true).unwrap();
+        assert_eq!(total, size);
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            std::fs::read(&source).unwrap()
+        );
+        let blocks = std::fs::metadata(&back).unwrap().blocks() * 512;
+        assert!(
+            blocks < hole,
+            "the download kept the hole ({blocks} bytes allocated)"
+        );
+
+        // A client that goes away stops the copy.
+        let target = File::create(dir.path().join("stopped")).unwrap();
+        let err =
+            download_into(&volume, 0, 0, false, target, &mut |done, _| done == 0).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
     }
 }
