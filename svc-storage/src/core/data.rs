@@ -594,7 +594,8 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("source");
-        let hole = 8 * CHUNK_BYTES as u64;
+        let hole_len = 8 * CHUNK_BYTES;
+        let hole = hole_len as u64;
         {
             let file = File::create(&source).unwrap();
             file.write_all_at(&[1u8; 4096], 0).unwrap();
@@ -623,10 +624,10 @@ mod tests {
         assert!(written[..512].iter().all(|&b| b == 9), "before the offset");
         assert!(written[512..4608].iter().all(|&b| b == 1));
         assert!(
-            written[4608..4608 + hole as usize].iter().all(|&b| b == 0),
+            written[4608..4608 + hole_len].iter().all(|&b| b == 0),
             "the hole reads as zeroes where the volume held nines"
         );
-        assert!(written[4608 + hole as usize..].iter().all(|&b| b == 2));
+        assert!(written[4608 + hole_len..].iter().all(|&b| b == 2));
 
         let back = dir.path().join("back");
         let target = File::create(&back).unwrap();
