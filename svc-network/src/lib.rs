@@ -1,6 +1,9 @@
 //! svc-network owns virtual networks: bridges, taps and veths (rtnetlink), NAT and forwarding in
 //! Vireo's own nftables tables, one dnsmasq per network, guest ports and their QoS. Its behaviour
-//! arrives with issue #7; today it serves the v1 API, health and reflection.
+//! arrives with issue #7; today it serves the v1 API, health and reflection, and `core/` holds
+//! the nftables rulesets and dnsmasq configuration that the lifecycle will apply.
+
+pub mod core;
 
 use vireo_proto::network::v1::network_port_service_server::{
     NetworkPortService, NetworkPortServiceServer,
