@@ -74,6 +74,8 @@ pub enum Command {
     Domain(Box<crate::domain::DomainCommand>),
     #[command(flatten)]
     Storage(Box<crate::storage::StorageCommand>),
+    #[command(flatten)]
+    Network(Box<crate::network::NetworkCommand>),
 }
 
 /// What the shell should do after a command.
@@ -116,6 +118,7 @@ pub async fn run(
         Command::Nodecpustats { cpu } => nodecpustats(connection, format, cpu).await,
         Command::Domain(command) => crate::domain::run(connection, format, *command).await,
         Command::Storage(command) => crate::storage::run(connection, format, *command).await,
+        Command::Network(command) => crate::network::run(connection, format, *command).await,
         Command::List {
             all,
             inactive,

@@ -417,6 +417,20 @@ pub fn object(name: &str) -> Option<ObjectRef> {
     })
 }
 
+/// An object by name only (virsh's *-uuid commands take a name).
+pub fn object_named(name: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    })
+}
+
+/// An object by UUID only (virsh's *-name commands take a UUID).
+pub fn object_with_uuid(uuid: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Uuid(uuid.to_string())),
+    })
+}
+
 async fn client(connection: &mut Connection) -> Result<DomainServiceClient<Channel>, Call> {
     Ok(DomainServiceClient::new(connection.channel().await?))
 }
@@ -1777,7 +1791,7 @@ fn state_number(state: i32) -> i32 {
 }
 
 /// "2026-11-26 17:59:50 +0000", as virsh prints times (civil date from days since 1970).
-fn utc_time(secs: i64) -> String {
+pub(crate) fn utc_time(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;

@@ -6,6 +6,7 @@ mod commands;
 mod connection;
 mod domain;
 mod edit;
+mod network;
 mod output;
 mod shell;
 mod storage;

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use vireo_conf::domain::{Table, lookup, name_of};
 use vireo_conf::pool::{AUTH_TYPES, POOL_SOURCE_FORMATS, POOL_TYPES};
 use vireo_conf::volume::{PARTITION_TYPES, VOLUME_FORMATS, VOLUME_TYPES, WIPE_ALGORITHMS};
-use vireo_proto::common::v1::{self as common, DataChunk, ObjectRef, object_ref::Key};
+use vireo_proto::common::v1::{self as common, DataChunk, ObjectRef};
 use vireo_proto::storage::v1 as pb;
 use vireo_proto::storage::v1::local_transfer_reply::Reply;
 use vireo_proto::storage::v1::local_transfer_request::Transfer;
@@ -23,7 +23,7 @@ use vireo_proto::storage::v1::storage_volume_service_client::StorageVolumeServic
 
 use crate::commands::{Call, fail, read_file};
 use crate::connection::Connection;
-use crate::domain::object;
+use crate::domain::{object, object_named, object_with_uuid};
 use crate::edit::edit_xml;
 use crate::output::{
     Format, ProgressLine, human_size, print_error, print_fields_at, print_json, print_table,
@@ -558,18 +558,6 @@ fn optional_size(text: Option<&str>, field: &str) -> Result<u64, String> {
 // Arguments to requests (pure)
 // ---------------------------------------------------------------------------------------------
 
-fn pool_name(name: &str) -> Option<ObjectRef> {
-    Some(ObjectRef {
-        key: Some(Key::Name(name.to_string())),
-    })
-}
-
-fn pool_uuid(uuid: &str) -> Option<ObjectRef> {
-    Some(ObjectRef {
-        key: Some(Key::Uuid(uuid.to_string())),
-    })
-}
-
 /// The VOL argument: a name in --pool, or else a key or path (the server tries key, then path).
 fn volume_ref(vol: &str, pool: Option<&str>) -> Option<pb::VolumeRef> {
     Some(match pool {
@@ -820,7 +808,7 @@ fn find_sources_request(
 // Layouts (pure)
 // ---------------------------------------------------------------------------------------------
 
-fn by_name<T>(items: &[T], name: impl Fn(&T) -> &str) -> Vec<&T> {
+pub(crate) fn by_name<T>(items: &[T], name: impl Fn(&T) -> &str) -> Vec<&T> {
     let mut sorted: Vec<&T> = items.iter().collect();
     sorted.sort_by_key(|item| name(item).to_lowercase());
     sorted
@@ -1009,7 +997,10 @@ async fn volumes(connection: &mut Connection) -> Result<StorageVolumeServiceClie
 
 /// virsh's first error line before the server's: what could not be found (on NotFound), or
 /// else what failed.
-fn failed(not_found: Option<String>, action: Option<String>) -> impl FnOnce(Status) -> Call {
+pub(crate) fn failed(
+    not_found: Option<String>,
+    action: Option<String>,
+) -> impl FnOnce(Status) -> Call {
     move |status| {
         match (status.code(), not_found, action) {
             (Code::NotFound, Some(line), _) | (_, _, Some(line)) => print_error(&line),
@@ -1371,14 +1362,14 @@ pub async fn run(
             }
         }
         C::PoolUuid { pool } => {
-            let info = pool_info(connection, &pool, pool_name(&pool)).await?;
+            let info = pool_info(connection, &pool, object_named(&pool)).await?;
             match format {
                 Format::Json => print_json(&info),
                 Format::Table => println!("{}\n", info.uuid),
             }
         }
         C::PoolName { uuid } => {
-            let info = pool_info(connection, &uuid, pool_uuid(&uuid)).await?;
+            let info = pool_info(connection, &uuid, object_with_uuid(&uuid)).await?;
             match format {
                 Format::Json => print_json(&info),
                 Format::Table => println!("{}\n", info.name),
