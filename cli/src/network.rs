@@ -18,6 +18,8 @@ use crate::storage::{by_name, failed};
 /// Width of net-info's labels.
 const INFO_WIDTH: usize = 16;
 
+/// Variants are virsh's command names, which all start with `net-`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
     /// List networks (active ones unless told otherwise)

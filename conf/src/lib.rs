@@ -6,6 +6,7 @@
 pub mod capabilities;
 mod dom;
 pub mod domain;
+pub mod network;
 pub mod pool;
 pub mod snapshot;
 pub mod sysinfo;

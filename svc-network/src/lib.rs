@@ -1,35 +1,27 @@
-//! svc-network owns virtual networks: bridges, taps and veths (rtnetlink), NAT and forwarding in
-//! Vireo's own nftables tables, one dnsmasq per network, guest ports and their QoS. Its behaviour
-//! arrives with issue #7; today it serves the v1 API, health and reflection, and `core/` holds
-//! the nftables rulesets and dnsmasq configuration that the lifecycle will apply.
+//! svc-network owns virtual networks: their definitions and lifecycle, bridges and addresses
+//! (rtnetlink), NAT and forwarding in Vireo's own nftables tables, one dnsmasq per network, and
+//! reconciling all of it after a restart. `core/` is the logic and knows nothing of gRPC;
+//! `grpc.rs` converts. Guest ports and their QoS are not built yet (UNIMPLEMENTED).
 
 pub mod core;
+mod error;
+mod grpc;
 
-use vireo_proto::network::v1::network_port_service_server::{
-    NetworkPortService, NetworkPortServiceServer,
-};
-use vireo_proto::network::v1::network_service_server::{NetworkService, NetworkServiceServer};
+pub use error::Error;
+
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, ServiceContext};
 
 /// Serves this service's API on `context.socket` until `shutdown` is cancelled.
 pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
     context.prepare_state_dir()?;
+    let settings: core::networks::Settings = context.section()?;
+    let manager =
+        core::networks::Manager::open(&context.state_dir, &context.run_dir, &settings).await?;
+    manager.autostart().await;
     let server = ServerBuilder::new()
-        .add_service(NetworkServiceServer::new(Networks))
-        .add_service(NetworkPortServiceServer::new(Ports));
-    tracing::info!(socket = %context.socket.display(), "Network serving");
+        .add_service(grpc::network_server(manager))
+        .add_service(grpc::port_server());
+    tracing::info!(socket = %context.socket.display(), "network serving");
     server.serve(&context.socket, shutdown).await?;
     Ok(())
 }
-
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Networks;
-
-#[tonic::async_trait]
-impl NetworkService for Networks {}
-
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Ports;
-
-#[tonic::async_trait]
-impl NetworkPortService for Ports {}

@@ -22,8 +22,6 @@ fn dnsmasq_accepts_the_configuration() {
     let files = Files {
         pid: dir.path().join("net.pid"),
         leases: dir.path().join("net.leases"),
-        dhcp_hosts: dir.path().join("net.hosts"),
-        dns_hosts: dir.path().join("net.addnhosts"),
     };
     let def = NetworkDefinition {
         name: "default".into(),

@@ -164,7 +164,12 @@ impl Server {
 
     /// vireod under `wrapper`, e.g. `["ip", "netns", "exec", NS]` to give it its own network.
     pub fn vireod_wrapped(wrapper: &[&str]) -> Server {
-        let mut server = Server::start_wrapped(wrapper, "vireod", "gateway.sock", &[]);
+        Server::vireod_with(wrapper, &[])
+    }
+
+    /// vireod under `wrapper` with `extra` arguments (e.g. `--config FILE`).
+    pub fn vireod_with(wrapper: &[&str], extra: &[&str]) -> Server {
+        let mut server = Server::start_wrapped(wrapper, "vireod", "gateway.sock", extra);
         for name in server.service_names() {
             server.wait_serving(&name);
         }
@@ -363,12 +368,21 @@ fn spawn_server(
         }
         None => (binary(binary_name).into(), Vec::new()),
     };
+    // Servers share this host's network: no default network (bridge, nftables, dnsmasq) unless
+    // a test's own configuration asks for one, in a namespace of its own.
+    let mut config = Vec::new();
+    if !extra.contains(&"--config") {
+        let path = dir.join("vireo.toml");
+        std::fs::write(&path, "[network]\ndefault_network = false\n").expect("config file");
+        config = vec!["--config".into(), path.into_os_string()];
+    }
     Command::new(program)
         .args(leading)
         .arg("--state-dir")
         .arg(state_dir)
         .arg("--run-dir")
         .arg(run_dir)
+        .args(config)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file"))
@@ -554,4 +568,47 @@ pub fn write_random_file(path: &Path, mib: usize, zero_every: usize) {
         .expect("flush data file")
         .sync_all()
         .expect("sync data file");
+}
+
+/// A network namespace of the test's own, deleted when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn create(tag: &str) -> Result<Netns, String> {
+        let name = format!("vireo-test-{tag}-{}", std::process::id());
+        let made = Command::new("ip").args(["netns", "add", &name]).status();
+        if made.is_ok_and(|s| s.success()) {
+            Ok(Netns(name))
+        } else {
+            Err("`ip netns add` (CAP_SYS_ADMIN, iproute2)".into())
+        }
+    }
+
+    /// `program args` inside the namespace, its output.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("ip netns exec {} {program}: {err}", self.0))
+    }
+
+    /// As `run`, which must succeed; its stdout.
+    pub fn ok(&self, program: &str, args: &[&str]) -> String {
+        let output = self.run(program, args);
+        assert!(
+            output.status.success(),
+            "{program} {args:?} in {} failed: {}{}",
+            self.0,
+            stdout(&output),
+            stderr(&output)
+        );
+        stdout(&output)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

@@ -14,8 +14,8 @@ use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
 use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 use vireo_tests::{
-    Server, binary, block_on, fails, kit_files, kvm_usable, ok, qemu_installed, skip, stderr,
-    stdout, wait_until,
+    Netns, Server, binary, block_on, fails, kit_files, kvm_usable, ok, qemu_installed, skip,
+    stderr, stdout, wait_until,
 };
 
 fn state(server: &Server, name: &str) -> String {
@@ -221,27 +221,6 @@ fn debian_kit() -> Result<std::path::PathBuf, String> {
 fn tiny_kit() -> Result<std::path::PathBuf, String> {
     kvm_usable()?;
     kit_files(&["tiny.elf"])
-}
-
-/// A network namespace of the test's own, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Result<Netns, String> {
-        let name = format!("vireo-test-{tag}-{}", std::process::id());
-        let made = Command::new("ip").args(["netns", "add", &name]).status();
-        if made.is_ok_and(|s| s.success()) {
-            Ok(Netns(name))
-        } else {
-            Err("`ip netns add` (CAP_SYS_ADMIN, iproute2)".into())
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// vireod in a network namespace of the test's own, with a bridge `vtbr0` in it. The server

@@ -1,9 +1,11 @@
 //! One dnsmasq per network: its configuration (DHCP ranges, static hosts by MAC, DNS hosts and
-//! forwarders, the network's domain), the files it reads, and its lease file, read back for
-//! net-dhcp-leases.
+//! forwarders, the network's domain) and its lease file, read back for net-dhcp-leases. Hosts
+//! live in the configuration file itself, which dnsmasq reads before it drops root: separate
+//! host files would be read as its unprivileged user, which cannot reach a root-only state
+//! directory.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vireo_proto::network::v1::{DhcpLease, IpFamily, NetworkDefinition, NetworkIp};
 
@@ -14,10 +16,6 @@ use super::firewall::Subnet;
 pub struct Files {
     pub pid: PathBuf,
     pub leases: PathBuf,
-    /// `dhcp-hostsfile`: static hosts, re-read on SIGHUP (net-update).
-    pub dhcp_hosts: PathBuf,
-    /// `addn-hosts`: the network's DNS host entries.
-    pub dns_hosts: PathBuf,
 }
 
 /// The configuration file. `subnets` are the subnets of `def.ips`, in order.
@@ -29,8 +27,6 @@ pub fn config(def: &NetworkDefinition, bridge: &str, subnets: &[Subnet], files: 
         format!("interface={bridge}"),
         format!("pid-file={}", files.pid.display()),
         format!("dhcp-leasefile={}", files.leases.display()),
-        format!("dhcp-hostsfile={}", files.dhcp_hosts.display()),
-        format!("addn-hosts={}", files.dns_hosts.display()),
         // No /etc/hosts: guests see only the network's own names and the forwarders.
         "no-hosts".to_string(),
     ];
@@ -85,6 +81,12 @@ pub fn config(def: &NetworkDefinition, bridge: &str, subnets: &[Subnet], files: 
             lines.push("enable-ra".into());
         }
     }
+    lines.extend(dhcp_hosts(def));
+    let domain = def
+        .domain
+        .as_ref()
+        .map_or("", |domain| domain.name.as_str());
+    lines.extend(dns_hosts(def, domain));
     if leases > 0 {
         lines.push("dhcp-no-override".into());
         lines.push("dhcp-authoritative".into());
@@ -95,9 +97,9 @@ pub fn config(def: &NetworkDefinition, bridge: &str, subnets: &[Subnet], files: 
     text
 }
 
-/// `dhcp-hostsfile`: one line per static host, `mac,ip,name[,lease]` (IPv6: `id:duid,[ip],name`).
-pub fn dhcp_hosts(def: &NetworkDefinition) -> String {
-    let mut text = String::new();
+/// `dhcp-host=` lines: `mac,ip,name[,lease]` (IPv6: `id:duid,[ip],name`).
+fn dhcp_hosts(def: &NetworkDefinition) -> Vec<String> {
+    let mut lines = Vec::new();
     for ip in &def.ips {
         let Some(dhcp) = &ip.dhcp else { continue };
         let v6 = family_of(ip) == IpFamily::Ipv6;
@@ -119,24 +121,34 @@ pub fn dhcp_hosts(def: &NetworkDefinition) -> String {
             if !host.name.is_empty() {
                 fields.push(host.name.clone());
             }
-            let mut line = fields.join(",");
+            let mut line = format!("dhcp-host={}", fields.join(","));
             if let Some(seconds) = host.lease_time_s {
                 line.push_str(&lease_time(seconds));
             }
-            text.push_str(&line);
-            text.push('\n');
+            lines.push(line);
         }
     }
-    text
+    lines
 }
 
-/// `addn-hosts`: the network's DNS host entries, in /etc/hosts form.
-pub fn dns_hosts(def: &NetworkDefinition) -> String {
-    let mut text = String::new();
-    for host in def.dns.iter().flat_map(|dns| &dns.hosts) {
-        text.push_str(&format!("{} {}\n", host.ip, host.hostnames.join(" ")));
-    }
-    text
+/// `host-record=` lines for the network's DNS hosts, each name also under the network's domain.
+fn dns_hosts(def: &NetworkDefinition, domain: &str) -> Vec<String> {
+    def.dns
+        .iter()
+        .flat_map(|dns| &dns.hosts)
+        .map(|host| {
+            let mut names: Vec<String> = host.hostnames.clone();
+            if !domain.is_empty() {
+                names.extend(
+                    host.hostnames
+                        .iter()
+                        .filter(|name| !name.contains('.'))
+                        .map(|name| format!("{name}.{domain}")),
+                );
+            }
+            format!("host-record={},{}", names.join(","), host.ip)
+        })
+        .collect()
 }
 
 /// The leases in a dnsmasq lease file: IPv4 lines `expiry mac ip name client-id`, then, after a
@@ -186,6 +198,56 @@ pub fn parse_leases(text: &str, bridge: &str, subnets: &[Subnet]) -> Vec<DhcpLea
     leases
 }
 
+/// The pid in `files.pid` when that process is a dnsmasq reading `conf` (a pid file can outlive
+/// its process, and the number can be reused).
+pub fn running(files: &Files, conf: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(&files.pid)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let wanted = format!("--conf-file={}", conf.display());
+    cmdline
+        .split(|&byte| byte == 0)
+        .any(|arg| arg == wanted.as_bytes())
+        .then_some(pid)
+}
+
+/// Starts dnsmasq on `conf`; it detaches, and outlives this service (a restarted service finds
+/// it again by its pid file). Returns once it serves, or with what it said.
+pub async fn start(conf: &Path) -> Result<(), String> {
+    let output = tokio::process::Command::new("dnsmasq")
+        .arg(format!("--conf-file={}", conf.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|err| format!("cannot run dnsmasq: {err}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "dnsmasq: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Stops the network's dnsmasq (if it runs) and waits, bounded, until it has gone.
+pub async fn stop(files: &Files, conf: &Path) {
+    if let Some(pid) = running(files, conf) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if nix::sys::signal::kill(pid, None).is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let _ = std::fs::remove_file(&files.pid);
+}
+
 fn family_of(ip: &NetworkIp) -> IpFamily {
     match ip.family() {
         IpFamily::Unspecified if ip.address.contains(':') => IpFamily::Ipv6,
@@ -210,18 +272,7 @@ fn netmask(prefix: u8) -> Ipv4Addr {
 }
 
 fn contains(subnet: &Subnet, address: IpAddr) -> bool {
-    let bits = u32::from(subnet.prefix);
-    match (subnet.address, address) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) => {
-            let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
-            u32::from(net) & mask == u32::from(ip) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(ip)) => {
-            let mask = u128::MAX.checked_shl(128 - bits.min(128)).unwrap_or(0);
-            u128::from(net) & mask == u128::from(ip) & mask
-        }
-        _ => false,
-    }
+    vireo_conf::network::contains(subnet.address, subnet.prefix, address)
 }
 
 /// How many addresses a DHCP range holds (IPv6 ranges count as many as dnsmasq will track).
@@ -250,8 +301,6 @@ mod tests {
         Files {
             pid: "/run/vireo/network/default.pid".into(),
             leases: "/run/vireo/network/default.leases".into(),
-            dhcp_hosts: "/var/lib/vireo/network/default.hosts".into(),
-            dns_hosts: "/var/lib/vireo/network/default.addnhosts".into(),
         }
     }
 
@@ -311,7 +360,8 @@ mod tests {
             "dhcp-range=192.168.122.2,192.168.122.254,255.255.255.0",
             "dhcp-lease-max=253",
             "dhcp-leasefile=/run/vireo/network/default.leases",
-            "dhcp-hostsfile=/var/lib/vireo/network/default.hosts",
+            "dhcp-host=52:54:00:00:00:01,192.168.122.10,web",
+            "host-record=gateway,gw,gateway.vireo.test,gw.vireo.test,192.168.122.1",
             "domain=vireo.test",
             "local=/vireo.test/",
             "server=/example.org/192.0.2.53",
@@ -321,8 +371,6 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
-        assert_eq!(dhcp_hosts(&def), "52:54:00:00:00:01,192.168.122.10,web\n");
-        assert_eq!(dns_hosts(&def), "192.168.122.1 gateway gw\n");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The network logic, free of gRPC: nftables rulesets (`firewall.rs`) and dnsmasq (`dnsmasq.rs`).
+//! The network logic, free of gRPC: the lifecycle (`networks.rs`), links (`netlink.rs`),
+//! nftables rulesets (`firewall.rs`) and dnsmasq (`dnsmasq.rs`).
 
 pub mod dnsmasq;
 pub mod firewall;
+pub mod netlink;
+pub mod networks;

@@ -1,0 +1,288 @@
+//! svc-network end to end: vireod runs in a network namespace of the test's own ("host"), an
+//! "uplink" namespace plays the outside world (10.99.0.0/24, never a real address), and "guest"
+//! namespaces joined to the network's bridge by veth pairs play guests: DHCP from the network's
+//! dnsmasq, names from its DNS, NAT into the uplink, and nothing left after net-destroy or a
+//! kill -9 of vireod.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use vireo_tests::{Netns, Server, ok, skip, wait_until};
+
+/// A network of the test: NAT, a static host, a DNS host and the test's own domain.
+const NAT_XML: &str = "<network><name>natnet</name><forward mode='nat'/>
+  <bridge name='vtnat0'/>
+  <domain name='vireo.test' localOnly='yes'/>
+  <dns><host ip='192.168.150.50'><hostname>printer</hostname></host></dns>
+  <ip address='192.168.150.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.150.100' end='192.168.150.199'/>
+      <host mac='52:54:00:15:00:07' name='fixed' ip='192.168.150.7'/></dhcp>
+  </ip></network>";
+
+/// The script udhcpc runs: configure what the lease says.
+const UDHCPC_SCRIPT: &str = "#!/bin/sh
+case \"$1\" in
+  bound|renew)
+    ip addr add \"$ip/$mask\" dev \"$interface\"
+    [ -n \"$router\" ] && ip route replace default via \"$router\"
+    ;;
+esac
+exit 0
+";
+
+fn tools_or_skip() -> Option<String> {
+    for (tool, package) in [
+        ("nft", "nftables"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("busybox", "busybox"),
+        ("python3", "python3"),
+    ] {
+        if Command::new(tool).arg("--help").output().is_err() {
+            return Some(format!("{tool} (Debian package {package})"));
+        }
+    }
+    None
+}
+
+/// The world around one vireod: its namespace and the uplink behind it.
+struct World {
+    server: Server,
+    host: Netns,
+    uplink: Netns,
+    _dir: tempfile::TempDir,
+    script: String,
+}
+
+impl World {
+    fn new(tag: &str, default_network: bool) -> Result<World, String> {
+        let host = Netns::create(&format!("{tag}h"))?;
+        let uplink = Netns::create(&format!("{tag}u"))?;
+        let link = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        link(&[
+            "-n", &host.0, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns",
+            &uplink.0,
+        ]);
+        host.ok("ip", &["addr", "add", "10.99.0.1/24", "dev", "up0"]);
+        host.ok("ip", &["link", "set", "up0", "up"]);
+        host.ok("ip", &["link", "set", "lo", "up"]);
+        host.ok("ip", &["route", "add", "default", "via", "10.99.0.2"]);
+        uplink.ok("ip", &["addr", "add", "10.99.0.2/24", "dev", "up1"]);
+        uplink.ok("ip", &["link", "set", "up1", "up"]);
+        uplink.ok("ip", &["link", "set", "lo", "up"]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("vireo.toml");
+        std::fs::write(
+            &config,
+            format!("[network]\ndefault_network = {default_network}\n"),
+        )
+        .unwrap();
+        let script = dir.path().join("udhcpc.sh");
+        std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let server = Server::vireod_with(
+            &["ip", "netns", "exec", &host.0],
+            &["--config", config.to_str().unwrap()],
+        );
+        Ok(World {
+            server,
+            host,
+            uplink,
+            _dir: dir,
+            script: script.display().to_string(),
+        })
+    }
+
+    /// A guest: a namespace whose eth0 (with `mac`) is a veth port of `bridge`, addressed by
+    /// DHCP from the network.
+    fn guest(&self, tag: &str, bridge: &str, mac: &str) -> Netns {
+        let guest = Netns::create(tag).unwrap();
+        let port = format!("vp{tag}");
+        self.host.ok(
+            "ip",
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &guest.0,
+            ],
+        );
+        self.host
+            .ok("ip", &["link", "set", &port, "master", bridge, "up"]);
+        guest.ok("ip", &["link", "set", "eth0", "address", mac, "up"]);
+        guest.ok("ip", &["link", "set", "lo", "up"]);
+        guest.ok(
+            "busybox",
+            &[
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "10",
+                "-s",
+                &self.script,
+            ],
+        );
+        guest
+    }
+
+    /// How many dnsmasq processes serve `network` (by their configuration file).
+    fn dnsmasqs(&self, network: &str) -> usize {
+        let conf = format!("{network}.conf");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .filter(|cmdline| {
+                let text = String::from_utf8_lossy(cmdline);
+                text.starts_with("dnsmasq")
+                    && text.contains(&conf)
+                    && text.contains(&self.server.state_dir.display().to_string())
+            })
+            .count()
+    }
+
+    fn tables(&self) -> String {
+        self.host.ok("nft", &["list", "tables"])
+    }
+}
+
+/// The address of `dev` in `netns` (the first IPv4 one).
+fn address_of(netns: &Netns, dev: &str) -> String {
+    let shown = netns.ok("ip", &["-4", "-o", "addr", "show", "dev", dev]);
+    shown
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 address on {dev}: {shown}"))
+        .to_string()
+}
+
+/// Accepts one TCP connection on 10.99.0.2:8080 in the uplink and returns the peer's address.
+fn peer_seen_by_uplink(world: &World, guest: &Netns) -> String {
+    let server = std::thread::scope(|scope| {
+        let listening = scope.spawn(|| {
+            world.uplink.ok(
+                "python3",
+                &["-c", "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.99.0.2', 8080))\ns.listen(1)\ns.settimeout(20)\nc,a=s.accept()\nprint(a[0])"],
+            )
+        });
+        // The listener may not be up yet: retry the connection for a while.
+        wait_until(
+            Duration::from_secs(15),
+            "the guest reaching the uplink",
+            || {
+                guest
+                .run("python3", &["-c", "import socket\nsocket.create_connection(('10.99.0.2', 8080), timeout=2).close()"])
+                .status
+                .success()
+                .then_some(())
+            },
+        );
+        listening.join().unwrap()
+    });
+    server.trim().to_string()
+}
+
+#[test]
+fn nat_network_leases_resolves_masquerades_and_survives_kill_9() {
+    if let Some(missing) = tools_or_skip() {
+        skip!("needs {missing}");
+    }
+    let mut world = match World::new("nat", false) {
+        Ok(world) => world,
+        Err(why) => skip!("needs {why}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("natnet.xml");
+    std::fs::write(&xml, NAT_XML).unwrap();
+    let server = &world.server;
+    assert!(ok(server, &["net-define", xml.to_str().unwrap()]).contains("Network natnet defined"));
+    assert!(ok(server, &["net-list", "--all"]).contains("natnet"));
+    ok(server, &["net-start", "natnet"]);
+    let info = ok(server, &["net-info", "natnet"]);
+    assert!(
+        info.contains("Active:") && info.contains("yes") && info.contains("vtnat0"),
+        "{info}"
+    );
+    assert!(world.tables().contains("vireo_"), "{}", world.tables());
+    assert_eq!(world.dnsmasqs("natnet"), 1);
+
+    // DHCP: a dynamic lease, and the static host by its MAC.
+    let dynamic = world.guest("natg1", "vtnat0", "52:54:00:15:00:01");
+    let fixed = world.guest("natg2", "vtnat0", "52:54:00:15:00:07");
+    let leased = address_of(&dynamic, "eth0");
+    assert!(leased.starts_with("192.168.150.1"), "{leased}");
+    assert_eq!(address_of(&fixed, "eth0"), "192.168.150.7");
+    let leases = ok(server, &["net-dhcp-leases", "natnet"]);
+    assert!(
+        leases.contains("52:54:00:15:00:01") && leases.contains(&leased),
+        "{leases}"
+    );
+    assert!(leases.contains("192.168.150.7/24"), "{leases}");
+
+    // Guests reach each other, resolve the network's names, and leave through NAT.
+    dynamic.ok("busybox", &["ping", "-c", "1", "-W", "5", "192.168.150.7"]);
+    let resolved = dynamic.ok(
+        "busybox",
+        &["nslookup", "printer.vireo.test", "192.168.150.1"],
+    );
+    assert!(resolved.contains("192.168.150.50"), "{resolved}");
+    assert_eq!(
+        peer_seen_by_uplink(&world, &dynamic),
+        "10.99.0.1",
+        "not masqueraded"
+    );
+
+    // net-update: a static host added live and to the definition serves the next guest.
+    let said = ok(
+        &world.server,
+        &[
+            "net-update",
+            "natnet",
+            "add",
+            "ip-dhcp-host",
+            "<host mac='52:54:00:15:00:09' name='late' ip='192.168.150.9'/>",
+            "--live",
+            "--config",
+        ],
+    );
+    assert!(said.contains("Updated network natnet"), "{said}");
+    let late = world.guest("natg3", "vtnat0", "52:54:00:15:00:09");
+    assert_eq!(address_of(&late, "eth0"), "192.168.150.9");
+    let inactive = ok(&world.server, &["net-dumpxml", "natnet", "--inactive"]);
+    assert!(inactive.contains("52:54:00:15:00:09"), "{inactive}");
+
+    // kill -9 and a restart: the same one table, one dnsmasq, one bridge; guests still served.
+    world.server.kill9();
+    world.server.restart();
+    let server = &world.server;
+    assert_eq!(
+        world.tables().matches("vireo_").count(),
+        1,
+        "{}",
+        world.tables()
+    );
+    assert_eq!(world.dnsmasqs("natnet"), 1);
+    let bridges = world
+        .host
+        .ok("ip", &["-o", "link", "show", "type", "bridge"]);
+    assert_eq!(bridges.matches("vtnat0").count(), 1, "{bridges}");
+    assert!(ok(server, &["net-list"]).contains("natnet"));
+    assert_eq!(peer_seen_by_uplink(&world, &dynamic), "10.99.0.1");
+
+    // net-destroy leaves nothing behind.
+    ok(server, &["net-destroy", "natnet"]);
+    assert!(!world.tables().contains("vireo_"), "{}", world.tables());
+    assert_eq!(world.dnsmasqs("natnet"), 0);
+    let links = world.host.ok("ip", &["-o", "link", "show"]);
+    assert!(!links.contains("vtnat0"), "{links}");
+    ok(server, &["net-undefine", "natnet"]);
+    assert!(!ok(server, &["net-list", "--all"]).contains("natnet"));
+}
