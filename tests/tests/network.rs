@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vireo_tests::{Netns, Server, ok, skip, wait_until};
+use vireo_tests::{Netns, Server, ok, skip};
 
 /// A network of the test: NAT, a static host, a DNS host and the test's own domain.
 const NAT_XML: &str = "<network><name>natnet</name><forward mode='nat'/>
@@ -164,30 +164,35 @@ fn address_of(netns: &Netns, dev: &str) -> String {
         .to_string()
 }
 
-/// Accepts one TCP connection on 10.99.0.2:8080 in the uplink and returns the peer's address.
+/// Accepts one TCP connection on `listen`:8080 in `server_ns` from `client_ns` and returns the
+/// peer address the server saw (None when the client never got through).
+fn peer_seen(server_ns: &Netns, listen: &str, client_ns: &Netns) -> Option<String> {
+    let accept = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{listen}', 8080))\ns.listen(1)\ns.settimeout(8)\nc,a=s.accept()\nprint(a[0])"
+    );
+    let connect =
+        format!("import socket\nsocket.create_connection(('{listen}', 8080), timeout=1).close()");
+    std::thread::scope(|scope| {
+        let listening = scope.spawn(|| server_ns.run("python3", &["-c", &accept]));
+        // The listener may not be up yet: retry for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(6);
+        while std::time::Instant::now() < deadline {
+            if client_ns.run("python3", &["-c", &connect]).status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let accepted = listening.join().unwrap();
+        accepted
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&accepted.stdout).trim().to_string())
+    })
+}
+
+/// The address the uplink's server sees when `guest` connects to it.
 fn peer_seen_by_uplink(world: &World, guest: &Netns) -> String {
-    let server = std::thread::scope(|scope| {
-        let listening = scope.spawn(|| {
-            world.uplink.ok(
-                "python3",
-                &["-c", "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.99.0.2', 8080))\ns.listen(1)\ns.settimeout(20)\nc,a=s.accept()\nprint(a[0])"],
-            )
-        });
-        // The listener may not be up yet: retry the connection for a while.
-        wait_until(
-            Duration::from_secs(15),
-            "the guest reaching the uplink",
-            || {
-                guest
-                .run("python3", &["-c", "import socket\nsocket.create_connection(('10.99.0.2', 8080), timeout=2).close()"])
-                .status
-                .success()
-                .then_some(())
-            },
-        );
-        listening.join().unwrap()
-    });
-    server.trim().to_string()
+    peer_seen(&world.uplink, "10.99.0.2", guest).expect("the guest never reached the uplink")
 }
 
 #[test]
@@ -285,4 +290,81 @@ fn nat_network_leases_resolves_masquerades_and_survives_kill_9() {
     assert!(!links.contains("vtnat0"), "{links}");
     ok(server, &["net-undefine", "natnet"]);
     assert!(!ok(server, &["net-list", "--all"]).contains("natnet"));
+}
+
+#[test]
+fn isolated_routed_and_default_networks() {
+    if let Some(missing) = tools_or_skip() {
+        skip!("needs {missing}");
+    }
+    let world = match World::new("iso", true) {
+        Ok(world) => world,
+        Err(why) => skip!("needs {why}"),
+    };
+    let server = &world.server;
+    // A fresh host gets libvirt's default network, autostarted.
+    let listed = ok(server, &["net-list"]);
+    assert!(
+        listed.contains("default") && listed.contains("active"),
+        "{listed}"
+    );
+    let info = ok(server, &["net-info", "default"]);
+    assert!(info.contains("vireobr0"), "{info}");
+    let dumped = ok(server, &["net-dumpxml", "default"]);
+    assert!(dumped.contains("192.168.122.1"), "{dumped}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let define = |name: &str, xml: &str| {
+        let path = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        ok(server, &["net-create", path.to_str().unwrap()]);
+    };
+    define(
+        "iso",
+        "<network><name>iso</name><bridge name='vtiso0'/>
+          <ip address='192.168.160.1' netmask='255.255.255.0'>
+          <dhcp><range start='192.168.160.10' end='192.168.160.20'/></dhcp></ip></network>",
+    );
+    define(
+        "routed",
+        "<network><name>routed</name><forward mode='route'/><bridge name='vtrt0'/>
+          <ip address='192.168.170.1' netmask='255.255.255.0'>
+          <dhcp><range start='192.168.170.10' end='192.168.170.20'/></dhcp></ip></network>",
+    );
+
+    // Isolated: the host answers, the uplink is out of reach.
+    let isolated = world.guest("isog1", "vtiso0", "52:54:00:16:00:01");
+    isolated.ok("busybox", &["ping", "-c", "1", "-W", "5", "192.168.160.1"]);
+    assert_eq!(
+        peer_seen(&world.uplink, "10.99.0.2", &isolated),
+        None,
+        "a guest on an isolated network reached the uplink"
+    );
+
+    // Routed: the uplink reaches the guest by its own address, and the guest leaves unNATed.
+    let routed = world.guest("rtg1", "vtrt0", "52:54:00:17:00:01");
+    let address = address_of(&routed, "eth0");
+    world.uplink.ok(
+        "ip",
+        &["route", "add", "192.168.170.0/24", "via", "10.99.0.1"],
+    );
+    assert_eq!(
+        peer_seen(&routed, &address, &world.uplink).as_deref(),
+        Some("10.99.0.2"),
+        "the uplink did not reach the routed guest"
+    );
+    assert_eq!(
+        peer_seen(&world.uplink, "10.99.0.2", &routed),
+        Some(address),
+        "a routed guest must leave with its own address"
+    );
+
+    // Transient networks go with net-destroy; the default one too, its definition stays.
+    for name in ["iso", "routed", "default"] {
+        ok(server, &["net-destroy", name]);
+    }
+    let all = ok(server, &["net-list", "--all"]);
+    assert!(!all.contains("iso") && !all.contains("routed"), "{all}");
+    assert!(all.contains("default"), "{all}");
+    assert!(!world.tables().contains("vireo_"), "{}", world.tables());
 }
