@@ -21,7 +21,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.network.v1.",
-        "virtual networks arrive with svc-network (issue #7)",
+        "network port XML and QoS arrive with the rest of svc-network (issue #7)",
     ),
     (
         "/vireo.nodedev.v1.",

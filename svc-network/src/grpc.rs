@@ -1,6 +1,5 @@
-//! NetworkService of vireo.network.v1 over core's manager: requests are checked and converted
-//! here. NetworkPortService answers UNIMPLEMENTED (by vireo-runtime's pending layer) until ports
-//! are built.
+//! NetworkService and NetworkPortService of vireo.network.v1 over core's manager: requests are
+//! checked and converted here.
 
 use std::sync::Arc;
 
@@ -20,17 +19,86 @@ pub fn network_server(manager: Arc<Manager>) -> NetworkServiceServer<Networks> {
     NetworkServiceServer::new(Networks(manager))
 }
 
-pub fn port_server() -> NetworkPortServiceServer<Ports> {
-    NetworkPortServiceServer::new(Ports)
+pub fn port_server(manager: Arc<Manager>) -> NetworkPortServiceServer<Ports> {
+    NetworkPortServiceServer::new(Ports(manager))
 }
 
 pub struct Networks(Arc<Manager>);
 
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-pub struct Ports;
+/// GetPortXml and SetPortBandwidth answer UNIMPLEMENTED (vireo-runtime's pending layer).
+pub struct Ports(Arc<Manager>);
 
 #[tonic::async_trait]
-impl NetworkPortService for Ports {}
+impl NetworkPortService for Ports {
+    async fn create_port(
+        &self,
+        request: Request<pb::CreatePortRequest>,
+    ) -> Result<Response<pb::NetworkPort>, Status> {
+        let request = request.into_inner();
+        let definition = match request.source {
+            Some(pb::create_port_request::Source::Definition(definition)) => definition,
+            Some(pb::create_port_request::Source::Xml(_)) => {
+                return Err(Status::unimplemented(
+                    "source: port XML is not read yet; give the definition",
+                ));
+            }
+            None => return Err(Status::invalid_argument("source: give the port definition")),
+        };
+        if request.queues > 1 {
+            return Err(Status::unimplemented(
+                "queues: multiqueue taps are not built yet",
+            ));
+        }
+        let port = self
+            .0
+            .create_port(&network_of(request.network)?, definition, &request.tap_name)
+            .await?;
+        Ok(Response::new(port))
+    }
+
+    async fn delete_port(
+        &self,
+        request: Request<pb::DeletePortRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        self.0
+            .delete_port(&network_of(request.network)?, &request.port_uuid)
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_ports(
+        &self,
+        request: Request<pb::ListPortsRequest>,
+    ) -> Result<Response<pb::NetworkPortList>, Status> {
+        use vireo_proto::common::v1::object_ref::Key;
+        let request = request.into_inner();
+        let owner = request.owner.and_then(|o| o.key).map(|key| match key {
+            Key::Name(n) | Key::Uuid(n) | Key::Any(n) => n,
+            Key::Id(id) => id.to_string(),
+        });
+        let ports = self
+            .0
+            .ports(&network_of(request.network)?, owner.as_deref())
+            .await?;
+        Ok(Response::new(pb::NetworkPortList { ports }))
+    }
+
+    async fn get_port(
+        &self,
+        request: Request<pb::GetPortRequest>,
+    ) -> Result<Response<pb::NetworkPort>, Status> {
+        let request = request.into_inner();
+        let uuid = request.port_uuid;
+        self.0
+            .ports(&network_of(request.network)?, None)
+            .await?
+            .into_iter()
+            .find(|port| port.definition.as_ref().is_some_and(|d| d.uuid == uuid))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no port with uuid '{uuid}' on this network")))
+    }
+}
 
 fn network_of(network: Option<ObjectRef>) -> Result<ObjectRef, Status> {
     network

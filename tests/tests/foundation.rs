@@ -228,9 +228,11 @@ fn later_work_answers_unimplemented_and_names_it() {
     let vireod = Server::vireod();
     let status = block_on(async {
         let mut client =
-            network::network_service_client::NetworkServiceClient::new(vireod.connect().await);
+            vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient::new(
+                vireod.connect().await,
+            );
         client
-            .list_networks(network::ListNetworksRequest::default())
+            .list_node_devices(vireo_proto::nodedev::v1::ListNodeDevicesRequest::default())
             .await
             .unwrap_err()
     });
@@ -238,19 +240,20 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("ListNetworks is not implemented yet")
-            && status.message().contains("issue #7"),
+            .contains("ListNodeDevices is not implemented yet")
+            && status.message().contains("issue #8"),
         "{}",
         status.message()
     );
 
     let status = block_on(async {
-        let mut client =
-            vireo_proto::network::v1::network_service_client::NetworkServiceClient::new(
-                vireod.connect().await,
-            );
-        let request = vireo_proto::network::v1::ListNetworksRequest::default();
-        client.list_networks(request).await.unwrap_err()
+        let mut client = network::network_port_service_client::NetworkPortServiceClient::new(
+            vireod.connect().await,
+        );
+        client
+            .get_port_xml(network::GetPortXmlRequest::default())
+            .await
+            .unwrap_err()
     });
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(

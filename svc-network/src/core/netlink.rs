@@ -168,6 +168,20 @@ impl Netlink {
             .map_err(failed(format!("attaching link {index} to bridge {bridge}")))
     }
 
+    /// Sets link `index`'s MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("setting the MAC of link {index}")))
+    }
+
     /// Removes link `name`; a link already gone is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), NetlinkError> {
         let Some(index) = self.index_of(name).await? else {

@@ -71,6 +71,8 @@ pub struct Manager {
     /// dnsmasq's pid files.
     run_dir: PathBuf,
     netlink: Netlink,
+    /// `<run>/network/ports/<uuid>.json`: the guest ports, whose taps outlive this process.
+    ports_dir: PathBuf,
     events: broadcast::Sender<pb::NetworkEvent>,
     seq: AtomicU64,
 }
@@ -258,8 +260,9 @@ impl Manager {
             .map_err(Error::io("network definitions"))?;
         let run_dir = run_dir.join("network");
         let active_dir = run_dir.join("active");
+        let ports_dir = run_dir.join("ports");
         let dnsmasq_dir = state_dir.join("dnsmasq");
-        for dir in [&active_dir, &dnsmasq_dir] {
+        for dir in [&active_dir, &dnsmasq_dir, &ports_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(Error::io(format!("creating {}", dir.display())))?;
         }
@@ -270,6 +273,7 @@ impl Manager {
             dnsmasq_dir,
             run_dir,
             netlink: Netlink::connect().map_err(Error::io("opening a netlink socket"))?,
+            ports_dir,
             events: broadcast::channel(256).0,
             seq: AtomicU64::new(0),
         });
@@ -425,17 +429,20 @@ impl Manager {
     }
 
     fn emit(&self, def: &pb::NetworkDefinition, what: pb::NetworkEventType) {
-        let mut event = pb::NetworkEvent {
-            name: def.name.clone(),
-            uuid: def.uuid.clone(),
-            time_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0),
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            ..Default::default()
-        };
+        let mut event = pb::NetworkEvent::default();
         event.set_type(what);
+        self.emit_event(def, event);
+    }
+
+    /// Stamps `event` with the network, the time and the next sequence number, and sends it.
+    fn emit_event(&self, def: &pb::NetworkDefinition, mut event: pb::NetworkEvent) {
+        event.name = def.name.clone();
+        event.uuid = def.uuid.clone();
+        event.time_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        event.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = self.events.send(event);
     }
 
@@ -956,6 +963,216 @@ impl Manager {
             }
         }
         Ok(())
+    }
+}
+
+/// Guest ports: a persistent tap per guest interface, attached to the network's bridge. The
+/// record in the run directory names it; a port whose tap has gone (the guest's engine or an
+/// admin removed it) is forgotten the next time ports are looked at.
+impl Manager {
+    fn port_record(&self, uuid: &str) -> PathBuf {
+        self.ports_dir.join(format!("{uuid}.json"))
+    }
+
+    /// The recorded ports of `network` (all networks when None) whose taps still exist.
+    async fn live_ports(&self, network: Option<&str>) -> Vec<pb::NetworkPort> {
+        let mut ports = Vec::new();
+        for entry in std::fs::read_dir(&self.ports_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let Some(port) = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<pb::NetworkPort>(&bytes).ok())
+            else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let tap = port
+                .definition
+                .as_ref()
+                .and_then(|d| d.plug.as_ref())
+                .map_or("", |plug| plug.tap_device.as_str());
+            if !matches!(self.netlink.index_of(tap).await, Ok(Some(_))) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if network.is_none_or(|uuid| port.network_uuid == uuid) {
+                ports.push(port);
+            }
+        }
+        ports.sort_by(|a, b| {
+            a.definition
+                .as_ref()
+                .map(|d| d.uuid.clone())
+                .cmp(&b.definition.as_ref().map(|d| d.uuid.clone()))
+        });
+        ports
+    }
+
+    /// net-port-create (svc-compute, for an `<interface type='network'>`): a tap named
+    /// `tap_name` (or a free `vnetN`) on the network's bridge, with a MAC the bridge will not
+    /// confuse with the guest's.
+    pub async fn create_port(
+        &self,
+        network: &ObjectRef,
+        mut def: pb::NetworkPortDefinition,
+        tap_name: &str,
+    ) -> Result<pb::NetworkPort> {
+        let table = self.table.lock().await;
+        let entry = &table[find(&table, network)?];
+        if !entry.active {
+            return Err(Error::State(format!(
+                "network '{}' is not active",
+                entry.def.name
+            )));
+        }
+        let mode = mode_of(&entry.def);
+        if !matches!(
+            mode,
+            pb::ForwardMode::Nat
+                | pb::ForwardMode::Route
+                | pb::ForwardMode::None
+                | pb::ForwardMode::Open
+                | pb::ForwardMode::Bridge
+        ) {
+            return Err(Error::Unsupported(format!(
+                "network '{}': ports of forward mode {} are not built yet",
+                entry.def.name,
+                mode.as_str_name()
+            )));
+        }
+        let guest_mac = parse_mac(&def.mac).ok_or_else(|| {
+            Error::field(
+                "definition/mac",
+                format!("'{}' is not a MAC address", def.mac),
+            )
+        })?;
+        let bridge = bridge_name(&entry.def).to_string();
+        let bridge_index = self.netlink.index_of(&bridge).await?.ok_or_else(|| {
+            Error::State(format!(
+                "network '{}': its bridge {bridge} is gone",
+                entry.def.name
+            ))
+        })?;
+        let tap = if tap_name.is_empty() {
+            let mut n = 0;
+            loop {
+                let name = format!("vnet{n}");
+                if self.netlink.index_of(&name).await?.is_none() {
+                    break name;
+                }
+                n += 1;
+            }
+        } else {
+            vireo_conf::network::check_interface_name(tap_name, "tap_name")?;
+            if self.netlink.index_of(tap_name).await?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "tap_name: {tap_name} already exists"
+                )));
+            }
+            tap_name.to_string()
+        };
+        if def.uuid.is_empty() {
+            def.uuid = vireo_conf::domain::random_uuid();
+        }
+        super::tap::create(&tap).map_err(Error::io(format!("creating tap {tap}")))?;
+        let attached = async {
+            let index = self.netlink.index_of(&tap).await?.ok_or_else(|| {
+                Error::State(format!("tap {tap} vanished right after its creation"))
+            })?;
+            // libvirt's rule: the host side's MAC starts with 0xfe, so that the bridge never
+            // takes the guest's address as its own.
+            let mut host_mac = guest_mac;
+            host_mac[0] = 0xfe;
+            self.netlink.set_mac(index, host_mac).await?;
+            self.netlink.attach(index, bridge_index).await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(err) = attached {
+            let _ = self.netlink.delete(&tap).await;
+            return Err(err);
+        }
+        def.plug = Some(pb::PortPlug {
+            r#type: pb::PortPlugType::Network as i32,
+            bridge: bridge.clone(),
+            tap_device: tap.clone(),
+            ..Default::default()
+        });
+        let port = pb::NetworkPort {
+            network: entry.def.name.clone(),
+            network_uuid: entry.def.uuid.clone(),
+            definition: Some(def.clone()),
+        };
+        let record = serde_json::to_vec(&port).map_err(|err| Error::Io {
+            what: "encoding the port".into(),
+            source: std::io::Error::other(err),
+        })?;
+        if let Err(err) = write_atomically(&self.port_record(&def.uuid), &record) {
+            let _ = self.netlink.delete(&tap).await;
+            return Err(Error::io("recording the port")(err));
+        }
+        let mut event = pb::NetworkEvent {
+            port_uuid: def.uuid.clone(),
+            port_owner: def.owner.clone(),
+            ..Default::default()
+        };
+        event.set_type(pb::NetworkEventType::PortCreated);
+        self.emit_event(&entry.def, event);
+        Ok(port)
+    }
+
+    /// net-port-delete: the tap goes, then the record.
+    pub async fn delete_port(&self, network: &ObjectRef, uuid: &str) -> Result<()> {
+        let network_uuid = {
+            let table = self.table.lock().await;
+            table[find(&table, network)?].def.uuid.clone()
+        };
+        let port = self
+            .live_ports(Some(&network_uuid))
+            .await
+            .into_iter()
+            .find(|port| port.definition.as_ref().is_some_and(|d| d.uuid == uuid))
+            .ok_or_else(|| {
+                Error::NotFound(format!("no port with uuid '{uuid}' on this network"))
+            })?;
+        let tap = port
+            .definition
+            .as_ref()
+            .and_then(|d| d.plug.as_ref())
+            .map(|plug| plug.tap_device.clone())
+            .unwrap_or_default();
+        self.netlink.delete(&tap).await?;
+        let _ = std::fs::remove_file(self.port_record(uuid));
+        Ok(())
+    }
+
+    /// net-port-list, optionally only the ports of one owner (a domain's name or UUID).
+    pub async fn ports(
+        &self,
+        network: &ObjectRef,
+        owner: Option<&str>,
+    ) -> Result<Vec<pb::NetworkPort>> {
+        let network_uuid = {
+            let table = self.table.lock().await;
+            table[find(&table, network)?].def.uuid.clone()
+        };
+        Ok(self
+            .live_ports(Some(&network_uuid))
+            .await
+            .into_iter()
+            .filter(|port| {
+                owner.is_none_or(|owner| {
+                    port.definition
+                        .as_ref()
+                        .and_then(|d| d.owner.as_ref())
+                        .is_some_and(|o| o.name == owner || o.uuid.eq_ignore_ascii_case(owner))
+                })
+            })
+            .collect())
     }
 }
 
