@@ -30,6 +30,22 @@ pub async fn connect_unix(socket: &Path) -> Result<Channel, ConnectError> {
         .map_err(|source| ConnectError::Unix { path, source })
 }
 
+/// As `connect_unix`, retrying for up to `within` while the socket is absent or refuses: a
+/// service asks a sibling that vireod may still be starting.
+pub async fn connect_unix_within(
+    socket: &Path,
+    within: std::time::Duration,
+) -> Result<Channel, ConnectError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match connect_unix(socket).await {
+            Ok(channel) => return Ok(channel),
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// A channel to `socket` that connects on first use and reconnects after the server restarts.
 pub fn lazy_unix(socket: &Path) -> Channel {
     let path = socket.to_path_buf();

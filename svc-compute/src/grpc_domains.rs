@@ -164,18 +164,28 @@ impl Domains {
                                 .unwrap_or_default();
                             interface.alias.clone_from(&free);
                             if interface.target_dev.is_empty()
-                                && interface.r#type() == pb::InterfaceType::Bridge
+                                && matches!(
+                                    interface.r#type(),
+                                    pb::InterfaceType::Bridge | pb::InterfaceType::Network
+                                )
                             {
                                 interface.target_dev = format!("vireo{}h{}", run.id, &free[3..]);
                             }
                             let single = pb::DomainDefinition {
+                                name: run.live.name.clone(),
+                                uuid: run.live.uuid.clone(),
                                 devices: Some(pb::DomainDevices {
                                     interfaces: vec![interface.clone()],
                                     ..Default::default()
                                 }),
                                 ..Default::default()
                             };
-                            let taps = crate::core::network::prepare_taps(&single, run.id).await?;
+                            let taps = crate::core::network::prepare_taps(
+                                &single,
+                                run.id,
+                                self.manager.networks(),
+                            )
+                            .await?;
                             let tap = taps.first().cloned().unwrap_or_default();
                             if let Err(err) =
                                 crate::core::engine::qemu::plug_interface(qmp, interface, &tap)

@@ -183,14 +183,15 @@ impl Console {
     }
 }
 
-/// `vireo event --loop` in the background.
+/// `vireo event --loop` in the background, its lines collected as they come.
 struct Events {
     child: Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Events {
     fn watch(server: &Server) -> Events {
-        let child = Command::new(binary("vireo"))
+        let mut child = Command::new(binary("vireo"))
             .arg("-c")
             .arg(format!("unix://{}", server.socket.display()))
             .args(["event", "--loop", "--all"])
@@ -199,15 +200,39 @@ impl Events {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let collected = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                collected.lock().unwrap().push(line);
+            }
+        });
         // Let the subscription reach the service before anything happens.
         std::thread::sleep(Duration::from_millis(300));
-        Events { child }
+        Events { child, seen }
     }
 
+    /// The lines so far, once events have stopped arriving for a moment (an event can trail
+    /// the state change a test waited for).
     fn lines(mut self) -> Vec<String> {
+        let started = std::time::Instant::now();
+        let mut count = usize::MAX;
+        while started.elapsed() < Duration::from_secs(5) {
+            let now = self.seen.lock().unwrap().len();
+            if now == count {
+                break;
+            }
+            count = now;
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let _ = self.child.kill();
-        let output = self.child.wait_with_output().unwrap();
-        stdout(&output).lines().map(str::to_string).collect()
+        let _ = self.child.wait();
+        self.seen.lock().unwrap().clone()
     }
 }
 

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -367,4 +368,129 @@ fn isolated_routed_and_default_networks() {
     assert!(!all.contains("iso") && !all.contains("routed"), "{all}");
     assert!(all.contains("default"), "{all}");
     assert!(!world.tables().contains("vireo_"), "{}", world.tables());
+}
+
+/// A Debian guest under QEMU (TCG) on network `network` with `mac`, its serial port in `log`,
+/// taking a DHCP lease and then running `script` (one line, no double quotes), then held up.
+fn qemu_guest_xml(name: &str, network: &str, mac: &str, log: &Path, script: &str) -> String {
+    let kit = vireo_tests::kit_dir();
+    let script = script
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 vireo.dhcp=1 vireo.run=\"{script}\" vireo.hold=1</cmdline></os>
+  <features><acpi/></features>
+  <devices>
+    <interface type='network'><source network='{network}'/><mac address='{mac}'/><model type='virtio'/></interface>
+    <serial type='file'><source path='{log}'/></serial>
+  </devices></domain>",
+        kernel = kit.join("vmlinuz").display(),
+        initrd = kit.join("initramfs.cpio.gz").display(),
+        log = log.display(),
+    )
+}
+
+/// Waits (bounded) for `needle` in the serial log `log`; its text.
+fn serial_shows(log: &Path, needle: &str) -> String {
+    vireo_tests::wait_until(Duration::from_secs(180), needle, || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|text| text.contains(needle) || text.contains("VIREO-DHCP-FAILED"))
+    })
+}
+
+#[test]
+fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through_nat() {
+    if let Some(missing) = tools_or_skip() {
+        skip!("needs {missing}");
+    }
+    if let Err(why) = vireo_tests::qemu_installed()
+        .and_then(|()| vireo_tests::kit_files(&["vmlinuz", "initramfs.cpio.gz"]).map(drop))
+    {
+        skip!("needs {why}");
+    }
+    let world = match World::new("qg", false) {
+        Ok(world) => world,
+        Err(why) => skip!("needs {why}"),
+    };
+    let server = &world.server;
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("natnet.xml");
+    std::fs::write(&xml, NAT_XML).unwrap();
+    ok(server, &["net-create", xml.to_str().unwrap()]);
+
+    // The uplink listens first: the guest's script connects once it has its lease.
+    let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let first = qemu_guest_xml(
+        "first",
+        "natnet",
+        "52:54:00:15:00:07",
+        &first_log,
+        "nslookup printer.vireo.test 192.168.150.1; for i in 1 2 3 4 5 6 7 8 9 10; do echo hello | nc -w 3 10.99.0.2 8080 && break; sleep 2; done",
+    );
+    let second = qemu_guest_xml(
+        "second",
+        "natnet",
+        "52:54:00:15:00:08",
+        &second_log,
+        "ping -c 3 -W 5 192.168.150.7 && echo PEER-REACHED",
+    );
+    let seen = std::thread::scope(|scope| {
+        let listening = scope.spawn(|| {
+            world.uplink.run(
+                "python3",
+                &["-c", "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.99.0.2', 8080))\ns.listen(1)\ns.settimeout(240)\nc,a=s.accept()\nprint(a[0])"],
+            )
+        });
+        for (name, text) in [("first", &first), ("second", &second)] {
+            let path = dir.path().join(format!("{name}.xml"));
+            std::fs::write(&path, text).unwrap();
+            ok(server, &["create", path.to_str().unwrap()]);
+        }
+        vireo_tests::stdout(&listening.join().unwrap())
+    });
+    let shown = serial_shows(&first_log, "VIREO-RUN-EXIT=");
+    assert!(
+        shown.contains("VIREO-DHCP-ADDR=192.168.150.7"),
+        "the first guest did not get its static lease: {shown}"
+    );
+    assert!(
+        shown.contains("192.168.150.50"),
+        "DNS host not resolved: {shown}"
+    );
+    assert_eq!(
+        seen.trim(),
+        "10.99.0.1",
+        "the uplink must see the host's address (NAT)"
+    );
+    let shown = serial_shows(&second_log, "VIREO-RUN-EXIT=");
+    assert!(shown.contains("VIREO-DHCP-ADDR=192.168.150.1"), "{shown}");
+    assert!(
+        shown.contains("PEER-REACHED"),
+        "guests did not reach each other: {shown}"
+    );
+    let leases = ok(server, &["net-dhcp-leases", "natnet"]);
+    assert!(
+        leases.contains("52:54:00:15:00:07") && leases.contains("52:54:00:15:00:08"),
+        "{leases}"
+    );
+    // Stopping the guests removes their taps; destroying the network leaves nothing.
+    for name in ["first", "second"] {
+        ok(server, &["destroy", name]);
+    }
+    ok(server, &["net-destroy", "natnet"]);
+    let links = world.host.ok("ip", &["-o", "link", "show"]);
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|name| !name.starts_with("vireo") && !name.starts_with("vtnat0")),
+        "taps or the bridge left behind: {names:?}"
+    );
 }

@@ -185,6 +185,8 @@ pub struct Manager {
     run_root: PathBuf,
     engines: Arc<Engines>,
     storage: Storage,
+    /// svc-network, which gives network interfaces their ports.
+    networks: network::Networks,
     table: Mutex<Table>,
     events: broadcast::Sender<pb::DomainEvent>,
     seq: AtomicU64,
@@ -204,6 +206,11 @@ impl Manager {
         &self.storage
     }
 
+    /// svc-network, which gives network interfaces their ports.
+    pub fn networks(&self) -> &network::Networks {
+        &self.networks
+    }
+
     pub async fn open(
         state_dir: &Path,
         run_dir: &Path,
@@ -219,6 +226,7 @@ impl Manager {
             run_root,
             engines,
             storage: Storage::new(run_dir.join("storage.sock")),
+            networks: network::Networks::new(run_dir.join("network.sock")),
             table: Mutex::new(Table {
                 next_id: 1,
                 ..Table::default()
@@ -888,7 +896,7 @@ impl Manager {
         let paths = RunPaths::new(self.run_root.join(uuid));
         let _ = std::fs::remove_dir_all(&paths.dir);
         std::fs::create_dir_all(&paths.dir).map_err(Error::io("domain run directory"))?;
-        let taps = match network::prepare_taps(&live, id).await {
+        let taps = match network::prepare_taps(&live, id, &self.networks).await {
             Ok(taps) => taps,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&paths.dir);

@@ -1,7 +1,8 @@
 //! Host side of guest interfaces: the tap devices a running guest's NICs use. A bridge
-//! interface gets a tap created for it and enslaved to the bridge (removed when the guest
-//! stops); an ethernet interface uses the tap the admin named. Virtual networks belong to
-//! svc-network and direct (macvtap) interfaces are not built yet: both are refused by name.
+//! interface gets a tap created for it and enslaved to the bridge; a network interface gets a
+//! port from svc-network (a tap on the network's bridge, asked for over `<run>/network.sock`);
+//! a direct interface gets a macvtap; an ethernet interface uses the tap the admin named. Taps
+//! named `vireo*` are removed when the guest stops (svc-network then forgets the port).
 
 use vireo_proto::compute::v1 as pb;
 
@@ -49,9 +50,90 @@ async fn create_link(
     }
 }
 
+/// How long a start waits for svc-network to come up (vireod starts its services together).
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// svc-network, which gives network interfaces their ports.
+pub struct Networks {
+    socket: std::path::PathBuf,
+}
+
+impl Networks {
+    pub fn new(socket: std::path::PathBuf) -> Networks {
+        Networks { socket }
+    }
+
+    /// A port of `interface`'s network for domain `def`: the tap `tap` on the network's bridge.
+    async fn plug(
+        &self,
+        def: &pb::DomainDefinition,
+        interface: &pb::Interface,
+        tap: &str,
+    ) -> Result<String, Error> {
+        use vireo_proto::network::v1 as net;
+        let network = interface
+            .source
+            .as_ref()
+            .map_or("", |source| source.network.as_str());
+        if network.is_empty() {
+            return Err(Error::Definition(vireo_conf::ConfError::new(
+                format!("domain/devices/interface[{}]/source@network", interface.mac),
+                "a network interface names its network",
+            )));
+        }
+        let channel = vireo_runtime::client::connect_unix_within(&self.socket, NETWORK_WAIT)
+            .await
+            .map_err(|err| {
+                Error::State(format!(
+                    "interface {}: network '{network}': svc-network is unreachable: {err}",
+                    interface.mac
+                ))
+            })?;
+        let request = net::CreatePortRequest {
+            network: Some(vireo_proto::common::v1::ObjectRef {
+                key: Some(vireo_proto::common::v1::object_ref::Key::Name(
+                    network.to_string(),
+                )),
+            }),
+            source: Some(net::create_port_request::Source::Definition(
+                net::NetworkPortDefinition {
+                    owner: Some(net::PortOwner {
+                        name: def.name.clone(),
+                        uuid: def.uuid.clone(),
+                    }),
+                    mac: interface.mac.clone(),
+                    ..Default::default()
+                },
+            )),
+            tap_name: tap.to_string(),
+            ..Default::default()
+        };
+        let port = net::network_port_service_client::NetworkPortServiceClient::new(channel)
+            .create_port(request)
+            .await
+            .map_err(|status| {
+                Error::State(format!(
+                    "interface {}: network '{network}': {}",
+                    interface.mac,
+                    status.message()
+                ))
+            })?
+            .into_inner();
+        Ok(port
+            .definition
+            .and_then(|d| d.plug)
+            .map(|plug| plug.tap_device)
+            .unwrap_or_default())
+    }
+}
+
 /// The tap name of each interface, in order ("" for user networking). Taps created here are
 /// removed again if a later one fails.
-pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<String>, Error> {
+pub async fn prepare_taps(
+    def: &pb::DomainDefinition,
+    id: i32,
+    networks: &Networks,
+) -> Result<Vec<String>, Error> {
     let mut taps = Vec::new();
     let mut created = Vec::new();
     let interfaces = def
@@ -125,10 +207,18 @@ pub async fn prepare_taps(def: &pb::DomainDefinition, id: i32) -> Result<Vec<Str
                 ];
                 create_link(&name, &[&add], &mut created).await
             }
-            pb::InterfaceType::Network => Err(Error::Unsupported(format!(
-                "interface {}: virtual networks (type='network') arrive with svc-network (issue #7); use type='bridge' meanwhile",
-                interface.mac
-            ))),
+            pb::InterfaceType::Network => {
+                let name = if interface.target_dev.is_empty() {
+                    format!("vireo{id}n{index}")
+                } else {
+                    interface.target_dev.clone()
+                };
+                let plugged = networks.plug(def, interface, &name).await;
+                if let Ok(tap) = &plugged {
+                    created.push(tap.clone());
+                }
+                plugged
+            }
             _ => Err(Error::Unsupported(format!(
                 "interface {}: this interface type is not supported",
                 interface.mac

@@ -58,16 +58,9 @@ impl Storage {
                 self.socket.display()
             ))
         };
-        let deadline = tokio::time::Instant::now() + STORAGE_WAIT;
-        let channel = loop {
-            match vireo_runtime::client::connect_unix(&self.socket).await {
-                Ok(channel) => break channel,
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(unreachable(format!("is unreachable: {err}")));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
+        let channel = vireo_runtime::client::connect_unix_within(&self.socket, STORAGE_WAIT)
+            .await
+            .map_err(|err| unreachable(format!("is unreachable: {err}")))?;
         let reply = StorageVolumeServiceClient::new(channel)
             .get_volume(storage::GetVolumeRequest {
                 volume: Some(storage::VolumeRef {
