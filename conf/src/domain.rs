@@ -898,6 +898,27 @@ fn parse_interface(mut el: Element) -> Result<pb::Interface, ConfError> {
         interface.target_dev = target.required_attr("dev")?;
         target.finish()?;
     }
+    if let Some(mut bandwidth) = el.child("bandwidth") {
+        let mut limit = |name: &str| -> Result<Option<pb::BandwidthLimit>, ConfError> {
+            let Some(mut direction) = bandwidth.child(name) else {
+                return Ok(None);
+            };
+            let parsed = pb::BandwidthLimit {
+                average_kbytes_s: number_attr(&mut direction, "average")?.ok_or_else(|| {
+                    direction.attr_error("average", "is required (kilobytes per second)")
+                })?,
+                peak_kbytes_s: number_attr(&mut direction, "peak")?,
+                burst_kbytes: number_attr(&mut direction, "burst")?,
+                floor_kbytes_s: number_attr(&mut direction, "floor")?,
+            };
+            direction.finish()?;
+            Ok(Some(parsed))
+        };
+        let inbound = limit("inbound")?;
+        let outbound = limit("outbound")?;
+        interface.bandwidth = Some(pb::InterfaceBandwidth { inbound, outbound });
+        bandwidth.finish()?;
+    }
     interface.boot_order = boot_order(&mut el)?;
     interface.address = parse_address(&mut el)?;
     skip_alias(&mut el)?;
@@ -2236,6 +2257,25 @@ fn format_interface(x: &mut XmlWriter, interface: &pb::Interface) -> Fmt {
     let model = name_of(INTERFACE_MODELS, interface.model);
     if !model.is_empty() {
         x.empty("model", &[("type", model)])?;
+    }
+    if let Some(bandwidth) = &interface.bandwidth {
+        x.open("bandwidth", &[])?;
+        for (name, limit) in [
+            ("inbound", &bandwidth.inbound),
+            ("outbound", &bandwidth.outbound),
+        ] {
+            if let Some(limit) = limit {
+                let text = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
+                // libvirt's order.
+                let attrs = Attrs::default()
+                    .set("average", limit.average_kbytes_s)
+                    .set("peak", text(limit.peak_kbytes_s))
+                    .set("floor", text(limit.floor_kbytes_s))
+                    .set("burst", text(limit.burst_kbytes));
+                x.empty(name, &attrs.refs())?;
+            }
+        }
+        x.close("bandwidth")?;
     }
     format_boot_order(x, interface.boot_order)?;
     format_alias(x, &interface.alias)?;

@@ -1,7 +1,8 @@
 //! vireo-conf owns the one mapping between libvirt XML, Vireo's typed definitions and the proto
 //! messages: parse (pure), fill defaults, validate, format. The services, the gateway and the CLI
 //! all go through it; nothing else reads or writes libvirt XML. Each object kind is pinned by
-//! golden in/out files under `tests/golden/`.
+//! golden in/out files under `tests/golden/`. `network` maps `<network>` (and one DHCP `<host>`,
+//! for net-update); its `parse` also fills defaults and validates, since svc-network relies on it.
 
 pub mod capabilities;
 mod dom;

@@ -372,7 +372,14 @@ fn isolated_routed_and_default_networks() {
 
 /// A Debian guest under QEMU (TCG) on network `network` with `mac`, its serial port in `log`,
 /// taking a DHCP lease and then running `script` (one line, no double quotes), then held up.
-fn qemu_guest_xml(name: &str, network: &str, mac: &str, log: &Path, script: &str) -> String {
+fn qemu_guest_xml(
+    name: &str,
+    network: &str,
+    mac: &str,
+    log: &Path,
+    script: &str,
+    interface_extra: &str,
+) -> String {
     let kit = vireo_tests::kit_dir();
     let script = script
         .replace('&', "&amp;")
@@ -384,13 +391,28 @@ fn qemu_guest_xml(name: &str, network: &str, mac: &str, log: &Path, script: &str
     <cmdline>console=ttyS0 vireo.dhcp=1 vireo.run=\"{script}\" vireo.hold=1</cmdline></os>
   <features><acpi/></features>
   <devices>
-    <interface type='network'><source network='{network}'/><mac address='{mac}'/><model type='virtio'/></interface>
+    <interface type='network'><source network='{network}'/><mac address='{mac}'/><model type='virtio'/>{interface_extra}</interface>
     <serial type='file'><source path='{log}'/></serial>
   </devices></domain>",
         kernel = kit.join("vmlinuz").display(),
         initrd = kit.join("initramfs.cpio.gz").display(),
         log = log.display(),
     )
+}
+
+/// A world with the NAT network `natnet` running, for QEMU guests; or what is missing.
+fn nat_world_for_qemu(tag: &str) -> Result<(World, tempfile::TempDir), String> {
+    if let Some(missing) = tools_or_skip() {
+        return Err(missing);
+    }
+    vireo_tests::qemu_installed()?;
+    vireo_tests::kit_files(&["vmlinuz", "initramfs.cpio.gz"])?;
+    let world = World::new(tag, false)?;
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("natnet.xml");
+    std::fs::write(&xml, NAT_XML).unwrap();
+    ok(&world.server, &["net-create", xml.to_str().unwrap()]);
+    Ok((world, dir))
 }
 
 /// Waits (bounded) for `needle` in the serial log `log`; its text.
@@ -404,23 +426,11 @@ fn serial_shows(log: &Path, needle: &str) -> String {
 
 #[test]
 fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through_nat() {
-    if let Some(missing) = tools_or_skip() {
-        skip!("needs {missing}");
-    }
-    if let Err(why) = vireo_tests::qemu_installed()
-        .and_then(|()| vireo_tests::kit_files(&["vmlinuz", "initramfs.cpio.gz"]).map(drop))
-    {
-        skip!("needs {why}");
-    }
-    let world = match World::new("qg", false) {
-        Ok(world) => world,
+    let (world, dir) = match nat_world_for_qemu("qg") {
+        Ok(ready) => ready,
         Err(why) => skip!("needs {why}"),
     };
     let server = &world.server;
-    let dir = tempfile::tempdir().unwrap();
-    let xml = dir.path().join("natnet.xml");
-    std::fs::write(&xml, NAT_XML).unwrap();
-    ok(server, &["net-create", xml.to_str().unwrap()]);
 
     // The uplink listens first: the guest's script connects once it has its lease.
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
@@ -430,6 +440,7 @@ fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through
         "52:54:00:15:00:07",
         &first_log,
         "nslookup printer.vireo.test 192.168.150.1; for i in 1 2 3 4 5 6 7 8 9 10; do echo hello | nc -w 3 10.99.0.2 8080 && break; sleep 2; done",
+        "",
     );
     let second = qemu_guest_xml(
         "second",
@@ -437,6 +448,7 @@ fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through
         "52:54:00:15:00:08",
         &second_log,
         "ping -c 3 -W 5 192.168.150.7 && echo PEER-REACHED",
+        "",
     );
     let seen = std::thread::scope(|scope| {
         let listening = scope.spawn(|| {
@@ -493,4 +505,63 @@ fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through
             .all(|name| !name.starts_with("vireo") && !name.starts_with("vtnat0")),
         "taps or the bridge left behind: {names:?}"
     );
+}
+
+#[test]
+fn a_bandwidth_limit_on_a_port_is_the_rate_the_guest_gets() {
+    let (world, dir) = match nat_world_for_qemu("bw") {
+        Ok(ready) => ready,
+        Err(why) => skip!("needs {why}"),
+    };
+    let server = &world.server;
+    // 512 KiB/s each way; the guest sends 4 MiB to the uplink, which times it.
+    const RATE: f64 = 512.0 * 1024.0;
+    let log = dir.path().join("sender.log");
+    let sender = qemu_guest_xml(
+        "sender",
+        "natnet",
+        "52:54:00:15:00:31",
+        &log,
+        "for i in 1 2 3 4 5 6 7 8 9 10; do dd if=/dev/zero bs=1024 count=4096 2>/dev/null | nc -w 5 10.99.0.2 8080 && break; sleep 2; done",
+        "<bandwidth><inbound average='512'/><outbound average='512'/></bandwidth>",
+    );
+    let (bytes, seconds) = std::thread::scope(|scope| {
+        let listening = scope.spawn(|| {
+            world.uplink.run(
+                "python3",
+                &["-c", "import socket, time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.99.0.2', 8080))\ns.listen(1)\ns.settimeout(120)\nc,a=s.accept()\nfirst=c.recv(65536)\nstart=time.monotonic()\nn=0\nwhile True:\n    d=c.recv(65536)\n    if not d: break\n    n+=len(d)\nprint(n, time.monotonic()-start)"],
+            )
+        });
+        let path = dir.path().join("sender.xml");
+        std::fs::write(&path, &sender).unwrap();
+        ok(server, &["create", path.to_str().unwrap()]);
+        let said = vireo_tests::stdout(&listening.join().unwrap());
+        let mut words = said.split_whitespace();
+        let bytes: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+        let seconds: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+        (bytes, seconds)
+    });
+    assert!(
+        bytes > 3.0 * 1024.0 * 1024.0,
+        "too little arrived: {bytes} bytes"
+    );
+    let measured = bytes / seconds;
+    eprintln!(
+        "outbound limit {RATE} B/s, measured {measured:.0} B/s ({:.1}%)",
+        measured / RATE * 100.0
+    );
+    assert!(
+        (measured / RATE - 1.0).abs() <= 0.10,
+        "measured {measured:.0} B/s against a limit of {RATE} B/s"
+    );
+    // The limit toward the guest is on the tap's egress.
+    let tap = ok(server, &["domiflist", "sender"])
+        .lines()
+        .find(|line| line.contains("52:54:00:15:00:31"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let classes = world.host.ok("tc", &["class", "show", "dev", &tap]);
+    assert!(classes.contains("rate 4194Kbit"), "{classes}");
+    ok(server, &["destroy", "sender"]);
 }

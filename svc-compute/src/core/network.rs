@@ -102,6 +102,7 @@ impl Networks {
                         uuid: def.uuid.clone(),
                     }),
                     mac: interface.mac.clone(),
+                    bandwidth: interface.bandwidth.as_ref().map(port_bandwidth),
                     ..Default::default()
                 },
             )),
@@ -127,6 +128,20 @@ impl Networks {
     }
 }
 
+/// A domain interface's `<bandwidth>` as its port's (both in libvirt's kilobytes).
+fn port_bandwidth(bandwidth: &pb::InterfaceBandwidth) -> vireo_proto::network::v1::Bandwidth {
+    let rate = |limit: &pb::BandwidthLimit| vireo_proto::network::v1::BandwidthRate {
+        average_kib_s: limit.average_kbytes_s,
+        peak_kib_s: limit.peak_kbytes_s.unwrap_or(0),
+        burst_kib: limit.burst_kbytes.unwrap_or(0),
+        floor_kib_s: limit.floor_kbytes_s.unwrap_or(0),
+    };
+    vireo_proto::network::v1::Bandwidth {
+        inbound: bandwidth.inbound.as_ref().map(rate),
+        outbound: bandwidth.outbound.as_ref().map(rate),
+    }
+}
+
 /// The tap name of each interface, in order ("" for user networking). Taps created here are
 /// removed again if a later one fails.
 pub async fn prepare_taps(
@@ -143,6 +158,13 @@ pub async fn prepare_taps(
         .unwrap_or(&[]);
     for (index, interface) in interfaces.iter().enumerate() {
         let source = interface.source.clone().unwrap_or_default();
+        if interface.bandwidth.is_some() && interface.r#type() != pb::InterfaceType::Network {
+            remove_taps(&created).await;
+            return Err(Error::Unsupported(format!(
+                "interface {}: <bandwidth> is applied to ports of virtual networks (type='network') only so far",
+                interface.mac
+            )));
+        }
         let result = match interface.r#type() {
             pb::InterfaceType::User => Ok(String::new()),
             pb::InterfaceType::Ethernet => {

@@ -168,6 +168,16 @@ impl Netlink {
             .map_err(failed(format!("attaching link {index} to bridge {bridge}")))
     }
 
+    /// Creates the ifb device `name`, up.
+    pub async fn add_ifb(&self, name: &str) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkIfb::new(name).up().build())
+            .execute()
+            .await
+            .map_err(failed(format!("creating ifb device {name}")))
+    }
+
     /// Sets link `index`'s MAC address.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
         self.handle

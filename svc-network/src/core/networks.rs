@@ -279,6 +279,16 @@ impl Manager {
         });
         manager.load().await?;
         manager.reconcile().await;
+        // A guest's engine removes its tap when it stops; the port's record and ifb device
+        // follow at the next look, which this makes happen every few seconds.
+        let weak = std::sync::Arc::downgrade(&manager);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Some(manager) = weak.upgrade() else { break };
+                manager.live_ports(None).await;
+            }
+        });
         if settings.default_network.unwrap_or(true) {
             manager.ensure_default_network(state_dir).await;
         }
@@ -996,6 +1006,10 @@ impl Manager {
                 .and_then(|d| d.plug.as_ref())
                 .map_or("", |plug| plug.tap_device.as_str());
             if !matches!(self.netlink.index_of(tap).await, Ok(Some(_))) {
+                // The tap went with its guest; so do the port's record and ifb device.
+                if let Some(uuid) = port.definition.as_ref().map(|d| d.uuid.as_str()) {
+                    let _ = self.netlink.delete(&super::qos::ifb_name(uuid)).await;
+                }
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
@@ -1089,10 +1103,14 @@ impl Manager {
             host_mac[0] = 0xfe;
             self.netlink.set_mac(index, host_mac).await?;
             self.netlink.attach(index, bridge_index).await?;
+            if let Some(bandwidth) = &def.bandwidth {
+                super::qos::apply(&self.netlink, &tap, &def.uuid, bandwidth).await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
         if let Err(err) = attached {
+            super::qos::clear(&self.netlink, &tap, &def.uuid).await;
             let _ = self.netlink.delete(&tap).await;
             return Err(err);
         }
@@ -1145,6 +1163,7 @@ impl Manager {
             .and_then(|d| d.plug.as_ref())
             .map(|plug| plug.tap_device.clone())
             .unwrap_or_default();
+        super::qos::clear(&self.netlink, &tap, uuid).await;
         self.netlink.delete(&tap).await?;
         let _ = std::fs::remove_file(self.port_record(uuid));
         Ok(())
