@@ -565,3 +565,94 @@ fn a_bandwidth_limit_on_a_port_is_the_rate_the_guest_gets() {
     assert!(classes.contains("rate 4194Kbit"), "{classes}");
     ok(server, &["destroy", "sender"]);
 }
+
+#[test]
+fn qemu_guests_on_isolated_and_routed_networks() {
+    let (world, dir) = match nat_world_for_qemu("qr") {
+        Ok(ready) => ready,
+        Err(why) => skip!("needs {why}"),
+    };
+    let server = &world.server;
+    let create = |name: &str, xml: &str| {
+        let path = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        ok(server, &["create", path.to_str().unwrap()]);
+    };
+    let network = |name: &str, xml: &str| {
+        let path = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        ok(server, &["net-create", path.to_str().unwrap()]);
+    };
+    network(
+        "iso",
+        "<network><name>iso</name><bridge name='vtiso0'/>
+          <ip address='192.168.160.1' netmask='255.255.255.0'>
+          <dhcp><range start='192.168.160.10' end='192.168.160.20'/></dhcp></ip></network>",
+    );
+    network(
+        "routed",
+        "<network><name>routed</name><forward mode='route'/><bridge name='vtrt0'/>
+          <ip address='192.168.170.1' netmask='255.255.255.0'>
+          <dhcp><range start='192.168.170.10' end='192.168.170.20'/></dhcp></ip></network>",
+    );
+    world.uplink.ok(
+        "ip",
+        &["route", "add", "192.168.170.0/24", "via", "10.99.0.1"],
+    );
+    // The isolated guest pings the uplink (which answers the NAT network's guests) and says
+    // whether it got through; the routed guest serves a line the uplink fetches.
+    let (iso_log, routed_log) = (dir.path().join("iso.log"), dir.path().join("routed.log"));
+    create(
+        "isolated-guest",
+        &qemu_guest_xml(
+            "isolated-guest",
+            "iso",
+            "52:54:00:16:00:01",
+            &iso_log,
+            "ping -c 1 -W 3 192.168.160.1 && echo HOST-REACHED; ping -c 2 -W 3 10.99.0.2 && echo UPLINK-REACHED || echo UPLINK-UNREACHABLE",
+            "",
+        ),
+    );
+    create(
+        "routed-guest",
+        &qemu_guest_xml(
+            "routed-guest",
+            "routed",
+            "52:54:00:17:00:01",
+            &routed_log,
+            "echo LISTENING; echo from-the-guest | nc -l -p 8080",
+            "",
+        ),
+    );
+    let shown = serial_shows(&iso_log, "VIREO-RUN-EXIT=");
+    assert!(shown.contains("HOST-REACHED"), "{shown}");
+    assert!(
+        shown.contains("UPLINK-UNREACHABLE") && !shown.contains("UPLINK-REACHED\n"),
+        "a guest on an isolated network reached the uplink: {shown}"
+    );
+    let shown = serial_shows(&routed_log, "LISTENING");
+    let address = shown
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("VIREO-DHCP-ADDR="))
+        .unwrap_or_else(|| panic!("no lease: {shown}"))
+        .trim()
+        .to_string();
+    assert!(address.starts_with("192.168.170."), "{address}");
+    let fetched = vireo_tests::wait_until(Duration::from_secs(30), "the routed guest", || {
+        let output = world.uplink.run(
+            "python3",
+            &[
+                "-c",
+                &format!(
+                    "import socket\nc=socket.create_connection(('{address}', 8080), timeout=3)\nprint(c.recv(100).decode().strip())"
+                ),
+            ],
+        );
+        let text = vireo_tests::stdout(&output);
+        text.contains("from-the-guest").then_some(text)
+    });
+    assert!(fetched.contains("from-the-guest"));
+    for name in ["isolated-guest", "routed-guest"] {
+        ok(server, &["destroy", name]);
+    }
+}
