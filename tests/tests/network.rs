@@ -656,3 +656,57 @@ fn qemu_guests_on_isolated_and_routed_networks() {
         ok(server, &["destroy", name]);
     }
 }
+
+#[test]
+fn a_qemu_guest_on_a_macvtap_network_reaches_the_uplink_segment() {
+    let (world, dir) = match nat_world_for_qemu("qm") {
+        Ok(ready) => ready,
+        Err(why) => skip!("needs {why}"),
+    };
+    let server = &world.server;
+    let network = dir.path().join("mv.xml");
+    std::fs::write(
+        &network,
+        "<network><name>mv</name><forward mode='bridge'><interface dev='up0'/></forward></network>",
+    )
+    .unwrap();
+    ok(server, &["net-create", network.to_str().unwrap()]);
+    // No DHCP on the uplink segment: the guest takes an address of its own there.
+    let log = dir.path().join("mv.log");
+    let guest = qemu_guest_xml(
+        "mv-guest",
+        "mv",
+        "52:54:00:18:00:01",
+        &log,
+        "ip link set eth0 up; ip addr add 10.99.0.50/24 dev eth0; ping -c 3 -W 5 10.99.0.2 && echo SEGMENT-REACHED",
+        "",
+    )
+    .replace("vireo.dhcp=1 ", "");
+    let path = dir.path().join("mv-guest.xml");
+    std::fs::write(&path, &guest).unwrap();
+    let created = server.vireo(&["create", path.to_str().unwrap()]);
+    if !created.status.success() && vireo_tests::stderr(&created).contains("macvtap") {
+        skip!(
+            "needs macvtap in this kernel: {}",
+            vireo_tests::stderr(&created)
+        );
+    }
+    assert!(
+        created.status.success(),
+        "{}",
+        vireo_tests::stderr(&created)
+    );
+    let listed = ok(server, &["domiflist", "mv-guest"]);
+    let tap = listed
+        .lines()
+        .find(|line| line.contains("52:54:00:18:00:01"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let kind = world.host.ok("ip", &["-d", "link", "show", &tap]);
+    assert!(kind.contains("macvtap") && kind.contains("up0"), "{kind}");
+    let shown = serial_shows(&log, "VIREO-RUN-EXIT=");
+    assert!(shown.contains("SEGMENT-REACHED"), "{shown}");
+    ok(server, &["destroy", "mv-guest"]);
+    ok(server, &["net-destroy", "mv"]);
+}

@@ -257,6 +257,16 @@ pub async fn prepare_taps(
     Ok(taps)
 }
 
+/// Whether link `name` is a macvtap (a direct interface, or the port of a macvtap network):
+/// engines reach it through its character device, not by tap name.
+pub fn is_macvtap(name: &str) -> bool {
+    !name.is_empty()
+        && std::path::Path::new("/sys/class/net")
+            .join(name)
+            .join("macvtap")
+            .exists()
+}
+
 /// The character device of a macvtap (`/dev/tapN`, N its ifindex); where udev did not make
 /// it (containers), the service makes one in the guest's run directory `dir` from the numbers
 /// sysfs gives, so nothing is left in /dev.

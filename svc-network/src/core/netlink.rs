@@ -168,6 +168,31 @@ impl Netlink {
             .map_err(failed(format!("attaching link {index} to bridge {bridge}")))
     }
 
+    /// Creates macvtap `name` on link `base` in `mode` with the guest's `mac`, up; its index.
+    pub async fn add_macvtap(
+        &self,
+        name: &str,
+        base: u32,
+        mode: rtnetlink::packet_route::link::MacVtapMode,
+        mac: [u8; 6],
+    ) -> Result<u32, NetlinkError> {
+        self.handle
+            .link()
+            .add(
+                rtnetlink::LinkMacVtap::new(name, base, mode)
+                    .address(mac.to_vec())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("creating macvtap {name}")))?;
+        self.index_of(name).await?.ok_or_else(|| NetlinkError {
+            what: format!("macvtap {name} vanished right after its creation"),
+            source: rtnetlink::Error::RequestFailed,
+        })
+    }
+
     /// Creates the ifb device `name`, up.
     pub async fn add_ifb(&self, name: &str) -> Result<(), NetlinkError> {
         self.handle

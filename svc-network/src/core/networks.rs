@@ -130,6 +130,28 @@ fn mode_of(def: &pb::NetworkDefinition) -> pb::ForwardMode {
     }
 }
 
+/// The host interfaces a macvtap network puts its guests on (bridge mode with `<interface>`s,
+/// private, vepa, passthrough); None for every other network.
+fn macvtap_devices(def: &pb::NetworkDefinition) -> Option<&[String]> {
+    let forward = def.forward.as_ref()?;
+    let macvtap = match forward.mode() {
+        pb::ForwardMode::Bridge => !forward.interfaces.is_empty(),
+        pb::ForwardMode::Private | pb::ForwardMode::Vepa | pb::ForwardMode::Passthrough => true,
+        _ => false,
+    };
+    macvtap.then_some(forward.interfaces.as_slice())
+}
+
+fn macvtap_mode(mode: pb::ForwardMode) -> rtnetlink::packet_route::link::MacVtapMode {
+    use rtnetlink::packet_route::link::MacVtapMode;
+    match mode {
+        pb::ForwardMode::Private => MacVtapMode::Private,
+        pb::ForwardMode::Vepa => MacVtapMode::Vepa,
+        pb::ForwardMode::Passthrough => MacVtapMode::Passthrough,
+        _ => MacVtapMode::Bridge,
+    }
+}
+
 /// The subnet of one `<ip>` (or of a `<route>` put as one).
 pub fn subnet_of(ip: &pb::NetworkIp) -> Result<Subnet> {
     let (address, prefix) = vireo_conf::network::subnet_of(ip)?;
@@ -664,18 +686,21 @@ impl Manager {
     async fn bring_up(&self, def: &pb::NetworkDefinition) -> Result<()> {
         let mode = mode_of(def);
         let bridge = bridge_name(def).to_string();
-        match mode {
-            pb::ForwardMode::Bridge => {
-                if !def
-                    .forward
-                    .as_ref()
-                    .is_some_and(|f| f.interfaces.is_empty())
-                {
-                    return Err(Error::Unsupported(format!(
-                        "network '{}': macvtap forwarding (<forward mode='bridge'><interface>) is not built yet",
+        if let Some(devices) = macvtap_devices(def) {
+            // Guests get macvtaps on these host interfaces when their ports are made; the
+            // network itself has nothing to set up but their presence.
+            for dev in devices {
+                if self.netlink.index_of(dev).await?.is_none() {
+                    return Err(Error::State(format!(
+                        "network '{}': forward interface '{dev}' does not exist",
                         def.name
                     )));
                 }
+            }
+            return Ok(());
+        }
+        match mode {
+            pb::ForwardMode::Bridge => {
                 return match self.netlink.index_of(&bridge).await? {
                     Some(_) => Ok(()),
                     None => Err(Error::State(format!(
@@ -1044,6 +1069,14 @@ impl Manager {
             )));
         }
         let mode = mode_of(&entry.def);
+        if let Some(devices) = macvtap_devices(&entry.def) {
+            let devices = devices.to_vec();
+            let network = entry.def.clone();
+            drop(table);
+            return self
+                .create_macvtap_port(&network, &devices, def, tap_name)
+                .await;
+        }
         if !matches!(
             mode,
             pb::ForwardMode::Nat
@@ -1125,14 +1158,7 @@ impl Manager {
             network_uuid: entry.def.uuid.clone(),
             definition: Some(def.clone()),
         };
-        let record = serde_json::to_vec(&port).map_err(|err| Error::Io {
-            what: "encoding the port".into(),
-            source: std::io::Error::other(err),
-        })?;
-        if let Err(err) = write_atomically(&self.port_record(&def.uuid), &record) {
-            let _ = self.netlink.delete(&tap).await;
-            return Err(Error::io("recording the port")(err));
-        }
+        self.record_port(&port, &tap).await?;
         let mut event = pb::NetworkEvent {
             port_uuid: def.uuid.clone(),
             port_owner: def.owner.clone(),
@@ -1141,6 +1167,109 @@ impl Manager {
         event.set_type(pb::NetworkEventType::PortCreated);
         self.emit_event(&entry.def, event);
         Ok(port)
+    }
+
+    /// A port of a macvtap network: a macvtap with the guest's own MAC on the forward interface
+    /// with the fewest ports (passthrough: a free one, each takes a whole interface).
+    async fn create_macvtap_port(
+        &self,
+        network: &pb::NetworkDefinition,
+        devices: &[String],
+        mut def: pb::NetworkPortDefinition,
+        tap_name: &str,
+    ) -> Result<pb::NetworkPort> {
+        let guest_mac = parse_mac(&def.mac).ok_or_else(|| {
+            Error::field(
+                "definition/mac",
+                format!("'{}' is not a MAC address", def.mac),
+            )
+        })?;
+        if def.bandwidth.is_some() {
+            return Err(Error::Unsupported(format!(
+                "network '{}': <bandwidth> on macvtap ports is not built yet",
+                network.name
+            )));
+        }
+        let used: Vec<String> = self
+            .live_ports(Some(&network.uuid))
+            .await
+            .into_iter()
+            .filter_map(|port| port.definition.and_then(|d| d.plug).map(|p| p.link_device))
+            .collect();
+        let passthrough = mode_of(network) == pb::ForwardMode::Passthrough;
+        let dev = devices
+            .iter()
+            .filter(|dev| !passthrough || !used.contains(dev))
+            .min_by_key(|dev| used.iter().filter(|u| u == dev).count())
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "network '{}': every forward interface is in use by a passthrough port",
+                    network.name
+                ))
+            })?
+            .clone();
+        let base = self.netlink.index_of(&dev).await?.ok_or_else(|| {
+            Error::State(format!(
+                "network '{}': forward interface {dev} is gone",
+                network.name
+            ))
+        })?;
+        let name = if tap_name.is_empty() {
+            let mut n = 0;
+            loop {
+                let name = format!("macvtap{n}");
+                if self.netlink.index_of(&name).await?.is_none() {
+                    break name;
+                }
+                n += 1;
+            }
+        } else {
+            vireo_conf::network::check_interface_name(tap_name, "tap_name")?;
+            tap_name.to_string()
+        };
+        if def.uuid.is_empty() {
+            def.uuid = vireo_conf::domain::random_uuid();
+        }
+        let mode = mode_of(network);
+        let index = self
+            .netlink
+            .add_macvtap(&name, base, macvtap_mode(mode), guest_mac)
+            .await?;
+        let mut plug = pb::PortPlug {
+            r#type: pb::PortPlugType::Direct as i32,
+            link_device: dev,
+            tap_device: name.clone(),
+            macvtap_device: name.clone(),
+            macvtap_ifindex: index,
+            ..Default::default()
+        };
+        plug.set_macvtap_mode(match mode {
+            pb::ForwardMode::Private => pb::MacvtapMode::Private,
+            pb::ForwardMode::Vepa => pb::MacvtapMode::Vepa,
+            pb::ForwardMode::Passthrough => pb::MacvtapMode::Passthrough,
+            _ => pb::MacvtapMode::Bridge,
+        });
+        def.plug = Some(plug);
+        let port = pb::NetworkPort {
+            network: network.name.clone(),
+            network_uuid: network.uuid.clone(),
+            definition: Some(def.clone()),
+        };
+        self.record_port(&port, &name).await?;
+        Ok(port)
+    }
+
+    /// Writes a port's record; on failure its device goes again.
+    async fn record_port(&self, port: &pb::NetworkPort, device: &str) -> Result<()> {
+        let uuid = port.definition.as_ref().map_or("", |d| d.uuid.as_str());
+        let recorded = serde_json::to_vec(port)
+            .map_err(std::io::Error::other)
+            .and_then(|record| write_atomically(&self.port_record(uuid), &record));
+        if let Err(err) = recorded {
+            let _ = self.netlink.delete(device).await;
+            return Err(Error::io("recording the port")(err));
+        }
+        Ok(())
     }
 
     /// net-port-delete: the tap goes, then the record.

@@ -253,7 +253,9 @@ pub fn command(
     for (index, (interface, tap)) in devices.interfaces.iter().zip(taps).enumerate() {
         let netdev = match interface.r#type() {
             pb::InterfaceType::User => format!("user,id=net{index}"),
-            pb::InterfaceType::Direct => {
+            pb::InterfaceType::Direct | pb::InterfaceType::Network
+                if crate::core::network::is_macvtap(tap) =>
+            {
                 // A macvtap's queue is a character device QEMU gets already open.
                 let fd = super::FIRST_PASSED_FD + i32::try_from(fds.len()).unwrap_or(0);
                 fds.push((crate::core::network::macvtap_device(tap, &paths.dir)?, fd));

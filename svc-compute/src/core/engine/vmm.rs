@@ -178,7 +178,8 @@ pub fn command(
         args.extend(["--disk".into(), spec]);
     }
     for (interface, tap) in devices.interfaces.iter().zip(taps) {
-        if interface.r#type() == pb::InterfaceType::Direct {
+        if interface.r#type() == pb::InterfaceType::Direct || crate::core::network::is_macvtap(tap)
+        {
             return Err(unsupported(
                 "vmm",
                 "a direct (macvtap) interface; use type='bridge'",
