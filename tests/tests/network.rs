@@ -313,6 +313,35 @@ fn isolated_routed_and_default_networks() {
     assert!(info.contains("vireobr0"), "{info}");
     let dumped = ok(server, &["net-dumpxml", "default"]);
     assert!(dumped.contains("192.168.122.1"), "{dumped}");
+    // net-uuid and net-name are each other's inverse; net-autostart flips what net-list shows.
+    let uuid = ok(server, &["net-uuid", "default"]).trim().to_string();
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    assert_eq!(ok(server, &["net-name", &uuid]).trim(), "default");
+    let unmarked = ok(server, &["net-autostart", "default", "--disable"]);
+    assert!(
+        unmarked.contains("Network default unmarked as autostarted"),
+        "{unmarked}"
+    );
+    let listed = ok(server, &["net-list", "--no-autostart"]);
+    assert!(listed.contains("default"), "{listed}");
+    assert!(ok(server, &["net-autostart", "default"]).contains("marked as autostarted"));
+    assert!(!ok(server, &["net-list", "--no-autostart"]).contains("default"));
+    let missing = vireo_tests::fails(server, &["net-info", "nosuch"]);
+    assert!(
+        missing.contains("failed to get network 'nosuch'"),
+        "{missing}"
+    );
+    // A bad definition is refused by field, and nothing is left defined.
+    let bad = std::env::temp_dir().join(format!("vireo-bad-net-{}.xml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "<network><name>bad</name><ip address='10.0.0.300' prefix='24'/></network>",
+    )
+    .unwrap();
+    let refused = vireo_tests::fails(server, &["net-define", bad.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&bad);
+    assert!(refused.contains("network/ip@address"), "{refused}");
+    assert!(!ok(server, &["net-list", "--all"]).contains("bad"));
 
     let dir = tempfile::tempdir().unwrap();
     let define = |name: &str, xml: &str| {
