@@ -1548,25 +1548,57 @@ impl DomainService for Domains {
         request: Request<pb::GetInterfaceAddressesRequest>,
     ) -> Result<Response<pb::InterfaceAddressList>, Status> {
         let request = request.into_inner();
-        match request.source() {
-            pb::InterfaceAddressSource::Arp => {}
+        let from_leases = match request.source() {
+            pb::InterfaceAddressSource::Arp => false,
             pb::InterfaceAddressSource::Agent => {
                 return Err(Error::Unsupported(
                     "--source agent needs a guest agent, which Vireo does not talk to yet".into(),
                 )
                 .into());
             }
-            _ => {
-                return Err(Error::Unsupported(
-                    "--source lease reads svc-network's DHCP leases, which arrive with issue #7; use --source arp".into(),
-                )
-                .into());
-            }
-        }
+            // virsh's default: the leases of the networks the interfaces are on.
+            _ => true,
+        };
         let domain = self.manager.get(request.domain.as_ref()).await?;
         let def = domain
             .live
             .ok_or_else(|| Error::State("the domain is not running".into()))?;
+        if from_leases {
+            let mut interfaces = Vec::new();
+            for interface in def.devices.iter().flat_map(|d| &d.interfaces) {
+                let network = interface
+                    .source
+                    .as_ref()
+                    .map_or("", |source| source.network.as_str());
+                if interface.r#type() != pb::InterfaceType::Network
+                    || !(request.interface.is_empty() || interface.target_dev == request.interface)
+                {
+                    continue;
+                }
+                let leases = self
+                    .manager
+                    .networks()
+                    .leases(network, &interface.mac)
+                    .await?;
+                interfaces.push(pb::InterfaceAddresses {
+                    name: interface.target_dev.clone(),
+                    hwaddr: interface.mac.clone(),
+                    addresses: leases
+                        .into_iter()
+                        .map(|(v6, address, prefix)| pb::IpAddress {
+                            r#type: if v6 {
+                                pb::IpAddressType::Ipv6
+                            } else {
+                                pb::IpAddressType::Ipv4
+                            } as i32,
+                            address,
+                            prefix,
+                        })
+                        .collect(),
+                });
+            }
+            return Ok(Response::new(pb::InterfaceAddressList { interfaces }));
+        }
         let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
         let interfaces = def
             .devices

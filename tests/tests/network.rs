@@ -518,6 +518,9 @@ fn qemu_guests_on_a_nat_network_lease_resolve_reach_each_other_and_leave_through
         leases.contains("52:54:00:15:00:07") && leases.contains("52:54:00:15:00:08"),
         "{leases}"
     );
+    // domifaddr's default source is the network's leases.
+    let addresses = ok(server, &["domifaddr", "first"]);
+    assert!(addresses.contains("192.168.150.7/24"), "{addresses}");
     // Stopping the guests removes their taps; destroying the network leaves nothing.
     for name in ["first", "second"] {
         ok(server, &["destroy", name]);

@@ -128,6 +128,42 @@ impl Networks {
     }
 }
 
+impl Networks {
+    /// The DHCP leases svc-network's dnsmasq gave to `mac` on `network` (domifaddr's default
+    /// source), as (IPv6?, address, prefix).
+    pub async fn leases(
+        &self,
+        network: &str,
+        mac: &str,
+    ) -> Result<Vec<(bool, String, u32)>, Error> {
+        use vireo_proto::network::v1 as net;
+        let channel = vireo_runtime::client::connect_unix(&self.socket)
+            .await
+            .map_err(|err| Error::State(format!("svc-network is unreachable: {err}")))?;
+        let leases = net::network_service_client::NetworkServiceClient::new(channel)
+            .get_dhcp_leases(net::GetDhcpLeasesRequest {
+                network: Some(vireo_proto::common::v1::ObjectRef {
+                    key: Some(vireo_proto::common::v1::object_ref::Key::Name(
+                        network.to_string(),
+                    )),
+                }),
+                mac: mac.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| Error::State(format!("network '{network}': {}", status.message())))?
+            .into_inner()
+            .leases;
+        Ok(leases
+            .into_iter()
+            .map(|lease| {
+                let v6 = lease.r#type == net::IpFamily::Ipv6 as i32;
+                (v6, lease.ip_address, lease.prefix)
+            })
+            .collect())
+    }
+}
+
 /// A domain interface's `<bandwidth>` as its port's (both in libvirt's kilobytes).
 fn port_bandwidth(bandwidth: &pb::InterfaceBandwidth) -> vireo_proto::network::v1::Bandwidth {
     let rate = |limit: &pb::BandwidthLimit| vireo_proto::network::v1::BandwidthRate {
