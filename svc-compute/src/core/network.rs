@@ -126,9 +126,7 @@ impl Networks {
             .map(|plug| plug.tap_device)
             .unwrap_or_default())
     }
-}
 
-impl Networks {
     /// The DHCP leases svc-network's dnsmasq gave to `mac` on `network` (domifaddr's default
     /// source), as (IPv6?, address, prefix).
     pub async fn leases(
