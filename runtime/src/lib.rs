@@ -110,8 +110,13 @@ macro_rules! service_main {
 }
 
 impl ServiceContext {
-    /// Creates this service's state directory, naming it in the error.
+    /// Creates this service's state directory, naming it in the error. Before that, refuses when
+    /// another process already serves this service's socket: a second instance must not touch
+    /// the host (networks, pools, guests) that the first one manages.
     pub fn prepare_state_dir(&self) -> Result<(), BoxError> {
+        if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            return Err(server::ServerError::AlreadyServing(self.socket.clone()).into());
+        }
         std::fs::create_dir_all(&self.state_dir).map_err(|err| {
             format!(
                 "cannot create state directory {}: {err}",

@@ -466,6 +466,11 @@ fn a_second_vireod_on_the_same_run_dir_refuses() {
         "{}",
         stderr(&output)
     );
+    // The second one touched nothing: no service made its state (no default network, pool).
+    let other = vireod.dirs.path().join("other-state");
+    for service in ["network", "storage", "compute"] {
+        assert!(!other.join(service).exists(), "{service} state was made");
+    }
     // The first one is untouched.
     assert_eq!(vireod.health(""), Some(ServingStatus::Serving));
     assert!(vireod.vireo(&["nodeinfo"]).status.success());

@@ -153,6 +153,17 @@ impl World {
     }
 }
 
+impl Drop for World {
+    /// Networks outlive vireod, as they do libvirtd: destroy them, or their dnsmasqs would keep
+    /// the test's namespaces alive.
+    fn drop(&mut self) {
+        let listed = self.server.vireo(&["net-list", "--name"]);
+        for name in vireo_tests::stdout(&listed).split_whitespace() {
+            let _ = self.server.vireo(&["net-destroy", name]);
+        }
+    }
+}
+
 /// The address of `dev` in `netns` (the first IPv4 one).
 fn address_of(netns: &Netns, dev: &str) -> String {
     let shown = netns.ok("ip", &["-4", "-o", "addr", "show", "dev", dev]);
