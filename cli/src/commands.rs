@@ -76,6 +76,8 @@ pub enum Command {
     Storage(Box<crate::storage::StorageCommand>),
     #[command(flatten)]
     Network(Box<crate::network::NetworkCommand>),
+    #[command(flatten)]
+    Nodedev(Box<crate::nodedev::NodedevCommand>),
 }
 
 /// What the shell should do after a command.
@@ -119,6 +121,7 @@ pub async fn run(
         Command::Domain(command) => crate::domain::run(connection, format, *command).await,
         Command::Storage(command) => crate::storage::run(connection, format, *command).await,
         Command::Network(command) => crate::network::run(connection, format, *command).await,
+        Command::Nodedev(command) => crate::nodedev::run(connection, format, *command).await,
         Command::List {
             all,
             inactive,

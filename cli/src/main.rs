@@ -7,6 +7,7 @@ mod connection;
 mod domain;
 mod edit;
 mod network;
+mod nodedev;
 mod output;
 mod shell;
 mod storage;

@@ -150,12 +150,12 @@ fn network_table(networks: &[pb::NetworkInfo]) -> Vec<Vec<String>> {
 
 fn info_fields(info: &pb::NetworkInfo) -> Vec<(&'static str, String)> {
     vec![
-        ("Name:", info.name.clone()),
-        ("UUID:", info.uuid.clone()),
-        ("Active:", yes_no(info.active)),
-        ("Persistent:", yes_no(info.persistent)),
-        ("Autostart:", yes_no(info.autostart)),
-        ("Bridge:", info.bridge.clone()),
+        ("Name", info.name.clone()),
+        ("UUID", info.uuid.clone()),
+        ("Active", yes_no(info.active)),
+        ("Persistent", yes_no(info.persistent)),
+        ("Autostart", yes_no(info.autostart)),
+        ("Bridge", info.bridge.clone()),
     ]
 }
 

@@ -8,6 +8,7 @@ pub mod capabilities;
 mod dom;
 pub mod domain;
 pub mod network;
+pub mod nodedev;
 pub mod pool;
 pub mod snapshot;
 pub mod sysinfo;

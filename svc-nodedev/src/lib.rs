@@ -1,23 +1,114 @@
-//! svc-nodedev owns host devices read from a configurable sysfs root: PCI (with IOMMU groups and
-//! SR-IOV), net, block, SCSI/FC (NPIV) and USB, and binding them to vfio-pci for passthrough. Its
-//! behaviour arrives with issue #8; today it serves the v1 API, health and reflection.
+//! svc-nodedev owns host devices read from a configurable sysfs root (`[nodedev] sysfs_root`,
+//! default `/sys`): today the `computer` root, PCI functions (with IOMMU groups and SR-IOV links)
+//! and net interfaces, listed, described and dumped as libvirt's node device XML. Detach and
+//! reattach to vfio-pci, SR-IOV, NPIV, SCSI, USB and block devices arrive with the rest of issue #8
+//! (UNIMPLEMENTED until then).
 
+pub mod core;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tonic::{Request, Response, Status};
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
+use vireo_proto::nodedev::v1 as pb;
 use vireo_proto::nodedev::v1::node_device_service_server::{
     NodeDeviceService, NodeDeviceServiceServer,
 };
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, ServiceContext};
 
+use crate::core::sysfs::{Sysfs, cap_types};
+
+/// The `[nodedev]` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where sysfs is read (tests point this at a tree of their own).
+    pub sysfs_root: Option<PathBuf>,
+}
+
 /// Serves this service's API on `context.socket` until `shutdown` is cancelled.
 pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
     context.prepare_state_dir()?;
-    let server = ServerBuilder::new().add_service(NodeDeviceServiceServer::new(Devices));
-    tracing::info!(socket = %context.socket.display(), "Nodedev serving");
+    let settings: Settings = context.section()?;
+    let root = settings.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys"));
+    let server =
+        ServerBuilder::new().add_service(NodeDeviceServiceServer::new(Devices(Sysfs::new(&root))));
+    tracing::info!(socket = %context.socket.display(), sysfs = %root.display(), "nodedev serving");
     server.serve(&context.socket, shutdown).await?;
     Ok(())
 }
 
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Devices;
+struct Devices(Sysfs);
+
+impl Devices {
+    /// The device `reference` names (by name; `any` too), read now.
+    fn find(&self, reference: Option<ObjectRef>) -> Result<pb::NodeDevice, Status> {
+        let name = match reference.and_then(|r| r.key) {
+            Some(Key::Name(name) | Key::Any(name)) => name,
+            _ => return Err(Status::invalid_argument("device: name the device")),
+        };
+        self.0
+            .devices()
+            .into_iter()
+            .find(|device| device.name == name)
+            .ok_or_else(|| Status::not_found(format!("no node device with matching name '{name}'")))
+    }
+}
 
 #[tonic::async_trait]
-impl NodeDeviceService for Devices {}
+impl NodeDeviceService for Devices {
+    async fn list_node_devices(
+        &self,
+        request: Request<pb::ListNodeDevicesRequest>,
+    ) -> Result<Response<pb::ListNodeDevicesResponse>, Status> {
+        let wanted = request.into_inner().caps;
+        let devices = self
+            .0
+            .devices()
+            .into_iter()
+            .map(|device| pb::NodeDeviceSummary {
+                caps: cap_types(&device).into_iter().map(|c| c as i32).collect(),
+                name: device.name,
+                parent: device.parent,
+                driver: device.driver,
+            })
+            .filter(|summary| wanted.is_empty() || summary.caps.iter().any(|c| wanted.contains(c)))
+            .collect();
+        Ok(Response::new(pb::ListNodeDevicesResponse { devices }))
+    }
+
+    async fn get_node_device(
+        &self,
+        request: Request<pb::GetNodeDeviceRequest>,
+    ) -> Result<Response<pb::NodeDevice>, Status> {
+        Ok(Response::new(self.find(request.into_inner().device)?))
+    }
+
+    async fn get_node_device_xml(
+        &self,
+        request: Request<pb::GetNodeDeviceXmlRequest>,
+    ) -> Result<Response<pb::NodeDeviceXml>, Status> {
+        let device = self.find(request.into_inner().device)?;
+        let xml = vireo_conf::nodedev::format(&device)
+            .map_err(|err| Status::internal(format!("formatting XML: {err}")))?;
+        Ok(Response::new(pb::NodeDeviceXml { xml }))
+    }
+
+    async fn get_node_device_info(
+        &self,
+        request: Request<pb::GetNodeDeviceInfoRequest>,
+    ) -> Result<Response<pb::NodeDeviceInfo>, Status> {
+        let device = self.find(request.into_inner().device)?;
+        Ok(Response::new(pb::NodeDeviceInfo {
+            caps: cap_types(&device).into_iter().map(|c| c as i32).collect(),
+            detached: matches!(device.driver.as_str(), "vfio-pci" | "pci-stub"),
+            name: device.name,
+            parent: device.parent,
+            active: true,
+            persistent: false,
+            autostart: false,
+            driver: device.driver,
+        }))
+    }
+}

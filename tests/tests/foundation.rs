@@ -232,7 +232,7 @@ fn later_work_answers_unimplemented_and_names_it() {
                 vireod.connect().await,
             );
         client
-            .list_node_devices(vireo_proto::nodedev::v1::ListNodeDevicesRequest::default())
+            .detach_node_device(vireo_proto::nodedev::v1::DetachNodeDeviceRequest::default())
             .await
             .unwrap_err()
     });
@@ -240,7 +240,7 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("ListNodeDevices is not implemented yet")
+            .contains("DetachNodeDevice is not implemented yet")
             && status.message().contains("issue #8"),
         "{}",
         status.message()

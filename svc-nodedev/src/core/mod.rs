@@ -1,0 +1,4 @@
+//! The node device logic, free of gRPC: reading devices from a sysfs root.
+
+pub mod pci_ids;
+pub mod sysfs;

@@ -1,0 +1,281 @@
+//! The host's devices read from a sysfs root (the real `/sys`, or a tree a test builds): the
+//! `computer` root with its SMBIOS facts, PCI functions (class, vendor and product with names
+//! from pci.ids, driver, NUMA node, IOMMU group, SR-IOV links) and net interfaces, named as
+//! libvirt names them (`pci_0000_00_1f_2`, `net_eth0_52_54_00_12_34_56`).
+
+use std::path::{Path, PathBuf};
+
+use vireo_proto::nodedev::v1 as pb;
+
+use super::pci_ids::PciIds;
+
+pub const ROOT_NAME: &str = "computer";
+
+/// Reads devices under one sysfs root.
+pub struct Sysfs {
+    root: PathBuf,
+    names: PciIds,
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|text| text.trim().to_string())
+}
+
+fn hex(path: &Path) -> Option<u32> {
+    let text = read(path)?;
+    u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+}
+
+/// "0000:00:1f.2" as its parts.
+pub fn parse_pci_address(text: &str) -> Option<pb::PciAddress> {
+    let (domain, rest) = text.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (slot, function) = rest.split_once('.')?;
+    Some(pb::PciAddress {
+        domain: u32::from_str_radix(domain, 16).ok()?,
+        bus: u32::from_str_radix(bus, 16).ok()?,
+        slot: u32::from_str_radix(slot, 16).ok()?,
+        function: u32::from_str_radix(function, 16).ok()?,
+    })
+}
+
+/// libvirt's name of a PCI function: `pci_0000_00_1f_2`.
+pub fn pci_name(address: &pb::PciAddress) -> String {
+    format!(
+        "pci_{:04x}_{:02x}_{:02x}_{:x}",
+        address.domain, address.bus, address.slot, address.function
+    )
+}
+
+fn link_name(path: &Path) -> Option<String> {
+    std::fs::read_link(path)
+        .ok()?
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+}
+
+impl Sysfs {
+    pub fn new(root: &Path) -> Sysfs {
+        Sysfs {
+            root: root.to_path_buf(),
+            names: PciIds::load(),
+        }
+    }
+
+    /// A device's path as the kernel shows it (`/sys/devices/...`), also for a test tree.
+    fn shown_path(&self, real: &Path) -> String {
+        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        match real.strip_prefix(&root) {
+            Ok(inside) => Path::new("/sys").join(inside).display().to_string(),
+            Err(_) => real.display().to_string(),
+        }
+    }
+
+    /// The device name of the directory holding `dir` (a PCI parent), else the root.
+    fn parent_of(dir: &Path) -> String {
+        dir.parent()
+            .and_then(|parent| parent.file_name())
+            .and_then(|name| parse_pci_address(&name.to_string_lossy()))
+            .map_or_else(|| ROOT_NAME.to_string(), |address| pci_name(&address))
+    }
+
+    /// Every device, the root first, then by name.
+    pub fn devices(&self) -> Vec<pb::NodeDevice> {
+        let mut devices = vec![self.computer()];
+        let mut rest: Vec<pb::NodeDevice> = self.pci().into_iter().chain(self.net()).collect();
+        rest.sort_by(|a, b| a.name.cmp(&b.name));
+        devices.extend(rest);
+        devices
+    }
+
+    fn computer(&self) -> pb::NodeDevice {
+        let dmi = self.root.join("class/dmi/id");
+        let field = |name: &str| read(&dmi.join(name)).unwrap_or_default();
+        pb::NodeDevice {
+            name: ROOT_NAME.to_string(),
+            caps: vec![pb::Capability {
+                cap: Some(pb::capability::Cap::System(pb::SystemCap {
+                    product: field("product_name"),
+                    hardware: Some(pb::SystemHardware {
+                        vendor: field("sys_vendor"),
+                        version: field("product_version"),
+                        serial: field("product_serial"),
+                        uuid: field("product_uuid"),
+                    }),
+                    firmware: Some(pb::SystemFirmware {
+                        vendor: field("bios_vendor"),
+                        version: field("bios_version"),
+                        release_date: field("bios_date"),
+                    }),
+                })),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn pci(&self) -> Vec<pb::NodeDevice> {
+        let listing = self.root.join("bus/pci/devices");
+        let mut devices = Vec::new();
+        for entry in std::fs::read_dir(&listing).into_iter().flatten().flatten() {
+            let link = entry.path();
+            let Some(address) = parse_pci_address(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let Ok(real) = std::fs::canonicalize(&link) else {
+                continue;
+            };
+            let vendor_id = hex(&real.join("vendor")).unwrap_or(0);
+            let product_id = hex(&real.join("device")).unwrap_or(0);
+            let class_code = hex(&real.join("class")).unwrap_or(0);
+            let (vendor_name, product_name) = self.names.lookup(vendor_id, product_id);
+            let numa_node = read(&real.join("numa_node"))
+                .and_then(|node| node.parse::<i64>().ok())
+                .and_then(|node| u32::try_from(node).ok());
+            let iommu_group = link_name(&real.join("iommu_group"))
+                .and_then(|group| group.parse::<u32>().ok())
+                .map(|number| {
+                    let members = std::fs::read_dir(
+                        self.root
+                            .join("kernel/iommu_groups")
+                            .join(number.to_string())
+                            .join("devices"),
+                    )
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|member| parse_pci_address(&member.file_name().to_string_lossy()))
+                    .collect();
+                    pb::IommuGroup { number, members }
+                });
+            let mut virt_functions: Vec<pb::PciAddress> = std::fs::read_dir(&real)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("virtfn"))
+                .filter_map(|e| link_name(&e.path()))
+                .filter_map(|name| parse_pci_address(&name))
+                .collect();
+            virt_functions.sort_by_key(|a| (a.domain, a.bus, a.slot, a.function));
+            let pci = pb::PciCap {
+                address: Some(address),
+                class_code,
+                vendor_id,
+                vendor_name,
+                product_id,
+                product_name,
+                iommu_group,
+                numa_node,
+                phys_function: link_name(&real.join("physfn"))
+                    .and_then(|name| parse_pci_address(&name)),
+                virt_functions,
+                virt_functions_max_count: read(&real.join("sriov_totalvfs"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                // A PCI-to-PCI bridge: base class 06, subclass 04.
+                bridge: class_code >> 8 == 0x0604,
+                ..Default::default()
+            };
+            devices.push(pb::NodeDevice {
+                name: pci_name(&address),
+                path: self.shown_path(&real),
+                parent: Self::parent_of(&real),
+                driver: link_name(&real.join("driver")).unwrap_or_default(),
+                caps: vec![pb::Capability {
+                    cap: Some(pb::capability::Cap::Pci(pci)),
+                }],
+                ..Default::default()
+            });
+        }
+        devices
+    }
+
+    fn net(&self) -> Vec<pb::NodeDevice> {
+        let listing = self.root.join("class/net");
+        let mut devices = Vec::new();
+        for entry in std::fs::read_dir(&listing).into_iter().flatten().flatten() {
+            let interface = entry.file_name().to_string_lossy().into_owned();
+            let Ok(real) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            let address = read(&real.join("address"))
+                .unwrap_or_default()
+                .to_lowercase();
+            let state = match read(&real.join("operstate")).as_deref() {
+                Some("up") => pb::NetLinkState::Up,
+                Some("down") => pb::NetLinkState::Down,
+                Some("lowerlayerdown") => pb::NetLinkState::LowerLayerDown,
+                Some("dormant") => pb::NetLinkState::Dormant,
+                Some("testing") => pb::NetLinkState::Testing,
+                Some("notpresent") => pb::NetLinkState::NotPresent,
+                _ => pb::NetLinkState::Unknown,
+            };
+            let speed = read(&real.join("speed"))
+                .and_then(|speed| speed.parse::<i64>().ok())
+                .and_then(|speed| u32::try_from(speed).ok())
+                .unwrap_or(0);
+            // A net device sits under its hardware (`.../0000:00:03.0/virtio2/net/eth0`).
+            let parent = std::fs::canonicalize(real.join("device"))
+                .ok()
+                .and_then(|device| {
+                    device
+                        .ancestors()
+                        .find_map(|dir| parse_pci_address(&dir.file_name()?.to_string_lossy()))
+                })
+                .map_or_else(|| ROOT_NAME.to_string(), |address| pci_name(&address));
+            let mut net = pb::NetCap {
+                interface: interface.clone(),
+                address: address.clone(),
+                link_speed_mbit_s: if state == pb::NetLinkState::Up {
+                    speed
+                } else {
+                    0
+                },
+                ..Default::default()
+            };
+            net.set_link_state(state);
+            net.set_kind(if real.join("wireless").exists() {
+                pb::NetKind::Wireless
+            } else {
+                pb::NetKind::Ethernet
+            });
+            devices.push(pb::NodeDevice {
+                name: format!("net_{interface}_{}", address.replace(':', "_")),
+                path: self.shown_path(&real),
+                parent,
+                driver: link_name(&real.join("device/driver")).unwrap_or_default(),
+                caps: vec![pb::Capability {
+                    cap: Some(pb::capability::Cap::Net(net)),
+                }],
+                ..Default::default()
+            });
+        }
+        devices
+    }
+}
+
+/// The capability types a device has, for listings.
+pub fn cap_types(device: &pb::NodeDevice) -> Vec<pb::CapabilityType> {
+    device
+        .caps
+        .iter()
+        .filter_map(|cap| {
+            Some(match cap.cap.as_ref()? {
+                pb::capability::Cap::System(_) => pb::CapabilityType::System,
+                pb::capability::Cap::Pci(_) => pb::CapabilityType::Pci,
+                pb::capability::Cap::Net(_) => pb::CapabilityType::Net,
+                pb::capability::Cap::UsbDevice(_) => pb::CapabilityType::UsbDevice,
+                pb::capability::Cap::Usb(_) => pb::CapabilityType::Usb,
+                pb::capability::Cap::ScsiHost(_) => pb::CapabilityType::ScsiHost,
+                pb::capability::Cap::ScsiTarget(_) => pb::CapabilityType::ScsiTarget,
+                pb::capability::Cap::Scsi(_) => pb::CapabilityType::Scsi,
+                pb::capability::Cap::Storage(_) => pb::CapabilityType::Storage,
+                pb::capability::Cap::ScsiGeneric(_) => pb::CapabilityType::ScsiGeneric,
+                pb::capability::Cap::Drm(_) => pb::CapabilityType::Drm,
+                pb::capability::Cap::Mdev(_) => pb::CapabilityType::Mdev,
+                pb::capability::Cap::Ccw(_) => pb::CapabilityType::Ccw,
+            })
+        })
+        .collect()
+}
