@@ -1,5 +1,5 @@
 //! libvirt's node device XML (`<device>`) from `NodeDevice`, as nodedev-dumpxml prints it: the
-//! system, PCI and net capabilities; other capability types are named by their type.
+//! system, PCI, net and storage capabilities.
 
 use vireo_proto::nodedev::v1 as pb;
 
@@ -123,6 +123,38 @@ fn texts_in(x: &mut XmlWriter, parent: &str, texts: &[(&str, &String)]) -> Resul
     x.close(parent)
 }
 
+fn format_storage(x: &mut XmlWriter, storage: &pb::StorageCap) -> Result<(), XmlError> {
+    x.open("capability", &[("type", "storage")])?;
+    x.text("block", &[], &storage.block)?;
+    if !storage.bus.is_empty() {
+        x.text("bus", &[], &storage.bus)?;
+    }
+    let drive = match storage.drive_type() {
+        pb::DriveType::Cdrom => "cdrom",
+        pb::DriveType::Floppy => "floppy",
+        pb::DriveType::Sd => "sd",
+        _ => "disk",
+    };
+    x.text("drive_type", &[], drive)?;
+    for (name, value) in [
+        ("model", &storage.model),
+        ("vendor", &storage.vendor),
+        ("serial", &storage.serial),
+    ] {
+        if !value.is_empty() {
+            x.text(name, &[], value)?;
+        }
+    }
+    x.text("size", &[], &storage.size_bytes.to_string())?;
+    x.text(
+        "logical_block_size",
+        &[],
+        &storage.logical_block_size_bytes.to_string(),
+    )?;
+    x.text("num_blocks", &[], &storage.num_blocks.to_string())?;
+    x.close("capability")
+}
+
 fn format_system(x: &mut XmlWriter, system: &pb::SystemCap) -> Result<(), XmlError> {
     x.open("capability", &[("type", "system")])?;
     if !system.product.is_empty() {
@@ -160,6 +192,14 @@ pub fn format(device: &pb::NodeDevice) -> Result<String, XmlError> {
     if !device.path.is_empty() {
         x.text("path", &[], &device.path)?;
     }
+    for devnode in &device.devnodes {
+        let kind = if devnode.r#type == pb::DevNodeType::Link as i32 {
+            "link"
+        } else {
+            "dev"
+        };
+        x.text("devnode", &[("type", kind)], &devnode.path)?;
+    }
     if !device.parent.is_empty() {
         x.text("parent", &[], &device.parent)?;
     }
@@ -173,6 +213,7 @@ pub fn format(device: &pb::NodeDevice) -> Result<String, XmlError> {
             pb::capability::Cap::System(system) => format_system(&mut x, system)?,
             pb::capability::Cap::Pci(pci) => format_pci(&mut x, pci)?,
             pb::capability::Cap::Net(net) => format_net(&mut x, net)?,
+            pb::capability::Cap::Storage(storage) => format_storage(&mut x, storage)?,
             _ => {}
         }
     }

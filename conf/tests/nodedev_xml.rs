@@ -1,5 +1,5 @@
-//! Node device XML is pinned by golden files: a PCI PF with VFs in an IOMMU group, and a net
-//! interface (VIREO_BLESS=1 rewrites them after a deliberate change).
+//! Node device XML is pinned by golden files: a PCI PF with VFs in an IOMMU group, a net
+//! interface and a disk (VIREO_BLESS=1 rewrites them after a deliberate change).
 
 #![allow(clippy::unwrap_used)]
 
@@ -60,6 +60,30 @@ fn pci_and_net_devices_format_as_libvirt_does() {
         }],
         ..Default::default()
     };
+    let mut storage = pb::StorageCap {
+        block: "/dev/vda".into(),
+        bus: "virtio".into(),
+        vendor: "0x1af4".into(),
+        size_bytes: 274_877_906_944,
+        logical_block_size_bytes: 512,
+        num_blocks: 536_870_912,
+        ..Default::default()
+    };
+    storage.set_drive_type(pb::DriveType::Disk);
+    let disk = pb::NodeDevice {
+        name: "block_vda".into(),
+        path: "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda".into(),
+        parent: "pci_0000_00_02_0".into(),
+        devnodes: vec![pb::DevNode {
+            r#type: pb::DevNodeType::Dev as i32,
+            path: "/dev/vda".into(),
+        }],
+        caps: vec![pb::Capability {
+            cap: Some(pb::capability::Cap::Storage(storage)),
+        }],
+        ..Default::default()
+    };
+    common::check_golden("nodedev", "disk.out.xml", &nodedev::format(&disk).unwrap());
     common::check_golden("nodedev", "pci-pf.out.xml", &nodedev::format(&pf).unwrap());
     common::check_golden("nodedev", "net.out.xml", &nodedev::format(&nic).unwrap());
 }

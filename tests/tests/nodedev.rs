@@ -69,6 +69,30 @@ fn the_real_pci_functions_and_net_interfaces_are_listed_as_sysfs_has_them() {
         );
     }
 
+    // Whole disks backed by hardware, with the size sysfs gives.
+    for entry in std::fs::read_dir("/sys/class/block").unwrap().flatten() {
+        let real = std::fs::canonicalize(entry.path()).unwrap();
+        if real.join("partition").exists() || !real.join("device").exists() {
+            continue;
+        }
+        let dev = entry.file_name().to_string_lossy().into_owned();
+        let storage = ok(&server, &["nodedev-list", "--cap", "storage"]);
+        let name = storage
+            .lines()
+            .find(|line| {
+                *line == format!("block_{dev}") || line.starts_with(&format!("block_{dev}_"))
+            })
+            .unwrap_or_else(|| panic!("no block_{dev} in {storage}"))
+            .to_string();
+        let xml = ok(&server, &["nodedev-dumpxml", &name]);
+        let sectors: u64 = sysfs_hex(&real.join("size")).parse().unwrap();
+        assert!(xml.contains(&format!("<block>/dev/{dev}</block>")), "{xml}");
+        assert!(
+            xml.contains(&format!("<size>{}</size>", sectors * 512)),
+            "{xml}"
+        );
+    }
+
     let tree = ok(&server, &["nodedev-list", "--tree"]);
     assert!(tree.starts_with("computer\n"), "{tree}");
     assert!(tree.contains("+- pci_"), "{tree}");

@@ -1,7 +1,7 @@
 //! The host's devices read from a sysfs root (the real `/sys`, or a tree a test builds): the
 //! `computer` root with its SMBIOS facts, PCI functions (class, vendor and product with names
-//! from pci.ids, driver, NUMA node, IOMMU group, SR-IOV links) and net interfaces, named as
-//! libvirt names them (`pci_0000_00_1f_2`, `net_eth0_52_54_00_12_34_56`).
+//! from pci.ids, driver, NUMA node, IOMMU group, SR-IOV links), net interfaces and whole disks,
+//! named as libvirt names them (`pci_0000_00_1f_2`, `net_eth0_52_54_00_12_34_56`).
 
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,12 @@ impl Sysfs {
     /// Every device, the root first, then by name.
     pub fn devices(&self) -> Vec<pb::NodeDevice> {
         let mut devices = vec![self.computer()];
-        let mut rest: Vec<pb::NodeDevice> = self.pci().into_iter().chain(self.net()).collect();
+        let mut rest: Vec<pb::NodeDevice> = self
+            .pci()
+            .into_iter()
+            .chain(self.net())
+            .chain(self.storage())
+            .collect();
         rest.sort_by(|a, b| a.name.cmp(&b.name));
         devices.extend(rest);
         devices
@@ -216,14 +221,10 @@ impl Sysfs {
                 .and_then(|speed| u32::try_from(speed).ok())
                 .unwrap_or(0);
             // A net device sits under its hardware (`.../0000:00:03.0/virtio2/net/eth0`).
-            let parent = std::fs::canonicalize(real.join("device"))
-                .ok()
-                .and_then(|device| {
-                    device
-                        .ancestors()
-                        .find_map(|dir| parse_pci_address(&dir.file_name()?.to_string_lossy()))
-                })
-                .map_or_else(|| ROOT_NAME.to_string(), |address| pci_name(&address));
+            let parent = std::fs::canonicalize(real.join("device")).map_or_else(
+                |_| ROOT_NAME.to_string(),
+                |device| Self::pci_ancestor(&device),
+            );
             let mut net = pb::NetCap {
                 interface: interface.clone(),
                 address: address.clone(),
@@ -247,6 +248,86 @@ impl Sysfs {
                 driver: link_name(&real.join("device/driver")).unwrap_or_default(),
                 caps: vec![pb::Capability {
                     cap: Some(pb::capability::Cap::Net(net)),
+                }],
+                ..Default::default()
+            });
+        }
+        devices
+    }
+}
+
+impl Sysfs {
+    /// The PCI function a device sits under (the nearest PCI address up its path), else the root.
+    fn pci_ancestor(device: &Path) -> String {
+        device
+            .ancestors()
+            .find_map(|dir| parse_pci_address(&dir.file_name()?.to_string_lossy()))
+            .map_or_else(|| ROOT_NAME.to_string(), |address| pci_name(&address))
+    }
+
+    /// Whole disks backed by hardware (a `device` link; not partitions, loop or zram devices),
+    /// named `block_<dev>` or `block_<dev>_<serial>` as libvirt does.
+    fn storage(&self) -> Vec<pb::NodeDevice> {
+        let listing = self.root.join("class/block");
+        let mut devices = Vec::new();
+        for entry in std::fs::read_dir(&listing).into_iter().flatten().flatten() {
+            let dev = entry.file_name().to_string_lossy().into_owned();
+            let Ok(real) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            if real.join("partition").exists() || !real.join("device").exists() {
+                continue;
+            }
+            let serial = read(&real.join("serial"))
+                .or_else(|| read(&real.join("device/serial")))
+                .unwrap_or_default();
+            let sectors: u64 = read(&real.join("size"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let logical: u64 = read(&real.join("queue/logical_block_size"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(512);
+            // The kernel counts `size` in 512-byte sectors whatever the block size.
+            let size_bytes = sectors.saturating_mul(512);
+            let path = real.display().to_string();
+            let bus = ["virtio", "usb", "ata", "nvme"]
+                .into_iter()
+                .find(|bus| path.contains(&format!("/{bus}")))
+                .unwrap_or("scsi");
+            let mut storage = pb::StorageCap {
+                block: format!("/dev/{dev}"),
+                bus: bus.to_string(),
+                model: read(&real.join("device/model")).unwrap_or_default(),
+                vendor: read(&real.join("device/vendor")).unwrap_or_default(),
+                serial: serial.clone(),
+                size_bytes,
+                logical_block_size_bytes: logical,
+                num_blocks: size_bytes / logical.max(1),
+                ..Default::default()
+            };
+            storage.set_drive_type(if dev.starts_with("sr") {
+                pb::DriveType::Cdrom
+            } else {
+                pb::DriveType::Disk
+            });
+            let name = if serial.is_empty() {
+                format!("block_{dev}")
+            } else {
+                format!(
+                    "block_{dev}_{}",
+                    serial.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                )
+            };
+            devices.push(pb::NodeDevice {
+                name,
+                path: self.shown_path(&real),
+                parent: Self::pci_ancestor(&real),
+                devnodes: vec![pb::DevNode {
+                    r#type: pb::DevNodeType::Dev as i32,
+                    path: format!("/dev/{dev}"),
+                }],
+                caps: vec![pb::Capability {
+                    cap: Some(pb::capability::Cap::Storage(storage)),
                 }],
                 ..Default::default()
             });
