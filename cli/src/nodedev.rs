@@ -1,5 +1,6 @@
 //! virsh's nodedev-* commands over vireo.nodedev.v1: nodedev-list (`--tree`, `--cap`),
-//! nodedev-dumpxml and nodedev-info, with virsh's layouts.
+//! nodedev-dumpxml, nodedev-info, nodedev-detach (and the seed's nodedev-dettach),
+//! nodedev-reattach and nodedev-reset, with virsh's layouts and messages.
 
 use clap::Subcommand;
 use tonic::transport::Channel;
@@ -33,6 +34,18 @@ pub enum NodedevCommand {
     NodedevDumpxml { device: String },
     /// Basic facts about a host device
     NodedevInfo { device: String },
+    /// Detach a PCI device from its host driver for guest assignment
+    #[command(alias = "nodedev-dettach")]
+    NodedevDetach {
+        device: String,
+        /// vfio (the default) or pci-stub
+        #[arg(long)]
+        driver: Option<String>,
+    },
+    /// Give a detached PCI device back to its host driver
+    NodedevReattach { device: String },
+    /// Reset a detached PCI device
+    NodedevReset { device: String },
 }
 
 async fn client(connection: &mut Connection) -> Result<NodeDeviceServiceClient<Channel>, Call> {
@@ -133,6 +146,49 @@ pub async fn run(
                 .map_err(device_failed(&device))?
                 .into_inner();
             print_xml(format, &xml, &xml.xml);
+        }
+        NodedevCommand::NodedevDetach { device, driver } => {
+            client(connection)
+                .await?
+                .detach_node_device(pb::DetachNodeDeviceRequest {
+                    host: String::new(),
+                    device: object(&device),
+                    driver: driver.unwrap_or_default(),
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to detach device {device}")),
+                ))?;
+            println!("Device {device} detached\n");
+        }
+        NodedevCommand::NodedevReattach { device } => {
+            client(connection)
+                .await?
+                .reattach_node_device(pb::ReattachNodeDeviceRequest {
+                    host: String::new(),
+                    device: object(&device),
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to re-attach device {device}")),
+                ))?;
+            println!("Device {device} re-attached\n");
+        }
+        NodedevCommand::NodedevReset { device } => {
+            client(connection)
+                .await?
+                .reset_node_device(pb::ResetNodeDeviceRequest {
+                    host: String::new(),
+                    device: object(&device),
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to reset device {device}")),
+                ))?;
+            println!("Device {device} reset\n");
         }
         NodedevCommand::NodedevInfo { device } => {
             let info = client(connection)

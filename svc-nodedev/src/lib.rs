@@ -1,8 +1,8 @@
 //! svc-nodedev owns host devices read from a configurable sysfs root (`[nodedev] sysfs_root`,
-//! default `/sys`): today the `computer` root, PCI functions (with IOMMU groups and SR-IOV links)
-//! and net interfaces, listed, described and dumped as libvirt's node device XML. Detach and
-//! reattach to vfio-pci, SR-IOV, NPIV, SCSI, USB and block devices arrive with the rest of issue #8
-//! (UNIMPLEMENTED until then).
+//! default `/sys`): the `computer` root, PCI functions (with IOMMU groups and SR-IOV links),
+//! net interfaces and disks, listed, described and dumped as libvirt's node device XML; PCI
+//! functions detached to vfio-pci (or pci-stub), reattached and reset. SR-IOV, NPIV, SCSI and USB
+//! arrive with the rest of issue #8 (UNIMPLEMENTED until then).
 
 pub mod core;
 
@@ -17,6 +17,7 @@ use vireo_proto::nodedev::v1::node_device_service_server::{
 };
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, ServiceContext};
 
+use crate::core::assign::Assigner;
 use crate::core::sysfs::{Sysfs, cap_types};
 
 /// The `[nodedev]` section of the config file.
@@ -32,23 +33,46 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     context.prepare_state_dir()?;
     let settings: Settings = context.section()?;
     let root = settings.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys"));
-    let server =
-        ServerBuilder::new().add_service(NodeDeviceServiceServer::new(Devices(Sysfs::new(&root))));
+    let devices = Devices {
+        sysfs: Sysfs::new(&root),
+        assigner: std::sync::Arc::new(Assigner::new(&root)),
+    };
+    let server = ServerBuilder::new().add_service(NodeDeviceServiceServer::new(devices));
     tracing::info!(socket = %context.socket.display(), sysfs = %root.display(), "nodedev serving");
     server.serve(&context.socket, shutdown).await?;
     Ok(())
 }
 
-struct Devices(Sysfs);
+fn by_name(name: &str) -> ObjectRef {
+    ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    }
+}
+
+struct Devices {
+    sysfs: Sysfs,
+    assigner: std::sync::Arc<Assigner>,
+}
 
 impl Devices {
+    /// Runs a binding change on a blocking thread: it writes sysfs and waits for the kernel.
+    async fn assign(
+        &self,
+        work: impl FnOnce(&Assigner) -> Result<(), Status> + Send + 'static,
+    ) -> Result<(), Status> {
+        let assigner = self.assigner.clone();
+        tokio::task::spawn_blocking(move || work(&assigner))
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+    }
+
     /// The device `reference` names (by name; `any` too), read now.
     fn find(&self, reference: Option<ObjectRef>) -> Result<pb::NodeDevice, Status> {
         let name = match reference.and_then(|r| r.key) {
             Some(Key::Name(name) | Key::Any(name)) => name,
             _ => return Err(Status::invalid_argument("device: name the device")),
         };
-        self.0
+        self.sysfs
             .devices()
             .into_iter()
             .find(|device| device.name == name)
@@ -64,7 +88,7 @@ impl NodeDeviceService for Devices {
     ) -> Result<Response<pb::ListNodeDevicesResponse>, Status> {
         let wanted = request.into_inner().caps;
         let devices = self
-            .0
+            .sysfs
             .devices()
             .into_iter()
             .map(|device| pb::NodeDeviceSummary {
@@ -93,6 +117,38 @@ impl NodeDeviceService for Devices {
         let xml = vireo_conf::nodedev::format(&device)
             .map_err(|err| Status::internal(format!("formatting XML: {err}")))?;
         Ok(Response::new(pb::NodeDeviceXml { xml }))
+    }
+
+    async fn detach_node_device(
+        &self,
+        request: Request<pb::DetachNodeDeviceRequest>,
+    ) -> Result<Response<pb::NodeDevice>, Status> {
+        let request = request.into_inner();
+        let device = self.find(request.device)?;
+        let name = device.name.clone();
+        self.assign(move |assigner| assigner.detach(&name, &request.driver))
+            .await?;
+        Ok(Response::new(self.find(Some(by_name(&device.name)))?))
+    }
+
+    async fn reattach_node_device(
+        &self,
+        request: Request<pb::ReattachNodeDeviceRequest>,
+    ) -> Result<Response<pb::NodeDevice>, Status> {
+        let device = self.find(request.into_inner().device)?;
+        let name = device.name.clone();
+        self.assign(move |assigner| assigner.reattach(&name))
+            .await?;
+        Ok(Response::new(self.find(Some(by_name(&device.name)))?))
+    }
+
+    async fn reset_node_device(
+        &self,
+        request: Request<pb::ResetNodeDeviceRequest>,
+    ) -> Result<Response<vireo_proto::common::v1::Empty>, Status> {
+        let device = self.find(request.into_inner().device)?;
+        self.assigner.reset(&device.name)?;
+        Ok(Response::new(vireo_proto::common::v1::Empty {}))
     }
 
     async fn get_node_device_info(

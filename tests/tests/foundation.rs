@@ -232,7 +232,7 @@ fn later_work_answers_unimplemented_and_names_it() {
                 vireod.connect().await,
             );
         client
-            .detach_node_device(vireo_proto::nodedev::v1::DetachNodeDeviceRequest::default())
+            .set_sriov_vf_count(vireo_proto::nodedev::v1::SetSriovVfCountRequest::default())
             .await
             .unwrap_err()
     });
@@ -240,7 +240,7 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("DetachNodeDevice is not implemented yet")
+            .contains("SetSriovVfCount is not implemented yet")
             && status.message().contains("issue #8"),
         "{}",
         status.message()

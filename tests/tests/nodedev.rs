@@ -106,3 +106,112 @@ fn the_real_pci_functions_and_net_interfaces_are_listed_as_sysfs_has_them() {
     let refused = fails(&server, &["nodedev-list", "--cap", "floppy"]);
     assert!(refused.contains("floppy"), "{refused}");
 }
+
+#[test]
+fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
+    use vireo_tests::fake_sysfs::{FakePci, FakeSysfs};
+    let sysfs = FakeSysfs::build(&[
+        FakePci {
+            address: "0000:00:00.0",
+            vendor: 0x8086,
+            device: 0x29c0,
+            class: 0x060000,
+            driver: None,
+            iommu_group: Some(0),
+        },
+        FakePci {
+            address: "0000:00:19.0",
+            vendor: 0x8086,
+            device: 0x10ea,
+            class: 0x020000,
+            driver: Some("e1000e"),
+            iommu_group: Some(5),
+        },
+        FakePci {
+            address: "0000:00:19.1",
+            vendor: 0x8086,
+            device: 0x10eb,
+            class: 0x020000,
+            driver: None,
+            iommu_group: Some(5),
+        },
+        FakePci {
+            address: "0000:00:1b.0",
+            vendor: 0x8086,
+            device: 0x293e,
+            class: 0x040300,
+            driver: Some("snd_hda_intel"),
+            iommu_group: Some(6),
+        },
+        FakePci {
+            address: "0000:00:1b.1",
+            vendor: 0x8086,
+            device: 0x10ea,
+            class: 0x020000,
+            driver: Some("e1000e"),
+            iommu_group: Some(6),
+        },
+        FakePci {
+            address: "0000:00:1a.0",
+            vendor: 0x8086,
+            device: 0x3b3c,
+            class: 0x0c0320,
+            driver: Some("ehci-pci"),
+            iommu_group: None,
+        },
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vireo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
+            sysfs.root().display()
+        ),
+    )
+    .unwrap();
+    let server = Server::vireod_with(&[], &["--config", config.to_str().unwrap()]);
+    let listed = ok(&server, &["nodedev-list", "--cap", "pci"]);
+    assert_eq!(
+        listed.lines().filter(|l| l.starts_with("pci_")).count(),
+        6,
+        "{listed}"
+    );
+    let xml = ok(&server, &["nodedev-dumpxml", "pci_0000_00_19_0"]);
+    assert!(
+        xml.contains("<iommuGroup number='5'>") && xml.contains("function='0x1'"),
+        "{xml}"
+    );
+
+    // Another member of the group is still the host's: refused, naming it, nothing changed.
+    let refused = fails(&server, &["nodedev-detach", "pci_0000_00_1b_0"]);
+    assert!(refused.contains("0000:00:1b.1"), "{refused}");
+    assert_eq!(
+        sysfs.driver_of("0000:00:1b.0").as_deref(),
+        Some("snd_hda_intel")
+    );
+    // No IOMMU group at all: refused, saying why.
+    let refused = fails(&server, &["nodedev-detach", "pci_0000_00_1a_0"]);
+    assert!(refused.contains("IOMMU"), "{refused}");
+    // A function whose sibling no driver holds, then the sibling (the seed's spelling).
+    ok(
+        &server,
+        &["nodedev-detach", "pci_0000_00_19_0", "--driver", "vfio"],
+    );
+    assert_eq!(sysfs.driver_of("0000:00:19.0").as_deref(), Some("vfio-pci"));
+    assert!(ok(&server, &["nodedev-dettach", "pci_0000_00_19_1"]).contains("detached"));
+    assert_eq!(sysfs.driver_of("0000:00:19.1").as_deref(), Some("vfio-pci"));
+    let xml = ok(&server, &["nodedev-dumpxml", "pci_0000_00_19_0"]);
+    assert!(xml.contains("<name>vfio-pci</name>"), "{xml}");
+    ok(&server, &["nodedev-reset", "pci_0000_00_19_0"]);
+    // Back to the host driver.
+    assert!(ok(&server, &["nodedev-reattach", "pci_0000_00_19_0"]).contains("re-attached"));
+    assert_eq!(sysfs.driver_of("0000:00:19.0").as_deref(), Some("e1000e"));
+    let refused = fails(&server, &["nodedev-reset", "pci_0000_00_19_0"]);
+    assert!(refused.contains("not detached"), "{refused}");
+    let refused = fails(
+        &server,
+        &["nodedev-detach", "pci_0000_00_19_0", "--driver", "nouveau"],
+    );
+    assert!(refused.contains("nouveau"), "{refused}");
+}

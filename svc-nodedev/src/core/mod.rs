@@ -1,4 +1,5 @@
 //! The node device logic, free of gRPC: reading devices from a sysfs root.
 
+pub mod assign;
 pub mod pci_ids;
 pub mod sysfs;
