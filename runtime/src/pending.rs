@@ -25,7 +25,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.nodedev.v1.",
-        "SR-IOV, NPIV and more device types arrive with svc-nodedev (issue #8)",
+        "VF settings, NPIV and more device types arrive with svc-nodedev (issue #8)",
     ),
     (
         "/vireo.migrate.v1.",

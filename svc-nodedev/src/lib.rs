@@ -1,8 +1,8 @@
 //! svc-nodedev owns host devices read from a configurable sysfs root (`[nodedev] sysfs_root`,
 //! default `/sys`): the `computer` root, PCI functions (with IOMMU groups and SR-IOV links),
 //! net interfaces and disks, listed, described and dumped as libvirt's node device XML; PCI
-//! functions detached to vfio-pci (or pci-stub), reattached and reset. SR-IOV, NPIV, SCSI and USB
-//! arrive with the rest of issue #8 (UNIMPLEMENTED until then).
+//! functions detached to vfio-pci (or pci-stub), reattached and reset; SR-IOV VF counts. VF
+//! settings, NPIV, SCSI and USB arrive with the rest of issue #8 (UNIMPLEMENTED until then).
 
 pub mod core;
 
@@ -18,6 +18,7 @@ use vireo_proto::nodedev::v1::node_device_service_server::{
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, ServiceContext};
 
 use crate::core::assign::Assigner;
+use crate::core::sriov::Sriov;
 use crate::core::sysfs::{Sysfs, cap_types};
 
 /// The `[nodedev]` section of the config file.
@@ -36,11 +37,21 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     let devices = Devices {
         sysfs: Sysfs::new(&root),
         assigner: std::sync::Arc::new(Assigner::new(&root)),
+        sriov: std::sync::Arc::new(Sriov::new(&root)),
     };
     let server = ServerBuilder::new().add_service(NodeDeviceServiceServer::new(devices));
     tracing::info!(socket = %context.socket.display(), sysfs = %root.display(), "nodedev serving");
     server.serve(&context.socket, shutdown).await?;
     Ok(())
+}
+
+/// Runs a change on a blocking thread: it writes sysfs and waits for the kernel to act.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Status::internal(err.to_string()))?
 }
 
 fn by_name(name: &str) -> ObjectRef {
@@ -52,20 +63,10 @@ fn by_name(name: &str) -> ObjectRef {
 struct Devices {
     sysfs: Sysfs,
     assigner: std::sync::Arc<Assigner>,
+    sriov: std::sync::Arc<Sriov>,
 }
 
 impl Devices {
-    /// Runs a binding change on a blocking thread: it writes sysfs and waits for the kernel.
-    async fn assign(
-        &self,
-        work: impl FnOnce(&Assigner) -> Result<(), Status> + Send + 'static,
-    ) -> Result<(), Status> {
-        let assigner = self.assigner.clone();
-        tokio::task::spawn_blocking(move || work(&assigner))
-            .await
-            .map_err(|err| Status::internal(err.to_string()))?
-    }
-
     /// The device `reference` names (by name; `any` too), read now.
     fn find(&self, reference: Option<ObjectRef>) -> Result<pb::NodeDevice, Status> {
         let name = match reference.and_then(|r| r.key) {
@@ -126,8 +127,8 @@ impl NodeDeviceService for Devices {
         let request = request.into_inner();
         let device = self.find(request.device)?;
         let name = device.name.clone();
-        self.assign(move |assigner| assigner.detach(&name, &request.driver))
-            .await?;
+        let assigner = self.assigner.clone();
+        blocking(move || assigner.detach(&name, &request.driver)).await?;
         Ok(Response::new(self.find(Some(by_name(&device.name)))?))
     }
 
@@ -137,8 +138,8 @@ impl NodeDeviceService for Devices {
     ) -> Result<Response<pb::NodeDevice>, Status> {
         let device = self.find(request.into_inner().device)?;
         let name = device.name.clone();
-        self.assign(move |assigner| assigner.reattach(&name))
-            .await?;
+        let assigner = self.assigner.clone();
+        blocking(move || assigner.reattach(&name)).await?;
         Ok(Response::new(self.find(Some(by_name(&device.name)))?))
     }
 
@@ -149,6 +150,25 @@ impl NodeDeviceService for Devices {
         let device = self.find(request.into_inner().device)?;
         self.assigner.reset(&device.name)?;
         Ok(Response::new(vireo_proto::common::v1::Empty {}))
+    }
+
+    async fn set_sriov_vf_count(
+        &self,
+        request: Request<pb::SetSriovVfCountRequest>,
+    ) -> Result<Response<pb::SriovInfo>, Status> {
+        let request = request.into_inner();
+        let device = self.find(request.device)?;
+        let sriov = self.sriov.clone();
+        let info = blocking(move || sriov.set_count(&device.name, request.num_vfs)).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_virtual_functions(
+        &self,
+        request: Request<pb::ListVirtualFunctionsRequest>,
+    ) -> Result<Response<pb::SriovInfo>, Status> {
+        let device = self.find(request.into_inner().device)?;
+        Ok(Response::new(self.sriov.info(&device.name)?))
     }
 
     async fn get_node_device_info(

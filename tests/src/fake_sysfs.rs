@@ -1,8 +1,9 @@
 //! A sysfs tree for svc-nodedev's tests, laid out as the kernel lays it out, with a small
 //! "kernel" thread that gives its control files their effect: a write to a driver's `unbind`
 //! releases the device, and a write to `bus/pci/drivers_probe` binds the driver that the
-//! device's `driver_override` names, or its host driver when the override is empty. Only
-//! hardware no machine here has (IOMMU groups, stub drivers) is simulated this way.
+//! device's `driver_override` names, or its host driver when the override is empty, and a
+//! PF's `sriov_numvfs` makes (or removes) its VFs, each in an IOMMU group of its own. Only
+//! hardware no machine here has (IOMMU groups, stub drivers, SR-IOV) is simulated this way.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One PCI function of the fake tree.
+#[derive(Default)]
 pub struct FakePci {
     pub address: &'static str,
     pub vendor: u32,
@@ -19,6 +21,10 @@ pub struct FakePci {
     /// The host driver, bound at the start and after a reattach.
     pub driver: Option<&'static str>,
     pub iommu_group: Option<u32>,
+    /// An SR-IOV physical function with this many VFs (0: not SR-IOV capable).
+    pub total_vfs: u32,
+    /// The host driver of its VFs.
+    pub vf_driver: Option<&'static str>,
 }
 
 pub struct FakeSysfs {
@@ -72,6 +78,7 @@ impl FakeSysfs {
             .expect("building the fake sysfs tree");
         let mut drivers: Vec<&str> = vec!["vfio-pci", "pci-stub"];
         drivers.extend(devices.iter().filter_map(|d| d.driver));
+        drivers.extend(devices.iter().filter_map(|d| d.vf_driver));
         for driver in drivers {
             let dir = root.join("bus/pci/drivers").join(driver);
             std::fs::create_dir_all(&dir).expect("building the fake sysfs tree");
@@ -105,6 +112,19 @@ impl FakeSysfs {
             }
             if let Some(driver) = pci.driver {
                 bind(&root, pci.address, driver);
+            }
+            if pci.total_vfs > 0 {
+                std::fs::write(device.join("sriov_totalvfs"), pci.total_vfs.to_string())
+                    .expect("building the fake sysfs tree");
+                std::fs::write(device.join("sriov_numvfs"), "0")
+                    .expect("building the fake sysfs tree");
+                std::fs::write(device.join(".vf_driver"), pci.vf_driver.unwrap_or(""))
+                    .expect("building the fake sysfs tree");
+                std::fs::write(
+                    device.join(".ids"),
+                    format!("{} {}", pci.vendor, pci.device),
+                )
+                .expect("building the fake sysfs tree");
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -140,8 +160,71 @@ impl FakeSysfs {
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
     }
 
+    /// A PF's VFs to match what was written to its `sriov_numvfs`.
+    fn sriov(root: &Path, pf: &Path) {
+        let Some(wanted) = std::fs::read_to_string(pf.join("sriov_numvfs"))
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let existing = (0u32..)
+            .take_while(|i| pf.join(format!("virtfn{i}")).exists())
+            .last()
+            .map_or(0, |last| last + 1);
+        if existing == wanted || (existing > 0 && wanted > 0) {
+            return;
+        }
+        let pf_address = pf
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (prefix, _) = pf_address.rsplit_once(':').unwrap_or(("0000:00", ""));
+        let vf_address = |i: u32| format!("{prefix}:{:02x}.{:x}", 0x10 + i / 8, i % 8);
+        for i in 0..existing {
+            let address = vf_address(i);
+            unbind(root, &address);
+            let _ = std::fs::remove_file(pf.join(format!("virtfn{i}")));
+            let _ = std::fs::remove_file(root.join("bus/pci/devices").join(&address));
+            let _ = std::fs::remove_dir_all(
+                root.join("kernel/iommu_groups").join((100 + i).to_string()),
+            );
+            let _ = std::fs::remove_dir_all(root.join("devices/pci0000:00").join(&address));
+        }
+        let driver = std::fs::read_to_string(pf.join(".vf_driver")).unwrap_or_default();
+        for i in 0..wanted {
+            let address = vf_address(i);
+            let vf = root.join("devices/pci0000:00").join(&address);
+            let _ = std::fs::create_dir_all(&vf);
+            let _ = std::fs::write(vf.join("vendor"), "0x8086\n");
+            let _ = std::fs::write(vf.join("device"), "0x10ca\n");
+            let _ = std::fs::write(vf.join("class"), "0x020000\n");
+            let _ = std::fs::write(vf.join("driver_override"), "(null)\n");
+            let _ = std::fs::write(vf.join(".host_driver"), &driver);
+            let _ = symlink(&vf, root.join("bus/pci/devices").join(&address));
+            let _ = symlink(&vf, pf.join(format!("virtfn{i}")));
+            let _ = symlink(pf, vf.join("physfn"));
+            let group = root.join("kernel/iommu_groups").join((100 + i).to_string());
+            let _ = std::fs::create_dir_all(group.join("devices"));
+            let _ = symlink(&vf, group.join("devices").join(&address));
+            let _ = symlink(&group, vf.join("iommu_group"));
+            if !driver.is_empty() {
+                bind(root, &address, &driver);
+            }
+        }
+    }
+
     /// One pass of the fake kernel over the control files.
     fn react(root: &Path) {
+        for pf in std::fs::read_dir(root.join("devices/pci0000:00"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if pf.path().join("sriov_totalvfs").exists() {
+                FakeSysfs::sriov(root, &pf.path());
+            }
+        }
         for driver in std::fs::read_dir(root.join("bus/pci/drivers"))
             .into_iter()
             .flatten()

@@ -232,7 +232,7 @@ fn later_work_answers_unimplemented_and_names_it() {
                 vireod.connect().await,
             );
         client
-            .set_sriov_vf_count(vireo_proto::nodedev::v1::SetSriovVfCountRequest::default())
+            .set_vf_config(vireo_proto::nodedev::v1::SetVfConfigRequest::default())
             .await
             .unwrap_err()
     });
@@ -240,7 +240,7 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("SetSriovVfCount is not implemented yet")
+            .contains("SetVfConfig is not implemented yet")
             && status.message().contains("issue #8"),
         "{}",
         status.message()

@@ -118,6 +118,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x060000,
             driver: None,
             iommu_group: Some(0),
+            ..FakePci::default()
         },
         FakePci {
             address: "0000:00:19.0",
@@ -126,6 +127,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x020000,
             driver: Some("e1000e"),
             iommu_group: Some(5),
+            ..FakePci::default()
         },
         FakePci {
             address: "0000:00:19.1",
@@ -134,6 +136,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x020000,
             driver: None,
             iommu_group: Some(5),
+            ..FakePci::default()
         },
         FakePci {
             address: "0000:00:1b.0",
@@ -142,6 +145,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x040300,
             driver: Some("snd_hda_intel"),
             iommu_group: Some(6),
+            ..FakePci::default()
         },
         FakePci {
             address: "0000:00:1b.1",
@@ -150,6 +154,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x020000,
             driver: Some("e1000e"),
             iommu_group: Some(6),
+            ..FakePci::default()
         },
         FakePci {
             address: "0000:00:1a.0",
@@ -158,6 +163,17 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             class: 0x0c0320,
             driver: Some("ehci-pci"),
             iommu_group: None,
+            ..FakePci::default()
+        },
+        FakePci {
+            address: "0000:03:00.0",
+            vendor: 0x8086,
+            device: 0x10c9,
+            class: 0x020000,
+            driver: Some("igb"),
+            iommu_group: Some(7),
+            total_vfs: 7,
+            vf_driver: Some("igbvf"),
         },
     ]);
     let dir = tempfile::tempdir().unwrap();
@@ -174,7 +190,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
     let listed = ok(&server, &["nodedev-list", "--cap", "pci"]);
     assert_eq!(
         listed.lines().filter(|l| l.starts_with("pci_")).count(),
-        6,
+        7,
         "{listed}"
     );
     let xml = ok(&server, &["nodedev-dumpxml", "pci_0000_00_19_0"]);
@@ -214,4 +230,50 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
         &["nodedev-detach", "pci_0000_00_19_0", "--driver", "nouveau"],
     );
     assert!(refused.contains("nouveau"), "{refused}");
+
+    // SR-IOV: three VFs on the PF, each its own device under the PF's driver for VFs.
+    let set_vfs = |count: u32| {
+        vireo_tests::block_on(async {
+            let mut client =
+                vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient::new(
+                    server.connect().await,
+                );
+            client
+                .set_sriov_vf_count(vireo_proto::nodedev::v1::SetSriovVfCountRequest {
+                    device: Some(vireo_proto::common::v1::ObjectRef {
+                        key: Some(vireo_proto::common::v1::object_ref::Key::Name(
+                            "pci_0000_03_00_0".into(),
+                        )),
+                    }),
+                    num_vfs: count,
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    let info = set_vfs(3).unwrap();
+    assert_eq!((info.num_vfs, info.total_vfs, info.vfs.len()), (3, 7, 3));
+    assert_eq!(info.vfs[2].name, "pci_0000_03_10_2");
+    assert_eq!(info.vfs[0].driver, "igbvf");
+    let pf = ok(&server, &["nodedev-dumpxml", "pci_0000_03_00_0"]);
+    assert!(
+        pf.contains("<capability type='virt_functions' maxCount='7'>")
+            && pf.contains("slot='0x10' function='0x2'"),
+        "{pf}"
+    );
+    let vf = ok(&server, &["nodedev-dumpxml", "pci_0000_03_10_0"]);
+    assert!(vf.contains("<capability type='phys_function'>"), "{vf}");
+    // A VF held for a guest keeps the count; given back, the VFs can go.
+    ok(&server, &["nodedev-detach", "pci_0000_03_10_0"]);
+    let refused = set_vfs(0).unwrap_err();
+    assert!(
+        refused.message().contains("pci_0000_03_10_0"),
+        "{refused:?}"
+    );
+    ok(&server, &["nodedev-reattach", "pci_0000_03_10_0"]);
+    assert_eq!(set_vfs(0).unwrap().vfs.len(), 0);
+    assert!(!ok(&server, &["nodedev-list"]).contains("pci_0000_03_10_0"));
+    let refused = set_vfs(8).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }

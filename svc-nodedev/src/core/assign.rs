@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Status;
 
-use super::sysfs::parse_pci_address;
+use super::sysfs::{link_name, parse_pci_address};
 
 /// How long the kernel (or a test's tree) may take to show a new binding.
 const BIND_WAIT: Duration = Duration::from_secs(3);
@@ -31,10 +31,7 @@ pub fn pci_address_of(name: &str) -> Result<String, Status> {
 }
 
 fn driver_of(device: &Path) -> Option<String> {
-    std::fs::read_link(device.join("driver"))
-        .ok()?
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
+    link_name(&device.join("driver"))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), Status> {

@@ -2,4 +2,5 @@
 
 pub mod assign;
 pub mod pci_ids;
+pub mod sriov;
 pub mod sysfs;

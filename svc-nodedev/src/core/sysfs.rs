@@ -49,7 +49,8 @@ pub fn pci_name(address: &pb::PciAddress) -> String {
     )
 }
 
-fn link_name(path: &Path) -> Option<String> {
+/// The last part of where a symlink points (a driver's or a device's name).
+pub(crate) fn link_name(path: &Path) -> Option<String> {
     std::fs::read_link(path)
         .ok()?
         .file_name()
