@@ -1,14 +1,14 @@
 //! virsh's commands: their options (clap), the RPC each calls, and virsh's output layout.
 
 use clap::Subcommand;
-use tonic::Status;
+use tonic::{Code, Status};
 use vireo_proto::compute::v1 as compute;
 use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 use vireo_proto::compute::v1::node_service_client::NodeServiceClient;
 
 use crate::Failed;
 use crate::connection::Connection;
-use crate::output::{Format, print_fields, print_json, print_status, print_table};
+use crate::output::{Format, print_error, print_fields, print_json, print_status, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -172,6 +172,39 @@ impl From<Failed> for Call {
 }
 
 /// A user mistake found before any call, reported as the server reports one.
+/// virsh's first error line before the server's: what could not be found (on NotFound), or
+/// else what failed.
+pub(crate) fn failed(
+    not_found: Option<String>,
+    action: Option<String>,
+) -> impl FnOnce(Status) -> Call {
+    move |status| {
+        match (status.code(), not_found, action) {
+            (Code::NotFound, Some(line), _) | (_, _, Some(line)) => print_error(&line),
+            _ => {}
+        }
+        Call::Status(status)
+    }
+}
+
+/// The end of a lifecycle call on a pool, network, ...: virsh's "Network X started", or its two
+/// error lines ("failed to get network 'X'" when there is none, else "Failed to start network X").
+pub(crate) fn object_step<T>(
+    kind: &str,
+    name: &str,
+    verb: &str,
+    done: &str,
+    call: Result<tonic::Response<T>, Status>,
+) -> Result<(), Call> {
+    let noun = kind.to_lowercase();
+    call.map_err(failed(
+        Some(format!("failed to get {noun} '{name}'")),
+        Some(format!("Failed to {verb} {noun} {name}")),
+    ))?;
+    println!("{kind} {name} {done}\n");
+    Ok(())
+}
+
 pub(crate) fn fail(message: String) -> Call {
     Call::Status(Status::invalid_argument(message))
 }

@@ -8,12 +8,12 @@ use vireo_proto::common::v1::ObjectRef;
 use vireo_proto::network::v1 as pb;
 use vireo_proto::network::v1::network_service_client::NetworkServiceClient;
 
-use crate::commands::{Call, fail, read_file};
+use crate::commands::{Call, fail, failed, object_step, read_file};
 use crate::connection::Connection;
 use crate::domain::{object, object_named, object_with_uuid, utc_time};
 use crate::edit::edit_xml;
 use crate::output::{Format, print_fields_at, print_json, print_table, print_xml};
-use crate::storage::{by_name, failed};
+use crate::storage::by_name;
 
 /// Width of net-info's labels.
 const INFO_WIDTH: usize = 16;
@@ -217,21 +217,6 @@ fn update_section(name: &str) -> Result<pb::NetworkUpdateSection, String> {
     })
 }
 
-/// virsh's end of a lifecycle call: "Network X started", or its two error lines.
-fn step<T>(
-    network: &str,
-    verb: &str,
-    done: &str,
-    call: Result<tonic::Response<T>, Status>,
-) -> Result<(), Call> {
-    call.map_err(network_failed(
-        network,
-        Some(format!("Failed to {verb} network {network}")),
-    ))?;
-    println!("Network {network} {done}\n");
-    Ok(())
-}
-
 async fn info(
     connection: &mut Connection,
     shown: &str,
@@ -326,7 +311,7 @@ pub async fn run(
                     network: object(&network),
                 })
                 .await;
-            step(&network, "start", "started", call)?;
+            object_step("Network", &network, "start", "started", call)?;
         }
         C::NetDestroy { network } => {
             let call = client(connection)
@@ -336,7 +321,7 @@ pub async fn run(
                     network: object(&network),
                 })
                 .await;
-            step(&network, "destroy", "destroyed", call)?;
+            object_step("Network", &network, "destroy", "destroyed", call)?;
         }
         C::NetUndefine { network } => {
             let call = client(connection)
@@ -346,7 +331,7 @@ pub async fn run(
                     network: object(&network),
                 })
                 .await;
-            step(&network, "undefine", "has been undefined", call)?;
+            object_step("Network", &network, "undefine", "has been undefined", call)?;
         }
         C::NetAutostart { network, disable } => {
             let (action, done) = if disable {

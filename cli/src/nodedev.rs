@@ -9,11 +9,10 @@ use vireo_conf::nodedev::CAPABILITY_TYPES;
 use vireo_proto::nodedev::v1 as pb;
 use vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient;
 
-use crate::commands::{Call, fail};
+use crate::commands::{Call, fail, failed};
 use crate::connection::Connection;
 use crate::domain::object;
 use crate::output::{Format, print_fields_at, print_json, print_xml};
-use crate::storage::failed;
 
 /// Width of nodedev-info's labels.
 const INFO_WIDTH: usize = 16;

@@ -21,13 +21,12 @@ use vireo_proto::storage::v1::local_transfer_request::Transfer;
 use vireo_proto::storage::v1::storage_pool_service_client::StoragePoolServiceClient;
 use vireo_proto::storage::v1::storage_volume_service_client::StorageVolumeServiceClient;
 
-use crate::commands::{Call, fail, read_file};
+use crate::commands::{Call, fail, failed, object_step, read_file};
 use crate::connection::Connection;
 use crate::domain::{object, object_named, object_with_uuid};
 use crate::edit::edit_xml;
 use crate::output::{
-    Format, ProgressLine, human_size, print_error, print_fields_at, print_json, print_table,
-    print_xml,
+    Format, ProgressLine, human_size, print_fields_at, print_json, print_table, print_xml,
 };
 
 mod local_transfer;
@@ -995,21 +994,6 @@ async fn volumes(connection: &mut Connection) -> Result<StorageVolumeServiceClie
     Ok(StorageVolumeServiceClient::new(connection.channel().await?))
 }
 
-/// virsh's first error line before the server's: what could not be found (on NotFound), or
-/// else what failed.
-pub(crate) fn failed(
-    not_found: Option<String>,
-    action: Option<String>,
-) -> impl FnOnce(Status) -> Call {
-    move |status| {
-        match (status.code(), not_found, action) {
-            (Code::NotFound, Some(line), _) | (_, _, Some(line)) => print_error(&line),
-            _ => {}
-        }
-        Call::Status(status)
-    }
-}
-
 fn pool_failed(pool: &str, action: Option<String>) -> impl FnOnce(Status) -> Call {
     failed(Some(format!("failed to get pool '{pool}'")), action)
 }
@@ -1021,12 +1005,7 @@ fn pool_step<T>(
     done: &str,
     call: Result<tonic::Response<T>, Status>,
 ) -> Result<(), Call> {
-    call.map_err(pool_failed(
-        pool,
-        Some(format!("Failed to {verb} pool {pool}")),
-    ))?;
-    println!("Pool {pool} {done}\n");
-    Ok(())
+    object_step("Pool", pool, verb, done, call)
 }
 
 fn vol_failed(

@@ -69,6 +69,24 @@ impl DefinitionStore {
         Ok(stored)
     }
 
+    /// Every stored definition that `parse` accepts and that names the UUID it is stored under,
+    /// with its autostart flag; any other file is quarantined (kept for a human as `.bad`).
+    pub fn load_checked<T>(
+        &self,
+        kind: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        uuid_of: impl Fn(&T) -> &str,
+    ) -> std::io::Result<Vec<(T, bool)>> {
+        let mut loaded = Vec::new();
+        for stored in self.load()? {
+            match parse(&stored.xml) {
+                Some(def) if uuid_of(&def) == stored.uuid => loaded.push((def, stored.autostart)),
+                _ => self.quarantine(&stored, kind),
+            }
+        }
+        Ok(loaded)
+    }
+
     /// Keeps a file that does not parse (renamed `.bad`) for a human, never deletes it.
     pub fn quarantine(&self, stored: &StoredText, kind: &str) {
         tracing::error!(file = %stored.path.display(), "{kind} definition does not parse or names another UUID; kept as .bad");

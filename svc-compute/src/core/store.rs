@@ -22,19 +22,20 @@ impl Store {
 
     /// Every stored definition that parses; one that does not is kept aside as `.bad`.
     pub fn load(&self) -> std::io::Result<Vec<Stored>> {
-        let mut stored = Vec::new();
-        for text in self.0.load()? {
-            match vireo_conf::domain::parse(&text.xml).and_then(|def| {
-                vireo_conf::domain::validate(&def)?;
-                Ok(def)
-            }) {
-                Ok(definition) if definition.uuid == text.uuid => stored.push(Stored {
-                    autostart: text.autostart,
-                    definition,
-                }),
-                Ok(_) | Err(_) => self.0.quarantine(&text, "domain"),
-            }
-        }
+        let parse = |xml: &str| {
+            let def = vireo_conf::domain::parse(xml).ok()?;
+            vireo_conf::domain::validate(&def).ok()?;
+            Some(def)
+        };
+        let mut stored: Vec<Stored> = self
+            .0
+            .load_checked("domain", parse, |def| &def.uuid)?
+            .into_iter()
+            .map(|(definition, autostart)| Stored {
+                autostart,
+                definition,
+            })
+            .collect();
         stored.sort_by(|a, b| a.definition.name.cmp(&b.definition.name));
         Ok(stored)
     }

@@ -319,21 +319,18 @@ impl Manager {
 
     async fn load(&self) -> Result<()> {
         let mut table = self.table.lock().await;
-        for stored in self
+        let loaded = self
             .store
-            .load()
-            .map_err(Error::io("reading network definitions"))?
-        {
-            match parse_checked(&stored.xml) {
-                Ok(def) if def.uuid == stored.uuid => table.push(Entry {
-                    def,
-                    persistent: true,
-                    autostart: stored.autostart,
-                    active: false,
-                    next: None,
-                }),
-                _ => self.store.quarantine(&stored, "network"),
-            }
+            .load_checked("network", |xml| parse_checked(xml).ok(), |def| &def.uuid)
+            .map_err(Error::io("reading network definitions"))?;
+        for (def, autostart) in loaded {
+            table.push(Entry {
+                def,
+                persistent: true,
+                autostart,
+                active: false,
+                next: None,
+            });
         }
         table.sort_by(|a, b| a.def.name.cmp(&b.def.name));
         Ok(())
@@ -1104,24 +1101,7 @@ impl Manager {
                 entry.def.name
             ))
         })?;
-        let tap = if tap_name.is_empty() {
-            let mut n = 0;
-            loop {
-                let name = format!("vnet{n}");
-                if self.netlink.index_of(&name).await?.is_none() {
-                    break name;
-                }
-                n += 1;
-            }
-        } else {
-            vireo_conf::network::check_interface_name(tap_name, "tap_name")?;
-            if self.netlink.index_of(tap_name).await?.is_some() {
-                return Err(Error::AlreadyExists(format!(
-                    "tap_name: {tap_name} already exists"
-                )));
-            }
-            tap_name.to_string()
-        };
+        let tap = self.port_device_name(tap_name, "vnet").await?;
         if def.uuid.is_empty() {
             def.uuid = vireo_conf::domain::random_uuid();
         }
@@ -1214,19 +1194,7 @@ impl Manager {
                 network.name
             ))
         })?;
-        let name = if tap_name.is_empty() {
-            let mut n = 0;
-            loop {
-                let name = format!("macvtap{n}");
-                if self.netlink.index_of(&name).await?.is_none() {
-                    break name;
-                }
-                n += 1;
-            }
-        } else {
-            vireo_conf::network::check_interface_name(tap_name, "tap_name")?;
-            tap_name.to_string()
-        };
+        let name = self.port_device_name(tap_name, "macvtap").await?;
         if def.uuid.is_empty() {
             def.uuid = vireo_conf::domain::random_uuid();
         }
@@ -1259,6 +1227,33 @@ impl Manager {
         Ok(port)
     }
 
+    async fn network_uuid(&self, network: &ObjectRef) -> Result<String> {
+        let table = self.table.lock().await;
+        Ok(table[find(&table, network)?].def.uuid.clone())
+    }
+
+    /// The device name of a new port: `requested` (a valid name no link has yet), or the first
+    /// free `<prefix>N`.
+    async fn port_device_name(&self, requested: &str, prefix: &str) -> Result<String> {
+        if !requested.is_empty() {
+            vireo_conf::network::check_interface_name(requested, "tap_name")?;
+            if self.netlink.index_of(requested).await?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "tap_name: {requested} already exists"
+                )));
+            }
+            return Ok(requested.to_string());
+        }
+        let mut n = 0;
+        loop {
+            let name = format!("{prefix}{n}");
+            if self.netlink.index_of(&name).await?.is_none() {
+                return Ok(name);
+            }
+            n += 1;
+        }
+    }
+
     /// Writes a port's record; on failure its device goes again.
     async fn record_port(&self, port: &pb::NetworkPort, device: &str) -> Result<()> {
         let uuid = port.definition.as_ref().map_or("", |d| d.uuid.as_str());
@@ -1274,10 +1269,7 @@ impl Manager {
 
     /// net-port-delete: the tap goes, then the record.
     pub async fn delete_port(&self, network: &ObjectRef, uuid: &str) -> Result<()> {
-        let network_uuid = {
-            let table = self.table.lock().await;
-            table[find(&table, network)?].def.uuid.clone()
-        };
+        let network_uuid = self.network_uuid(network).await?;
         let port = self
             .live_ports(Some(&network_uuid))
             .await
@@ -1304,10 +1296,7 @@ impl Manager {
         network: &ObjectRef,
         owner: Option<&str>,
     ) -> Result<Vec<pb::NetworkPort>> {
-        let network_uuid = {
-            let table = self.table.lock().await;
-            table[find(&table, network)?].def.uuid.clone()
-        };
+        let network_uuid = self.network_uuid(network).await?;
         Ok(self
             .live_ports(Some(&network_uuid))
             .await

@@ -198,17 +198,12 @@ impl Manager {
 
     async fn load(&self) -> Result<()> {
         let mut table = self.table.lock().await;
-        for stored in self
+        let loaded = self
             .store
-            .load()
-            .map_err(Error::io("reading pool definitions"))?
-        {
-            match parse_checked(&stored.xml) {
-                Ok(def) if def.uuid == stored.uuid => {
-                    table.pools.push(new_entry(def, true, stored.autostart))
-                }
-                _ => self.store.quarantine(&stored, "pool"),
-            }
+            .load_checked("pool", |xml| parse_checked(xml).ok(), |def| &def.uuid)
+            .map_err(Error::io("reading pool definitions"))?;
+        for (def, autostart) in loaded {
+            table.pools.push(new_entry(def, true, autostart));
         }
         // Pools that were active when the service stopped (transient ones live only here).
         for entry in std::fs::read_dir(&self.active_dir)
