@@ -7,6 +7,7 @@
 pub mod access;
 pub mod client;
 pub mod config;
+pub mod fields;
 pub mod pending;
 pub mod server;
 pub mod shutdown;

@@ -13,6 +13,8 @@ use vireo_proto::network::v1::network_port_service_server::{
 };
 use vireo_proto::network::v1::network_service_server::{NetworkService, NetworkServiceServer};
 
+use vireo_runtime::fields::known;
+
 use crate::core::networks::Manager;
 
 pub fn network_server(manager: Arc<Manager>) -> NetworkServiceServer<Networks> {
@@ -226,16 +228,8 @@ impl NetworkService for Networks {
         request: Request<pb::UpdateNetworkRequest>,
     ) -> Result<Response<Empty>, Status> {
         let request = request.into_inner();
-        for (value, field) in [(request.command, "command"), (request.section, "section")] {
-            if value != 0
-                && pb::NetworkUpdateCommand::try_from(value).is_err()
-                && pb::NetworkUpdateSection::try_from(value).is_err()
-            {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: unknown value {value}"
-                )));
-            }
-        }
+        known::<pb::NetworkUpdateCommand>(request.command, "command")?;
+        known::<pb::NetworkUpdateSection>(request.section, "section")?;
         self.0.update(&request).await?;
         Ok(Response::new(Empty {}))
     }

@@ -88,6 +88,9 @@ impl NodeDeviceService for Devices {
         request: Request<pb::ListNodeDevicesRequest>,
     ) -> Result<Response<pb::ListNodeDevicesResponse>, Status> {
         let wanted = request.into_inner().caps;
+        for cap in &wanted {
+            vireo_runtime::fields::known::<pb::CapabilityType>(*cap, "caps")?;
+        }
         let devices = self
             .sysfs
             .devices()

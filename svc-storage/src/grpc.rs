@@ -18,6 +18,8 @@ use vireo_proto::storage::v1::storage_volume_service_server::{
     StorageVolumeService, StorageVolumeServiceServer,
 };
 
+use vireo_runtime::fields::known;
+
 use crate::core::backend::volume_path;
 use crate::core::data::{self, Piece};
 use crate::core::pools::Manager;
@@ -40,12 +42,6 @@ pub struct Volumes(Arc<Manager>);
 fn pool_of(pool: Option<ObjectRef>) -> Result<ObjectRef, Status> {
     pool.filter(|p| p.key.is_some())
         .ok_or_else(|| Status::invalid_argument("pool: name the pool"))
-}
-
-/// An enum field's value; a number this server does not know is refused, not read as the default.
-fn known<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Status> {
-    E::try_from(value)
-        .map_err(|_| Status::invalid_argument(format!("{field}: unknown value {value}")))
 }
 
 pub(crate) fn volume_of(volume: Option<pb::VolumeRef>) -> Result<pb::VolumeRef, Status> {
