@@ -1,7 +1,7 @@
 //! vireo-runtime owns the process plumbing that every Vireo server and client shares: the common
 //! flags and TOML config, serving gRPC on a unix socket with health and reflection, answering
 //! not-yet-built RPCs honestly, shutdown on SIGTERM/SIGINT, logging, connecting to a socket, crash-safe
-//! definition files, and local transfer sockets that pass open files.
+//! definition files, local transfer sockets that pass open files, and checks of request fields.
 //! It knows nothing of any service's domain logic.
 
 pub mod access;
