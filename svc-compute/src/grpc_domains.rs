@@ -219,6 +219,59 @@ impl Domains {
                                 run.taps.retain(|t| *t != gone.target_dev);
                             }
                         }
+                        Hotplug::AddHostdev(_) => {
+                            // The host device the change added is the last.
+                            let index = devices.hostdevs.len() - 1;
+                            let taken: Vec<String> = run
+                                .live
+                                .devices
+                                .iter()
+                                .flat_map(|d| &d.hostdevs)
+                                .map(|h| h.alias.clone())
+                                .collect();
+                            let hostdev = &mut devices.hostdevs[index];
+                            hostdev.alias = (0..)
+                                .map(|n| format!("hostdev{n}"))
+                                .find(|alias| !taken.contains(alias))
+                                .unwrap_or_default();
+                            let single = pb::DomainDefinition {
+                                name: run.live.name.clone(),
+                                uuid: run.live.uuid.clone(),
+                                devices: Some(pb::DomainDevices {
+                                    hostdevs: vec![hostdev.clone()],
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            };
+                            crate::core::hostdev::check_not_in_use(
+                                &single,
+                                run.others_with_hostdevs.iter(),
+                            )?;
+                            let host_devices = self.manager.host_devices();
+                            let paths = host_devices.prepare(&single).await?;
+                            let path = paths.first().cloned().unwrap_or_default();
+                            if let Err(err) =
+                                crate::core::engine::qemu::plug_hostdev(qmp, hostdev, &path).await
+                            {
+                                host_devices.release(&single).await;
+                                return Err(err);
+                            }
+                        }
+                        Hotplug::RemoveHostdev(address) => {
+                            let gone = crate::core::hostdev::pci_hostdevs(run.live)
+                                .find(|(_, pci)| **pci == address)
+                                .map(|(hostdev, _)| hostdev.clone())
+                                .ok_or_else(|| {
+                                    Error::NotFound(format!(
+                                        "no host device {}",
+                                        crate::core::hostdev::host_address(&address)
+                                    ))
+                                })?;
+                            crate::core::engine::qemu::unplug_hostdev(qmp, &gone.alias).await?;
+                            if gone.managed {
+                                self.manager.host_devices().reattach(&address).await;
+                            }
+                        }
                         disk => crate::core::engine::qemu::hotplug(qmp, &disk).await?,
                     }
                     run.live.devices = Some(devices);
@@ -927,7 +980,8 @@ impl DomainService for Domains {
             "attaching a device",
             disk_of(&device)
                 .map(|disk| Hotplug::AddDisk(Box::new(disk)))
-                .or_else(|| device_interface(&device).map(|i| Hotplug::AddInterface(Box::new(i)))),
+                .or_else(|| device_interface(&device).map(|i| Hotplug::AddInterface(Box::new(i))))
+                .or_else(|| pci_hostdev_of(&device).map(|(h, _)| Hotplug::AddHostdev(Box::new(h)))),
             move |devices| add_device(devices, added.clone()),
         )
         .await?;
@@ -962,7 +1016,8 @@ impl DomainService for Domains {
             "detaching a device",
             disk_of(&device)
                 .map(|d| Hotplug::RemoveDisk(d.target.unwrap_or_default().dev))
-                .or_else(|| device_interface(&device).map(|i| Hotplug::RemoveInterface(i.mac))),
+                .or_else(|| device_interface(&device).map(|i| Hotplug::RemoveInterface(i.mac)))
+                .or_else(|| pci_hostdev_of(&device).map(|(_, pci)| Hotplug::RemoveHostdev(pci))),
             move |devices| remove_device(devices, &device),
         )
         .await?;
@@ -2024,6 +2079,17 @@ fn device_interface(device: &pb::DomainDevice) -> Option<pb::Interface> {
     }
 }
 
+/// A PCI `<hostdev>` and its host address (the only host devices that hotplug).
+fn pci_hostdev_of(device: &pb::DomainDevice) -> Option<(pb::Hostdev, pb::PciAddress)> {
+    match &device.kind {
+        Some(pb::domain_device::Kind::Hostdev(hostdev)) => match &hostdev.source {
+            Some(pb::hostdev::Source::Pci(pci)) => Some((hostdev.clone(), *pci)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn disk_of(device: &pb::DomainDevice) -> Option<pb::Disk> {
     match &device.kind {
         Some(pb::domain_device::Kind::Disk(disk)) => Some(disk.clone()),
@@ -2068,7 +2134,14 @@ fn add_device(devices: &mut pb::DomainDevices, device: pb::DomainDevice) -> Resu
         Some(Kind::Input(i)) => devices.inputs.push(i),
         Some(Kind::Memballoon(b)) => devices.memballoon = Some(b),
         Some(Kind::Rng(r)) => devices.rngs.push(r),
-        Some(Kind::Hostdev(h)) => devices.hostdevs.push(h),
+        Some(Kind::Hostdev(hostdev)) => {
+            if devices.hostdevs.iter().any(|h| h.source == hostdev.source) {
+                return Err(Error::AlreadyExists(
+                    "the domain already has this host device".into(),
+                ));
+            }
+            devices.hostdevs.push(hostdev);
+        }
         _ => {
             return Err(Error::Unsupported(
                 "this kind of device cannot be attached".into(),

@@ -16,6 +16,7 @@ use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_COUNT};
 use crate::devices::pci::{CONFIG_ADDRESS_PORT, CONFIG_PORT_COUNT, PciBus, PciConfigIo};
 use crate::devices::rtc::{RTC_PORT, RTC_PORT_COUNT, Rtc};
 use crate::devices::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, SerialInfo};
+use crate::devices::vfio::{self, VfioPciDevice};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
@@ -54,6 +55,8 @@ pub enum BuildError {
     Console(#[from] crate::devices::virtio::console::ConsoleError),
     #[error(transparent)]
     Pci(#[from] crate::devices::pci::PciError),
+    #[error(transparent)]
+    Vfio(#[from] crate::devices::vfio::VfioSetupError),
     #[error("control socket {path}: {source}")]
     Control {
         path: String,
@@ -126,6 +129,8 @@ pub struct Vmm {
     watchers: Vec<Sender<String>>,
     serial: SerialInfo,
     memory_mib: u64,
+    /// Host devices assigned through VFIO: their state lives in hardware, so no snapshot.
+    assigned_devices: usize,
 }
 
 /// A virtio device's transport, shared by the PCI bus and the snapshot code.
@@ -212,6 +217,19 @@ fn build_pci(
         pci.add(transport.clone())?;
         VirtioPci::start_notifier(&transport, binder.clone()).map_err(BuildError::Threads)?;
         transports.push(transport);
+    }
+    if let Some(first) = config.vfio.first() {
+        let container = vfio::open_container(vm, first)?;
+        for (index, path) in config.vfio.iter().enumerate() {
+            let first_slot = VfioPciDevice::first_slot(u32::try_from(index).unwrap_or(0));
+            let device = VfioPciDevice::open(path, &container, vm, &routes, first_slot)?;
+            let device = Arc::new(Mutex::new(device));
+            pci.add(device.clone())?;
+            if let Ok(mut device) = device.lock() {
+                device.map_bars()?;
+            }
+        }
+        vfio::map_guest_memory(&container, memory, first)?;
     }
     Ok((pci, transports, routes))
 }
@@ -356,6 +374,7 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
         watchers: Vec::new(),
         serial: serial_info,
         memory_mib: config.memory_mib,
+        assigned_devices: config.vfio.len(),
     })
 }
 
@@ -458,6 +477,12 @@ impl Vmm {
     /// Pauses the vCPUs and writes the whole VM to `path`. On failure the vCPUs resume and the
     /// guest goes on as if nothing happened.
     fn save(&mut self, path: &std::path::Path) -> Result<u32, String> {
+        if self.assigned_devices > 0 {
+            return Err(
+                "a VM with assigned host devices (--vfio) cannot be saved: their state is in the hardware"
+                    .into(),
+            );
+        }
         if !vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
             return Err("vCPUs did not pause in time".into());
         }

@@ -33,6 +33,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-balloon device, after the nets.
     pub balloon: bool,
+    /// Host PCI devices to assign through VFIO, by sysfs path; after the virtio devices.
+    pub vfio: Vec<PathBuf>,
     /// A virtio-console, last.
     pub console: Option<ConsoleTarget>,
 }

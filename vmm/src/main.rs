@@ -13,7 +13,8 @@ use vireo_vmm::vstate::memory::MemoryOptions;
 const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MIB]
                      [--serial file:PATH|unix:PATH|pty|stdout|null] [--control PATH] [--hugepages] [--no-ksm]
                      [--kvm-device PATH] [--rng] [--disk PATH[,format=raw|qcow2][,readonly][,serial=TEXT]]...
-                     [--net tap=NAME[,mac=MAC]]... [--balloon] [--console file:PATH|unix:PATH]
+                     [--net tap=NAME[,mac=MAC]]... [--balloon] [--vfio SYSFS_PATH]...
+                     [--console file:PATH|unix:PATH]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB
        vireo-vmm probe
@@ -47,6 +48,7 @@ fn parse_run(
     let mut disks = Vec::new();
     let mut nets = Vec::new();
     let mut balloon = false;
+    let mut vfio = Vec::new();
     let mut console = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -74,6 +76,7 @@ fn parse_run(
             "--disk" => disks.push(value()?.parse()?),
             "--net" => nets.push(value()?.parse()?),
             "--balloon" => balloon = true,
+            "--vfio" => vfio.push(PathBuf::from(value()?)),
             "--console" => console = Some(value()?.parse()?),
             other => return Err(format!("unknown option `{other}`")),
         }
@@ -101,6 +104,7 @@ fn parse_run(
         disks,
         nets,
         balloon,
+        vfio,
         console,
     };
     Ok((config, snapshot))

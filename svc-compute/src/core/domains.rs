@@ -19,6 +19,7 @@ use super::cgroup::{self, Group};
 use super::console::{ConsoleHub, HostEnd};
 use super::engine::{self, Control, EngineEvent, RunPaths};
 use super::engines::Engines;
+use super::hostdev;
 use super::network;
 use super::process;
 use super::saves::{SaveRecord, SaveStore};
@@ -187,6 +188,8 @@ pub struct Manager {
     storage: Storage,
     /// svc-network, which gives network interfaces their ports.
     networks: network::Networks,
+    /// svc-nodedev, which detaches and reattaches `<hostdev>` devices.
+    host_devices: hostdev::HostDevices,
     table: Mutex<Table>,
     events: broadcast::Sender<pb::DomainEvent>,
     seq: AtomicU64,
@@ -211,6 +214,11 @@ impl Manager {
         &self.networks
     }
 
+    /// svc-nodedev, which detaches and reattaches `<hostdev>` devices.
+    pub fn host_devices(&self) -> &hostdev::HostDevices {
+        &self.host_devices
+    }
+
     pub async fn open(
         state_dir: &Path,
         run_dir: &Path,
@@ -227,6 +235,7 @@ impl Manager {
             engines,
             storage: Storage::new(run_dir.join("storage.sock")),
             networks: network::Networks::new(run_dir.join("network.sock")),
+            host_devices: hostdev::HostDevices::new(run_dir.join("nodedev.sock")),
             table: Mutex::new(Table {
                 next_id: 1,
                 ..Table::default()
@@ -288,6 +297,9 @@ impl Manager {
                     .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
                 {
                     network::remove_taps(&status.taps).await;
+                    if let Ok(live) = vireo_conf::domain::parse(&status.live_xml) {
+                        self.host_devices.release(&live).await;
+                    }
                 }
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 if let Some(entry) = table.entries.get_mut(&uuid) {
@@ -428,10 +440,15 @@ impl Manager {
                     engine::vmm::command(
                         Path::new("vireo-vmm"),
                         def,
-                        &vec![
-                            String::new();
-                            def.devices.as_ref().map_or(0, |d| d.interfaces.len())
-                        ],
+                        engine::HostEnds {
+                            taps: &vec![
+                                String::new();
+                                def.devices.as_ref().map_or(0, |d| d.interfaces.len())
+                            ],
+                            hostdevs: &hostdev::pci_hostdevs(def)
+                                .map(|_| PathBuf::new())
+                                .collect::<Vec<_>>(),
+                        },
                         &RunPaths::new(PathBuf::new()),
                     )
                     .err()
@@ -896,6 +913,14 @@ impl Manager {
         let paths = RunPaths::new(self.run_root.join(uuid));
         let _ = std::fs::remove_dir_all(&paths.dir);
         std::fs::create_dir_all(&paths.dir).map_err(Error::io("domain run directory"))?;
+        hostdev::check_not_in_use(
+            &live,
+            table
+                .entries
+                .iter()
+                .filter(|(other, _)| *other != uuid)
+                .filter_map(|(_, entry)| entry.run.as_ref().map(|run| &run.live)),
+        )?;
         let taps = match network::prepare_taps(&live, id, &self.networks).await {
             Ok(taps) => taps,
             Err(err) => {
@@ -903,8 +928,27 @@ impl Manager {
                 return Err(err);
             }
         };
+        let hostdevs = match self.host_devices.prepare(&live).await {
+            Ok(hostdevs) => hostdevs,
+            Err(err) => {
+                network::remove_taps(&taps).await;
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                return Err(err);
+            }
+        };
         let result = self
-            .spawn(uuid, &mut live, placement, &paths, &taps, paused, boot)
+            .spawn(
+                uuid,
+                &mut live,
+                placement,
+                &paths,
+                engine::HostEnds {
+                    taps: &taps,
+                    hostdevs: &hostdevs,
+                },
+                paused,
+                boot,
+            )
             .await;
         let (mut child, control, events_rx, console, group) = match result {
             Ok(parts) => parts,
@@ -912,6 +956,7 @@ impl Manager {
                 if let Some(layout) = cgroup::detect() {
                     Group::new(layout, uuid).remove();
                 }
+                self.host_devices.release(&live).await;
                 network::remove_taps(&taps).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 let entry = table.entry(uuid);
@@ -983,7 +1028,7 @@ impl Manager {
         live: &mut pb::DomainDefinition,
         placement: Placement,
         paths: &RunPaths,
-        taps: &[String],
+        host: engine::HostEnds<'_>,
         paused: bool,
         boot: &Boot,
     ) -> Result<
@@ -1004,7 +1049,7 @@ impl Manager {
                     .as_deref()
                     .unwrap_or(Path::new("vireo-vmm")),
                 live,
-                taps,
+                host,
                 paths,
             )?,
             _ => engine::qemu::command(
@@ -1015,7 +1060,7 @@ impl Manager {
                     .unwrap_or(Path::new("qemu-system-x86_64")),
                 live,
                 placement.kvm,
-                taps,
+                host,
                 paths,
             )?,
         };
@@ -1318,12 +1363,7 @@ impl Manager {
 
     /// Cleans up after a run and applies `outcome`; a restart keeps the runtime id.
     async fn finish(self: &Arc<Self>, table: &mut Table, uuid: &str, run: Run, outcome: Outcome) {
-        run.console.close();
-        if let Some(group) = &run.cgroup {
-            group.remove();
-        }
-        network::remove_taps(&run.taps).await;
-        let _ = std::fs::remove_dir_all(&run.paths.dir);
+        self.release(&run).await;
         let live = run.live.clone();
         let action = |action: i32| {
             pb::DomainLifecycleAction::try_from(action)
@@ -1444,13 +1484,14 @@ impl Manager {
         Some(run)
     }
 
-    /// What a run holds on the host: console, cgroup, taps, run directory.
+    /// What a run holds on the host: console, cgroup, taps, managed host devices, run directory.
     async fn release(&self, run: &Run) {
         run.console.close();
         if let Some(group) = &run.cgroup {
             group.remove();
         }
         network::remove_taps(&run.taps).await;
+        self.host_devices.release(&run.live).await;
         let _ = std::fs::remove_dir_all(&run.paths.dir);
     }
 
@@ -1891,8 +1932,17 @@ impl Manager {
     ) -> Result<T, Error> {
         let mut table = self.table.lock().await;
         let uuid = table.find(domain)?;
+        let others_with_hostdevs = table
+            .entries
+            .iter()
+            .filter(|(other, _)| **other != uuid)
+            .filter_map(|(_, entry)| entry.run.as_ref())
+            .filter(|run| hostdev::pci_hostdevs(&run.live).next().is_some())
+            .map(|run| run.live.clone())
+            .collect();
         let run = Self::running(&mut table, &uuid)?;
         f(RunView {
+            others_with_hostdevs,
             id: run.id,
             taps: &mut run.taps,
             live: &mut run.live,
@@ -2042,6 +2092,8 @@ pub struct RunView<'a> {
     pub cgroup: Option<&'a Group>,
     pub pid: u32,
     pub engine: pb::Engine,
+    /// The live definitions of the other running guests that hold host devices.
+    pub others_with_hostdevs: Vec<pb::DomainDefinition>,
 }
 
 /// The spawned engine, handed to its supervisor for reaping.
@@ -2106,6 +2158,9 @@ fn fill_live(live: &mut pb::DomainDefinition, taps: &[String], placement: Placem
     };
     for (index, disk) in devices.disks.iter_mut().enumerate() {
         disk.alias = format!("virtio-disk{index}");
+    }
+    for (index, hostdev) in devices.hostdevs.iter_mut().enumerate() {
+        hostdev.alias = format!("hostdev{index}");
     }
     for (index, (interface, tap)) in devices.interfaces.iter_mut().zip(taps).enumerate() {
         interface.alias = format!("net{index}");

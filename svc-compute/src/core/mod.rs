@@ -6,6 +6,7 @@ pub mod domains;
 pub mod engine;
 pub mod engines;
 pub mod host;
+pub mod hostdev;
 pub mod network;
 pub mod process;
 pub mod saves;

@@ -186,6 +186,7 @@ impl Sysfs {
             devices.push(pb::NodeDevice {
                 name: pci_name(&address),
                 path: self.shown_path(&real),
+                sysfs_dir: real.display().to_string(),
                 parent: Self::parent_of(&real),
                 driver: link_name(&real.join("driver")).unwrap_or_default(),
                 caps: vec![pb::Capability {

@@ -9,6 +9,7 @@ pub mod i8042;
 pub mod pci;
 pub mod rtc;
 pub mod serial;
+pub mod vfio;
 pub mod virtio;
 
 /// What a device asks the VMM to do on the guest's behalf.

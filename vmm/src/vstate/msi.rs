@@ -103,6 +103,19 @@ impl MsiRoutes {
         let _ = self.vm.fd.signal_msi(message);
     }
 
+    /// An irqfd that raises the MSI `(address, data)`, for a device that signals KVM itself (an
+    /// assigned host device); None past the route limit or when KVM refuses.
+    pub fn irqfd(&self, address: u64, data: u32) -> Option<EventFd> {
+        let mut routes = self.routes.lock().ok()?;
+        if let Some((_, event)) = routes.get(&(address, data)) {
+            return event.try_clone().ok();
+        }
+        if routes.len() >= MAX_MSI_ROUTES {
+            return None;
+        }
+        self.add_route(&mut routes, address, data)?.try_clone().ok()
+    }
+
     /// Installs a route for the message and its irqfd; None if KVM refuses either.
     fn add_route<'a>(
         &self,

@@ -53,6 +53,14 @@ pub struct Launch {
     pub fds: Vec<(PathBuf, i32)>,
 }
 
+/// What the host made ready for a guest's devices, in the definition's order: the tap of each
+/// interface ("" for user networking) and the sysfs path of each PCI `<hostdev>`.
+#[derive(Debug, Clone, Copy)]
+pub struct HostEnds<'a> {
+    pub taps: &'a [String],
+    pub hostdevs: &'a [PathBuf],
+}
+
 /// The first descriptor number handed to an engine for its devices.
 pub const FIRST_PASSED_FD: i32 = 100;
 

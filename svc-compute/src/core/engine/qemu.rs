@@ -33,7 +33,7 @@ pub fn command(
     binary: &Path,
     def: &pb::DomainDefinition,
     kvm: bool,
-    taps: &[String],
+    host: super::HostEnds<'_>,
     paths: &RunPaths,
 ) -> Result<Launch, Error> {
     super::check_char_devices(def, "qemu")?;
@@ -250,7 +250,7 @@ pub fn command(
         a.extend(["-device".into(), "piix3-usb-uhci,id=usb".into()]);
     }
     let mut fds = Vec::new();
-    for (index, (interface, tap)) in devices.interfaces.iter().zip(taps).enumerate() {
+    for (index, (interface, tap)) in devices.interfaces.iter().zip(host.taps).enumerate() {
         let netdev = match interface.r#type() {
             pb::InterfaceType::User => format!("user,id=net{index}"),
             pb::InterfaceType::Direct | pb::InterfaceType::Network
@@ -350,17 +350,12 @@ pub fn command(
             format!("virtio-rng-pci,rng=objrng{index},id=rng{index}"),
         ]);
     }
-    for hostdev in &devices.hostdevs {
-        match &hostdev.source {
-            Some(pb::hostdev::Source::Pci(pci)) => a.extend([
-                "-device".into(),
-                format!(
-                    "vfio-pci,host={:04x}:{:02x}:{:02x}.{:x}",
-                    pci.domain, pci.bus, pci.slot, pci.function
-                ),
-            ]),
-            _ => return Err(unsupported("qemu", "USB or SCSI host devices yet")),
-        }
+    if devices.hostdevs.len() != host.hostdevs.len() {
+        return Err(unsupported("qemu", "USB or SCSI host devices yet"));
+    }
+    for (index, (hostdev, path)) in devices.hostdevs.iter().zip(host.hostdevs).enumerate() {
+        let id = format!("hostdev{index}");
+        a.extend(["-device".into(), vfio_pci_device(hostdev, path, &id)?]);
     }
     for panic in &devices.panics {
         let device = match panic.model() {
@@ -472,6 +467,9 @@ pub enum Hotplug {
     AddInterface(Box<pb::Interface>),
     /// By MAC address.
     RemoveInterface(String),
+    AddHostdev(Box<pb::Hostdev>),
+    /// By host PCI address.
+    RemoveHostdev(pb::PciAddress),
 }
 
 /// Plugs a virtio disk in (blockdev-add, device_add) or out (device_del, wait for the guest to
@@ -530,8 +528,11 @@ pub async fn hotplug(qmp: &Qmp, change: &Hotplug) -> Result<(), Error> {
             }
             Ok(())
         }
-        Hotplug::AddInterface(_) | Hotplug::RemoveInterface(_) => Err(Error::Engine(
-            "interfaces are plugged with plug_interface / unplug_interface".into(),
+        Hotplug::AddInterface(_)
+        | Hotplug::RemoveInterface(_)
+        | Hotplug::AddHostdev(_)
+        | Hotplug::RemoveHostdev(_) => Err(Error::Engine(
+            "interfaces and host devices have their own plug and unplug".into(),
         )),
         Hotplug::RemoveDisk(target) => {
             unplug(qmp, target, "disk").await?;
@@ -731,6 +732,62 @@ pub async fn set_vcpus(qmp: &Qmp, count: u32) -> Result<(), Error> {
     }
 }
 
+/// The properties of QEMU's vfio-pci device for the host PCI device at sysfs `path`: named by
+/// `host=` address in the host's own sysfs (as libvirt passes it), by `sysfsdev=` path under any
+/// other sysfs root.
+fn vfio_pci_properties(
+    hostdev: &pb::Hostdev,
+    path: &Path,
+    id: &str,
+) -> Result<Vec<(&'static str, Value)>, Error> {
+    let Some(pb::hostdev::Source::Pci(pci)) = &hostdev.source else {
+        return Err(unsupported("qemu", "USB or SCSI host devices yet"));
+    };
+    let mut properties = vec![("driver", json!("vfio-pci"))];
+    if path.starts_with("/sys/") {
+        properties.push(("host", json!(crate::core::hostdev::host_address(pci))));
+    } else {
+        properties.push(("sysfsdev", json!(path.display().to_string())));
+    }
+    properties.push(("id", json!(id)));
+    if let Some(order) = hostdev.boot_order {
+        properties.push(("bootindex", json!(order)));
+    }
+    Ok(properties)
+}
+
+/// The `-device` argument of a host PCI device.
+fn vfio_pci_device(hostdev: &pb::Hostdev, path: &Path, id: &str) -> Result<String, Error> {
+    let properties = vfio_pci_properties(hostdev, path, id)?;
+    let parts: Vec<String> = properties
+        .into_iter()
+        .map(|(key, value)| match (key, value) {
+            ("driver", Value::String(driver)) => driver,
+            (key, Value::String(text)) => format!("{key}={}", opt(&text)),
+            (key, other) => format!("{key}={other}"),
+        })
+        .collect();
+    Ok(parts.join(","))
+}
+
+/// Plugs a host PCI device in (device_add vfio-pci); QEMU opens its VFIO group itself.
+pub async fn plug_hostdev(qmp: &Qmp, hostdev: &pb::Hostdev, path: &Path) -> Result<(), Error> {
+    let properties = vfio_pci_properties(hostdev, path, &hostdev.alias)?;
+    let arguments: serde_json::Map<String, Value> = properties
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+    qmp.execute("device_add", Value::Object(arguments))
+        .await
+        .map_err(|err| Error::Engine(format!("QEMU device_add (hostdev): {err}")))?;
+    Ok(())
+}
+
+/// Unplugs the host device with this alias once the guest lets go of it.
+pub async fn unplug_hostdev(qmp: &Qmp, alias: &str) -> Result<(), Error> {
+    unplug(qmp, alias, "host device").await
+}
+
 /// Plugs a NIC in: its host end (`tap`, or user networking) as a netdev, then the device; both
 /// take the interface's alias as id.
 pub async fn plug_interface(qmp: &Qmp, interface: &pb::Interface, tap: &str) -> Result<(), Error> {
@@ -795,4 +852,40 @@ pub async fn unplug_interface(qmp: &Qmp, alias: &str) -> Result<(), Error> {
         .await
         .map_err(|err| Error::Engine(format!("QEMU netdev_del {alias}: {err}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_pci_device_is_named_by_address_in_the_hosts_sysfs_and_by_path_under_another_root() {
+        let hostdev = pb::Hostdev {
+            r#type: pb::HostdevType::Pci as i32,
+            source: Some(pb::hostdev::Source::Pci(pb::PciAddress {
+                domain: 0,
+                bus: 3,
+                slot: 0x10,
+                function: 1,
+                ..Default::default()
+            })),
+            boot_order: Some(2),
+            ..Default::default()
+        };
+        let real = Path::new("/sys/devices/pci0000:00/0000:03:10.1");
+        assert_eq!(
+            vfio_pci_device(&hostdev, real, "hostdev0").unwrap(),
+            "vfio-pci,host=0000:03:10.1,id=hostdev0,bootindex=2"
+        );
+        let tree = Path::new("/tmp/tree,x/devices/pci0000:00/0000:03:10.1");
+        assert_eq!(
+            vfio_pci_device(&hostdev, tree, "hostdev1").unwrap(),
+            "vfio-pci,sysfsdev=/tmp/tree,,x/devices/pci0000:00/0000:03:10.1,id=hostdev1,bootindex=2"
+        );
+        let usb = pb::Hostdev {
+            source: Some(pb::hostdev::Source::Usb(pb::HostdevUsbSource::default())),
+            ..Default::default()
+        };
+        assert!(vfio_pci_device(&usb, real, "hostdev2").is_err());
+    }
 }

@@ -38,7 +38,7 @@ pub fn exit_of(code: Option<i32>) -> VmmExit {
 pub fn command(
     binary: &Path,
     def: &pb::DomainDefinition,
-    taps: &[String],
+    host: super::HostEnds<'_>,
     paths: &RunPaths,
 ) -> Result<Launch, Error> {
     let os = def.os.clone().unwrap_or_default();
@@ -177,7 +177,7 @@ pub fn command(
         }
         args.extend(["--disk".into(), spec]);
     }
-    for (interface, tap) in devices.interfaces.iter().zip(taps) {
+    for (interface, tap) in devices.interfaces.iter().zip(host.taps) {
         if interface.r#type() == pb::InterfaceType::Direct || crate::core::network::is_macvtap(tap)
         {
             return Err(unsupported(
@@ -204,6 +204,9 @@ pub fn command(
     {
         args.push("--balloon".into());
     }
+    for path in host.hostdevs {
+        args.extend(["--vfio".into(), path.display().to_string()]);
+    }
     if devices.rngs.len() > 1 {
         return Err(unsupported("vmm", "more than one <rng>"));
     }
@@ -214,8 +217,8 @@ pub fn command(
         (!devices.graphics.is_empty(), "<graphics>"),
         (!devices.videos.is_empty(), "<video>"),
         (
-            !devices.hostdevs.is_empty(),
-            "<hostdev> (device assignment)",
+            devices.hostdevs.len() != host.hostdevs.len(),
+            "a USB or SCSI <hostdev> (PCI devices are assigned through VFIO)",
         ),
         (!devices.channels.is_empty(), "<channel>"),
         (

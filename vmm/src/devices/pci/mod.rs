@@ -2,6 +2,7 @@
 //! 32-bit MMIO hole, and the devices in slots of bus 0 (slot 0 is the host bridge).
 
 pub mod config;
+pub mod msix;
 
 use std::sync::{Arc, Mutex};
 

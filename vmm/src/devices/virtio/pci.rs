@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioDevice;
+use crate::devices::pci::msix::{self, MsixEntry, MsixTable};
 use crate::devices::pci::{BarKind, PciConfig, PciDevice};
 
 const BAR_SIZE: u64 = 0x8000;
@@ -23,12 +24,10 @@ const NOTIFY_OFFSET: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
 const MSIX_TABLE_OFFSET: u64 = 0x4000;
 const MSIX_PBA_OFFSET: u64 = 0x5000;
-const MSIX_ENTRY_SIZE: u64 = 16;
 const NO_VECTOR: u16 = 0xffff;
 
 const VENDOR_REDHAT_VIRTIO: u16 = 0x1af4;
 const CAP_VENDOR: u8 = 0x09;
-const CAP_MSIX: u8 = 0x11;
 const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
@@ -39,8 +38,6 @@ const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_NEEDS_RESET: u8 = 0x40;
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
-const MSIX_CONTROL_ENABLE: u16 = 1 << 15;
-const MSIX_CONTROL_MASK: u16 = 1 << 14;
 
 /// Delivers one MSI message (address, data) to the guest.
 pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
@@ -55,13 +52,6 @@ struct NotifyEvents {
     binder: IoEventBinder,
     /// The BAR address the eventfds are bound at, if they are.
     bound_at: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-struct MsixEntry {
-    address: u64,
-    data: u32,
-    masked: bool,
 }
 
 /// One virtqueue's negotiated layout and positions, for save and restore.
@@ -105,8 +95,7 @@ pub struct VirtioPci {
     memory: GuestMemoryMmap,
     queues: Vec<Queue>,
     queue_vectors: Vec<u16>,
-    msix: Vec<MsixEntry>,
-    msix_pending: Vec<bool>,
+    msix: MsixTable,
     msi: MsiSender,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -179,13 +168,13 @@ impl VirtioPci {
             &vendor_capability(CFG_DEVICE, DEVICE_OFFSET, DEVICE_LENGTH, &[]),
             &[],
         );
-        let vectors = queue_count + 1;
-        let mut msix_body = Vec::new();
-        msix_body.extend_from_slice(&u16::try_from(vectors - 1).unwrap_or(0).to_le_bytes());
-        msix_body.extend_from_slice(&u32::try_from(MSIX_TABLE_OFFSET).unwrap_or(0).to_le_bytes());
-        msix_body.extend_from_slice(&u32::try_from(MSIX_PBA_OFFSET).unwrap_or(0).to_le_bytes());
+        let msix = MsixTable::new(queue_count + 1);
+        let msix_body = msix.capability_body(
+            (0, u32::try_from(MSIX_TABLE_OFFSET).unwrap_or(0)),
+            (0, u32::try_from(MSIX_PBA_OFFSET).unwrap_or(0)),
+        );
         // Only the enable and function-mask bits of Message Control are writable.
-        let msix_capability = config.add_capability(CAP_MSIX, &msix_body, &[0, 0, 0, 0xc0]);
+        let msix_capability = config.add_capability(msix::CAP_MSIX, &msix_body, &[0, 0, 0, 0xc0]);
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -201,14 +190,7 @@ impl VirtioPci {
             memory,
             queues,
             queue_vectors: vec![NO_VECTOR; queue_count],
-            msix: vec![
-                MsixEntry {
-                    masked: true,
-                    ..Default::default()
-                };
-                vectors
-            ],
-            msix_pending: vec![false; vectors],
+            msix,
             msi,
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -334,8 +316,8 @@ impl VirtioPci {
                     vector: *vector,
                 })
                 .collect(),
-            msix: self.msix.clone(),
-            msix_pending: self.msix_pending.clone(),
+            msix: self.msix.entries.clone(),
+            msix_pending: self.msix.pending.clone(),
             device: self.device.saved_state(),
         }
     }
@@ -370,10 +352,10 @@ impl VirtioPci {
             queue.set_ready(saved.ready);
             *vector = saved.vector;
         }
-        for (entry, saved) in self.msix.iter_mut().zip(&state.msix) {
+        for (entry, saved) in self.msix.entries.iter_mut().zip(&state.msix) {
             *entry = *saved;
         }
-        for (pending, saved) in self.msix_pending.iter_mut().zip(&state.msix_pending) {
+        for (pending, saved) in self.msix.pending.iter_mut().zip(&state.msix_pending) {
             *pending = *saved;
         }
         self.device.restore_state(&state.device);
@@ -395,14 +377,14 @@ impl VirtioPci {
     fn interrupt(&mut self, vector: u16, isr_bit: u8) {
         self.isr |= isr_bit;
         let control = self.msix_control();
-        if control & MSIX_CONTROL_ENABLE == 0 || vector == NO_VECTOR {
+        if control & msix::CONTROL_ENABLE == 0 || vector == NO_VECTOR {
             return;
         }
-        let Some(entry) = self.msix.get(usize::from(vector)).copied() else {
+        let Some(entry) = self.msix.entries.get(usize::from(vector)).copied() else {
             return;
         };
-        if entry.masked || control & MSIX_CONTROL_MASK != 0 {
-            if let Some(pending) = self.msix_pending.get_mut(usize::from(vector)) {
+        if entry.masked || control & msix::CONTROL_MASK != 0 {
+            if let Some(pending) = self.msix.pending.get_mut(usize::from(vector)) {
                 *pending = true;
             }
             return;
@@ -660,46 +642,6 @@ impl VirtioPci {
             }
         }
     }
-
-    fn msix_table_access(&mut self, offset: u64, data: Option<&[u8]>, read: &mut [u8]) {
-        let Ok(index) = usize::try_from(offset / MSIX_ENTRY_SIZE) else {
-            return;
-        };
-        let field = offset % MSIX_ENTRY_SIZE;
-        let Some(entry) = self.msix.get_mut(index) else {
-            read.fill(0);
-            return;
-        };
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&entry.address.to_le_bytes());
-        raw[8..12].copy_from_slice(&entry.data.to_le_bytes());
-        raw[12..16].copy_from_slice(&u32::from(entry.masked).to_le_bytes());
-        let start = usize::try_from(field).unwrap_or(16);
-        match data {
-            None => {
-                for (index, byte) in read.iter_mut().enumerate() {
-                    *byte = raw.get(start + index).copied().unwrap_or(0);
-                }
-            }
-            Some(data) => {
-                for (index, byte) in data.iter().enumerate() {
-                    if let Some(slot) = raw.get_mut(start + index) {
-                        *slot = *byte;
-                    }
-                }
-                let was_masked = entry.masked;
-                entry.address = u64::from_le_bytes(raw[0..8].try_into().unwrap_or([0; 8]));
-                entry.data = u32::from_le_bytes(raw[8..12].try_into().unwrap_or([0; 4]));
-                entry.masked = raw[12] & 1 != 0;
-                let unmasked = was_masked && !entry.masked;
-                let pending = self.msix_pending.get(index).copied().unwrap_or(false);
-                if unmasked && pending {
-                    self.msix_pending[index] = false;
-                    self.interrupt(u16::try_from(index).unwrap_or(NO_VECTOR), 0);
-                }
-            }
-        }
-    }
 }
 
 impl PciDevice for VirtioPci {
@@ -731,23 +673,8 @@ impl PciDevice for VirtioPci {
                 self.isr = 0;
             }
             DEVICE_OFFSET..NOTIFY_OFFSET => self.device.read_config(offset - DEVICE_OFFSET, data),
-            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => {
-                self.msix_table_access(offset - MSIX_TABLE_OFFSET, None, data)
-            }
-            MSIX_PBA_OFFSET..BAR_SIZE => {
-                let bits = self
-                    .msix_pending
-                    .iter()
-                    .enumerate()
-                    .fold(0u64, |bits, (index, pending)| {
-                        bits | (u64::from(*pending) << index.min(63))
-                    });
-                let bytes = bits.to_le_bytes();
-                let start = usize::try_from(offset - MSIX_PBA_OFFSET).unwrap_or(8);
-                for (index, byte) in data.iter_mut().enumerate() {
-                    *byte = bytes.get(start + index).copied().unwrap_or(0);
-                }
-            }
+            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => self.msix.read(offset - MSIX_TABLE_OFFSET, data),
+            MSIX_PBA_OFFSET..BAR_SIZE => self.msix.read_pending(offset - MSIX_PBA_OFFSET, data),
             _ => data.fill(0),
         }
     }
@@ -766,7 +693,11 @@ impl PciDevice for VirtioPci {
                 }
             }
             MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => {
-                self.msix_table_access(offset - MSIX_TABLE_OFFSET, Some(data), &mut []);
+                if let Some(written) = self.msix.write(offset - MSIX_TABLE_OFFSET, data)
+                    && written.deliver_pending
+                {
+                    self.interrupt(u16::try_from(written.index).unwrap_or(NO_VECTOR), 0);
+                }
             }
             _ => {}
         }
