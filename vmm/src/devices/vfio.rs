@@ -1,14 +1,15 @@
 //! Host PCI devices assigned to the guest through VFIO (`--vfio SYSFS_PATH`, the device bound to
-//! vfio-pci). The guest sees an emulated header with the device's identity, its memory BARs
-//! (placed by our bus) and an MSI-X capability; the device's command register follows the
-//! guest's. A BAR the kernel lets us mmap is mapped straight into the guest as a KVM memory slot;
+//! vfio-pci). The guest sees an emulated header with the device's identity and its memory BARs
+//! (placed by our bus), then the device's own capability list, read-only but for MSI-X's enable
+//! and mask bits; the device's command register follows the guest's. A BAR the kernel lets us mmap is mapped straight into the guest as a KVM memory slot;
 //! the BAR holding the MSI-X table is trapped and forwarded, its table emulated. Each MSI-X
 //! vector's eventfd is a KVM irqfd routed to the message the guest programmed (a masked vector
 //! parks on an eventfd of its own and is delivered on unmask). All guest memory is mapped for
 //! the device's DMA through the VFIO container (type-1 IOMMU).
 //!
-//! Not done: I/O-port BARs, INTx and plain MSI (a device must have MSI-X), the device's other
-//! capabilities (PCIe, power management) and its expansion ROM; save and restore.
+//! Not done: I/O-port BARs, INTx and plain MSI (a device must have MSI-X), writes to the device's
+//! other capabilities and its extended (PCIe) configuration space, its expansion ROM; save and
+//! restore.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -180,6 +181,8 @@ impl InBar {
 /// The device's MSI-X capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DeviceMsix {
+    /// Offset of the capability in configuration space.
+    capability: usize,
     vectors: usize,
     table: InBar,
     pending: InBar,
@@ -209,6 +212,7 @@ fn find_msix(header: &[u8]) -> Option<DeviceMsix> {
                 ])
             };
             return Some(DeviceMsix {
+                capability: at,
                 vectors: usize::from(control & 0x7ff) + 1,
                 table: InBar::from_register(word(at + 4)),
                 pending: InBar::from_register(word(at + 8)),
@@ -268,11 +272,13 @@ impl VfioPciDevice {
             ));
         }
         let msix = MsixTable::new(found.vectors);
-        let body = msix.capability_body(
-            (found.table.bar, found.table.offset),
-            (found.pending.bar, found.pending.offset),
-        );
-        let capability = config.add_capability(msix::CAP_MSIX, &body, &[0, 0, 0, 0xc0]);
+        // The guest sees the device's own capabilities where the device has them (its driver
+        // may need any of them); of MSI-X only the enable and function-mask bits are its to set,
+        // and they act on our table.
+        let capability = found.capability;
+        let mut adopted = header;
+        adopted[capability + 3] &= !0xc0;
+        config.adopt_capabilities(&adopted, &[(capability + 3, 0xc0)]);
         let parked = (0..found.vectors)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -304,8 +310,10 @@ impl VfioPciDevice {
         FIRST_BAR_SLOT + device_index * Self::SLOTS_PER_DEVICE
     }
 
-    /// Maps every mmap-able BAR (other than the MSI-X one) at the address the bus gave it.
+    /// Maps every mmap-able BAR (other than the MSI-X one) at the address the bus gave it, and
+    /// lets the device decode them as the bus has enabled.
     pub fn map_bars(&mut self) -> Result<(), VfioSetupError> {
+        self.config_written(COMMAND);
         for index in 0..6 {
             let Some(size) = self.config.bar_size(index) else {
                 continue;
@@ -538,6 +546,7 @@ mod tests {
         assert_eq!(
             find_msix(&header_with_msix()),
             Some(DeviceMsix {
+                capability: 0x50,
                 vectors: 5,
                 table: InBar {
                     bar: 3,

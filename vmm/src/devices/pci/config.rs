@@ -163,6 +163,28 @@ impl PciConfig {
         offset
     }
 
+    /// Takes an assigned device's own capability list as it is (offsets, contents), read-only
+    /// but for what `writable` lets the guest change (offset, mask). Capabilities added after
+    /// this go after the device's.
+    pub fn adopt_capabilities(&mut self, device: &[u8; CONFIG_SIZE], writable: &[(usize, u8)]) {
+        let first = usize::from(device[CAPABILITIES_POINTER] & 0xfc);
+        let status = u16::from_le_bytes([device[STATUS], device[STATUS + 1]]);
+        if status & STATUS_CAPABILITIES == 0 || first < FIRST_CAPABILITY {
+            return;
+        }
+        self.bytes[FIRST_CAPABILITY..].copy_from_slice(&device[FIRST_CAPABILITY..]);
+        self.bytes[CAPABILITIES_POINTER] = device[CAPABILITIES_POINTER] & 0xfc;
+        let status = self.u16_at(STATUS) | STATUS_CAPABILITIES;
+        self.set_u16(STATUS, status);
+        for (offset, mask) in writable {
+            if let Some(slot) = self.writable.get_mut(*offset) {
+                *slot = *mask;
+            }
+        }
+        // Nothing more fits without knowing every capability's length: none is added later.
+        self.next_capability = CONFIG_SIZE;
+    }
+
     pub fn state(&self) -> PciConfigState {
         PciConfigState {
             bytes: self.bytes.to_vec(),
@@ -267,6 +289,29 @@ impl PciConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adopted_capability_list_reads_as_the_device_has_it_and_only_the_allowed_bits_change() {
+        let mut device = [0u8; CONFIG_SIZE];
+        device[STATUS] = 0x10;
+        device[CAPABILITIES_POINTER] = 0x60;
+        device[0x60..0x64].copy_from_slice(&[0x11, 0x70, 0x03, 0x00]);
+        device[0x70..0x74].copy_from_slice(&[0x09, 0x00, 0x10, 0x01]);
+        let mut config = PciConfig::new(0x1af4, 0x1044, 0x00ff_0000, 0, 0);
+        config.adopt_capabilities(&device, &[(0x63, 0xc0)]);
+        let mut read = [0u8; 4];
+        config.read(0x34, &mut read[..1]);
+        assert_eq!(read[0], 0x60);
+        config.read(0x70, &mut read);
+        assert_eq!(read, [0x09, 0x00, 0x10, 0x01]);
+        config.write(0x60, &[0xff, 0xff, 0xff, 0xff]);
+        config.write(0x70, &[0xff; 4]);
+        config.read(0x60, &mut read);
+        assert_eq!(read, [0x11, 0x70, 0x03, 0xc0]);
+        config.read(0x70, &mut read);
+        assert_eq!(read, [0x09, 0x00, 0x10, 0x01]);
+        assert_ne!(config.u16_at(STATUS) & STATUS_CAPABILITIES, 0);
+    }
 
     fn read32(config: &PciConfig, offset: u16) -> u32 {
         let mut data = [0u8; 4];
