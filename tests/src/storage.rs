@@ -42,6 +42,70 @@ pub fn require_tools(tools: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
+/// What scripts/nested-storage carries into the nested host and builds with, by Debian package.
+pub const NESTED_STORAGE_TOOLS: &[(&str, &str)] = &[
+    ("iscsid", "open-iscsi"),
+    ("iscsiadm", "open-iscsi"),
+    ("iscsi-ls", "libiscsi-bin"),
+    ("qemu-img", "qemu-utils"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("mount.nfs", "nfs-common"),
+    ("showmount", "nfs-common"),
+    ("strip", "binutils"),
+    ("cpio", "cpio"),
+];
+
+/// Runs scripts/nested-storage with the built binaries, the kit and `args`, and answers its
+/// console and stderr. The emulated host (QEMU TCG) has been seen to freeze whole under load
+/// (vmm/tests/nested_linux.rs): one more complete run is allowed, after `before_retry` puts back
+/// what the first changed, and a test's assertions hold for that one run.
+pub fn run_nested_storage(
+    kit: &Path,
+    args: &[&str],
+    mut before_retry: impl FnMut(),
+) -> (String, String) {
+    let run = || {
+        let started = std::time::Instant::now();
+        let output = Command::new(crate::repo_root().join("scripts/nested-storage"))
+            .arg("--bin-dir")
+            .arg(crate::bin_dir())
+            .arg("--kit")
+            .arg(kit)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/nested-storage");
+        eprintln!(
+            "scripts/nested-storage ran {:?} ({})",
+            started.elapsed(),
+            output.status
+        );
+        (
+            String::from_utf8_lossy(&output.stdout).replace('\r', ""),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (console, errors) = run();
+    if console.contains("NESTED-DONE") {
+        return (console, errors);
+    }
+    eprintln!("RETRY: the nested host stopped before NESTED-DONE:\n{console}\n{errors}");
+    before_retry();
+    run()
+}
+
+/// The NESTED-* lines of a nested host's console, each from its marker on.
+pub fn nested_report(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|line| {
+            line.find("NESTED-")
+                .map(|at| line[at..].trim_end().to_string())
+        })
+        .collect()
+}
+
 /// A `Command` for `name`, resolved with `find_tool`.
 pub fn tool(name: &str) -> Command {
     Command::new(find_tool(name).unwrap_or_else(|| PathBuf::from(name)))

@@ -3,7 +3,9 @@
 //! then each engine goes as far as it can: QEMU opens the device's IOMMU group (/dev/vfio/N),
 //! vireo-vmm creates KVM's VFIO device and opens the VFIO container (/dev/vfio/vfio). Both are
 //! the first steps that need the host's VFIO, and the errors say so. Every failed start gives
-//! the device back to its host driver and keeps the definition.
+//! the device back to its host driver and keeps the definition. The last test has the IOMMU:
+//! inside the nested host (QEMU's emulated Intel IOMMU), vireod gives a real device to a stock
+//! Linux guest on vireo-vmm and takes it back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -230,4 +232,108 @@ fn vireo_vmm_sets_up_vfio_up_to_the_container_that_needs_dev_vfio() {
     );
     assert_eq!(sysfs.driver_of(NIC).as_deref(), Some("e1000e"));
     assert!(ok(&server, &["domstate", "vmm-pt"]).contains("shut off"));
+}
+
+/// In the nested host (scripts/nested-storage --vmm): the device at 00:05.0 is QEMU's virtio-rng
+/// behind its emulated Intel IOMMU, on the host's virtio-pci driver. vireod's svc-nodedev reads
+/// the real sysfs; a managed `<hostdev>` on vireo-vmm takes it for the guest, whose own
+/// virtio_rng driver reads from it, and `destroy` gives it back. Each step prints a line.
+const NESTED_PASSTHROUGH: &str = r#"echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+d=/sys/bus/pci/devices/0000:00:05.0
+drv() { basename "$(readlink $d/driver)"; }
+echo "node $(vireo nodedev-dumpxml pci_0000_00_05_0 | grep -E "iommuGroup|<driver>|<name>" | tr -d ' \n')"
+echo "before=$(drv)"
+run64=$(printf '%s' 'echo "VIREO-REPORT devices=$(cat /sys/bus/pci/devices/*/device | tr "\n" ,) rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 64 /dev/hwrng | wc -c) irqs=$(awk "/virtio[0-9]*-input/ { n += \$2 } END { print n + 0 }" /proc/interrupts)"' | base64 | tr -d '\n')
+cat > /tmp/pt.xml <<XML
+<domain type='kvm'><name>pt</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+<os><type>hvm</type><kernel>/payload/guest/vmlinuz</kernel><initrd>/payload/guest/initramfs.cpio.gz</initrd>
+<cmdline>console=ttyS0 quiet panic=-1 vireo.hold=1 vireo.run64=$run64</cmdline></os>
+<features><acpi/></features>
+<devices><serial type='pty'/>
+<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></source></hostdev>
+</devices></domain>
+XML
+vireo define /tmp/pt.xml >/dev/null
+vireo start pt
+echo "during=$(drv)"
+for i in $(seq 300); do grep -q VIREO-REPORT /tmp/r/compute/*/console.log 2>/dev/null && break; sleep 0.2; done
+grep -a VIREO-REPORT /tmp/r/compute/*/console.log | tr -d '\r'
+vireo destroy pt >/dev/null
+echo "after=$(drv)""#;
+
+#[test]
+fn a_managed_hostdev_reaches_a_stock_linux_guest_on_real_kvm_and_returns_to_its_host_driver() {
+    use vireo_tests::storage::{
+        NESTED_STORAGE_TOOLS, nested_report, require_tools, run_nested_storage,
+    };
+    if let Err(missing) = qemu_installed() {
+        skip!("needs {missing} for the nested test host");
+    }
+    if let Err(missing) = require_tools(NESTED_STORAGE_TOOLS) {
+        skip!("needs {missing} for the nested host");
+    }
+    let kit = match kit_files(&[
+        "nested-vmlinux",
+        "nested-storage-base.cpio.gz",
+        "vmlinuz",
+        "initramfs.cpio.gz",
+    ]) {
+        Ok(kit) => kit,
+        Err(missing) => skip!("needs {missing}"),
+    };
+    let (console, errors) = run_nested_storage(
+        &kit,
+        &[
+            "--vmm",
+            "--timeout",
+            "150",
+            "--qemu-args",
+            "-M q35 -device intel-iommu -device virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=0x5",
+            "--append",
+            "intel_iommu=on",
+            "--script",
+            NESTED_PASSTHROUGH,
+        ],
+        || {},
+    );
+    let report = nested_report(&console);
+    eprintln!("{}", report.join("\n"));
+    let out = |prefix: &str| {
+        report
+            .iter()
+            .filter_map(|line| line.strip_prefix("NESTED-OUT "))
+            .find(|line| line.starts_with(prefix))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no `{prefix}` line:\n{console}\n{errors}"))
+    };
+    // svc-nodedev sees the device on its host driver, in a real IOMMU group.
+    let node = out("node ");
+    assert!(
+        node.contains("<name>virtio-pci</name>") && node.contains("<iommuGroupnumber="),
+        "{node}"
+    );
+    assert_eq!(out("before="), "before=virtio-pci");
+    assert_eq!(out("Domain 'pt' started"), "Domain 'pt' started");
+    assert_eq!(out("during="), "during=vfio-pci");
+    let guest = out("VIREO-REPORT");
+    assert!(
+        guest.contains("0x1044,") && guest.contains("rng=virtio_rng.0 bytes=64"),
+        "{guest}"
+    );
+    let irqs: u64 = guest
+        .split("irqs=")
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        irqs > 0,
+        "the device's completions came as MSI-X interrupts: {guest}"
+    );
+    assert_eq!(out("after="), "after=virtio-pci");
+    assert!(
+        report
+            .iter()
+            .any(|line| line.starts_with("NESTED-SCRIPT-EXIT=0")),
+        "{console}\n{errors}"
+    );
 }

@@ -8,11 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
-use vireo_tests::storage::{IscsiTarget, NfsServer, qemu_img_info, require_tools};
-use vireo_tests::{bin_dir, binary, kit_files, qemu_installed, repo_root, skip};
+use vireo_tests::storage::{
+    IscsiTarget, NESTED_STORAGE_TOOLS, NfsServer, nested_report, qemu_img_info, require_tools,
+    run_nested_storage,
+};
+use vireo_tests::{binary, kit_files, qemu_installed, skip};
 
 const MIB: u64 = 1024 * 1024;
 const IQN: &str = "iqn.2026-11.org.vireo.test:nested";
@@ -47,17 +48,6 @@ step nfsdestroy pool-destroy nfstrial
 echo "CHECK mounted_after=$(grep -c ' /mnt/nfs ' /proc/mounts)""#,
         pattern_len = HOST_PATTERN.len(),
     )
-}
-
-/// The report: the console's NESTED-* lines, without the console's carriage returns.
-fn report(console: &str) -> Vec<String> {
-    console
-        .lines()
-        .filter_map(|line| {
-            line.find("NESTED-")
-                .map(|at| line[at..].trim_end().to_string())
-        })
-        .collect()
 }
 
 /// What step `name` printed (`NESTED-OUT name| LINE`).
@@ -103,19 +93,7 @@ fn iscsi_and_netfs_pools_run_on_a_real_kernel() {
     if let Err(missing) = qemu_installed() {
         skip!("needs {missing} for the nested test host");
     }
-    // What scripts/nested-storage carries into the nested host, and what it builds with.
-    if let Err(missing) = require_tools(&[
-        ("iscsid", "open-iscsi"),
-        ("iscsiadm", "open-iscsi"),
-        ("iscsi-ls", "libiscsi-bin"),
-        ("qemu-img", "qemu-utils"),
-        ("mount", "mount"),
-        ("umount", "mount"),
-        ("mount.nfs", "nfs-common"),
-        ("showmount", "nfs-common"),
-        ("strip", "binutils"),
-        ("cpio", "cpio"),
-    ]) {
+    if let Err(missing) = require_tools(NESTED_STORAGE_TOOLS) {
         skip!("needs {missing} for the nested storage host");
     }
     let kit = match kit_files(&["nested-vmlinux", "nested-storage-base.cpio.gz"]) {
@@ -143,38 +121,14 @@ fn iscsi_and_netfs_pools_run_on_a_real_kernel() {
     }
     let script = nested_script(target.port(), nfs.nfs_port());
 
-    let run = || {
-        let started = Instant::now();
-        let output = Command::new(repo_root().join("scripts/nested-storage"))
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .arg("--kit")
-            .arg(&kit)
-            .args(["--timeout", "120", "--script", script.as_str()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/nested-storage");
-        eprintln!(
-            "scripts/nested-storage ran {:?} ({})",
-            started.elapsed(),
-            output.status
-        );
-        let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
-        (
-            console,
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (mut console, mut errors) = run();
-    if !console.contains("NESTED-DONE") {
-        // The emulated host (QEMU TCG) has been seen to freeze whole under load
-        // (vmm/tests/nested_linux.rs); one more complete run is allowed, and every assertion
-        // below holds for that one run.
-        eprintln!("RETRY: the nested host stopped before NESTED-DONE:\n{console}\n{errors}");
-        let _ = fs::remove_file(nfs.export_dir().join("disk.qcow2"));
-        (console, errors) = run();
-    }
-    let report = report(&console);
+    let (console, errors) = run_nested_storage(
+        &kit,
+        &["--timeout", "120", "--script", script.as_str()],
+        || {
+            let _ = fs::remove_file(nfs.export_dir().join("disk.qcow2"));
+        },
+    );
+    let report = nested_report(&console);
     eprintln!("{}", report.join("\n"));
     assert!(
         report.iter().any(|line| line.starts_with("NESTED-READY ")),
