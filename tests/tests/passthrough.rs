@@ -5,7 +5,7 @@
 //! the first steps that need the host's VFIO, and the errors say so. Every failed start gives
 //! the device back to its host driver and keeps the definition. The last test has the IOMMU:
 //! inside the nested host (QEMU's emulated Intel IOMMU), vireod gives a real device to a stock
-//! Linux guest on vireo-vmm and takes it back.
+//! Linux guest on vireo-vmm, then on QEMU, and takes it back each time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -234,35 +234,40 @@ fn vireo_vmm_sets_up_vfio_up_to_the_container_that_needs_dev_vfio() {
     assert!(ok(&server, &["domstate", "vmm-pt"]).contains("shut off"));
 }
 
-/// In the nested host (scripts/nested-storage --vmm): the device at 00:05.0 is QEMU's virtio-rng
-/// behind its emulated Intel IOMMU, on the host's virtio-pci driver. vireod's svc-nodedev reads
-/// the real sysfs; a managed `<hostdev>` on vireo-vmm takes it for the guest, whose own
-/// virtio_rng driver reads from it, and `destroy` gives it back. Each step prints a line.
+/// In the nested host (scripts/nested-storage --vmm --qemu): the device at 00:05.0 is QEMU's
+/// virtio-rng behind its emulated Intel IOMMU, on the host's virtio-pci driver. vireod's
+/// svc-nodedev reads the real sysfs; a managed `<hostdev>` takes the device for a guest on each
+/// engine in turn, whose own virtio_rng driver reads from it, and `destroy` gives it back. Each
+/// step prints a line starting with the engine's name.
 const NESTED_PASSTHROUGH: &str = r#"echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+for i in $(seq 300); do [ -S /tmp/r/compute.sock ] && break; sleep 0.2; done
 d=/sys/bus/pci/devices/0000:00:05.0
 drv() { basename "$(readlink $d/driver)"; }
 echo "node $(vireo nodedev-dumpxml pci_0000_00_05_0 | grep -E "iommuGroup|<driver>|<name>" | tr -d ' \n')"
-echo "before=$(drv)"
 run64=$(printf '%s' 'echo "VIREO-REPORT devices=$(cat /sys/bus/pci/devices/*/device | tr "\n" ,) rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 64 /dev/hwrng | wc -c) irqs=$(awk "/virtio[0-9]*-input/ { n += \$2 } END { print n + 0 }" /proc/interrupts)"' | base64 | tr -d '\n')
-cat > /tmp/pt.xml <<XML
-<domain type='kvm'><name>pt</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+for engine in vmm qemu; do
+    echo "$engine before=$(drv)"
+    cat > /tmp/$engine.xml <<XML
+<domain type='kvm'><name>$engine</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
 <os><type>hvm</type><kernel>/payload/guest/vmlinuz</kernel><initrd>/payload/guest/initramfs.cpio.gz</initrd>
 <cmdline>console=ttyS0 quiet panic=-1 vireo.hold=1 vireo.run64=$run64</cmdline></os>
 <features><acpi/></features>
 <devices><serial type='pty'/>
 <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></source></hostdev>
-</devices></domain>
+</devices><vireo:engine xmlns:vireo='urn:x-vireo:xmlns:1'>$engine</vireo:engine></domain>
 XML
-vireo define /tmp/pt.xml >/dev/null
-vireo start pt
-echo "during=$(drv)"
-for i in $(seq 300); do grep -q VIREO-REPORT /tmp/r/compute/*/console.log 2>/dev/null && break; sleep 0.2; done
-grep -a VIREO-REPORT /tmp/r/compute/*/console.log | tr -d '\r'
-vireo destroy pt >/dev/null
-echo "after=$(drv)""#;
+    vireo define /tmp/$engine.xml >/dev/null
+    echo "$engine $(vireo start $engine 2>&1 | head -n 1)"
+    echo "$engine during=$(drv)"
+    for i in $(seq 300); do grep -q VIREO-REPORT /tmp/r/compute/*/console.log 2>/dev/null && break; sleep 0.2; done
+    echo "$engine $(grep -ah VIREO-REPORT /tmp/r/compute/*/console.log | tr -d '\r')"
+    vireo destroy $engine >/dev/null
+    echo "$engine after=$(drv)"
+done"#;
 
 #[test]
-fn a_managed_hostdev_reaches_a_stock_linux_guest_on_real_kvm_and_returns_to_its_host_driver() {
+fn a_managed_hostdev_reaches_stock_linux_guests_on_both_engines_on_real_kvm_and_returns_to_its_host_driver()
+ {
     use vireo_tests::storage::{
         NESTED_STORAGE_TOOLS, nested_report, require_tools, run_nested_storage,
     };
@@ -285,6 +290,7 @@ fn a_managed_hostdev_reaches_a_stock_linux_guest_on_real_kvm_and_returns_to_its_
         &kit,
         &[
             "--vmm",
+            "--qemu",
             "--timeout",
             "150",
             "--qemu-args",
@@ -312,24 +318,30 @@ fn a_managed_hostdev_reaches_a_stock_linux_guest_on_real_kvm_and_returns_to_its_
         node.contains("<name>virtio-pci</name>") && node.contains("<iommuGroupnumber="),
         "{node}"
     );
-    assert_eq!(out("before="), "before=virtio-pci");
-    assert_eq!(out("Domain 'pt' started"), "Domain 'pt' started");
-    assert_eq!(out("during="), "during=vfio-pci");
-    let guest = out("VIREO-REPORT");
-    assert!(
-        guest.contains("0x1044,") && guest.contains("rng=virtio_rng.0 bytes=64"),
-        "{guest}"
-    );
-    let irqs: u64 = guest
-        .split("irqs=")
-        .nth(1)
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(
-        irqs > 0,
-        "the device's completions came as MSI-X interrupts: {guest}"
-    );
-    assert_eq!(out("after="), "after=virtio-pci");
+    for engine in ["vmm", "qemu"] {
+        let line = |what: &str| out(&format!("{engine} {what}"));
+        assert_eq!(line("before="), format!("{engine} before=virtio-pci"));
+        assert_eq!(
+            line("Domain"),
+            format!("{engine} Domain '{engine}' started")
+        );
+        assert_eq!(line("during="), format!("{engine} during=vfio-pci"));
+        let guest = line("VIREO-REPORT");
+        assert!(
+            guest.contains("0x1044,") && guest.contains("rng=virtio_rng.0 bytes=64"),
+            "{guest}"
+        );
+        let irqs: u64 = guest
+            .split("irqs=")
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            irqs > 0,
+            "the device's completions came as MSI-X interrupts: {guest}"
+        );
+        assert_eq!(line("after="), format!("{engine} after=virtio-pci"));
+    }
     assert!(
         report
             .iter()
