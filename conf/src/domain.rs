@@ -1146,6 +1146,22 @@ fn parse_hostdev(mut el: Element) -> Result<pb::Hostdev, ConfError> {
         });
         source.finish()?;
     }
+    if let Some(mut driver) = el.child("driver") {
+        let name = driver.required_attr("name")?;
+        if name != "vfio" {
+            return Err(driver.attr_error(
+                "name",
+                format!("'{name}' is not supported: host devices are assigned through vfio"),
+            ));
+        }
+        hostdev.driver = name;
+        driver.finish()?;
+    }
+    if let Some(mut rom) = el.child("rom") {
+        hostdev.rom_bar = yes_no(&mut rom, "bar")?;
+        hostdev.rom_file = rom.attr("file").unwrap_or_default();
+        rom.finish()?;
+    }
     hostdev.boot_order = boot_order(&mut el)?;
     for (name, flag) in [
         ("readonly", &mut hostdev.readonly),
@@ -1690,6 +1706,22 @@ fn validate_devices(devices: &pb::DomainDevices) -> Result<(), ConfError> {
         && !rng.backend_path.is_empty()
     {
         check_host_path(&rng.backend_path, "domain/devices/rng/backend")?;
+    }
+    for hostdev in &devices.hostdevs {
+        if !hostdev.rom_file.is_empty() {
+            check_host_path(&hostdev.rom_file, "domain/devices/hostdev/rom@file")?;
+        }
+        let pci = hostdev.r#type == pb::HostdevType::Pci as i32;
+        if !pci
+            && (!hostdev.driver.is_empty()
+                || hostdev.rom_bar.is_some()
+                || !hostdev.rom_file.is_empty())
+        {
+            return Err(ConfError::new(
+                "domain/devices/hostdev",
+                "<driver> and <rom> are for PCI host devices",
+            ));
+        }
     }
     Ok(())
 }
@@ -2389,6 +2421,9 @@ fn format_hostdev(x: &mut XmlWriter, hostdev: &pb::Hostdev) -> Fmt {
         .word("type", HOSTDEV_TYPES, hostdev.r#type)
         .set("managed", if hostdev.managed { "yes" } else { "no" });
     x.open("hostdev", &attrs.refs())?;
+    if !hostdev.driver.is_empty() {
+        x.empty("driver", &[("name", &hostdev.driver)])?;
+    }
     match &hostdev.source {
         Some(pb::hostdev::Source::Pci(pci)) => {
             x.open("source", &[])?;
@@ -2420,6 +2455,17 @@ fn format_hostdev(x: &mut XmlWriter, hostdev: &pb::Hostdev) -> Fmt {
         None => {}
     }
     format_boot_order(x, hostdev.boot_order)?;
+    if hostdev.rom_bar.is_some() || !hostdev.rom_file.is_empty() {
+        let bar = match hostdev.rom_bar {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "",
+        };
+        let attrs = Attrs::default()
+            .set("bar", bar)
+            .set("file", &hostdev.rom_file);
+        x.empty("rom", &attrs.refs())?;
+    }
     if hostdev.readonly {
         x.empty("readonly", &[])?;
     }

@@ -80,6 +80,20 @@ fn bad_values_name_their_field() {
         "<devices><interface type='bridge'><mac address='01:00:00:00:00:01'/><source bridge='br0'/></interface></devices>"
     ))
     .contains("is not a unicast MAC address"));
+    let pci_source = "<source><address domain='0' bus='3' slot='0' function='1'/></source>";
+    let legacy = error_of(&minimal(&format!(
+        "<devices><hostdev mode='subsystem' type='pci'><driver name='kvm'/>{pci_source}</hostdev></devices>"
+    )));
+    assert!(
+        legacy.contains("driver@name") && legacy.contains("through vfio"),
+        "{legacy}"
+    );
+    assert!(
+        error_of(&minimal(&format!(
+            "<devices><hostdev mode='subsystem' type='pci'>{pci_source}<rom file='/roms/../x'/></hostdev></devices>"
+        )))
+        .starts_with("domain/devices/hostdev/rom@file: '/roms/../x' must not contain '..'")
+    );
     assert!(error_of("<domain type='kvm'><name>g</name>").starts_with("xml:"));
     assert!(error_of("<network/>").starts_with("network: the root element must be <domain>"));
 }

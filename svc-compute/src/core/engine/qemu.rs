@@ -753,6 +753,12 @@ fn vfio_pci_properties(
     if let Some(order) = hostdev.boot_order {
         properties.push(("bootindex", json!(order)));
     }
+    if let Some(bar) = hostdev.rom_bar {
+        properties.push(("rombar", json!(u32::from(bar))));
+    }
+    if !hostdev.rom_file.is_empty() {
+        properties.push(("romfile", json!(hostdev.rom_file)));
+    }
     Ok(properties)
 }
 
@@ -876,6 +882,15 @@ mod tests {
         assert_eq!(
             vfio_pci_device(&hostdev, real, "hostdev0").unwrap(),
             "vfio-pci,host=0000:03:10.1,id=hostdev0,bootindex=2"
+        );
+        let with_rom = pb::Hostdev {
+            rom_bar: Some(false),
+            rom_file: "/srv/roms/nic.rom".into(),
+            ..hostdev.clone()
+        };
+        assert_eq!(
+            vfio_pci_device(&with_rom, real, "hostdev0").unwrap(),
+            "vfio-pci,host=0000:03:10.1,id=hostdev0,bootindex=2,rombar=0,romfile=/srv/roms/nic.rom"
         );
         let tree = Path::new("/tmp/tree,x/devices/pci0000:00/0000:03:10.1");
         assert_eq!(

@@ -220,6 +220,13 @@ pub fn command(
             devices.hostdevs.len() != host.hostdevs.len(),
             "a USB or SCSI <hostdev> (PCI devices are assigned through VFIO)",
         ),
+        (
+            devices
+                .hostdevs
+                .iter()
+                .any(|h| h.rom_bar == Some(true) || !h.rom_file.is_empty()),
+            "a host device's <rom> (the guest boots from its kernel and sees no ROM BAR)",
+        ),
         (!devices.channels.is_empty(), "<channel>"),
         (
             !devices.panics.is_empty(),
