@@ -5,7 +5,8 @@
 //! the first steps that need the host's VFIO, and the errors say so. Every failed start gives
 //! the device back to its host driver and keeps the definition. The last test has the IOMMU:
 //! inside the nested host (QEMU's emulated Intel IOMMU), vireod gives a real device to a stock
-//! Linux guest on vireo-vmm, then on QEMU, and takes it back each time.
+//! Linux guest on vireo-vmm, then on QEMU, then hot-plugs it into a running QEMU guest, and
+//! takes it back each time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -237,8 +238,9 @@ fn vireo_vmm_sets_up_vfio_up_to_the_container_that_needs_dev_vfio() {
 /// In the nested host (scripts/nested-storage --vmm --qemu): the device at 00:05.0 is QEMU's
 /// virtio-rng behind its emulated Intel IOMMU, on the host's virtio-pci driver. vireod's
 /// svc-nodedev reads the real sysfs; a managed `<hostdev>` takes the device for a guest on each
-/// engine in turn, whose own virtio_rng driver reads from it, and `destroy` gives it back. Each
-/// step prints a line starting with the engine's name.
+/// engine in turn, whose own virtio_rng driver reads from it, and `destroy` gives it back; then it
+/// is hot-plugged into a running QEMU guest and out again. Each step prints a line starting with
+/// the engine's name (or `hot`).
 const NESTED_PASSTHROUGH: &str = r#"echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
 for i in $(seq 300); do [ -S /tmp/r/compute.sock ] && break; sleep 0.2; done
 d=/sys/bus/pci/devices/0000:00:05.0
@@ -263,11 +265,24 @@ XML
     echo "$engine $(grep -ah VIREO-REPORT /tmp/r/compute/*/console.log | tr -d '\r')"
     vireo destroy $engine >/dev/null
     echo "$engine after=$(drv)"
-done"#;
+done
+hot64=$(printf '%s' 'for i in $(seq 150); do grep -q virtio_rng /sys/class/misc/hw_random/rng_current 2>/dev/null && break; sleep 0.2; done; echo "VIREO-REPORT hot rng=$(cat /sys/class/misc/hw_random/rng_current) bytes=$(head -c 64 /dev/hwrng | wc -c)"' | base64 | tr -d '\n')
+sed -e "s/vireo.run64=[^<]*/vireo.run64=$hot64/" -e "s/<name>qemu</<name>hot</" -e "/<hostdev/d" /tmp/qemu.xml > /tmp/hot.xml
+grep -h "<hostdev" /tmp/qemu.xml > /tmp/hostdev.xml
+vireo define /tmp/hot.xml >/dev/null
+vireo start hot >/dev/null
+for i in $(seq 300); do grep -q VIREO-GUEST-READY /tmp/r/compute/*/console.log 2>/dev/null && break; sleep 0.2; done
+echo "hot before=$(drv)"
+echo "hot $(vireo attach-device hot /tmp/hostdev.xml --live 2>&1 | head -n 1)"
+echo "hot during=$(drv) live_hostdevs=$(vireo dumpxml hot | grep -c '<hostdev')"
+for i in $(seq 300); do grep -q "VIREO-REPORT hot" /tmp/r/compute/*/console.log 2>/dev/null && break; sleep 0.2; done
+echo "hot $(grep -ah 'VIREO-REPORT hot' /tmp/r/compute/*/console.log | tr -d '\r')"
+echo "hot $(vireo detach-device hot /tmp/hostdev.xml --live 2>&1 | head -n 1)"
+echo "hot after=$(drv) live_hostdevs=$(vireo dumpxml hot | grep -c '<hostdev')"
+vireo destroy hot >/dev/null"#;
 
 #[test]
-fn a_managed_hostdev_reaches_stock_linux_guests_on_both_engines_on_real_kvm_and_returns_to_its_host_driver()
- {
+fn a_managed_hostdev_reaches_stock_linux_guests_on_both_engines_and_by_hotplug_on_real_kvm() {
     use vireo_tests::storage::{
         NESTED_STORAGE_TOOLS, nested_report, require_tools, run_nested_storage,
     };
@@ -342,6 +357,24 @@ fn a_managed_hostdev_reaches_stock_linux_guests_on_both_engines_on_real_kvm_and_
         );
         assert_eq!(line("after="), format!("{engine} after=virtio-pci"));
     }
+    // Hot: attach-device --live on a running QEMU guest detaches the device and plugs it in;
+    // the guest's ACPI hotplug finds it and virtio_rng reads from it; detach-device --live
+    // waits for the guest's eject and gives it back.
+    assert_eq!(out("hot before="), "hot before=virtio-pci");
+    assert_eq!(
+        out("hot Device attached"),
+        "hot Device attached successfully"
+    );
+    assert_eq!(out("hot during="), "hot during=vfio-pci live_hostdevs=1");
+    assert_eq!(
+        out("hot VIREO-REPORT"),
+        "hot VIREO-REPORT hot rng=virtio_rng.0 bytes=64"
+    );
+    assert_eq!(
+        out("hot Device detached"),
+        "hot Device detached successfully"
+    );
+    assert_eq!(out("hot after="), "hot after=virtio-pci live_hostdevs=0");
     assert!(
         report
             .iter()
