@@ -1,8 +1,10 @@
 //! libvirt's node device XML (`<device>`) from `NodeDevice`, as nodedev-dumpxml prints it: the
-//! system, PCI, net and storage capabilities.
+//! system, PCI, net, storage, SCSI host (Fibre Channel, NPIV vport_ops) and USB device
+//! capabilities; and the vHBA XML nodedev-create reads.
 
 use vireo_proto::nodedev::v1 as pb;
 
+use crate::dom::{self, ConfError};
 use crate::xml::{XmlError, XmlWriter};
 
 fn format_address(x: &mut XmlWriter, address: &pb::PciAddress) -> Result<(), XmlError> {
@@ -155,6 +157,64 @@ fn format_storage(x: &mut XmlWriter, storage: &pb::StorageCap) -> Result<(), Xml
     x.close("capability")
 }
 
+fn format_scsi_host(x: &mut XmlWriter, host: &pb::ScsiHostCap) -> Result<(), XmlError> {
+    x.open("capability", &[("type", "scsi_host")])?;
+    x.text("host", &[], &host.host.to_string())?;
+    if let Some(unique_id) = host.unique_id {
+        x.text("unique_id", &[], &unique_id.to_string())?;
+    }
+    if let Some(fc) = &host.fc_host {
+        texts_in_capability(
+            x,
+            "fc_host",
+            &[
+                ("wwnn", &fc.wwnn),
+                ("wwpn", &fc.wwpn),
+                ("fabric_wwn", &fc.fabric_wwn),
+            ],
+        )?;
+    }
+    if let Some(ops) = &host.vport_ops {
+        x.open("capability", &[("type", "vport_ops")])?;
+        x.text("max_vports", &[], &ops.max_vports.to_string())?;
+        x.text("vports", &[], &ops.vports.to_string())?;
+        x.close("capability")?;
+    }
+    x.close("capability")
+}
+
+/// `<capability type=KIND>` holding a text element per non-empty value.
+fn texts_in_capability(
+    x: &mut XmlWriter,
+    kind: &str,
+    texts: &[(&str, &String)],
+) -> Result<(), XmlError> {
+    x.open("capability", &[("type", kind)])?;
+    for (name, value) in texts {
+        if !value.is_empty() {
+            x.text(name, &[], value)?;
+        }
+    }
+    x.close("capability")
+}
+
+fn format_usb_device(x: &mut XmlWriter, usb: &pb::UsbDeviceCap) -> Result<(), XmlError> {
+    x.open("capability", &[("type", "usb_device")])?;
+    x.text("bus", &[], &usb.bus.to_string())?;
+    x.text("device", &[], &usb.device.to_string())?;
+    x.text(
+        "product",
+        &[("id", &format!("0x{:04x}", usb.product_id))],
+        &usb.product_name,
+    )?;
+    x.text(
+        "vendor",
+        &[("id", &format!("0x{:04x}", usb.vendor_id))],
+        &usb.vendor_name,
+    )?;
+    x.close("capability")
+}
+
 fn format_system(x: &mut XmlWriter, system: &pb::SystemCap) -> Result<(), XmlError> {
     x.open("capability", &[("type", "system")])?;
     if !system.product.is_empty() {
@@ -214,6 +274,8 @@ pub fn format(device: &pb::NodeDevice) -> Result<String, XmlError> {
             pb::capability::Cap::Pci(pci) => format_pci(&mut x, pci)?,
             pb::capability::Cap::Net(net) => format_net(&mut x, net)?,
             pb::capability::Cap::Storage(storage) => format_storage(&mut x, storage)?,
+            pb::capability::Cap::ScsiHost(host) => format_scsi_host(&mut x, host)?,
+            pb::capability::Cap::UsbDevice(usb) => format_usb_device(&mut x, usb)?,
             _ => {}
         }
     }
@@ -239,3 +301,97 @@ pub const CAPABILITY_TYPES: crate::domain::Table<pb::CapabilityType> = &[
     ("mdev", pb::CapabilityType::Mdev),
     ("ccw", pb::CapabilityType::Ccw),
 ];
+
+/// A World Wide Name as libvirt and the kernel write it: 16 hex digits (an `0x` prefix is
+/// dropped), lower case.
+pub fn check_wwn(text: &str, field: &str) -> Result<String, ConfError> {
+    let digits = text.trim().trim_start_matches("0x").to_ascii_lowercase();
+    if digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(digits)
+    } else {
+        Err(ConfError::new(
+            field,
+            format!("'{}' is not a WWN (16 hex digits)", text.escape_debug()),
+        ))
+    }
+}
+
+/// The vHBA that nodedev-create's XML asks for: `<device>` with a `<parent>` (by name, or by
+/// `wwnn=`/`wwpn=` or `fabric_wwn=` attributes) and `<capability type='scsi_host'>` holding
+/// `<capability type='fc_host'>` with optional `<wwnn>`/`<wwpn>` (both or neither).
+pub fn parse_vhba(xml: &str) -> Result<pb::VhbaSpec, ConfError> {
+    let mut root = dom::parse(xml)?;
+    if root.name != "device" {
+        return Err(root.error(format!(
+            "the root element must be <device>, not <{}>",
+            root.name
+        )));
+    }
+    let _ = root.child_text("name")?;
+    let mut spec = pb::VhbaSpec::default();
+    let mut parent = root
+        .child("parent")
+        .ok_or_else(|| root.error("a vHBA names its <parent> HBA"))?;
+    let wwnn = parent.attr("wwnn");
+    let wwpn = parent.attr("wwpn");
+    let fabric = parent.attr("fabric_wwn");
+    let name = parent.text();
+    spec.parent_ref = Some(match (wwnn, wwpn, fabric) {
+        (Some(wwnn), Some(wwpn), None) => pb::vhba_spec::ParentRef::ParentWwns(pb::ParentWwns {
+            wwnn: check_wwn(&wwnn, &parent.field("wwnn"))?,
+            wwpn: check_wwn(&wwpn, &parent.field("wwpn"))?,
+        }),
+        (None, None, Some(fabric)) => pb::vhba_spec::ParentRef::ParentFabricWwn(check_wwn(
+            &fabric,
+            &parent.field("fabric_wwn"),
+        )?),
+        (None, None, None) if !name.trim().is_empty() => {
+            pb::vhba_spec::ParentRef::Parent(name.trim().to_string())
+        }
+        _ => {
+            return Err(parent
+                .error("name the parent HBA by its name, by wwnn= and wwpn=, or by fabric_wwn="));
+        }
+    });
+    parent.finish()?;
+    let mut scsi_host = root
+        .children("capability")
+        .into_iter()
+        .find(|c| c.name == "capability")
+        .ok_or_else(|| root.error("a vHBA has <capability type='scsi_host'>"))?;
+    let kind = scsi_host.required_attr("type")?;
+    if kind != "scsi_host" {
+        return Err(scsi_host.attr_error(
+            "type",
+            format!("'{kind}': nodedev-create makes vHBAs (scsi_host)"),
+        ));
+    }
+    let mut fc = scsi_host
+        .child("capability")
+        .ok_or_else(|| scsi_host.error("a vHBA has <capability type='fc_host'>"))?;
+    let kind = fc.required_attr("type")?;
+    if kind != "fc_host" {
+        return Err(fc.attr_error("type", format!("'{kind}' is not fc_host")));
+    }
+    let wwnn_field = format!("{}/wwnn", fc.field("type").trim_end_matches("@type"));
+    let wwpn_field = format!("{}/wwpn", fc.field("type").trim_end_matches("@type"));
+    let wwnn = fc.child_text("wwnn")?;
+    let wwpn = fc.child_text("wwpn")?;
+    let _ = fc.child_text("fabric_wwn")?;
+    match (wwnn, wwpn) {
+        (Some(wwnn), Some(wwpn)) => {
+            spec.wwnn = check_wwn(&wwnn, &wwnn_field)?;
+            spec.wwpn = check_wwn(&wwpn, &wwpn_field)?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(fc.error("give both <wwnn> and <wwpn>, or neither to have them made"));
+        }
+    }
+    fc.finish()?;
+    let _ = scsi_host.child_text("host")?;
+    let _ = scsi_host.child_text("unique_id")?;
+    scsi_host.finish()?;
+    root.finish()?;
+    Ok(spec)
+}

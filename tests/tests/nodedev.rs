@@ -174,6 +174,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             iommu_group: Some(7),
             total_vfs: 7,
             vf_driver: Some("igbvf"),
+            net_interface: Some("enp3s0f0"),
         },
     ]);
     let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,24 @@ impl Sriov {
         })
     }
 
+    /// The PF's network interface, through which VF `index`'s settings are made; the VF must
+    /// exist.
+    pub fn vf_settings_interface(&self, name: &str, index: u32) -> Result<String, Status> {
+        let info = self.info(name)?;
+        if !info.vfs.iter().any(|vf| vf.index == index) {
+            return Err(Status::not_found(format!(
+                "vf_index: {name} has no VF {index} ({} enabled)",
+                info.num_vfs
+            )));
+        }
+        if info.pf_interface.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{name} has no network interface (no net driver holds it), through which VF settings are made"
+            )));
+        }
+        Ok(info.pf_interface)
+    }
+
     /// Enables `count` VFs (0 disables SR-IOV). Refused while a VF is held for a guest.
     pub fn set_count(&self, name: &str, count: u32) -> Result<pb::SriovInfo, Status> {
         let (_, device) = self.pf(name)?;

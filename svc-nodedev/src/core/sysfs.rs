@@ -90,6 +90,8 @@ impl Sysfs {
             .into_iter()
             .chain(self.net())
             .chain(self.storage())
+            .chain(self.scsi_hosts())
+            .chain(self.usb())
             .collect();
         rest.sort_by(|a, b| a.name.cmp(&b.name));
         devices.extend(rest);
@@ -338,9 +340,150 @@ impl Sysfs {
     }
 }
 
-/// The capability types a device has, for listings.
+/// The number of a `hostN` name.
+pub(crate) fn host_number(name: &str) -> Option<u32> {
+    name.strip_prefix("host")?.parse().ok()
+}
+
+/// A WWN as sysfs shows it (`0x2000001b32a9da4e`), as libvirt does (no prefix).
+pub(crate) fn wwn(path: &Path) -> String {
+    read(path)
+        .map(|text| text.trim_start_matches("0x").to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+impl Sysfs {
+    /// SCSI hosts (`class/scsi_host`), named `scsi_hostN`; a Fibre Channel one
+    /// (`class/fc_host/hostN`) has its WWNs, and one that can make NPIV vports has vport_ops.
+    /// A vport's host sits under `vport-*` of its HBA's host, whose scsi_host is its parent.
+    fn scsi_hosts(&self) -> Vec<pb::NodeDevice> {
+        let mut devices = Vec::new();
+        let listing = self.root.join("class/scsi_host");
+        for entry in std::fs::read_dir(&listing).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(number) = host_number(&name) else {
+                continue;
+            };
+            let Ok(class_dir) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            // .../hostN/scsi_host/hostN: the device is two levels up.
+            let Some(device) = class_dir.parent().and_then(Path::parent) else {
+                continue;
+            };
+            let fc_dir = self.root.join("class/fc_host").join(&name);
+            let fc_host = fc_dir.exists().then(|| pb::FcHost {
+                wwnn: wwn(&fc_dir.join("node_name")),
+                wwpn: wwn(&fc_dir.join("port_name")),
+                fabric_wwn: wwn(&fc_dir.join("fabric_name")),
+            });
+            let vport_ops = fc_dir.join("vport_create").exists().then(|| pb::VportOps {
+                max_vports: read(&fc_dir.join("max_npiv_vports"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                vports: read(&fc_dir.join("npiv_vports_inuse"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+            });
+            let parent = match device.parent() {
+                Some(vport)
+                    if vport
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vport-")) =>
+                {
+                    vport
+                        .parent()
+                        .and_then(|hba| hba.file_name())
+                        .and_then(|hba| host_number(&hba.to_string_lossy()))
+                        .map_or_else(|| ROOT_NAME.to_string(), |n| format!("scsi_host{n}"))
+                }
+                _ => Self::pci_ancestor(device),
+            };
+            devices.push(pb::NodeDevice {
+                name: format!("scsi_{name}"),
+                path: self.shown_path(device),
+                sysfs_dir: device.display().to_string(),
+                parent,
+                caps: vec![pb::Capability {
+                    cap: Some(pb::capability::Cap::ScsiHost(pb::ScsiHostCap {
+                        host: number,
+                        unique_id: read(&class_dir.join("unique_id")).and_then(|n| n.parse().ok()),
+                        fc_host,
+                        vport_ops,
+                    })),
+                }],
+                ..Default::default()
+            });
+        }
+        devices
+    }
+
+    /// USB devices (`bus/usb/devices`, not their interfaces), named as libvirt names them:
+    /// `usb_usb1` for a root hub, `usb_1_1` for the device on its port 1.
+    fn usb(&self) -> Vec<pb::NodeDevice> {
+        let mut devices = Vec::new();
+        let listing = self.root.join("bus/usb/devices");
+        let usb_name = |sysfs_name: &str| format!("usb_{}", sysfs_name.replace(['-', '.'], "_"));
+        for entry in std::fs::read_dir(&listing).into_iter().flatten().flatten() {
+            let sysfs_name = entry.file_name().to_string_lossy().into_owned();
+            if sysfs_name.contains(':') {
+                continue;
+            }
+            let Ok(real) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            let number = |file: &str| read(&real.join(file)).and_then(|n| n.parse().ok());
+            let id =
+                |file: &str| read(&real.join(file)).and_then(|n| u32::from_str_radix(&n, 16).ok());
+            // A device's parent is the hub it is plugged into; a root hub's, its controller.
+            let parent = match real.parent().and_then(Path::file_name) {
+                Some(hub) if self.root.join("bus/usb/devices").join(hub).exists() => {
+                    usb_name(&hub.to_string_lossy())
+                }
+                _ => Self::pci_ancestor(&real),
+            };
+            devices.push(pb::NodeDevice {
+                name: usb_name(&sysfs_name),
+                path: self.shown_path(&real),
+                sysfs_dir: real.display().to_string(),
+                parent,
+                driver: link_name(&real.join("driver")).unwrap_or_default(),
+                caps: vec![pb::Capability {
+                    cap: Some(pb::capability::Cap::UsbDevice(pb::UsbDeviceCap {
+                        bus: number("busnum").unwrap_or(0),
+                        device: number("devnum").unwrap_or(0),
+                        vendor_id: id("idVendor").unwrap_or(0),
+                        vendor_name: read(&real.join("manufacturer")).unwrap_or_default(),
+                        product_id: id("idProduct").unwrap_or(0),
+                        product_name: read(&real.join("product")).unwrap_or_default(),
+                    })),
+                }],
+                ..Default::default()
+            });
+        }
+        devices
+    }
+}
+
+/// The capability types a device has, for listings: a SCSI host that is a Fibre Channel HBA is
+/// also `fc_host`, and one that makes NPIV vports also `vports`.
 pub fn cap_types(device: &pb::NodeDevice) -> Vec<pb::CapabilityType> {
-    device
+    let nested: Vec<pb::CapabilityType> = device
+        .caps
+        .iter()
+        .filter_map(|cap| match cap.cap.as_ref()? {
+            pb::capability::Cap::ScsiHost(host) => Some(host),
+            _ => None,
+        })
+        .flat_map(|host| {
+            [
+                host.fc_host.as_ref().map(|_| pb::CapabilityType::FcHost),
+                host.vport_ops.as_ref().map(|_| pb::CapabilityType::Vports),
+            ]
+        })
+        .flatten()
+        .collect();
+    let mut types: Vec<pb::CapabilityType> = device
         .caps
         .iter()
         .filter_map(|cap| {
@@ -360,5 +503,7 @@ pub fn cap_types(device: &pb::NodeDevice) -> Vec<pb::CapabilityType> {
                 pb::capability::Cap::Ccw(_) => pb::CapabilityType::Ccw,
             })
         })
-        .collect()
+        .collect();
+    types.extend(nested);
+    types
 }
