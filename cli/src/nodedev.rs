@@ -1,6 +1,9 @@
 //! virsh's nodedev-* commands over vireo.nodedev.v1: nodedev-list (`--tree`, `--cap`),
 //! nodedev-dumpxml, nodedev-info, nodedev-detach (and the seed's nodedev-dettach),
-//! nodedev-reattach and nodedev-reset, with virsh's layouts and messages.
+//! nodedev-reattach, nodedev-reset, nodedev-create (NPIV vHBAs) and nodedev-destroy, with
+//! virsh's layouts and messages; and two of Vireo's own for SR-IOV, which virsh leaves to
+//! sysfs and `ip link`: nodedev-sriov (list a PF's VFs, set their number) and
+//! nodedev-vf-config (a VF's MAC, VLAN and other settings).
 
 use clap::Subcommand;
 use tonic::transport::Channel;
@@ -9,10 +12,10 @@ use vireo_conf::nodedev::CAPABILITY_TYPES;
 use vireo_proto::nodedev::v1 as pb;
 use vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient;
 
-use crate::commands::{Call, fail, failed};
+use crate::commands::{Call, fail, failed, read_file};
 use crate::connection::Connection;
 use crate::domain::object;
-use crate::output::{Format, print_fields_at, print_json, print_xml};
+use crate::output::{Format, print_fields_at, print_json, print_table, print_xml};
 
 /// Width of nodedev-info's labels.
 const INFO_WIDTH: usize = 16;
@@ -45,6 +48,84 @@ pub enum NodedevCommand {
     NodedevReattach { device: String },
     /// Reset a detached PCI device
     NodedevReset { device: String },
+    /// Create a device (an NPIV vHBA) from its XML
+    NodedevCreate { file: String },
+    /// Destroy a device made by nodedev-create
+    NodedevDestroy { device: String },
+    /// An SR-IOV PF's virtual functions; with --count, enable that many first (0 disables)
+    NodedevSriov {
+        device: String,
+        #[arg(long)]
+        count: Option<u32>,
+    },
+    /// Set a VF's settings on its PF (as `ip link set PF vf N ...`)
+    NodedevVfConfig {
+        /// The PF
+        device: String,
+        /// The VF's index on the PF
+        vf: u32,
+        #[arg(long)]
+        mac: Option<String>,
+        /// VLAN id; 0 removes the VLAN
+        #[arg(long)]
+        vlan: Option<u32>,
+        /// 802.1p priority 0-7 of the VLAN tag
+        #[arg(long)]
+        qos: Option<u32>,
+        #[arg(long)]
+        spoofchk: Option<OnOff>,
+        #[arg(long)]
+        trust: Option<OnOff>,
+        /// auto, enable or disable
+        #[arg(long)]
+        state: Option<String>,
+        /// Mbit/s; 0 is unlimited
+        #[arg(long)]
+        min_tx_rate: Option<u32>,
+        #[arg(long)]
+        max_tx_rate: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// The VF link states by `ip link`'s words.
+const VF_LINK_STATES: vireo_conf::domain::Table<pb::VfLinkState> = &[
+    ("auto", pb::VfLinkState::Auto),
+    ("enable", pb::VfLinkState::Enable),
+    ("disable", pb::VfLinkState::Disable),
+];
+
+fn vf_rows(info: &pb::SriovInfo) -> Vec<Vec<String>> {
+    info.vfs
+        .iter()
+        .map(|vf| {
+            let vlan = if vf.vlan_id == 0 {
+                "-".to_string()
+            } else {
+                format!("{} (qos {})", vf.vlan_id, vf.vlan_qos)
+            };
+            let or_dash = |text: &str| {
+                if text.is_empty() {
+                    "-".to_string()
+                } else {
+                    text.to_string()
+                }
+            };
+            vec![
+                vf.index.to_string(),
+                vf.name.clone(),
+                or_dash(&vf.driver),
+                or_dash(&vf.interface),
+                or_dash(&vf.mac),
+                vlan,
+            ]
+        })
+        .collect()
 }
 
 async fn client(connection: &mut Connection) -> Result<NodeDeviceServiceClient<Channel>, Call> {
@@ -188,6 +269,130 @@ pub async fn run(
                     Some(format!("Failed to reset device {device}")),
                 ))?;
             println!("Device {device} reset\n");
+        }
+        NodedevCommand::NodedevCreate { file } => {
+            let xml = read_file(&file)?;
+            let created = client(connection)
+                .await?
+                .create_node_device(pb::CreateNodeDeviceRequest {
+                    host: String::new(),
+                    source: Some(pb::create_node_device_request::Source::Xml(xml)),
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to create node device from {file}")),
+                ))?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&created),
+                Format::Table => println!("Node device {} created from {file}\n", created.name),
+            }
+        }
+        NodedevCommand::NodedevDestroy { device } => {
+            client(connection)
+                .await?
+                .destroy_node_device(pb::DestroyNodeDeviceRequest {
+                    host: String::new(),
+                    device: object(&device),
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to destroy node device '{device}'")),
+                ))?;
+            println!("Destroyed node device '{device}'\n");
+        }
+        NodedevCommand::NodedevSriov { device, count } => {
+            let mut client = client(connection).await?;
+            let info = match count {
+                Some(num_vfs) => client
+                    .set_sriov_vf_count(pb::SetSriovVfCountRequest {
+                        host: String::new(),
+                        device: object(&device),
+                        num_vfs,
+                    })
+                    .await
+                    .map_err(failed(
+                        None,
+                        Some(format!("Failed to set the VF count of {device}")),
+                    ))?,
+                None => client
+                    .list_virtual_functions(pb::ListVirtualFunctionsRequest {
+                        host: String::new(),
+                        device: object(&device),
+                    })
+                    .await
+                    .map_err(failed(
+                        None,
+                        Some(format!("Failed to list VFs of {device}")),
+                    ))?,
+            }
+            .into_inner();
+            match format {
+                Format::Json => print_json(&info),
+                Format::Table => {
+                    println!(
+                        "{}: {} of {} VFs{}\n",
+                        info.pf_name,
+                        info.num_vfs,
+                        info.total_vfs,
+                        if info.pf_interface.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (interface {})", info.pf_interface)
+                        }
+                    );
+                    print_table(
+                        &["VF", "Name", "Driver", "Interface", "MAC", "VLAN"],
+                        &vf_rows(&info),
+                    );
+                }
+            }
+        }
+        NodedevCommand::NodedevVfConfig {
+            device,
+            vf,
+            mac,
+            vlan,
+            qos,
+            spoofchk,
+            trust,
+            state,
+            min_tx_rate,
+            max_tx_rate,
+        } => {
+            let link_state = state
+                .map(|word| lookup(VF_LINK_STATES, &word, "--state".into()))
+                .transpose()
+                .map_err(|err| fail(err.to_string()))?
+                .map(|state| state as i32);
+            let on = |flag: Option<OnOff>| flag.map(|f| matches!(f, OnOff::On));
+            let set = client(connection)
+                .await?
+                .set_vf_config(pb::SetVfConfigRequest {
+                    host: String::new(),
+                    device: object(&device),
+                    vf_index: vf,
+                    mac,
+                    vlan_id: vlan,
+                    vlan_qos: qos,
+                    spoofchk: on(spoofchk),
+                    trust: on(trust),
+                    link_state,
+                    min_tx_rate_mbit_s: min_tx_rate,
+                    max_tx_rate_mbit_s: max_tx_rate,
+                })
+                .await
+                .map_err(failed(
+                    None,
+                    Some(format!("Failed to configure VF {vf} of {device}")),
+                ))?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&set),
+                Format::Table => println!("VF {vf} of {device} configured\n"),
+            }
         }
         NodedevCommand::NodedevInfo { device } => {
             let info = client(connection)

@@ -25,7 +25,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.nodedev.v1.",
-        "VF settings, NPIV and more device types arrive with svc-nodedev (issue #8)",
+        "node device events (nodedev-event) are not built: sysfs has no change feed without udev",
     ),
     (
         "/vireo.migrate.v1.",

@@ -403,14 +403,20 @@ impl FakeSysfs {
             && in_use < max
             && !port_names().iter().any(|(name, _)| *name == wwpn)
         {
-            let host = (0..)
-                .find(|n| {
-                    !root
-                        .join("class/scsi_host")
-                        .join(format!("host{n}"))
-                        .exists()
+            // The kernel numbers SCSI hosts upward: the next after the highest.
+            let host = std::fs::read_dir(root.join("class/scsi_host"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("host")?
+                        .parse::<u32>()
+                        .ok()
                 })
-                .unwrap_or(0);
+                .max()
+                .map_or(0, |highest| highest + 1);
             let vport = (0..)
                 .map(|k| hba.join(format!("vport-{hba_host}:0-{k}")))
                 .find(|vport| !vport.exists())

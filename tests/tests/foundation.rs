@@ -232,7 +232,9 @@ fn later_work_answers_unimplemented_and_names_it() {
                 vireod.connect().await,
             );
         client
-            .set_vf_config(vireo_proto::nodedev::v1::SetVfConfigRequest::default())
+            .watch_node_device_events(
+                vireo_proto::nodedev::v1::WatchNodeDeviceEventsRequest::default(),
+            )
             .await
             .unwrap_err()
     });
@@ -240,8 +242,8 @@ fn later_work_answers_unimplemented_and_names_it() {
     assert!(
         status
             .message()
-            .contains("SetVfConfig is not implemented yet")
-            && status.message().contains("issue #8"),
+            .contains("WatchNodeDeviceEvents is not implemented yet")
+            && status.message().contains("nodedev-event"),
         "{}",
         status.message()
     );

@@ -278,3 +278,293 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
     let refused = set_vfs(8).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
+
+/// vireod whose svc-nodedev reads `sysfs`, wrapped (e.g. in a network namespace) when asked.
+fn server_on(
+    sysfs: &vireo_tests::fake_sysfs::FakeSysfs,
+    wrapper: &[&str],
+) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vireo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
+            sysfs.root().display()
+        ),
+    )
+    .unwrap();
+    let server = Server::vireod_with(wrapper, &["--config", config.to_str().unwrap()]);
+    (server, dir)
+}
+
+const HBA_WWNN: &str = "20000024ff0a1b2c";
+const HBA_WWPN: &str = "21000024ff0a1b2c";
+const FABRIC: &str = "100000051e02bc53";
+
+fn vhba_xml(parent: &str, wwns: &str) -> String {
+    format!(
+        "<device>
+  {parent}
+  <capability type='scsi_host'>
+    <capability type='fc_host'>{wwns}</capability>
+  </capability>
+</device>"
+    )
+}
+
+#[test]
+fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
+    use vireo_tests::fake_sysfs::{FakeFcHost, FakePci, FakeSysfs, FakeUsb};
+    let sysfs = FakeSysfs::build(&[
+        FakePci {
+            address: "0000:05:00.0",
+            vendor: 0x1077,
+            device: 0x2532,
+            class: 0x0c0400,
+            driver: Some("qla2xxx"),
+            iommu_group: Some(20),
+            ..FakePci::default()
+        },
+        FakePci {
+            address: "0000:06:00.0",
+            vendor: 0x1000,
+            device: 0x0097,
+            class: 0x010700,
+            driver: Some("mpt3sas"),
+            iommu_group: Some(21),
+            ..FakePci::default()
+        },
+        FakePci {
+            address: "0000:00:1d.0",
+            vendor: 0x8086,
+            device: 0x3a3a,
+            class: 0x0c0320,
+            driver: Some("ehci-pci"),
+            iommu_group: Some(22),
+            ..FakePci::default()
+        },
+    ]);
+    sysfs.add_scsi_host("0000:06:00.0", 2);
+    sysfs.add_fc_host(&FakeFcHost {
+        pci: "0000:05:00.0",
+        host: 5,
+        wwnn: HBA_WWNN,
+        wwpn: HBA_WWPN,
+        fabric_wwn: FABRIC,
+        max_vports: 2,
+    });
+    sysfs.add_usb(&FakeUsb {
+        pci: "0000:00:1d.0",
+        bus: 1,
+        port: "1-1",
+        device: 2,
+        vendor: 0x0781,
+        product: 0x5567,
+        manufacturer: "SanDisk",
+        product_name: "Cruzer Blade",
+    });
+    let (server, dir) = server_on(&sysfs, &[]);
+    let list = |cap: &str| ok(&server, &["nodedev-list", "--cap", cap]);
+    assert_eq!(list("scsi_host").trim(), "scsi_host2\nscsi_host5");
+    assert_eq!(list("fc_host").trim(), "scsi_host5");
+    assert_eq!(list("vports").trim(), "scsi_host5");
+    assert_eq!(list("usb_device").trim(), "usb_1_1\nusb_usb1");
+
+    let hba = ok(&server, &["nodedev-dumpxml", "scsi_host5"]);
+    for expected in [
+        "<parent>pci_0000_05_00_0</parent>",
+        "<host>5</host>",
+        "<unique_id>6</unique_id>",
+        "<capability type='fc_host'>",
+        &format!("<wwnn>{HBA_WWNN}</wwnn>"),
+        &format!("<wwpn>{HBA_WWPN}</wwpn>"),
+        &format!("<fabric_wwn>{FABRIC}</fabric_wwn>"),
+        "<capability type='vport_ops'>",
+        "<max_vports>2</max_vports>",
+        "<vports>0</vports>",
+    ] {
+        assert!(hba.contains(expected), "{expected} in {hba}");
+    }
+    let sas = ok(&server, &["nodedev-dumpxml", "scsi_host2"]);
+    assert!(
+        sas.contains("<parent>pci_0000_06_00_0</parent>") && !sas.contains("fc_host"),
+        "{sas}"
+    );
+    let usb = ok(&server, &["nodedev-dumpxml", "usb_1_1"]);
+    for expected in [
+        "<parent>usb_usb1</parent>",
+        "<capability type='usb_device'>",
+        "<bus>1</bus>",
+        "<device>2</device>",
+        "<product id='0x5567'>Cruzer Blade</product>",
+        "<vendor id='0x0781'>SanDisk</vendor>",
+    ] {
+        assert!(usb.contains(expected), "{expected} in {usb}");
+    }
+    assert!(
+        ok(&server, &["nodedev-dumpxml", "usb_usb1"]).contains("<parent>pci_0000_00_1d_0</parent>")
+    );
+
+    // nodedev-create: a vHBA on scsi_host5 with the WWNs given, as the seed's XML has it.
+    let write = |name: &str, xml: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, xml).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let given = write(
+        "vhba.xml",
+        &vhba_xml(
+            "<parent>scsi_host5</parent>",
+            "<wwnn>2001001b32a9da4e</wwnn><wwpn>2101001b32a9da4e</wwpn>",
+        ),
+    );
+    let created = ok(&server, &["nodedev-create", &given]);
+    assert_eq!(
+        created.trim(),
+        format!("Node device scsi_host6 created from {given}")
+    );
+    let vhba = ok(&server, &["nodedev-dumpxml", "scsi_host6"]);
+    assert!(
+        vhba.contains("<parent>scsi_host5</parent>")
+            && vhba.contains("<wwpn>2101001b32a9da4e</wwpn>")
+            && vhba.contains(&format!("<fabric_wwn>{FABRIC}</fabric_wwn>"))
+            && !vhba.contains("vport_ops"),
+        "{vhba}"
+    );
+    assert_eq!(list("fc_host").trim(), "scsi_host5\nscsi_host6");
+    assert!(ok(&server, &["nodedev-dumpxml", "scsi_host5"]).contains("<vports>1</vports>"));
+    let tree = ok(&server, &["nodedev-list", "--tree"]);
+    let at = tree.find("scsi_host5").unwrap();
+    assert!(tree[at..].contains("+- scsi_host6"), "{tree}");
+
+    // The same port name twice, a host that makes no vports, one that is not there, a bad WWN.
+    let refused = fails(&server, &["nodedev-create", &given]);
+    assert!(
+        refused.contains("wwpn") && refused.contains("scsi_host6"),
+        "{refused}"
+    );
+    let no_vports = write("sas.xml", &vhba_xml("<parent>scsi_host2</parent>", ""));
+    let refused = fails(&server, &["nodedev-create", &no_vports]);
+    assert!(refused.contains("parent"), "{refused}");
+    let missing = write("missing.xml", &vhba_xml("<parent>scsi_host99</parent>", ""));
+    let refused = fails(&server, &["nodedev-create", &missing]);
+    assert!(refused.contains("scsi_host99"), "{refused}");
+    let bad = write(
+        "bad.xml",
+        &vhba_xml(
+            "<parent>scsi_host5</parent>",
+            "<wwnn>xyz</wwnn><wwpn>2101001b32a9da4f</wwpn>",
+        ),
+    );
+    let refused = fails(&server, &["nodedev-create", &bad]);
+    assert!(
+        refused.contains("wwnn") && refused.contains("xyz"),
+        "{refused}"
+    );
+    assert_eq!(list("fc_host").trim(), "scsi_host5\nscsi_host6");
+
+    // Named by the HBA's own WWNs, with WWNs made up as libvirt makes them; then the HBA is
+    // full (max_vports 2) and the fabric finds no other.
+    let by_wwns = write(
+        "by-wwns.xml",
+        &vhba_xml(
+            &format!("<parent wwnn='{HBA_WWNN}' wwpn='{HBA_WWPN}'/>"),
+            "",
+        ),
+    );
+    assert!(ok(&server, &["nodedev-create", &by_wwns]).contains("scsi_host7"));
+    let made_up = ok(&server, &["nodedev-dumpxml", "scsi_host7"]);
+    assert!(made_up.contains("<wwpn>5001a4a"), "{made_up}");
+    let by_fabric = write(
+        "by-fabric.xml",
+        &vhba_xml(&format!("<parent fabric_wwn='{FABRIC}'/>"), ""),
+    );
+    let refused = fails(&server, &["nodedev-create", &by_fabric]);
+    assert!(refused.contains("fabric"), "{refused}");
+
+    // Only vHBAs are destroyed; they go, and the HBA counts them out.
+    let refused = fails(&server, &["nodedev-destroy", "scsi_host5"]);
+    assert!(refused.contains("not a vHBA"), "{refused}");
+    let refused = fails(&server, &["nodedev-destroy", "scsi_host2"]);
+    assert!(refused.contains("only vHBAs"), "{refused}");
+    for vhba in ["scsi_host6", "scsi_host7"] {
+        assert_eq!(
+            ok(&server, &["nodedev-destroy", vhba]).trim(),
+            format!("Destroyed node device '{vhba}'")
+        );
+    }
+    assert_eq!(list("fc_host").trim(), "scsi_host5");
+    assert!(ok(&server, &["nodedev-dumpxml", "scsi_host5"]).contains("<vports>0</vports>"));
+    assert!(ok(&server, &["nodedev-create", &by_fabric]).contains("Node device scsi_host"));
+}
+
+/// VF settings go to the kernel through netlink on the PF's interface. No machine here has an
+/// SR-IOV NIC, so the PF's interface is a veth in a namespace of the test's own: the request
+/// reaches the real kernel, which answers that this driver has no VF settings; what is wrong
+/// with a request is refused before that.
+#[test]
+fn vf_settings_are_checked_then_sent_to_the_pf_driver_through_netlink() {
+    use vireo_tests::fake_sysfs::{FakePci, FakeSysfs};
+    let netns = match vireo_tests::Netns::create("vf") {
+        Ok(netns) => netns,
+        Err(missing) => {
+            eprintln!("SKIPPED: needs {missing}");
+            return;
+        }
+    };
+    netns.ok(
+        "ip",
+        &[
+            "link", "add", "enp3s0f0", "type", "veth", "peer", "name", "peer0",
+        ],
+    );
+    let sysfs = FakeSysfs::build(&[FakePci {
+        address: "0000:03:00.0",
+        vendor: 0x8086,
+        device: 0x10c9,
+        class: 0x020000,
+        driver: Some("igb"),
+        iommu_group: Some(7),
+        total_vfs: 7,
+        vf_driver: Some("igbvf"),
+        net_interface: Some("enp3s0f0"),
+    }]);
+    let (server, _dir) = server_on(&sysfs, &["ip", "netns", "exec", &netns.0]);
+    let listed = ok(
+        &server,
+        &["nodedev-sriov", "pci_0000_03_00_0", "--count", "2"],
+    );
+    assert!(
+        listed.starts_with("pci_0000_03_00_0: 2 of 7 VFs (interface enp3s0f0)")
+            && listed.contains("pci_0000_03_10_1"),
+        "{listed}"
+    );
+    let config = |extra: &[&str]| {
+        let mut args = vec!["nodedev-vf-config", "pci_0000_03_00_0"];
+        args.extend_from_slice(extra);
+        fails(&server, &args)
+    };
+    let refused = config(&["1", "--mac", "52:54:00:aa:bb:01", "--vlan", "10"]);
+    assert!(
+        refused.contains("enp3s0f0: its driver does not support VF settings"),
+        "{refused}"
+    );
+    for (args, expected) in [
+        (
+            &["5", "--mac", "52:54:00:aa:bb:01"][..],
+            "vf_index: pci_0000_03_00_0 has no VF 5",
+        ),
+        (
+            &["1", "--mac", "01:00:5e:00:00:01"][..],
+            "mac: '01:00:5e:00:00:01' is a multicast",
+        ),
+        (&["1", "--vlan", "5000"][..], "vlan_id"),
+        (&["1", "--qos", "3"][..], "vlan_qos"),
+        (&["1", "--state", "sideways"][..], "--state"),
+        (&["1"][..], "give at least one setting"),
+    ] {
+        let refused = config(args);
+        assert!(refused.contains(expected), "{args:?}: {refused}");
+    }
+}
