@@ -434,6 +434,11 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     );
     assert_eq!(list("fc_host").trim(), "scsi_host5\nscsi_host6");
     assert!(ok(&server, &["nodedev-dumpxml", "scsi_host5"]).contains("<vports>1</vports>"));
+    let info = ok(&server, &["nodedev-info", "scsi_host6"]);
+    assert!(
+        info.contains("Name:           scsi_host6") && info.contains("Parent:         scsi_host5"),
+        "{info}"
+    );
     let tree = ok(&server, &["nodedev-list", "--tree"]);
     let at = tree.find("scsi_host5").unwrap();
     assert!(tree[at..].contains("+- scsi_host6"), "{tree}");
@@ -540,6 +545,8 @@ fn vf_settings_are_checked_then_sent_to_the_pf_driver_through_netlink() {
             && listed.contains("pci_0000_03_10_1"),
         "{listed}"
     );
+    let nets = ok(&server, &["nodedev-list", "--cap", "net"]);
+    assert_eq!(nets.trim(), "net_enp3s0f0_52_54_00_00_00_01", "{nets}");
     let config = |extra: &[&str]| {
         let mut args = vec!["nodedev-vf-config", "pci_0000_03_00_0"];
         args.extend_from_slice(extra);
