@@ -305,9 +305,10 @@ pub const CAPABILITY_TYPES: crate::domain::Table<pb::CapabilityType> = &[
 /// A World Wide Name as libvirt and the kernel write it: 16 hex digits (an `0x` prefix is
 /// dropped), lower case.
 pub fn check_wwn(text: &str, field: &str) -> Result<String, ConfError> {
-    let digits = text.trim().trim_start_matches("0x").to_ascii_lowercase();
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_start_matches("0x");
     if digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(digits)
+        Ok(digits.to_string())
     } else {
         Err(ConfError::new(
             field,

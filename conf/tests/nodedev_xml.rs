@@ -91,10 +91,16 @@ fn pci_and_net_devices_format_as_libvirt_does() {
 
 #[test]
 fn scsi_hosts_vhbas_and_usb_devices_format_as_libvirt_does() {
+    let hba_path = "/sys/devices/pci0000:00/0000:00:04.0/0000:10:00.0/host5";
     let scsi_host =
         |name: &str, parent: &str, host: u32, wwpn: &str, vports: bool| pb::NodeDevice {
             name: name.into(),
-            path: format!("/sys/devices/pci0000:00/0000:00:04.0/0000:10:00.0/host{host}"),
+            // A vport's host sits under its HBA's host.
+            path: if vports {
+                hba_path.to_string()
+            } else {
+                format!("{hba_path}/vport-5:0-0/host{host}")
+            },
             parent: parent.into(),
             caps: vec![pb::Capability {
                 cap: Some(pb::capability::Cap::ScsiHost(pb::ScsiHostCap {
@@ -126,6 +132,10 @@ fn scsi_hosts_vhbas_and_usb_devices_format_as_libvirt_does() {
         path: "/sys/devices/pci0000:00/0000:00:1d.0/usb1/1-1".into(),
         parent: "usb_usb1".into(),
         driver: "usb".into(),
+        devnodes: vec![pb::DevNode {
+            r#type: pb::DevNodeType::Dev as i32,
+            path: "/dev/bus/usb/001/002".into(),
+        }],
         caps: vec![pb::Capability {
             cap: Some(pb::capability::Cap::UsbDevice(pb::UsbDeviceCap {
                 bus: 1,

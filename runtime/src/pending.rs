@@ -25,7 +25,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.nodedev.v1.",
-        "node device events (nodedev-event) are not built: sysfs has no change feed without udev",
+        "node device events (nodedev-event) are not built yet",
     ),
     (
         "/vireo.migrate.v1.",

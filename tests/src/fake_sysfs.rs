@@ -403,20 +403,15 @@ impl FakeSysfs {
             && in_use < max
             && !port_names().iter().any(|(name, _)| *name == wwpn)
         {
-            // The kernel numbers SCSI hosts upward: the next after the highest.
-            let host = std::fs::read_dir(root.join("class/scsi_host"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_prefix("host")?
-                        .parse::<u32>()
-                        .ok()
+            // The kernel gives a new SCSI host the lowest free number (an IDA).
+            let host = (0..)
+                .find(|n| {
+                    !root
+                        .join("class/scsi_host")
+                        .join(format!("host{n}"))
+                        .exists()
                 })
-                .max()
-                .map_or(0, |highest| highest + 1);
+                .unwrap_or(0);
             let vport = (0..)
                 .map(|k| hba.join(format!("vport-{hba_host}:0-{k}")))
                 .find(|vport| !vport.exists())

@@ -345,7 +345,10 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
             ..FakePci::default()
         },
     ]);
-    sysfs.add_scsi_host("0000:06:00.0", 2);
+    // Hosts 0-2 on the SAS controller, 5 the FC port: a new vHBA takes the lowest free number.
+    for host in 0..3 {
+        sysfs.add_scsi_host("0000:06:00.0", host);
+    }
     sysfs.add_fc_host(&FakeFcHost {
         pci: "0000:05:00.0",
         host: 5,
@@ -366,7 +369,10 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     });
     let (server, dir) = server_on(&sysfs, &[]);
     let list = |cap: &str| ok(&server, &["nodedev-list", "--cap", cap]);
-    assert_eq!(list("scsi_host").trim(), "scsi_host2\nscsi_host5");
+    assert_eq!(
+        list("scsi_host").trim(),
+        "scsi_host0\nscsi_host1\nscsi_host2\nscsi_host5"
+    );
     assert_eq!(list("fc_host").trim(), "scsi_host5");
     assert_eq!(list("vports").trim(), "scsi_host5");
     assert_eq!(list("usb_device").trim(), "usb_1_1\nusb_usb1");
@@ -394,6 +400,7 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     let usb = ok(&server, &["nodedev-dumpxml", "usb_1_1"]);
     for expected in [
         "<parent>usb_usb1</parent>",
+        "<devnode type='dev'>/dev/bus/usb/001/002</devnode>",
         "<capability type='usb_device'>",
         "<bus>1</bus>",
         "<device>2</device>",
@@ -422,9 +429,9 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     let created = ok(&server, &["nodedev-create", &given]);
     assert_eq!(
         created.trim(),
-        format!("Node device scsi_host6 created from {given}")
+        format!("Node device scsi_host3 created from {given}")
     );
-    let vhba = ok(&server, &["nodedev-dumpxml", "scsi_host6"]);
+    let vhba = ok(&server, &["nodedev-dumpxml", "scsi_host3"]);
     assert!(
         vhba.contains("<parent>scsi_host5</parent>")
             && vhba.contains("<wwpn>2101001b32a9da4e</wwpn>")
@@ -432,21 +439,21 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
             && !vhba.contains("vport_ops"),
         "{vhba}"
     );
-    assert_eq!(list("fc_host").trim(), "scsi_host5\nscsi_host6");
+    assert_eq!(list("fc_host").trim(), "scsi_host3\nscsi_host5");
     assert!(ok(&server, &["nodedev-dumpxml", "scsi_host5"]).contains("<vports>1</vports>"));
-    let info = ok(&server, &["nodedev-info", "scsi_host6"]);
+    let info = ok(&server, &["nodedev-info", "scsi_host3"]);
     assert!(
-        info.contains("Name:           scsi_host6") && info.contains("Parent:         scsi_host5"),
+        info.contains("Name:           scsi_host3") && info.contains("Parent:         scsi_host5"),
         "{info}"
     );
     let tree = ok(&server, &["nodedev-list", "--tree"]);
     let at = tree.find("scsi_host5").unwrap();
-    assert!(tree[at..].contains("+- scsi_host6"), "{tree}");
+    assert!(tree[at..].contains("+- scsi_host3"), "{tree}");
 
     // The same port name twice, a host that makes no vports, one that is not there, a bad WWN.
     let refused = fails(&server, &["nodedev-create", &given]);
     assert!(
-        refused.contains("wwpn") && refused.contains("scsi_host6"),
+        refused.contains("wwpn") && refused.contains("scsi_host3"),
         "{refused}"
     );
     let no_vports = write("sas.xml", &vhba_xml("<parent>scsi_host2</parent>", ""));
@@ -467,7 +474,7 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
         refused.contains("wwnn") && refused.contains("xyz"),
         "{refused}"
     );
-    assert_eq!(list("fc_host").trim(), "scsi_host5\nscsi_host6");
+    assert_eq!(list("fc_host").trim(), "scsi_host3\nscsi_host5");
 
     // Named by the HBA's own WWNs, with WWNs made up as libvirt makes them; then the HBA is
     // full (max_vports 2) and the fabric finds no other.
@@ -478,8 +485,8 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
             "",
         ),
     );
-    assert!(ok(&server, &["nodedev-create", &by_wwns]).contains("scsi_host7"));
-    let made_up = ok(&server, &["nodedev-dumpxml", "scsi_host7"]);
+    assert!(ok(&server, &["nodedev-create", &by_wwns]).contains("scsi_host4"));
+    let made_up = ok(&server, &["nodedev-dumpxml", "scsi_host4"]);
     assert!(made_up.contains("<wwpn>5001a4a"), "{made_up}");
     let by_fabric = write(
         "by-fabric.xml",
@@ -493,7 +500,7 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     assert!(refused.contains("not a vHBA"), "{refused}");
     let refused = fails(&server, &["nodedev-destroy", "scsi_host2"]);
     assert!(refused.contains("only vHBAs"), "{refused}");
-    for vhba in ["scsi_host6", "scsi_host7"] {
+    for vhba in ["scsi_host3", "scsi_host4"] {
         assert_eq!(
             ok(&server, &["nodedev-destroy", vhba]).trim(),
             format!("Destroyed node device '{vhba}'")
@@ -502,6 +509,46 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
     assert_eq!(list("fc_host").trim(), "scsi_host5");
     assert!(ok(&server, &["nodedev-dumpxml", "scsi_host5"]).contains("<vports>0</vports>"));
     assert!(ok(&server, &["nodedev-create", &by_fabric]).contains("Node device scsi_host"));
+
+    // Through the API, WWNs are taken in any case and with `0x`, and kept as sysfs shows them:
+    // the same port name again, written differently, is the same port.
+    let create = |wwpn: &str| {
+        vireo_tests::block_on(async {
+            let mut client =
+                vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient::new(
+                    server.connect().await,
+                );
+            client
+                .create_node_device(vireo_proto::nodedev::v1::CreateNodeDeviceRequest {
+                    source: Some(
+                        vireo_proto::nodedev::v1::create_node_device_request::Source::Vhba(
+                            vireo_proto::nodedev::v1::VhbaSpec {
+                                parent_ref: Some(
+                                    vireo_proto::nodedev::v1::vhba_spec::ParentRef::Parent(
+                                        "scsi_host5".into(),
+                                    ),
+                                ),
+                                wwnn: "0x2001001B32A9DA50".into(),
+                                wwpn: wwpn.into(),
+                            },
+                        ),
+                    ),
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    let made = create("0X2101001B32A9DA50").unwrap();
+    let xml = ok(&server, &["nodedev-dumpxml", &made.name]);
+    assert!(xml.contains("<wwpn>2101001b32a9da50</wwpn>"), "{xml}");
+    let again = create("2101001b32a9da50").unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    let sas = fails(&server, &["nodedev-create", &no_vports]);
+    assert!(
+        sas.contains("scsi_host2 is not a Fibre Channel HBA"),
+        "{sas}"
+    );
 }
 
 /// VF settings go to the kernel through netlink on the PF's interface. No machine here has an
@@ -557,6 +604,33 @@ fn vf_settings_are_checked_then_sent_to_the_pf_driver_through_netlink() {
         refused.contains("enp3s0f0: its driver does not support VF settings"),
         "{refused}"
     );
+    let status_of = |mac: &str| {
+        vireo_tests::block_on(async {
+            let mut client =
+                vireo_proto::nodedev::v1::node_device_service_client::NodeDeviceServiceClient::new(
+                    server.connect().await,
+                );
+            client
+                .set_vf_config(vireo_proto::nodedev::v1::SetVfConfigRequest {
+                    device: Some(vireo_proto::common::v1::ObjectRef {
+                        key: Some(vireo_proto::common::v1::object_ref::Key::Name(
+                            "pci_0000_03_00_0".into(),
+                        )),
+                    }),
+                    vf_index: 1,
+                    mac: Some(mac.into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+                .code()
+        })
+    };
+    assert_eq!(
+        status_of("52:54:00:aa:bb:01"),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(status_of("01:00:5e:00:00:01"), tonic::Code::InvalidArgument);
     for (args, expected) in [
         (
             &["5", "--mac", "52:54:00:aa:bb:01"][..],

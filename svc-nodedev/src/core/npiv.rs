@@ -45,6 +45,8 @@ impl FcHost {
 
 pub struct Npiv {
     root: PathBuf,
+    /// One create at a time: its duplicate check and its wait must see only its own vport.
+    creating: std::sync::Mutex<()>,
 }
 
 /// 16 hex digits: `GENERATED_WWN_PREFIX` and random ones.
@@ -65,6 +67,7 @@ impl Npiv {
     pub fn new(root: &Path) -> Npiv {
         Npiv {
             root: root.to_path_buf(),
+            creating: std::sync::Mutex::new(()),
         }
     }
 
@@ -90,6 +93,23 @@ impl Npiv {
     /// The HBA the spec names, which must be able to make vports.
     fn parent(&self, spec: &pb::VhbaSpec) -> Result<FcHost, Status> {
         use pb::vhba_spec::ParentRef;
+        if let Some(ParentRef::Parent(name)) = &spec.parent_ref
+            && let Some(number) = name.strip_prefix("scsi_host")
+            && self
+                .root
+                .join("class/scsi_host")
+                .join(format!("host{number}"))
+                .exists()
+            && !self
+                .root
+                .join("class/fc_host")
+                .join(format!("host{number}"))
+                .exists()
+        {
+            return Err(Status::failed_precondition(format!(
+                "parent: {name} is not a Fibre Channel HBA (it has no fc_host), so it makes no vports"
+            )));
+        }
         let hosts = self.hosts();
         let (field, described, found) = match &spec.parent_ref {
             Some(ParentRef::Parent(name)) => (
@@ -134,15 +154,32 @@ impl Npiv {
 
     /// Creates the vHBA and answers its `scsi_hostM` name.
     pub fn create(&self, mut spec: pb::VhbaSpec) -> Result<String, Status> {
+        let _one_at_a_time = self
+            .creating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // WWNs as sysfs shows them (16 lower-case hex digits), whichever way they came.
+        let normal = |value: &str, field: &str| {
+            vireo_conf::nodedev::check_wwn(value, field)
+                .map_err(|err| Status::invalid_argument(err.to_string()))
+        };
+        match &mut spec.parent_ref {
+            Some(pb::vhba_spec::ParentRef::ParentWwns(wwns)) => {
+                wwns.wwnn = normal(&wwns.wwnn, "parent_wwns.wwnn")?;
+                wwns.wwpn = normal(&wwns.wwpn, "parent_wwns.wwpn")?;
+            }
+            Some(pb::vhba_spec::ParentRef::ParentFabricWwn(fabric)) => {
+                *fabric = normal(fabric, "parent_fabric_wwn")?;
+            }
+            _ => {}
+        }
         let parent = self.parent(&spec)?;
         if spec.wwnn.is_empty() && spec.wwpn.is_empty() {
             spec.wwnn = generated_wwn()?;
             spec.wwpn = generated_wwn()?;
         }
-        for (field, value) in [("wwnn", &spec.wwnn), ("wwpn", &spec.wwpn)] {
-            vireo_conf::nodedev::check_wwn(value, field)
-                .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        }
+        spec.wwnn = normal(&spec.wwnn, "wwnn")?;
+        spec.wwpn = normal(&spec.wwpn, "wwpn")?;
         if let Some(taken) = self.hosts().into_iter().find(|h| h.wwpn == spec.wwpn) {
             return Err(Status::already_exists(format!(
                 "wwpn: {} is already the port name of {}",

@@ -442,16 +442,21 @@ impl Sysfs {
                 }
                 _ => Self::pci_ancestor(&real),
             };
+            let (bus, device) = (number("busnum").unwrap_or(0), number("devnum").unwrap_or(0));
             devices.push(pb::NodeDevice {
                 name: usb_name(&sysfs_name),
                 path: self.shown_path(&real),
                 sysfs_dir: real.display().to_string(),
                 parent,
                 driver: link_name(&real.join("driver")).unwrap_or_default(),
+                devnodes: vec![pb::DevNode {
+                    r#type: pb::DevNodeType::Dev as i32,
+                    path: format!("/dev/bus/usb/{bus:03}/{device:03}"),
+                }],
                 caps: vec![pb::Capability {
                     cap: Some(pb::capability::Cap::UsbDevice(pb::UsbDeviceCap {
-                        bus: number("busnum").unwrap_or(0),
-                        device: number("devnum").unwrap_or(0),
+                        bus,
+                        device,
                         vendor_id: id("idVendor").unwrap_or(0),
                         vendor_name: read(&real.join("manufacturer")).unwrap_or_default(),
                         product_id: id("idProduct").unwrap_or(0),
