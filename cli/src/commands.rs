@@ -2,8 +2,10 @@
 
 use clap::Subcommand;
 use tonic::{Code, Status};
+use vireo_proto::cluster::v1 as cluster;
+use vireo_proto::cluster::v1::cluster_domain_service_client::ClusterDomainServiceClient;
+use vireo_proto::cluster::v1::host_service_client::HostServiceClient;
 use vireo_proto::compute::v1 as compute;
-use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 use vireo_proto::compute::v1::node_service_client::NodeServiceClient;
 
 use crate::Failed;
@@ -59,6 +61,8 @@ pub enum Command {
         #[arg(long)]
         uuid: bool,
     },
+    /// List the hosts behind the gateway, as each answers now
+    HostList,
     /// (shell) Connect to another gateway
     Connect {
         uri: String,
@@ -122,6 +126,7 @@ pub async fn run(
         Command::Storage(command) => crate::storage::run(connection, format, *command).await,
         Command::Network(command) => crate::network::run(connection, format, *command).await,
         Command::Nodedev(command) => crate::nodedev::run(connection, format, *command).await,
+        Command::HostList => host_list(connection, format).await,
         Command::List {
             all,
             inactive,
@@ -424,18 +429,35 @@ async fn list(
     format: Format,
     options: ListOptions,
 ) -> Result<(), Call> {
-    let request = compute::ListDomainsRequest {
-        host: String::new(),
+    // Every host's domains: the gateway merges them and names the hosts that did not answer.
+    let request = cluster::ListAllDomainsRequest {
         include_active: options.all || !options.inactive,
         include_inactive: options.all || options.inactive,
         autostart: options.autostart.then_some(true),
+        hosts: Vec::new(),
     };
-    let mut client = DomainServiceClient::new(connection.channel().await?);
-    let domains = client.list_domains(request).await?.into_inner();
+    let mut client = ClusterDomainServiceClient::new(connection.channel().await?);
+    let domains = client.list_all_domains(request).await?.into_inner();
+    for failed in &domains.failed_hosts {
+        eprintln!(
+            "warning: host `{}` did not answer; its domains are not listed: {}",
+            failed.host, failed.message
+        );
+    }
     if format == Format::Json {
         print_json(&domains);
         return Ok(());
     }
+    // One host (the usual case) looks exactly as virsh's list; more get a Host column.
+    let mut hosts: Vec<&str> = domains
+        .domains
+        .iter()
+        .map(|d| d.host.as_str())
+        .chain(domains.failed_hosts.iter().map(|f| f.host.as_str()))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let many_hosts = hosts.len() > 1;
     if options.name || options.uuid {
         for domain in &domains.domains {
             println!(
@@ -459,13 +481,65 @@ async fn list(
             } else {
                 domain.id.to_string()
             };
-            vec![
+            let row = vec![
                 id,
                 domain.name.clone(),
                 state_name(domain.state).to_string(),
+            ];
+            if many_hosts {
+                std::iter::once(domain.host.clone()).chain(row).collect()
+            } else {
+                row
+            }
+        })
+        .collect();
+    if many_hosts {
+        print_table(&["Host", "Id", "Name", "State"], &rows);
+    } else {
+        print_table(&["Id", "Name", "State"], &rows);
+    }
+    Ok(())
+}
+
+async fn host_list(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    let hosts = HostServiceClient::new(connection.channel().await?)
+        .list_hosts(cluster::ListHostsRequest::default())
+        .await?
+        .into_inner();
+    if format == Format::Json {
+        print_json(&hosts);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .hosts
+        .iter()
+        .map(|host| {
+            let capacity = host.capacity.clone().unwrap_or_default();
+            let up = host.state == cluster::HostState::Up as i32;
+            let or_dash = |value: String| if up { value } else { "-".into() };
+            vec![
+                host.name.clone(),
+                match host.state() {
+                    cluster::HostState::Up => "up",
+                    cluster::HostState::Down => "down",
+                    cluster::HostState::Joining => "joining",
+                    cluster::HostState::Unreachable => "unreachable",
+                    cluster::HostState::Unspecified => "unknown",
+                }
+                .to_string(),
+                or_dash(capacity.cpus.to_string()),
+                or_dash(format!("{} MiB", capacity.memory_kib / 1024)),
+                or_dash(capacity.running_domains.to_string()),
+                or_dash(capacity.defined_domains.to_string()),
+                host.state_reason.clone(),
             ]
         })
         .collect();
-    print_table(&["Id", "Name", "State"], &rows);
+    print_table(
+        &[
+            "Name", "State", "CPUs", "Memory", "Running", "Defined", "Reason",
+        ],
+        &rows,
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! upload or download on the transfer socket (`transfer.rs`).
 
 mod backends;
+mod cluster_views;
 mod codec;
 mod health;
 mod proxy;
@@ -32,6 +33,16 @@ pub struct GatewayConfig {
     pub backends: BTreeMap<String, PathBuf>,
     /// Serve `<run-dir>/gateway-ro.sock` for read-only clients (default true).
     pub readonly_socket: Option<bool>,
+    /// Other hosts this gateway routes to, by name (`[gateway.hosts.NAME]`).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
+}
+
+/// A host of `[gateway.hosts]`: another vireod on this machine, by its run directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub run_dir: PathBuf,
 }
 
 /// The socket of the read-only API, beside the gateway's own.
@@ -44,15 +55,16 @@ pub fn readonly_socket(run_dir: &std::path::Path) -> PathBuf {
 pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
     context.prepare_state_dir()?;
     let config: GatewayConfig = context.section()?;
-    let backends = Arc::new(Backends::local(&context.run_dir, &config)?);
+    let backends = Arc::new(Backends::new(&context.run_dir, &config)?);
     let services = health::ServiceIndex::from_descriptors()?;
+    let cluster_views = crate::cluster_views::ClusterViews::new(backends.clone());
 
     let server = ServerBuilder::with_health(health::server(backends.clone(), services.clone()))
         .add_service(cluster::host_service_server::HostServiceServer::new(
-            Cluster,
+            cluster_views.clone(),
         ))
         .add_service(
-            cluster::cluster_domain_service_server::ClusterDomainServiceServer::new(Cluster),
+            cluster::cluster_domain_service_server::ClusterDomainServiceServer::new(cluster_views),
         )
         .add_service(cluster::event_service_server::EventServiceServer::new(
             Cluster,
@@ -83,15 +95,12 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
-/// Cluster-wide calls: hosts, merged views, placement, installation. They arrive with issues #9
-/// and #11; until then every method answers UNIMPLEMENTED.
+/// Cluster-wide calls not built yet (events merged across hosts, installation, identities): they
+/// arrive with issues #9 and #11 and answer UNIMPLEMENTED until then. Hosts and domain views are
+/// in `cluster_views.rs`.
 #[derive(Debug, Clone, Copy)]
 struct Cluster;
 
-#[tonic::async_trait]
-impl cluster::host_service_server::HostService for Cluster {}
-#[tonic::async_trait]
-impl cluster::cluster_domain_service_server::ClusterDomainService for Cluster {}
 #[tonic::async_trait]
 impl cluster::event_service_server::EventService for Cluster {}
 #[tonic::async_trait]

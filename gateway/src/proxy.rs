@@ -87,17 +87,16 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
         },
     ));
     let mut client = tonic::client::Grpc::new(channel);
-    client
-        .ready()
-        .await
-        .map_err(|err| backends.unavailable(service, Status::unavailable(err.to_string())))?;
+    client.ready().await.map_err(|err| {
+        backends.unavailable(&host, service, Status::unavailable(err.to_string()))
+    })?;
     let call = client.streaming(
         Request::from_parts(metadata, extensions, outbound),
         path_and_query,
         RawCodec,
     );
     let response = tokio::select! {
-        response = call => response.map_err(|status| backends.unavailable(service, status))?,
+        response = call => response.map_err(|status| backends.unavailable(&host, service, status))?,
         Ok(status) = abort_rx => return Err(status),
     };
     let (metadata, replies, extensions) = response.into_parts();

@@ -48,7 +48,7 @@ async fn forward(backends: &Backends, client: &mut UnixStream) -> Result<(), Sta
     let down = |err: std::io::Error| {
         Status::unavailable(format!(
             "the storage service of host `{}` is unavailable ({}): {err}",
-            backends.host_name(),
+            backends.resolve(&request.host),
             socket.display()
         ))
     };

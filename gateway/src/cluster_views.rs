@@ -1,0 +1,231 @@
+//! The cluster calls the gateway answers itself: its hosts (each asked now: its compute service's
+//! node facts and domains decide UP, an error UNREACHABLE with the reason) and the domains of
+//! every host merged, a host that does not answer named in `failed_hosts`, never left out quietly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use vireo_proto::cluster::v1 as cluster;
+use vireo_proto::compute::v1 as compute;
+use vireo_runtime::Service;
+
+use crate::backends::Backends;
+
+/// How long a host may take to answer a cluster view before it counts as not answering.
+const HOST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct ClusterViews {
+    backends: Arc<Backends>,
+}
+
+impl ClusterViews {
+    pub fn new(backends: Arc<Backends>) -> ClusterViews {
+        ClusterViews { backends }
+    }
+
+    fn compute(
+        &self,
+        host: &str,
+    ) -> Result<
+        compute::domain_service_client::DomainServiceClient<tonic::transport::Channel>,
+        Status,
+    > {
+        Ok(compute::domain_service_client::DomainServiceClient::new(
+            self.backends.channel(host, Service::Compute)?,
+        ))
+    }
+
+    /// The domains of `host` for `request`'s filters, each marked with the host.
+    async fn domains_of(
+        &self,
+        host: &str,
+        request: &cluster::ListAllDomainsRequest,
+    ) -> Result<Vec<compute::DomainSummary>, Status> {
+        let mut client = self.compute(host)?;
+        let call = client.list_domains(compute::ListDomainsRequest {
+            host: String::new(),
+            include_inactive: request.include_inactive,
+            include_active: request.include_active,
+            autostart: request.autostart,
+        });
+        let domains = tokio::time::timeout(HOST_TIMEOUT, call)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "host `{host}` did not answer within {} s",
+                    HOST_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|status| self.backends.unavailable(host, Service::Compute, status))?
+            .into_inner()
+            .domains;
+        Ok(domains
+            .into_iter()
+            .map(|domain| compute::DomainSummary {
+                host: host.to_string(),
+                ..domain
+            })
+            .collect())
+    }
+
+    /// One host as it answers now.
+    async fn host(&self, name: &str) -> cluster::Host {
+        let services = self
+            .backends
+            .sockets_of(name)
+            .into_iter()
+            .map(|(service, socket)| cluster::ServiceEndpoint {
+                service: service_kind(service) as i32,
+                address: format!("unix://{}", socket.display()),
+            })
+            .collect();
+        let mut host = cluster::Host {
+            name: name.to_string(),
+            address: String::new(),
+            services,
+            vireo_version: String::new(),
+            ..Default::default()
+        };
+        let facts = async {
+            let channel = self.backends.channel(name, Service::Compute)?;
+            let info = compute::node_service_client::NodeServiceClient::new(channel.clone())
+                .get_node_info(compute::GetNodeInfoRequest::default())
+                .await?
+                .into_inner();
+            let version = compute::node_service_client::NodeServiceClient::new(channel)
+                .get_version(compute::GetVersionRequest::default())
+                .await?
+                .into_inner();
+            let domains = self
+                .domains_of(
+                    name,
+                    &cluster::ListAllDomainsRequest {
+                        include_active: true,
+                        include_inactive: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            Ok::<_, Status>((info, version, domains))
+        };
+        match tokio::time::timeout(HOST_TIMEOUT, facts).await {
+            Ok(Ok((info, version, domains))) => {
+                host.set_state(cluster::HostState::Up);
+                host.last_seen_unix_ms = now_ms();
+                host.vireo_version = version.vireo_version;
+                let running = domains.iter().filter(|d| d.id >= 0).count();
+                host.capacity = Some(cluster::HostCapacity {
+                    cpus: info.cpus,
+                    memory_kib: info.memory_kib,
+                    running_domains: u32::try_from(running).unwrap_or(u32::MAX),
+                    defined_domains: u32::try_from(domains.iter().filter(|d| d.persistent).count())
+                        .unwrap_or(u32::MAX),
+                    ..Default::default()
+                });
+            }
+            Ok(Err(status)) => {
+                host.set_state(cluster::HostState::Unreachable);
+                host.state_reason = self
+                    .backends
+                    .unavailable(name, Service::Compute, status)
+                    .message()
+                    .to_string();
+            }
+            Err(_) => {
+                host.set_state(cluster::HostState::Unreachable);
+                host.state_reason = format!("no answer within {} s", HOST_TIMEOUT.as_secs());
+            }
+        }
+        host
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn service_kind(service: Service) -> cluster::ServiceKind {
+    match service {
+        Service::Compute => cluster::ServiceKind::Compute,
+        Service::Storage => cluster::ServiceKind::Storage,
+        Service::Network => cluster::ServiceKind::Network,
+        Service::Nodedev => cluster::ServiceKind::Nodedev,
+        Service::Migrate => cluster::ServiceKind::Migrate,
+        Service::Gateway => cluster::ServiceKind::Gateway,
+    }
+}
+
+#[tonic::async_trait]
+impl cluster::host_service_server::HostService for ClusterViews {
+    async fn list_hosts(
+        &self,
+        request: Request<cluster::ListHostsRequest>,
+    ) -> Result<Response<cluster::ListHostsResponse>, Status> {
+        let states = request.into_inner().states;
+        for state in &states {
+            vireo_runtime::fields::known::<cluster::HostState>(*state, "states")?;
+        }
+        let names: Vec<String> = self.backends.host_names().map(str::to_string).collect();
+        let hosts = futures::future::join_all(names.iter().map(|name| self.host(name))).await;
+        let hosts = hosts
+            .into_iter()
+            .filter(|host| states.is_empty() || states.contains(&host.state))
+            .collect();
+        Ok(Response::new(cluster::ListHostsResponse { hosts }))
+    }
+
+    async fn get_host(
+        &self,
+        request: Request<cluster::GetHostRequest>,
+    ) -> Result<Response<cluster::Host>, Status> {
+        let name = request.into_inner().name;
+        if !self.backends.host_names().any(|known| known == name) {
+            return Err(Status::not_found(format!(
+                "name: host `{name}` is not known to this gateway"
+            )));
+        }
+        Ok(Response::new(self.host(&name).await))
+    }
+}
+
+#[tonic::async_trait]
+impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterViews {
+    async fn list_all_domains(
+        &self,
+        request: Request<cluster::ListAllDomainsRequest>,
+    ) -> Result<Response<cluster::ListAllDomainsResponse>, Status> {
+        let request = request.into_inner();
+        for host in &request.hosts {
+            if !self.backends.host_names().any(|known| known == host) {
+                return Err(Status::not_found(format!(
+                    "hosts: host `{host}` is not known to this gateway"
+                )));
+            }
+        }
+        let names: Vec<String> = self
+            .backends
+            .host_names()
+            .filter(|name| request.hosts.is_empty() || request.hosts.iter().any(|h| h == name))
+            .map(str::to_string)
+            .collect();
+        let answers =
+            futures::future::join_all(names.iter().map(|name| self.domains_of(name, &request)))
+                .await;
+        let mut response = cluster::ListAllDomainsResponse::default();
+        for (name, answer) in names.into_iter().zip(answers) {
+            match answer {
+                Ok(domains) => response.domains.extend(domains),
+                Err(status) => response.failed_hosts.push(cluster::HostError {
+                    host: name,
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                }),
+            }
+        }
+        Ok(Response::new(response))
+    }
+}

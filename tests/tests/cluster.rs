@@ -1,0 +1,202 @@
+//! Two hosts behind one gateway (issue #9, first part): vireod `b` in a network namespace of its
+//! own, and vireod `a` whose gateway names `b` in `[gateway.hosts.b]`. Through `a`: every host's
+//! domains in one list, with a Host column; host-list; a call for `b` goes to `b`; with `b` down
+//! its calls are Unavailable naming it, its domains are named as missing, and `a` goes on; back
+//! up, so are its calls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tonic::Code;
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
+use vireo_proto::compute::v1 as compute;
+use vireo_tests::{Netns, Server, block_on, ok, qemu_installed, skip};
+
+fn config(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!("[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\n{body}"),
+    )
+    .unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+/// A QEMU guest with no OS: the firmware waits, which is all a listing needs.
+fn firmware_xml(name: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>"
+    )
+}
+
+fn by_name(name: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    })
+}
+
+/// Calls `b`'s compute service through `a`'s gateway.
+fn on_b<T>(
+    a: &Server,
+    call: impl AsyncFnOnce(
+        compute::domain_service_client::DomainServiceClient<tonic::transport::Channel>,
+    ) -> Result<T, tonic::Status>,
+) -> Result<T, tonic::Status> {
+    block_on(async {
+        call(compute::domain_service_client::DomainServiceClient::new(
+            a.connect().await,
+        ))
+        .await
+    })
+}
+
+#[test]
+fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
+    if let Err(missing) = qemu_installed() {
+        skip!("{missing}");
+    }
+    let netns = match Netns::create("hostb") {
+        Ok(netns) => netns,
+        Err(missing) => skip!("needs {missing}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let b_config = config(dir.path(), "b", "");
+    let mut b = Server::vireod_with(&["ip", "netns", "exec", &netns.0], &["--config", &b_config]);
+    let a_config = config(
+        dir.path(),
+        "a",
+        &format!("[gateway.hosts.b]\nrun_dir = \"{}\"\n", b.run_dir.display()),
+    );
+    let a = Server::vireod_with(&[], &["--config", &a_config]);
+
+    // A domain on each host: one defined through a's own CLI, one sent to b through a.
+    let xml = dir.path().join("on-a.xml");
+    std::fs::write(&xml, firmware_xml("on-a")).unwrap();
+    ok(&a, &["define", xml.to_str().unwrap()]);
+    on_b(&a, async |mut client| {
+        client
+            .define_domain(compute::DefineDomainRequest {
+                host: "b".into(),
+                source: Some(compute::define_domain_request::Source::Xml(firmware_xml(
+                    "on-b",
+                ))),
+                ..Default::default()
+            })
+            .await
+    })
+    .unwrap();
+    // It is b's: a's own compute service does not have it.
+    assert!(!ok(&b, &["list", "--all"]).contains("on-a"));
+    let listed = ok(&a, &["list", "--all"]);
+    let lines: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["Host", "Id", "Name", "State"], "{listed}");
+    assert!(
+        lines.contains(&vec!["a", "-", "on-a", "shut", "off"]),
+        "{listed}"
+    );
+    assert!(
+        lines.contains(&vec!["b", "-", "on-b", "shut", "off"]),
+        "{listed}"
+    );
+
+    // Start on the named host.
+    on_b(&a, async |mut client| {
+        let mut updates = client
+            .start_domain(compute::StartDomainRequest {
+                host: "b".into(),
+                domain: by_name("on-b"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        while updates.message().await?.is_some() {}
+        Ok(())
+    })
+    .unwrap();
+    assert!(ok(&b, &["domstate", "on-b"]).contains("running"));
+    let hosts = ok(&a, &["host-list"]);
+    for host in ["a", "b"] {
+        let line = hosts
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(host))
+            .unwrap_or_else(|| panic!("no {host}: {hosts}"));
+        assert!(line.contains(" up "), "{hosts}");
+    }
+    let b_line = hosts
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("b"))
+        .unwrap();
+    assert_eq!(
+        b_line.split_whitespace().nth(5),
+        Some("1"),
+        "one running on b: {hosts}"
+    );
+
+    // b goes down: its calls name it; a's domains are still listed, b's named as missing.
+    b.kill9();
+    let down = on_b(&a, async |mut client| {
+        client
+            .lookup_domain(compute::LookupDomainRequest {
+                host: "b".into(),
+                domain: by_name("on-b"),
+            })
+            .await
+    })
+    .unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert!(down.message().contains("host `b`"), "{down:?}");
+    let output = a.vireo(&["list", "--all"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let warned = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{warned}");
+    assert!(
+        listed.contains("on-a") && !listed.contains("on-b"),
+        "{listed}"
+    );
+    assert!(
+        warned.contains("host `b` did not answer") && warned.contains("unavailable"),
+        "{warned}"
+    );
+    let hosts = ok(&a, &["host-list"]);
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("b") && l.contains("unreachable")),
+        "{hosts}"
+    );
+    assert!(ok(&a, &["list", "--all"]).contains("on-a"));
+
+    // Back up: b's calls work again, and its guest kept running meanwhile.
+    b.restart();
+    let state = on_b(&a, async |mut client| {
+        client
+            .lookup_domain(compute::LookupDomainRequest {
+                host: "b".into(),
+                domain: by_name("on-b"),
+            })
+            .await
+    })
+    .unwrap()
+    .into_inner();
+    assert_eq!(state.state, compute::DomainState::Running as i32);
+    assert!(ok(&a, &["list"]).contains("on-b"));
+
+    // A host the gateway does not know is named with the ones it does.
+    let unknown = on_b(&a, async |mut client| {
+        client
+            .lookup_domain(compute::LookupDomainRequest {
+                host: "c".into(),
+                domain: by_name("on-b"),
+            })
+            .await
+    })
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown.message().contains("`c`") && unknown.message().contains("`a`, `b`"),
+        "{unknown:?}"
+    );
+    ok(&b, &["destroy", "on-b"]);
+}
