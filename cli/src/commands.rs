@@ -221,7 +221,7 @@ pub(crate) fn read_file(path: &str) -> Result<String, Call> {
 
 async fn node(
     connection: &mut Connection,
-) -> Result<NodeServiceClient<tonic::transport::Channel>, Call> {
+) -> Result<NodeServiceClient<crate::connection::GatewayChannel>, Call> {
     Ok(NodeServiceClient::new(connection.channel().await?))
 }
 
@@ -434,7 +434,8 @@ async fn list(
         include_active: options.all || !options.inactive,
         include_inactive: options.all || options.inactive,
         autostart: options.autostart.then_some(true),
-        hosts: Vec::new(),
+        // `--host NAME list` lists that host only.
+        hosts: connection.host.iter().cloned().collect(),
     };
     let mut client = ClusterDomainServiceClient::new(connection.channel().await?);
     let domains = client.list_all_domains(request).await?.into_inner();

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::Failed;
@@ -45,24 +46,49 @@ pub fn readonly_socket(socket: &std::path::Path) -> PathBuf {
     socket.with_file_name(format!("{stem}-ro.sock"))
 }
 
+/// The metadata key that names the host of a call for the gateway (it wins over `host` fields).
+const HOST_METADATA: &str = "x-vireo-host";
+
+/// Names the host of every call (`--host`), so each command goes to that host's service.
+#[derive(Debug, Clone)]
+pub struct HostHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for HostHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(host) = &self.0 {
+            request.metadata_mut().insert(HOST_METADATA, host.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every client of the CLI uses: the gateway's, with the host header.
+pub type GatewayChannel = InterceptedService<Channel, HostHeader>;
+
 pub struct Connection {
     pub uri: String,
     pub readonly: bool,
-    channel: Option<Channel>,
+    /// The host every call is for (`--host`); the gateway's own when None.
+    pub host: Option<String>,
+    channel: Option<GatewayChannel>,
 }
 
 impl Connection {
-    pub fn new(uri: &str, readonly: bool) -> Connection {
+    pub fn new(uri: &str, readonly: bool, host: Option<String>) -> Connection {
         Connection {
             uri: uri.to_string(),
             readonly,
+            host,
             channel: None,
         }
     }
 
-    /// Switches to another gateway (the shell's `connect`).
+    /// Switches to another gateway (the shell's `connect`), keeping the host.
     pub fn reconnect(&mut self, uri: &str, readonly: bool) {
-        *self = Connection::new(uri, readonly);
+        *self = Connection::new(uri, readonly, self.host.take());
     }
 
     /// The gateway's local transfer socket, for a root client on the gateway's host (not
@@ -76,7 +102,7 @@ impl Connection {
         }
     }
 
-    pub async fn channel(&mut self) -> Result<Channel, Failed> {
+    pub async fn channel(&mut self) -> Result<GatewayChannel, Failed> {
         if let Some(channel) = &self.channel {
             return Ok(channel.clone());
         }
@@ -96,6 +122,14 @@ impl Connection {
                 print_error(&format!("{err}; is vireod running?"));
                 Failed
             })?;
+        let header = match &self.host {
+            None => HostHeader(None),
+            Some(host) => HostHeader(Some(host.parse().map_err(|_| {
+                print_error(&format!("--host: `{host}` is not a valid host name"));
+                Failed
+            })?)),
+        };
+        let channel = InterceptedService::new(channel, header);
         self.channel = Some(channel.clone());
         Ok(channel)
     }

@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
+use crate::connection::GatewayChannel as Channel;
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as pb;
 use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;

@@ -36,6 +36,9 @@ pub struct Cli {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
+    /// The host behind the gateway each command is for (see host-list); the gateway's own by default
+    #[arg(long, value_name = "NAME", env = "VIREO_HOST", global = true)]
+    pub host: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let mut connection = Connection::new(&cli.uri, cli.readonly);
+        let mut connection = Connection::new(&cli.uri, cli.readonly, cli.host.clone());
         match cli.command {
             None => shell::run(&mut connection, cli.output).await,
             Some(command) => match commands::run(&mut connection, cli.output, command).await {

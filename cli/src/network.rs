@@ -1,9 +1,9 @@
 //! virsh's net-* commands: virtual networks through vireo.network.v1, with virsh's names,
 //! options, messages and layouts.
 
+use crate::connection::GatewayChannel as Channel;
 use clap::{Args, Subcommand};
 use tonic::Status;
-use tonic::transport::Channel;
 use vireo_proto::common::v1::ObjectRef;
 use vireo_proto::network::v1 as pb;
 use vireo_proto::network::v1::network_service_client::NetworkServiceClient;

@@ -5,8 +5,8 @@
 //! sysfs and `ip link`: nodedev-sriov (list a PF's VFs, set their number) and
 //! nodedev-vf-config (a VF's MAC, VLAN and other settings).
 
+use crate::connection::GatewayChannel as Channel;
 use clap::Subcommand;
-use tonic::transport::Channel;
 use vireo_conf::domain::lookup;
 use vireo_conf::nodedev::CAPABILITY_TYPES;
 use vireo_proto::nodedev::v1 as pb;

@@ -3,13 +3,13 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::connection::GatewayChannel as Channel;
 use clap::{Args, Subcommand};
 use prost::Message;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use vireo_conf::domain::{Table, lookup, name_of};
 use vireo_conf::pool::{AUTH_TYPES, POOL_SOURCE_FORMATS, POOL_TYPES};

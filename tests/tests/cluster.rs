@@ -1,6 +1,7 @@
 //! Two hosts behind one gateway (issue #9, first part): vireod `b` in a network namespace of its
 //! own, and vireod `a` whose gateway names `b` in `[gateway.hosts.b]`. Through `a`: every host's
-//! domains in one list, with a Host column; host-list; a call for `b` goes to `b`; with `b` down
+//! domains in one list, with a Host column; host-list; a call for `b` (the `host` field, or
+//! `vireo --host b`) goes to `b`; with `b` down
 //! its calls are Unavailable naming it, its domains are named as missing, and `a` goes on; back
 //! up, so are its calls.
 
@@ -101,21 +102,17 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         "{listed}"
     );
 
-    // Start on the named host.
-    on_b(&a, async |mut client| {
-        let mut updates = client
-            .start_domain(compute::StartDomainRequest {
-                host: "b".into(),
-                domain: by_name("on-b"),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        while updates.message().await?.is_some() {}
-        Ok(())
-    })
-    .unwrap();
+    // Start on the named host, from the CLI; a host's own list is that host's.
+    assert!(ok(&a, &["--host", "b", "start", "on-b"]).contains("Domain 'on-b' started"));
     assert!(ok(&b, &["domstate", "on-b"]).contains("running"));
+    assert!(ok(&a, &["--host", "b", "domstate", "on-b"]).contains("running"));
+    let only_b = ok(&a, &["--host", "b", "list", "--all"]);
+    assert!(
+        only_b.contains("on-b") && !only_b.contains("on-a") && !only_b.contains("Host"),
+        "{only_b}"
+    );
+    let refused = vireo_tests::fails(&a, &["--host", "b", "start", "on-a"]);
+    assert!(refused.contains("on-a"), "{refused}");
     let hosts = ok(&a, &["host-list"]);
     for host in ["a", "b"] {
         let line = hosts

@@ -33,7 +33,7 @@ pub async fn run(
     }
     let mut stream = tokio::net::UnixStream::connect(&socket).await.ok()?;
     let request = pb::LocalTransferRequest {
-        host: String::new(),
+        host: connection.host.clone().unwrap_or_default(),
         transfer: Some(request),
     };
     if let Err(err) = transfer::send(&mut stream, &request, Some(file.as_fd())).await {

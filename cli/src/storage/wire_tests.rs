@@ -189,7 +189,7 @@ async fn serve(mock: Mock) -> (tempfile::TempDir, Connection) {
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
     let uri = format!("unix://{}", socket.display());
-    (dir, Connection::new(&uri, false))
+    (dir, Connection::new(&uri, false, None))
 }
 
 fn command(args: &[&str]) -> StorageCommand {
