@@ -2,12 +2,14 @@
 //! to the owning service of the named host (proxying unary and streaming calls byte for byte),
 //! reports the health of every service, and decides who may call what. Cluster-wide calls
 //! (`vireo.cluster.v1`) are answered here. Local clients may pass an open file for a volume
-//! upload or download on the transfer socket (`transfer.rs`).
+//! upload or download on the transfer socket (`transfer.rs`); `/metrics` serves Prometheus
+//! text when configured (`metrics.rs`).
 
 mod backends;
 mod cluster_views;
 mod codec;
 mod health;
+mod metrics;
 mod proxy;
 mod transfer;
 
@@ -33,6 +35,8 @@ pub struct GatewayConfig {
     pub backends: BTreeMap<String, PathBuf>,
     /// Serve `<run-dir>/gateway-ro.sock` for read-only clients (default true).
     pub readonly_socket: Option<bool>,
+    /// Where `/metrics` is served over HTTP (Prometheus text); not served when unset.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Other hosts this gateway routes to, by name (`[gateway.hosts.NAME]`).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostConfig>,
@@ -74,7 +78,18 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             Cluster,
         ));
     let (routes, advertised, _) = server.into_routes_advertising(&services.proxied_names())?;
-    let routes = proxy::with_fallback(routes, backends.clone());
+    let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
+    let routes = proxy::with_fallback(routes, backends.clone(), rpc_metrics.clone());
+    let metrics = {
+        let backends = backends.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            match config.metrics_address {
+                Some(address) => metrics::serve(address, backends, rpc_metrics, shutdown).await,
+                None => Ok(()),
+            }
+        }
+    };
 
     let mut listeners = vec![(context.socket.clone(), SocketAccess::RootOnly)];
     if config.readonly_socket.unwrap_or(true) {
@@ -86,12 +101,14 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         vireo_runtime::transfer::socket_beside(&context.socket),
         shutdown.clone(),
     );
-    let (served, transferred) = tokio::join!(
+    let (served, transferred, metered) = tokio::join!(
         serve_routes(routes, &listeners, None, &advertised, shutdown.clone()),
-        vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown)
+        vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown),
+        metrics
     );
     served?;
     transferred?;
+    metered?;
     Ok(())
 }
 

@@ -13,29 +13,41 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::backends::{Backends, HOST_METADATA};
 use crate::codec::{RawCodec, leading_host_field};
+use crate::metrics::RpcMetrics;
 use crate::owner_of_path;
 
 type Reply = Result<Response<BoxStream<'static, Result<Bytes, Status>>>, Status>;
 
 /// The gateway's own routes, with every other path forwarded to its owning service.
-pub fn with_fallback(routes: Routes, backends: Arc<Backends>) -> Routes {
+pub fn with_fallback(routes: Routes, backends: Arc<Backends>, rpc: Arc<RpcMetrics>) -> Routes {
     let proxy = tower::service_fn(move |request: http::Request<axum::body::Body>| {
         let backends = backends.clone();
-        async move { Ok::<_, Infallible>(forward_http(backends, request).await) }
+        let rpc = rpc.clone();
+        async move { Ok::<_, Infallible>(forward_http(backends, rpc, request).await) }
     });
     Routes::from(routes.into_axum_router().fallback_service(proxy))
 }
 
 async fn forward_http(
     backends: Arc<Backends>,
+    rpc: Arc<RpcMetrics>,
     request: http::Request<axum::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let path = request.uri().path().to_owned();
     let mut grpc = tonic::server::Grpc::new(RawCodec);
     let method = tower::service_fn(move |call: Request<Streaming<Bytes>>| {
         let backends = backends.clone();
+        let rpc = rpc.clone();
         let path = path.clone();
-        async move { forward(&backends, &path, call).await }
+        async move {
+            let started = std::time::Instant::now();
+            let reply = forward(&backends, &path, call).await;
+            let code = reply
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok);
+            rpc.record(&path, code, started.elapsed());
+            reply
+        }
     });
     grpc.streaming(method, request).await
 }

@@ -18,10 +18,11 @@ const DOMAINS: usize = 1000;
 const WARMUP: usize = 20;
 const ROUNDS: usize = 300;
 
-fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
+/// The sample below which `per_mille`/1000 of them lie.
+fn percentile(samples: &mut [Duration], per_mille: usize) -> Duration {
     samples.sort_unstable();
-    let at = ((samples.len() as f64 - 1.0) * fraction).round() as usize;
-    samples[at.min(samples.len() - 1)]
+    let at = (samples.len() - 1) * per_mille / 1000;
+    samples[at]
 }
 
 fn ms(duration: Duration) -> String {
@@ -100,7 +101,7 @@ fn main() {
             }
         }
         let [mut direct, mut proxied, mut merged] = samples;
-        let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
+        let (d50, d99) = (percentile(&mut direct, 500), percentile(&mut direct, 990));
         println!("\nList of {DOMAINS} domains, {ROUNDS} rounds each, taken in turn:");
         println!(
             "{:<44} {:>10} {:>10} {:>12} {:>12}",
@@ -118,7 +119,7 @@ fn main() {
             ("through the gateway's proxy (gateway.sock)", &mut proxied),
             ("the gateway's cluster view (ListAllDomains)", &mut merged),
         ] {
-            let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+            let (p50, p99) = (percentile(samples, 500), percentile(samples, 990));
             let (r50, r99) = (
                 p50.as_secs_f64() / d50.as_secs_f64(),
                 p99.as_secs_f64() / d99.as_secs_f64(),

@@ -197,3 +197,104 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
     );
     ok(&b, &["destroy", "on-b"]);
 }
+
+/// The value of the first sample of `metric` whose labels contain `labels`.
+fn sample(scrape: &str, metric: &str, labels: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")) && line.contains(labels))
+        .find_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+}
+
+#[test]
+fn metrics_show_a_running_domains_cpu_time_growing_and_the_calls_made() {
+    if let Err(missing) = qemu_installed() {
+        skip!("{missing}");
+    }
+    let kit = match vireo_tests::kit_files(&["vmlinuz", "initramfs.cpio.gz"]) {
+        Ok(kit) => kit,
+        Err(missing) => skip!("{missing}"),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "m",
+        &format!("metrics_address = \"127.0.0.1:{port}\"\n"),
+    );
+    let server = Server::vireod_with(&[], &["--config", &config]);
+    // The guest spins, so its CPU time grows between two scrapes.
+    let spin = "d2hpbGUgdHJ1ZTsgZG8gOjsgZG9uZQ=="; // base64 of `while true; do :; done`
+    let xml = dir.path().join("busy.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>busy</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>
+  <cmdline>console=ttyS0 vireo.run64={spin}</cmdline></os>
+  <devices><serial type='pty'/></devices></domain>",
+            kit.join("vmlinuz").display(),
+            kit.join("initramfs.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+    ok(&server, &["define", xml.to_str().unwrap()]);
+    ok(&server, &["start", "busy"]);
+    let scrape = || {
+        let output = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .expect("curl");
+        assert!(output.status.success(), "curl /metrics failed");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = scrape();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = scrape();
+    let cpu = |scrape: &str| {
+        sample(scrape, "vireo_domain_cpu_seconds_total", "domain=\"busy\"")
+            .unwrap_or_else(|| panic!("no CPU time of busy in\n{scrape}"))
+    };
+    assert!(
+        cpu(&second) > cpu(&first),
+        "CPU time {} then {}",
+        cpu(&first),
+        cpu(&second)
+    );
+    assert_eq!(sample(&second, "vireo_host_up", "host=\"m\""), Some(1.0));
+    assert!(
+        sample(
+            &second,
+            "vireo_domain_memory_maximum_bytes",
+            "domain=\"busy\""
+        ) == Some(256.0 * 1024.0 * 1024.0),
+        "{second}"
+    );
+    assert!(
+        second.contains("# TYPE vireo_domain_cpu_seconds_total counter")
+            && second.contains("# TYPE vireo_rpc_duration_seconds histogram"),
+        "{second}"
+    );
+    // The CLI's calls went through the gateway's proxy and were counted.
+    assert!(
+        sample(
+            &second,
+            "vireo_rpc_calls_total",
+            "method=\"DefineDomain\",code=\"OK\""
+        ) >= Some(1.0),
+        "{second}"
+    );
+    assert!(
+        sample(
+            &second,
+            "vireo_rpc_duration_seconds_count",
+            "method=\"StartDomain\""
+        ) >= Some(1.0),
+        "{second}"
+    );
+    ok(&server, &["destroy", "busy"]);
+}
