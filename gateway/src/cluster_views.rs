@@ -1,6 +1,8 @@
 //! The cluster calls the gateway answers itself: its hosts (each asked now: its compute service's
-//! node facts and domains decide UP, an error UNREACHABLE with the reason) and the domains of
-//! every host merged, a host that does not answer named in `failed_hosts`, never left out quietly.
+//! node facts and domains decide UP, an error UNREACHABLE with the reason), the domains of every
+//! host merged (a host that does not answer named in `failed_hosts`, never left out quietly), and
+//! placement: a named host if the domain fits there, else the answering host with the most free
+//! memory, then the most free vCPUs; DefineDomainPlaced defines it there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +144,126 @@ impl ClusterViews {
     }
 }
 
+/// Memory is compared in steps of this size, so that noise in free memory does not decide
+/// between hosts that are alike.
+const MEMORY_STEP_KIB: u64 = 256 * 1024;
+
+/// What a host has free now.
+#[derive(Debug, Clone, Copy)]
+struct Free {
+    memory_kib: u64,
+    /// CPUs less the vCPUs of its running domains (may be negative: overcommitted).
+    vcpus: i64,
+}
+
+impl ClusterViews {
+    async fn free(&self, host: &str) -> Result<Free, Status> {
+        let channel = self.backends.channel(host, Service::Compute)?;
+        let facts = async {
+            let mut node = compute::node_service_client::NodeServiceClient::new(channel.clone());
+            let info = node
+                .get_node_info(compute::GetNodeInfoRequest::default())
+                .await?
+                .into_inner();
+            let memory = node
+                .get_node_memory_stats(compute::GetNodeMemoryStatsRequest::default())
+                .await?
+                .into_inner();
+            let stats = compute::domain_service_client::DomainServiceClient::new(channel)
+                .get_domain_stats(compute::GetDomainStatsRequest {
+                    groups: vec![compute::DomainStatsGroup::Vcpu as i32],
+                    list_active: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let in_use: i64 = stats
+                .records
+                .iter()
+                .filter_map(|r| r.vcpu.as_ref())
+                .map(|v| i64::from(v.current))
+                .sum();
+            Ok::<_, Status>(Free {
+                memory_kib: memory.free_kib + memory.cached_kib,
+                vcpus: i64::from(info.cpus) - in_use,
+            })
+        };
+        tokio::time::timeout(HOST_TIMEOUT, facts)
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("host `{host}` did not answer")))?
+            .map_err(|status| self.backends.unavailable(host, Service::Compute, status))
+    }
+
+    /// Where a domain with `needs` goes: `named` if it fits there, else the best host.
+    async fn place(
+        &self,
+        needs: &cluster::PlacementRequirements,
+        named: &str,
+    ) -> Result<cluster::Placement, Status> {
+        let fits = |free: &Free| free.memory_kib >= needs.memory_kib;
+        if !named.is_empty() {
+            if !self.backends.host_names().any(|known| known == named) {
+                return Err(Status::not_found(format!(
+                    "host: host `{named}` is not known to this gateway"
+                )));
+            }
+            let free = self.free(named).await?;
+            if !fits(&free) {
+                return Err(Status::resource_exhausted(format!(
+                    "host: `{named}` has {} MiB free; the domain needs {} MiB",
+                    free.memory_kib / 1024,
+                    needs.memory_kib / 1024
+                )));
+            }
+            return Ok(cluster::Placement {
+                host: named.to_string(),
+                reason: "named by the request".into(),
+            });
+        }
+        let names: Vec<String> = self
+            .backends
+            .host_names()
+            .filter(|name| !needs.exclude_hosts.iter().any(|excluded| excluded == name))
+            .map(str::to_string)
+            .collect();
+        let answers = futures::future::join_all(names.iter().map(|name| self.free(name))).await;
+        let best = names
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(name, free)| free.ok().filter(fits).map(|free| (name, free)))
+            .max_by(|(a_name, a), (b_name, b)| {
+                (a.memory_kib / MEMORY_STEP_KIB, a.vcpus)
+                    .cmp(&(b.memory_kib / MEMORY_STEP_KIB, b.vcpus))
+                    .then_with(|| b_name.cmp(a_name))
+            });
+        let (host, free) = best.ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "no answering host has {} MiB free for the domain",
+                needs.memory_kib / 1024
+            ))
+        })?;
+        Ok(cluster::Placement {
+            reason: format!(
+                "most free memory ({} MiB), then most free vCPUs ({})",
+                free.memory_kib / 1024,
+                free.vcpus
+            ),
+            host,
+        })
+    }
+}
+
+/// What a definition needs from a host.
+fn requirements_of(def: &compute::DomainDefinition) -> cluster::PlacementRequirements {
+    let vcpu = def.vcpu.clone().unwrap_or_default();
+    cluster::PlacementRequirements {
+        memory_kib: def.memory_kib,
+        vcpus: vcpu.current.unwrap_or(vcpu.count),
+        engine: def.engine,
+        exclude_hosts: Vec::new(),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,5 +349,57 @@ impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterVie
             }
         }
         Ok(Response::new(response))
+    }
+
+    async fn place_domain(
+        &self,
+        request: Request<cluster::PlaceDomainRequest>,
+    ) -> Result<Response<cluster::Placement>, Status> {
+        let request = request.into_inner();
+        let needs = request.requirements.unwrap_or_default();
+        Ok(Response::new(self.place(&needs, &request.host).await?))
+    }
+
+    async fn define_domain_placed(
+        &self,
+        request: Request<cluster::DefineDomainPlacedRequest>,
+    ) -> Result<Response<cluster::PlacedDomain>, Status> {
+        use cluster::define_domain_placed_request::Source;
+        let request = request.into_inner();
+        let (definition, source) = match request.source {
+            Some(Source::Xml(xml)) => (
+                vireo_conf::domain::parse_definition(&xml)
+                    .map_err(|err| Status::invalid_argument(err.to_string()))?,
+                compute::define_domain_request::Source::Xml(xml),
+            ),
+            Some(Source::Definition(def)) => (
+                def.clone(),
+                compute::define_domain_request::Source::Definition(def),
+            ),
+            None => return Err(Status::invalid_argument("source: give the domain's XML")),
+        };
+        let placement = self
+            .place(&requirements_of(&definition), &request.host)
+            .await?;
+        let domain = self
+            .compute(&placement.host)?
+            .define_domain(compute::DefineDomainRequest {
+                host: placement.host.clone(),
+                source: Some(source),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| {
+                self.backends
+                    .unavailable(&placement.host, Service::Compute, status)
+            })?
+            .into_inner();
+        Ok(Response::new(cluster::PlacedDomain {
+            domain: domain.summary.map(|summary| compute::DomainSummary {
+                host: placement.host.clone(),
+                ..summary
+            }),
+            host: placement.host,
+        }))
     }
 }

@@ -131,6 +131,49 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         "one running on b: {hosts}"
     );
 
+    // Placement: a named host, a host excluded, a domain too big for any; DefineDomainPlaced
+    // puts the domain where PlaceDomain says.
+    block_on(async {
+        use vireo_proto::cluster::v1 as cluster;
+        let mut client = cluster::cluster_domain_service_client::ClusterDomainServiceClient::new(
+            a.connect().await,
+        );
+        let place = |host: &str, exclude: &[&str], memory_kib: u64| cluster::PlaceDomainRequest {
+            requirements: Some(cluster::PlacementRequirements {
+                memory_kib,
+                vcpus: 1,
+                exclude_hosts: exclude.iter().map(ToString::to_string).collect(),
+                ..Default::default()
+            }),
+            host: host.to_string(),
+        };
+        let named = client.place_domain(place("b", &[], 65536)).await.unwrap();
+        assert_eq!(named.get_ref().host, "b");
+        let other = client.place_domain(place("", &["a"], 65536)).await.unwrap();
+        assert_eq!(other.get_ref().host, "b", "{:?}", other.get_ref());
+        let huge = client
+            .place_domain(place("", &[], 1 << 40))
+            .await
+            .unwrap_err();
+        assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
+        assert!(huge.message().contains("MiB free"), "{huge:?}");
+        let placed = client
+            .define_domain_placed(cluster::DefineDomainPlacedRequest {
+                source: Some(cluster::define_domain_placed_request::Source::Xml(
+                    firmware_xml("placed"),
+                )),
+                host: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(["a", "b"].contains(&placed.host.as_str()), "{placed:?}");
+        assert_eq!(placed.domain.unwrap().host, placed.host);
+        let there = ok(&a, &["--host", &placed.host, "list", "--all"]);
+        assert!(there.contains("placed"), "{there}");
+        ok(&a, &["--host", &placed.host, "undefine", "placed"]);
+    });
+
     // b goes down: its calls name it; a's domains are still listed, b's named as missing.
     b.kill9();
     let down = on_b(&a, async |mut client| {
