@@ -37,8 +37,15 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
     /// The host behind the gateway each command is for (see host-list); the gateway's own by default
-    #[arg(long, value_name = "NAME", env = "VIREO_HOST", global = true)]
-    pub host: Option<String>,
+    // Its own id: subcommands have `host` arguments of their own (a storage source's host).
+    #[arg(
+        long = "host",
+        id = "vireo_host",
+        value_name = "NAME",
+        env = "VIREO_HOST",
+        global = true
+    )]
+    pub vireo_host: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -59,7 +66,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let mut connection = Connection::new(&cli.uri, cli.readonly, cli.host.clone());
+        let mut connection = Connection::new(&cli.uri, cli.readonly, cli.vireo_host.clone());
         match cli.command {
             None => shell::run(&mut connection, cli.output).await,
             Some(command) => match commands::run(&mut connection, cli.output, command).await {
@@ -71,4 +78,23 @@ fn main() -> ExitCode {
     // A console may leave a read of stdin pending; it must not keep the process alive.
     runtime.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn the_global_host_is_not_a_subcommands_own_host_argument() {
+        let source =
+            Cli::try_parse_from(["vireo", "find-storage-pool-sources-as", "iscsi", "10.0.0.5"])
+                .unwrap();
+        assert_eq!(source.vireo_host, None);
+        let on_b = Cli::try_parse_from(["vireo", "--host", "b", "list"]).unwrap();
+        assert_eq!(on_b.vireo_host.as_deref(), Some("b"));
+        let after = Cli::try_parse_from(["vireo", "list", "--host", "b"]).unwrap();
+        assert_eq!(after.vireo_host.as_deref(), Some("b"));
+    }
 }
