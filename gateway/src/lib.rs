@@ -6,6 +6,7 @@
 //! text when configured (`metrics.rs`).
 
 mod backends;
+mod cluster_events;
 mod cluster_views;
 mod codec;
 mod health;
@@ -71,7 +72,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             cluster::cluster_domain_service_server::ClusterDomainServiceServer::new(cluster_views),
         )
         .add_service(cluster::event_service_server::EventServiceServer::new(
-            Cluster,
+            cluster_events::ClusterEvents::new(backends.clone()),
         ))
         .add_service(cluster::provisioning_service_server::ProvisioningServiceServer::new(Cluster))
         .add_service(cluster::access_service_server::AccessServiceServer::new(
@@ -112,14 +113,12 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
-/// Cluster-wide calls not built yet (events merged across hosts, installation, identities): they
-/// arrive with issues #9 and #11 and answer UNIMPLEMENTED until then. Hosts and domain views are
-/// in `cluster_views.rs`.
+/// Cluster-wide calls not built yet (installation, identities): they arrive with issues #9 and
+/// #11 and answer UNIMPLEMENTED until then. Hosts and domain views are in `cluster_views.rs`,
+/// the merged event stream in `cluster_events.rs`.
 #[derive(Debug, Clone, Copy)]
 struct Cluster;
 
-#[tonic::async_trait]
-impl cluster::event_service_server::EventService for Cluster {}
 #[tonic::async_trait]
 impl cluster::provisioning_service_server::ProvisioningService for Cluster {}
 #[tonic::async_trait]

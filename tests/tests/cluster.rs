@@ -3,11 +3,12 @@
 //! domains in one list, with a Host column; host-list; a call for `b` (the `host` field, or
 //! `vireo --host b`) goes to `b`; with `b` down
 //! its calls are Unavailable naming it, its domains are named as missing, and `a` goes on; back
-//! up, so are its calls.
+//! up, so are its calls. One event stream carries both hosts' events and b's going and coming.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use tonic::Code;
+use vireo_proto::cluster::v1 as cluster;
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as compute;
 use vireo_tests::{Netns, Server, block_on, ok, qemu_installed, skip};
@@ -20,6 +21,57 @@ fn config(dir: &std::path::Path, name: &str, body: &str) -> String {
     )
     .unwrap();
     file.to_str().unwrap().to_string()
+}
+
+/// Follows `server`'s merged event stream on a thread of its own.
+fn watch_events(server: &Server) -> std::sync::mpsc::Receiver<cluster::ClusterEvent> {
+    let socket = server.socket.clone();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        block_on(async move {
+            let channel = vireo_runtime::client::connect_unix(&socket).await.unwrap();
+            let mut stream = cluster::event_service_client::EventServiceClient::new(channel)
+                .watch_events(cluster::WatchEventsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            while let Ok(Some(event)) = stream.message().await {
+                if sender.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    receiver
+}
+
+/// The first event (within 30 s) that `wanted` accepts.
+fn wait_for(
+    events: &std::sync::mpsc::Receiver<cluster::ClusterEvent>,
+    wanted: impl Fn(&cluster::ClusterEvent) -> bool,
+) -> cluster::ClusterEvent {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .expect("the awaited event within 30 s");
+        if wanted(&event) {
+            return event;
+        }
+    }
+}
+
+/// The state a host event of `host` announces.
+fn host_state(event: &cluster::ClusterEvent, host: &str) -> Option<cluster::HostState> {
+    match &event.event {
+        Some(cluster::cluster_event::Event::HostEvent(h))
+            if h.name == host && h.r#type == cluster::HostEventType::StateChanged as i32 =>
+        {
+            cluster::HostState::try_from(h.state).ok()
+        }
+        _ => None,
+    }
 }
 
 /// A QEMU guest with no OS: the firmware waits, which is all a listing needs.
@@ -102,6 +154,8 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         "{listed}"
     );
 
+    // One event stream from every host, followed from here on.
+    let events = watch_events(&a);
     // Start on the named host, from the CLI; a host's own list is that host's.
     assert!(ok(&a, &["--host", "b", "start", "on-b"]).contains("Domain 'on-b' started"));
     assert!(ok(&b, &["domstate", "on-b"]).contains("running"));
@@ -131,10 +185,16 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         "one running on b: {hosts}"
     );
 
+    let started = wait_for(&events, |e| {
+        e.host == "b"
+            && matches!(&e.event, Some(cluster::cluster_event::Event::Domain(d))
+                if d.name == "on-b" && d.r#type == compute::DomainEventType::Started as i32)
+    });
+    assert!(started.seq >= 1);
+
     // Placement: a named host, a host excluded, a domain too big for any; DefineDomainPlaced
     // puts the domain where PlaceDomain says.
     block_on(async {
-        use vireo_proto::cluster::v1 as cluster;
         let mut client = cluster::cluster_domain_service_client::ClusterDomainServiceClient::new(
             a.connect().await,
         );
@@ -176,6 +236,9 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
 
     // b goes down: its calls name it; a's domains are still listed, b's named as missing.
     b.kill9();
+    wait_for(&events, |e| {
+        host_state(e, "b") == Some(cluster::HostState::Unreachable)
+    });
     let down = on_b(&a, async |mut client| {
         client
             .lookup_domain(compute::LookupDomainRequest {
@@ -210,6 +273,9 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
 
     // Back up: b's calls work again, and its guest kept running meanwhile.
     b.restart();
+    wait_for(&events, |e| {
+        host_state(e, "b") == Some(cluster::HostState::Up)
+    });
     let state = on_b(&a, async |mut client| {
         client
             .lookup_domain(compute::LookupDomainRequest {
