@@ -253,6 +253,23 @@ impl ClusterViews {
     }
 }
 
+/// The definition a placed define or create carries (parsed from its XML, which is kept to
+/// be sent on as it came).
+fn definition_of(
+    source: Option<cluster::define_domain_placed_request::Source>,
+) -> Result<(compute::DomainDefinition, Option<String>), Status> {
+    use cluster::define_domain_placed_request::Source;
+    match source {
+        Some(Source::Xml(xml)) => Ok((
+            vireo_conf::domain::parse_definition(&xml)
+                .map_err(|err| Status::invalid_argument(err.to_string()))?,
+            Some(xml),
+        )),
+        Some(Source::Definition(definition)) => Ok((definition, None)),
+        None => Err(Status::invalid_argument("source: give the domain's XML")),
+    }
+}
+
 /// What a definition needs from a host.
 fn requirements_of(def: &compute::DomainDefinition) -> cluster::PlacementRequirements {
     let vcpu = def.vcpu.clone().unwrap_or_default();
@@ -364,19 +381,11 @@ impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterVie
         &self,
         request: Request<cluster::DefineDomainPlacedRequest>,
     ) -> Result<Response<cluster::PlacedDomain>, Status> {
-        use cluster::define_domain_placed_request::Source;
         let request = request.into_inner();
-        let (definition, source) = match request.source {
-            Some(Source::Xml(xml)) => (
-                vireo_conf::domain::parse_definition(&xml)
-                    .map_err(|err| Status::invalid_argument(err.to_string()))?,
-                compute::define_domain_request::Source::Xml(xml),
-            ),
-            Some(Source::Definition(def)) => (
-                def.clone(),
-                compute::define_domain_request::Source::Definition(def),
-            ),
-            None => return Err(Status::invalid_argument("source: give the domain's XML")),
+        let (definition, xml) = definition_of(request.source)?;
+        let source = match xml {
+            Some(xml) => compute::define_domain_request::Source::Xml(xml),
+            None => compute::define_domain_request::Source::Definition(definition.clone()),
         };
         let placement = self
             .place(&requirements_of(&definition), &request.host)
@@ -396,6 +405,54 @@ impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterVie
             .into_inner();
         Ok(Response::new(cluster::PlacedDomain {
             domain: domain.summary.map(|summary| compute::DomainSummary {
+                host: placement.host.clone(),
+                ..summary
+            }),
+            host: placement.host,
+        }))
+    }
+
+    async fn create_domain_placed(
+        &self,
+        request: Request<cluster::CreateDomainPlacedRequest>,
+    ) -> Result<Response<cluster::PlacedDomain>, Status> {
+        use cluster::create_domain_placed_request::Source;
+        use cluster::define_domain_placed_request::Source as Placed;
+        let request = request.into_inner();
+        let (definition, xml) = definition_of(request.source.map(|source| match source {
+            Source::Xml(xml) => Placed::Xml(xml),
+            Source::Definition(definition) => Placed::Definition(definition),
+        }))?;
+        let placement = self
+            .place(&requirements_of(&definition), &request.host)
+            .await?;
+        let source = match xml {
+            Some(xml) => compute::create_domain_request::Source::Xml(xml),
+            None => compute::create_domain_request::Source::Definition(definition),
+        };
+        let down = |status| {
+            self.backends
+                .unavailable(&placement.host, Service::Compute, status)
+        };
+        let mut updates = self
+            .compute(&placement.host)?
+            .create_domain(compute::CreateDomainRequest {
+                host: placement.host.clone(),
+                source: Some(source),
+                paused: request.paused,
+                ..Default::default()
+            })
+            .await
+            .map_err(down)?
+            .into_inner();
+        let mut created = None;
+        while let Some(update) = updates.message().await.map_err(down)? {
+            if let Some(compute::create_domain_update::Update::Done(domain)) = update.update {
+                created = domain.summary;
+            }
+        }
+        Ok(Response::new(cluster::PlacedDomain {
+            domain: created.map(|summary| compute::DomainSummary {
                 host: placement.host.clone(),
                 ..summary
             }),

@@ -37,7 +37,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.cluster.v1.",
-        "host joins, CreateDomainPlaced and client identities arrive with the rest of the gateway (issue #9)",
+        "host joins and client identities arrive with the rest of the gateway (issue #9)",
     ),
 ];
 

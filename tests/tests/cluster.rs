@@ -232,6 +232,24 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         let there = ok(&a, &["--host", &placed.host, "list", "--all"]);
         assert!(there.contains("placed"), "{there}");
         ok(&a, &["--host", &placed.host, "undefine", "placed"]);
+        let created = client
+            .create_domain_placed(cluster::CreateDomainPlacedRequest {
+                source: Some(cluster::create_domain_placed_request::Source::Xml(
+                    firmware_xml("created"),
+                )),
+                host: "a".into(),
+                paused: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.host, "a");
+        assert_eq!(
+            created.domain.unwrap().state,
+            compute::DomainState::Running as i32
+        );
+        assert!(ok(&a, &["--host", "a", "list"]).contains("created"));
+        ok(&a, &["destroy", "created"]);
     });
 
     // b goes down: its calls name it; a's domains are still listed, b's named as missing.
