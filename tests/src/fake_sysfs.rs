@@ -220,6 +220,24 @@ impl FakeSysfs {
         self.dir.path().to_path_buf()
     }
 
+    /// vireod whose svc-nodedev reads this tree, under `wrapper` (e.g. `ip netns exec NS`), with
+    /// no default network; the directory holds its config.
+    pub fn vireod(&self, wrapper: &[&str]) -> (crate::Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("config directory");
+        let config = dir.path().join("vireo.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
+                self.root().display()
+            ),
+        )
+        .expect("writing the config");
+        let config = config.to_str().expect("a UTF-8 temporary path").to_string();
+        let server = crate::Server::vireod_with(wrapper, &["--config", &config]);
+        (server, dir)
+    }
+
     /// Adds a SCSI host (`hostN` under PCI function `pci`), as a SCSI/SAS driver would.
     pub fn add_scsi_host(&self, pci: &str, host: u32) -> PathBuf {
         scsi_host(

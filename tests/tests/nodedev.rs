@@ -177,17 +177,7 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
             net_interface: Some("enp3s0f0"),
         },
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vireo.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
-            sysfs.root().display()
-        ),
-    )
-    .unwrap();
-    let server = Server::vireod_with(&[], &["--config", config.to_str().unwrap()]);
+    let (server, _config) = sysfs.vireod(&[]);
     let listed = ok(&server, &["nodedev-list", "--cap", "pci"]);
     assert_eq!(
         listed.lines().filter(|l| l.starts_with("pci_")).count(),
@@ -279,25 +269,6 @@ fn pci_functions_detach_to_vfio_and_reattach_in_a_fake_sysfs() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
 
-/// vireod whose svc-nodedev reads `sysfs`, wrapped (e.g. in a network namespace) when asked.
-fn server_on(
-    sysfs: &vireo_tests::fake_sysfs::FakeSysfs,
-    wrapper: &[&str],
-) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vireo.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
-            sysfs.root().display()
-        ),
-    )
-    .unwrap();
-    let server = Server::vireod_with(wrapper, &["--config", config.to_str().unwrap()]);
-    (server, dir)
-}
-
 const HBA_WWNN: &str = "20000024ff0a1b2c";
 const HBA_WWPN: &str = "21000024ff0a1b2c";
 const FABRIC: &str = "100000051e02bc53";
@@ -367,7 +338,7 @@ fn npiv_vhbas_scsi_hosts_and_usb_devices_in_a_fake_sysfs() {
         manufacturer: "SanDisk",
         product_name: "Cruzer Blade",
     });
-    let (server, dir) = server_on(&sysfs, &[]);
+    let (server, dir) = sysfs.vireod(&[]);
     let list = |cap: &str| ok(&server, &["nodedev-list", "--cap", cap]);
     assert_eq!(
         list("scsi_host").trim(),
@@ -582,7 +553,7 @@ fn vf_settings_are_checked_then_sent_to_the_pf_driver_through_netlink() {
         vf_driver: Some("igbvf"),
         net_interface: Some("enp3s0f0"),
     }]);
-    let (server, _dir) = server_on(&sysfs, &["ip", "netns", "exec", &netns.0]);
+    let (server, _dir) = sysfs.vireod(&["ip", "netns", "exec", &netns.0]);
     let listed = ok(
         &server,
         &["nodedev-sriov", "pci_0000_03_00_0", "--count", "2"],

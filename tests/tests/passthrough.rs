@@ -49,17 +49,7 @@ fn server_with_fake_devices() -> (Server, FakeSysfs, tempfile::TempDir) {
             ..FakePci::default()
         },
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vireo.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[network]\ndefault_network = false\n[nodedev]\nsysfs_root = \"{}\"\n",
-            sysfs.root().display()
-        ),
-    )
-    .unwrap();
-    let server = Server::vireod_with(&[], &["--config", config.to_str().unwrap()]);
+    let (server, dir) = sysfs.vireod(&[]);
     (server, sysfs, dir)
 }
 
