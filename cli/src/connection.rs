@@ -46,8 +46,7 @@ pub fn readonly_socket(socket: &std::path::Path) -> PathBuf {
     socket.with_file_name(format!("{stem}-ro.sock"))
 }
 
-/// The metadata key that names the host of a call for the gateway (it wins over `host` fields).
-const HOST_METADATA: &str = "x-vireo-host";
+use vireo_runtime::client::HOST_METADATA;
 
 /// Names the host of every call (`--host`), so each command goes to that host's service.
 #[derive(Debug, Clone)]

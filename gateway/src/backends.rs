@@ -11,8 +11,7 @@ use vireo_runtime::Service;
 
 use crate::GatewayConfig;
 
-/// The metadata key a client may set to name the host of a call (it wins over the `host` field).
-pub const HOST_METADATA: &str = "x-vireo-host";
+pub use vireo_runtime::client::HOST_METADATA;
 
 /// One host's services: socket and channel of each.
 type HostServices = HashMap<Service, (PathBuf, Channel)>;

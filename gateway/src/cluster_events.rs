@@ -15,6 +15,7 @@ use vireo_proto::compute::v1 as compute;
 use vireo_runtime::Service;
 
 use crate::backends::Backends;
+use crate::cluster_views::now_ms;
 
 /// How long a broken host stream waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -28,12 +29,6 @@ impl ClusterEvents {
     pub fn new(backends: Arc<Backends>) -> ClusterEvents {
         ClusterEvents { backends }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Sends one event of `host`; false when the client has gone.

@@ -281,7 +281,8 @@ fn requirements_of(def: &compute::DomainDefinition) -> cluster::PlacementRequire
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, as the cluster messages carry times.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

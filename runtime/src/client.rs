@@ -6,6 +6,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// The metadata key that names the host of a call for the gateway (it wins over the request's
+/// `host` field).
+pub const HOST_METADATA: &str = "x-vireo-host";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot connect to {path}: {source}")]
