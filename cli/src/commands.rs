@@ -63,6 +63,38 @@ pub enum Command {
     },
     /// List the hosts behind the gateway, as each answers now
     HostList,
+    /// Make a single-use token with which a host joins the cluster (admin)
+    HostJoinToken {
+        /// Seconds the token stays valid (1 hour by default)
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Only a host of this name may join with it
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Add a host to the cluster with a join token: its services at ADDRESS
+    /// (https://HOST:PORT, its gateway over TLS) or in the run directory of a vireod on the
+    /// gateway's machine (unix:///run/DIR)
+    HostJoin {
+        name: String,
+        address: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// Remove a host from the cluster
+    HostRemove {
+        name: String,
+        /// Even with running domains there, or while it cannot be reached
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show who the gateway takes this client for, and its role
+    Whoami,
+    /// Create a CA, server and client certificates, and bearer tokens
+    Pki {
+        #[command(subcommand)]
+        action: crate::pki::PkiAction,
+    },
     /// (shell) Connect to another gateway
     Connect {
         uri: String,
@@ -127,6 +159,20 @@ pub async fn run(
         Command::Network(command) => crate::network::run(connection, format, *command).await,
         Command::Nodedev(command) => crate::nodedev::run(connection, format, *command).await,
         Command::HostList => host_list(connection, format).await,
+        Command::HostJoinToken { ttl, name } => {
+            host_join_token(connection, format, ttl, name).await
+        }
+        Command::HostJoin {
+            name,
+            address,
+            token,
+        } => host_join(connection, format, name, address, token).await,
+        Command::HostRemove { name, force } => host_remove(connection, name, force).await,
+        Command::Whoami => whoami(connection, format).await,
+        Command::Pki { action } => crate::pki::run(action).map_err(|message| {
+            print_error(&message);
+            Call::Failed
+        }),
         Command::List {
             all,
             inactive,
@@ -499,6 +545,104 @@ async fn list(
     } else {
         print_table(&["Id", "Name", "State"], &rows);
     }
+    Ok(())
+}
+
+async fn host_join_token(
+    connection: &mut Connection,
+    format: Format,
+    ttl: u64,
+    name: Option<String>,
+) -> Result<(), Call> {
+    let token = HostServiceClient::new(connection.channel().await?)
+        .create_join_token(cluster::CreateJoinTokenRequest {
+            ttl_s: ttl,
+            host_name: name.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&token),
+        Format::Table => println!("{}", token.token),
+    }
+    Ok(())
+}
+
+async fn host_join(
+    connection: &mut Connection,
+    format: Format,
+    name: String,
+    address: String,
+    token: String,
+) -> Result<(), Call> {
+    let joined = HostServiceClient::new(connection.channel().await?)
+        .join_host(cluster::JoinHostRequest {
+            join_token: token,
+            name,
+            address,
+            vireo_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => print_json(&joined),
+        Format::Table => {
+            let host = joined.host.unwrap_or_default();
+            println!("Host {} joined ({})", host.name, host.address);
+        }
+    }
+    Ok(())
+}
+
+async fn host_remove(connection: &mut Connection, name: String, force: bool) -> Result<(), Call> {
+    HostServiceClient::new(connection.channel().await?)
+        .remove_host(cluster::RemoveHostRequest {
+            name: name.clone(),
+            force,
+        })
+        .await?;
+    println!("Host {name} removed");
+    Ok(())
+}
+
+async fn whoami(connection: &mut Connection, format: Format) -> Result<(), Call> {
+    use vireo_proto::cluster::v1::access_service_client::AccessServiceClient;
+    let identity = AccessServiceClient::new(connection.channel().await?)
+        .who_am_i(cluster::WhoAmIRequest {})
+        .await?
+        .into_inner();
+    if format == Format::Json {
+        print_json(&identity);
+        return Ok(());
+    }
+    let role = match identity.role() {
+        cluster::Role::Readonly => "readonly",
+        cluster::Role::Operator => "operator",
+        cluster::Role::Admin => "admin",
+        cluster::Role::Unspecified => "none",
+    };
+    let method = match identity.auth_method() {
+        cluster::AuthMethod::UnixSocket => "unix socket",
+        cluster::AuthMethod::TlsClientCert => "TLS client certificate",
+        cluster::AuthMethod::BearerToken => "bearer token",
+        cluster::AuthMethod::Unspecified => "unknown",
+    };
+    print_fields(&[
+        ("Subject", identity.subject.clone()),
+        ("Role", role.to_string()),
+        ("Authenticated by", method.to_string()),
+        (
+            "Read-only",
+            if identity.readonly_connection {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_string(),
+        ),
+        ("Gateway host", identity.gateway_host.clone()),
+    ]);
     Ok(())
 }
 

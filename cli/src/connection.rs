@@ -12,9 +12,15 @@ use crate::output::print_error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Unix(PathBuf),
+    /// A gateway's TLS port: `https://HOST:PORT`, with the PKI directory `?pkipath=DIR` names.
+    Tls {
+        address: String,
+        pkipath: Option<PathBuf>,
+    },
 }
 
-/// Parses `unix:///path/to/gateway.sock`; other schemes get a clear refusal.
+/// Parses `unix:///path/to/gateway.sock` and `https://HOST[:PORT][/][?pkipath=DIR]` (port 16514
+/// by default, as libvirt's TLS port); other schemes get a clear refusal.
 pub fn parse_uri(uri: &str) -> Result<Target, String> {
     let (scheme, rest) = uri
         .split_once("://")
@@ -28,13 +34,96 @@ pub fn parse_uri(uri: &str) -> Result<Target, String> {
             }
             Ok(Target::Unix(PathBuf::from(rest)))
         }
-        "https" | "tls" => Err(format!(
-            "`{uri}`: TLS connections to a remote gateway arrive with issue #9; use a unix:// URI"
-        )),
+        "https" => {
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let authority = authority.trim_end_matches('/');
+            if authority.is_empty() || authority.contains('/') {
+                return Err(format!(
+                    "invalid URI `{uri}`: expected https://HOST[:PORT], e.g. https://node1:16514"
+                ));
+            }
+            let mut pkipath = None;
+            for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("pkipath", dir)) if dir.starts_with('/') => {
+                        pkipath = Some(PathBuf::from(dir));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "invalid URI `{uri}`: unknown or malformed parameter `{pair}` (known: pkipath=/absolute/dir)"
+                        ));
+                    }
+                }
+            }
+            let has_port = authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok() && !authority.ends_with(']'));
+            let address = if has_port {
+                authority.to_string()
+            } else {
+                format!("{authority}:{DEFAULT_TLS_PORT}")
+            };
+            Ok(Target::Tls { address, pkipath })
+        }
         _ => Err(format!(
-            "unsupported URI scheme `{scheme}` in `{uri}`; use unix:///run/vireo/gateway.sock"
+            "unsupported URI scheme `{scheme}` in `{uri}`; use unix:///run/vireo/gateway.sock or https://HOST:16514"
         )),
     }
+}
+
+/// The gateway's TLS port when a URI names none (libvirt's).
+pub const DEFAULT_TLS_PORT: u16 = 16514;
+
+/// The bearer token the CLI sends over TLS, when set.
+pub const TOKEN_ENV: &str = "VIREO_TOKEN";
+
+/// Where the CA and the client certificate are found without `?pkipath=`: `~/.pki/vireo` when it
+/// exists (as libvirt's `~/.pki/libvirt`), else `/etc/pki/vireo`.
+fn default_pkipath() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".pki/vireo"))
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/etc/pki/vireo"))
+}
+
+/// The TLS client for `address`: the CA to trust the gateway, and the client certificate when
+/// the directory has one (a token client needs none).
+async fn connect_tls(address: &str, pkipath: Option<PathBuf>) -> Result<Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let dir = pkipath.unwrap_or_else(default_pkipath);
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("cacert.pem")?));
+    if dir.join("clientcert.pem").exists() {
+        tls = tls.identity(Identity::from_pem(
+            read("clientcert.pem")?,
+            read("clientkey.pem")?,
+        ));
+    }
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|err| format!("invalid address {address}: {err}"))?
+        .tls_config(tls.domain_name(host))
+        .map_err(|err| format!("TLS: {err}"))?
+        .initial_stream_window_size(vireo_runtime::server::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(vireo_runtime::server::CONNECTION_WINDOW_BYTES)
+        .connect()
+        .await
+        .map_err(|err| {
+            let mut message = format!("cannot connect to {address}: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            message
+        })
 }
 
 /// The read-only twin of a socket: `gateway.sock` -> `gateway-ro.sock`.
@@ -46,26 +135,40 @@ pub fn readonly_socket(socket: &std::path::Path) -> PathBuf {
     socket.with_file_name(format!("{stem}-ro.sock"))
 }
 
-use vireo_runtime::client::HOST_METADATA;
+use vireo_runtime::client::{HOST_METADATA, READONLY_METADATA};
 
-/// Names the host of every call (`--host`), so each command goes to that host's service.
-#[derive(Debug, Clone)]
-pub struct HostHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+type Ascii = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
-impl tonic::service::Interceptor for HostHeader {
+/// What every call carries: the host it is for (`--host`), so each command goes to that host's
+/// service, and over TLS the bearer token and the read-only wish (`-r`).
+#[derive(Debug, Clone, Default)]
+pub struct CallHeaders {
+    host: Option<Ascii>,
+    authorization: Option<Ascii>,
+    readonly: bool,
+}
+
+impl tonic::service::Interceptor for CallHeaders {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(host) = &self.0 {
-            request.metadata_mut().insert(HOST_METADATA, host.clone());
+        let metadata = request.metadata_mut();
+        if let Some(host) = &self.host {
+            metadata.insert(HOST_METADATA, host.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
+        if self.readonly {
+            metadata.insert(READONLY_METADATA, Ascii::from_static("1"));
         }
         Ok(request)
     }
 }
 
-/// The channel every client of the CLI uses: the gateway's, with the host header.
-pub type GatewayChannel = InterceptedService<Channel, HostHeader>;
+/// The channel every client of the CLI uses: the gateway's, with the call headers.
+pub type GatewayChannel = InterceptedService<Channel, CallHeaders>;
 
 pub struct Connection {
     pub uri: String,
@@ -110,25 +213,41 @@ impl Connection {
             print_error(&message);
             Failed
         })?;
-        let Target::Unix(mut socket) = target;
-        if self.readonly {
-            socket = readonly_socket(&socket);
-        }
-        let channel = vireo_runtime::client::connect_unix(&socket)
-            .await
-            .map_err(|err| {
-                print_error("failed to connect to the hypervisor");
-                print_error(&format!("{err}; is vireod running?"));
-                Failed
-            })?;
-        let header = match &self.host {
-            None => HostHeader(None),
-            Some(host) => HostHeader(Some(host.parse().map_err(|_| {
+        let connect_failed = |message: String| {
+            print_error("failed to connect to the hypervisor");
+            print_error(&message);
+            Failed
+        };
+        let mut headers = CallHeaders::default();
+        let channel = match target {
+            Target::Unix(mut socket) => {
+                if self.readonly {
+                    socket = readonly_socket(&socket);
+                }
+                vireo_runtime::client::connect_unix(&socket)
+                    .await
+                    .map_err(|err| connect_failed(format!("{err}; is vireod running?")))?
+            }
+            Target::Tls { address, pkipath } => {
+                headers.readonly = self.readonly;
+                if let Ok(token) = std::env::var(TOKEN_ENV) {
+                    headers.authorization =
+                        Some(format!("Bearer {token}").parse().map_err(|_| {
+                            connect_failed(format!("{TOKEN_ENV}: not a valid token"))
+                        })?);
+                }
+                connect_tls(&address, pkipath)
+                    .await
+                    .map_err(connect_failed)?
+            }
+        };
+        if let Some(host) = &self.host {
+            headers.host = Some(host.parse().map_err(|_| {
                 print_error(&format!("--host: `{host}` is not a valid host name"));
                 Failed
-            })?)),
-        };
-        let channel = InterceptedService::new(channel, header);
+            })?);
+        }
+        let channel = InterceptedService::new(channel, headers);
         self.channel = Some(channel.clone());
         Ok(channel)
     }
@@ -149,10 +268,24 @@ mod tests {
                 .unwrap_err()
                 .contains("absolute")
         );
+        assert_eq!(
+            parse_uri("https://node1"),
+            Ok(Target::Tls {
+                address: "node1:16514".into(),
+                pkipath: None
+            })
+        );
+        assert_eq!(
+            parse_uri("https://10.0.0.2:7000/?pkipath=/tmp/pki"),
+            Ok(Target::Tls {
+                address: "10.0.0.2:7000".into(),
+                pkipath: Some("/tmp/pki".into())
+            })
+        );
         assert!(
-            parse_uri("https://h:16514")
+            parse_uri("https://h/?no_verify=1")
                 .unwrap_err()
-                .contains("issue #9")
+                .contains("no_verify=1")
         );
         assert!(
             parse_uri("qemu:///system")

@@ -9,6 +9,7 @@ mod edit;
 mod network;
 mod nodedev;
 mod output;
+mod pki;
 mod shell;
 mod storage;
 

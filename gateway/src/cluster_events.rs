@@ -139,7 +139,7 @@ impl cluster::event_service_server::EventService for ClusterEvents {
             }
         }
         for host in &request.hosts {
-            if !self.backends.host_names().any(|known| known == host) {
+            if !self.backends.knows(host) {
                 return Err(Status::not_found(format!(
                     "hosts: host `{host}` is not known to this gateway"
                 )));
@@ -148,10 +148,10 @@ impl cluster::event_service_server::EventService for ClusterEvents {
         let (out, events) = mpsc::channel(256);
         let seq = Arc::new(AtomicU64::new(0));
         for host in self.backends.host_names() {
-            if request.hosts.is_empty() || request.hosts.iter().any(|h| h == host) {
+            if request.hosts.is_empty() || request.hosts.contains(&host) {
                 tokio::spawn(follow(
                     self.backends.clone(),
-                    host.to_string(),
+                    host,
                     out.clone(),
                     seq.clone(),
                 ));

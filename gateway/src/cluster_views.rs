@@ -20,11 +20,21 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct ClusterViews {
     backends: Arc<Backends>,
+    /// The cluster CA a joining host is given to trust the gateway; empty without TLS.
+    ca_pem: String,
 }
 
 impl ClusterViews {
-    pub fn new(backends: Arc<Backends>) -> ClusterViews {
-        ClusterViews { backends }
+    pub fn new(backends: Arc<Backends>, ca_pem: String) -> ClusterViews {
+        ClusterViews { backends, ca_pem }
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    pub fn cluster_ca_pem(&self) -> String {
+        self.ca_pem.clone()
     }
 
     fn compute(
@@ -40,7 +50,7 @@ impl ClusterViews {
     }
 
     /// The domains of `host` for `request`'s filters, each marked with the host.
-    async fn domains_of(
+    pub async fn domains_of(
         &self,
         host: &str,
         request: &cluster::ListAllDomainsRequest,
@@ -73,19 +83,27 @@ impl ClusterViews {
     }
 
     /// One host as it answers now.
-    async fn host(&self, name: &str) -> cluster::Host {
+    pub async fn host(&self, name: &str) -> cluster::Host {
         let services = self
             .backends
-            .sockets_of(name)
+            .endpoints_of(name)
             .into_iter()
-            .map(|(service, socket)| cluster::ServiceEndpoint {
+            .map(|(service, address)| cluster::ServiceEndpoint {
                 service: service_kind(service) as i32,
-                address: format!("unix://{}", socket.display()),
+                address,
             })
             .collect();
+        let backend = self.backends.host(name).ok();
         let mut host = cluster::Host {
             name: name.to_string(),
-            address: String::new(),
+            address: backend
+                .as_ref()
+                .map(|backend| backend.address.clone())
+                .unwrap_or_default(),
+            joined_unix_ms: backend
+                .as_ref()
+                .and_then(|backend| backend.joined.as_ref())
+                .map_or(0, |joined| joined.joined_unix_ms),
             services,
             vireo_version: String::new(),
             ..Default::default()
@@ -202,7 +220,7 @@ impl ClusterViews {
     ) -> Result<cluster::Placement, Status> {
         let fits = |free: &Free| free.memory_kib >= needs.memory_kib;
         if !named.is_empty() {
-            if !self.backends.host_names().any(|known| known == named) {
+            if !self.backends.knows(named) {
                 return Err(Status::not_found(format!(
                     "host: host `{named}` is not known to this gateway"
                 )));
@@ -223,8 +241,8 @@ impl ClusterViews {
         let names: Vec<String> = self
             .backends
             .host_names()
-            .filter(|name| !needs.exclude_hosts.iter().any(|excluded| excluded == name))
-            .map(str::to_string)
+            .into_iter()
+            .filter(|name| !needs.exclude_hosts.contains(name))
             .collect();
         let answers = futures::future::join_all(names.iter().map(|name| self.free(name))).await;
         let best = names
@@ -309,7 +327,9 @@ impl cluster::host_service_server::HostService for ClusterViews {
         for state in &states {
             vireo_runtime::fields::known::<cluster::HostState>(*state, "states")?;
         }
-        let names: Vec<String> = self.backends.host_names().map(str::to_string).collect();
+        // Hosts another gateway joined are served here too.
+        self.backends.refresh().await?;
+        let names = self.backends.host_names();
         let hosts = futures::future::join_all(names.iter().map(|name| self.host(name))).await;
         let hosts = hosts
             .into_iter()
@@ -323,12 +343,36 @@ impl cluster::host_service_server::HostService for ClusterViews {
         request: Request<cluster::GetHostRequest>,
     ) -> Result<Response<cluster::Host>, Status> {
         let name = request.into_inner().name;
-        if !self.backends.host_names().any(|known| known == name) {
+        if !self.backends.knows(&name) {
             return Err(Status::not_found(format!(
                 "name: host `{name}` is not known to this gateway"
             )));
         }
         Ok(Response::new(self.host(&name).await))
+    }
+
+    async fn join_host(
+        &self,
+        request: Request<cluster::JoinHostRequest>,
+    ) -> Result<Response<cluster::JoinHostResponse>, Status> {
+        Ok(Response::new(self.join_host(request.into_inner()).await?))
+    }
+
+    async fn remove_host(
+        &self,
+        request: Request<cluster::RemoveHostRequest>,
+    ) -> Result<Response<vireo_proto::common::v1::Empty>, Status> {
+        self.remove_host(request.into_inner()).await?;
+        Ok(Response::new(vireo_proto::common::v1::Empty {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<cluster::CreateJoinTokenRequest>,
+    ) -> Result<Response<cluster::JoinToken>, Status> {
+        Ok(Response::new(
+            self.create_join_token(request.into_inner()).await?,
+        ))
     }
 }
 
@@ -340,7 +384,7 @@ impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterVie
     ) -> Result<Response<cluster::ListAllDomainsResponse>, Status> {
         let request = request.into_inner();
         for host in &request.hosts {
-            if !self.backends.host_names().any(|known| known == host) {
+            if !self.backends.knows(host) {
                 return Err(Status::not_found(format!(
                     "hosts: host `{host}` is not known to this gateway"
                 )));
@@ -349,8 +393,8 @@ impl cluster::cluster_domain_service_server::ClusterDomainService for ClusterVie
         let names: Vec<String> = self
             .backends
             .host_names()
-            .filter(|name| request.hosts.is_empty() || request.hosts.iter().any(|h| h == name))
-            .map(str::to_string)
+            .into_iter()
+            .filter(|name| request.hosts.is_empty() || request.hosts.contains(name))
             .collect();
         let answers =
             futures::future::join_all(names.iter().map(|name| self.domains_of(name, &request)))

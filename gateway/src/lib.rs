@@ -5,13 +5,16 @@
 //! upload or download on the transfer socket (`transfer.rs`); `/metrics` serves Prometheus
 //! text when configured (`metrics.rs`).
 
+mod access;
 mod backends;
 mod cluster_events;
 mod cluster_views;
 mod codec;
 mod health;
+mod membership;
 mod metrics;
 mod proxy;
+mod registry;
 mod transfer;
 
 use std::collections::BTreeMap;
@@ -20,7 +23,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use vireo_proto::cluster::v1 as cluster;
-use vireo_runtime::server::{SocketAccess, serve_routes};
+use vireo_runtime::server::{Listener, SocketAccess, serve_routes};
 use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, Service, ServiceContext};
 
 pub use backends::Backends;
@@ -41,13 +44,30 @@ pub struct GatewayConfig {
     /// Other hosts this gateway routes to, by name (`[gateway.hosts.NAME]`).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostConfig>,
+    /// Where the public API is served over TCP with TLS (libvirt's TLS port is 16514); only the
+    /// unix sockets when unset.
+    pub listen: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    pub tls: access::TlsConfig,
+    /// Roles of client certificates on the TLS port, by subject CN.
+    #[serde(default)]
+    pub clients: BTreeMap<String, vireo_runtime::access::Role>,
+    /// Bearer tokens accepted on the TLS port, by name.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, access::TokenConfig>,
+    /// etcd endpoints (`http://127.0.0.1:2379`) holding the cluster registry, shared by every
+    /// gateway that names them; `<state-dir>/registry.json` when empty.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
 }
 
-/// A host of `[gateway.hosts]`: another vireod on this machine, by its run directory.
+/// A host of `[gateway.hosts]`: another vireod on this machine, by its run directory, or another
+/// machine's gateway by its TLS address (`https://HOST:16514`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
-    pub run_dir: PathBuf,
+    pub run_dir: Option<PathBuf>,
+    pub address: Option<String>,
 }
 
 /// The socket of the read-only API, beside the gateway's own.
@@ -60,9 +80,25 @@ pub fn readonly_socket(run_dir: &std::path::Path) -> PathBuf {
 pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Result<(), BoxError> {
     context.prepare_state_dir()?;
     let config: GatewayConfig = context.section()?;
-    let backends = Arc::new(Backends::new(&context.run_dir, &config)?);
+    let registry = if config.etcd_endpoints.is_empty() {
+        registry::Registry::file(context.state_dir.join("registry.json"))
+    } else {
+        registry::Registry::etcd(&config.etcd_endpoints)
+    };
+    let backends = Arc::new(Backends::new(
+        &context.run_dir,
+        &config,
+        registry,
+        access::client_tls(&config.tls)?,
+    )?);
+    if let Err(status) = backends.refresh().await {
+        tracing::warn!("cluster registry: {}", status.message());
+    }
+    tokio::spawn(backends::refresh_every(backends.clone(), shutdown.clone()));
     let services = health::ServiceIndex::from_descriptors()?;
-    let cluster_views = crate::cluster_views::ClusterViews::new(backends.clone());
+    let ca_pem =
+        std::fs::read_to_string(config.tls.dir().join(access::CA_CERT)).unwrap_or_default();
+    let cluster_views = crate::cluster_views::ClusterViews::new(backends.clone(), ca_pem);
 
     let server = ServerBuilder::with_health(health::server(backends.clone(), services.clone()))
         .add_service(cluster::host_service_server::HostServiceServer::new(
@@ -76,7 +112,9 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         ))
         .add_service(cluster::provisioning_service_server::ProvisioningServiceServer::new(Cluster))
         .add_service(cluster::access_service_server::AccessServiceServer::new(
-            Cluster,
+            access::WhoAmI {
+                gateway_host: backends.host_name().to_string(),
+            },
         ));
     let (routes, advertised, _) = server.into_routes_advertising(&services.proxied_names())?;
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
@@ -92,10 +130,26 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         }
     };
 
-    let mut listeners = vec![(context.socket.clone(), SocketAccess::RootOnly)];
+    let mut listeners = vec![Listener::Unix(
+        context.socket.clone(),
+        SocketAccess::RootOnly,
+    )];
     if config.readonly_socket.unwrap_or(true) {
-        listeners.push((readonly_socket(&context.run_dir), SocketAccess::ReadOnly));
+        listeners.push(Listener::Unix(
+            readonly_socket(&context.run_dir),
+            SocketAccess::ReadOnly,
+        ));
     }
+    if let Some(address) = config.listen {
+        listeners.push(Listener::Tls {
+            address,
+            config: access::server_tls(&config.tls)?,
+            authenticator: Arc::new(access::TlsClients::new(&config.clients, &config.tokens)?),
+        });
+    }
+    let audit: Arc<dyn vireo_runtime::access::Audit> = Arc::new(access::AuditLog::open(
+        &context.state_dir.join("audit.log"),
+    )?);
     tracing::info!(socket = %context.socket.display(), "gateway serving");
     let transfers = transfer::serve(
         backends,
@@ -103,7 +157,14 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         shutdown.clone(),
     );
     let (served, transferred, metered) = tokio::join!(
-        serve_routes(routes, &listeners, None, &advertised, shutdown.clone()),
+        serve_routes(
+            routes,
+            listeners,
+            Some(audit),
+            None,
+            &advertised,
+            shutdown.clone()
+        ),
         vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown),
         metrics
     );
@@ -113,16 +174,14 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
-/// Cluster-wide calls not built yet (installation, identities): they arrive with issues #9 and
-/// #11 and answer UNIMPLEMENTED until then. Hosts and domain views are in `cluster_views.rs`,
-/// the merged event stream in `cluster_events.rs`.
+/// Guest installation, not built yet: it arrives with issue #11 and answers UNIMPLEMENTED until
+/// then. Hosts and domain views are in `cluster_views.rs`, the merged event stream in
+/// `cluster_events.rs`, WhoAmI in `access.rs`.
 #[derive(Debug, Clone, Copy)]
 struct Cluster;
 
 #[tonic::async_trait]
 impl cluster::provisioning_service_server::ProvisioningService for Cluster {}
-#[tonic::async_trait]
-impl cluster::access_service_server::AccessService for Cluster {}
 
 /// Which process owns a gRPC path (`/vireo.storage.v1.StoragePoolService/ListPools` -> Storage).
 pub fn owner_of_path(path: &str) -> Option<Service> {

@@ -214,7 +214,7 @@ async fn domain_metrics(backends: &Backends, out: &mut String) {
             "Packets sent on an interface.",
         ),
     ];
-    let names: Vec<String> = backends.host_names().map(str::to_string).collect();
+    let names = backends.host_names();
     let answers = futures::future::join_all(names.iter().map(|host| async move {
         let channel = backends.channel(host, Service::Compute)?;
         let mut client = compute::domain_service_client::DomainServiceClient::new(channel);

@@ -74,7 +74,16 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
             .unwrap_or_default()
             .to_string(),
     };
-    let channel = backends.channel(&host, service)?;
+    let backend = backends.host_fresh(&host).await?;
+    let channel = Backends::channel_of(&backend, service)?;
+    let mut metadata = metadata;
+    if backend.remote_gateway {
+        // That gateway serves the call on its own host, whatever name this cluster gives it.
+        metadata.insert(
+            HOST_METADATA,
+            tonic::metadata::MetadataValue::from_static(""),
+        );
+    }
 
     // A client-side stream error must not look like a clean end to a backend still reading a
     // client stream (an upload cut short would pass as complete): the forwarded stream stalls and

@@ -44,7 +44,7 @@ async fn forward(backends: &Backends, client: &mut UnixStream) -> Result<(), Sta
         .await
         .map_err(|err| Status::invalid_argument(format!("request: {err}")))?
         .ok_or_else(|| Status::invalid_argument("request: the client sent nothing"))?;
-    let socket = transfer::socket_beside(backends.socket(&request.host, Service::Storage)?);
+    let socket = transfer::socket_beside(&backends.socket(&request.host, Service::Storage)?);
     let down = |err: std::io::Error| {
         Status::unavailable(format!(
             "the storage service of host `{}` is unavailable ({}): {err}",

@@ -10,6 +10,9 @@ use tonic::transport::{Channel, Endpoint};
 /// `host` field).
 pub const HOST_METADATA: &str = "x-vireo-host";
 
+/// The metadata key with which a TLS client asks for a read-only connection (`vireo -r`).
+pub const READONLY_METADATA: &str = "x-vireo-readonly";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot connect to {path}: {source}")]

@@ -35,10 +35,6 @@ const PLANNED: &[(&str, &str)] = &[
         "/vireo.cluster.v1.ProvisioningService/",
         "guest installation arrives with `vireo install` (issue #11)",
     ),
-    (
-        "/vireo.cluster.v1.",
-        "host joins and client identities arrive with the rest of the gateway (issue #9)",
-    ),
 ];
 
 /// The status a not-yet-built method answers with.

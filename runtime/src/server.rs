@@ -1,20 +1,23 @@
-//! Serving gRPC on unix sockets: health, reflection, the not-yet-built answer, socket modes, and a
+//! Serving gRPC on unix sockets and TLS over TCP: health, reflection, the not-yet-built answer, socket modes, and a
 //! graceful stop on a cancellation token that removes the sockets it created.
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::ReadOnlyLayer;
+use crate::access::{Audit, Authenticate, GuardLayer, UnixPeer};
 use crate::pending::PendingLayer;
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +166,8 @@ impl ServerBuilder {
         let (routes, advertised, health) = self.into_routes()?;
         serve_routes(
             routes,
-            &[(socket.to_path_buf(), SocketAccess::RootOnly)],
+            vec![Listener::Unix(socket.to_path_buf(), SocketAccess::RootOnly)],
+            None,
             health,
             &advertised,
             shutdown,
@@ -172,18 +176,54 @@ impl ServerBuilder {
     }
 }
 
+/// Where a server listens, and how it tells who each caller is.
+pub enum Listener {
+    /// A unix socket whose file mode decides who may connect.
+    Unix(PathBuf, SocketAccess),
+    /// TCP with TLS; `authenticator` names each caller (client certificate or bearer token).
+    Tls {
+        address: std::net::SocketAddr,
+        config: ServerTlsConfig,
+        authenticator: Arc<dyn Authenticate>,
+    },
+}
+
+/// A listener bound and ready to accept.
+enum Bound {
+    Unix(BoundSocket, SocketAccess),
+    Tls(TcpListener, ServerTlsConfig, Arc<dyn Authenticate>),
+}
+
 /// Serves `routes` on every listener until `shutdown` is cancelled, marking `advertised` (and the
-/// overall "" service) SERVING once every socket is bound, and NOT_SERVING when stopping.
+/// overall "" service) SERVING once every listener is bound, and NOT_SERVING when stopping. Each
+/// call is authenticated and checked against the role table; calls that change anything go to
+/// `audit` when given.
 pub async fn serve_routes(
     routes: Routes,
-    listeners: &[(PathBuf, SocketAccess)],
+    listeners: Vec<Listener>,
+    audit: Option<Arc<dyn Audit>>,
     health: Option<HealthReporter>,
     advertised: &[&'static str],
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let mut bound = Vec::new();
-    for (path, access) in listeners {
-        bound.push((bind_socket(path, *access)?, *access));
+    for listener in listeners {
+        bound.push(match listener {
+            Listener::Unix(path, access) => Bound::Unix(bind_socket(&path, access)?, access),
+            Listener::Tls {
+                address,
+                config,
+                authenticator,
+            } => {
+                let tcp = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        path: PathBuf::from(address.to_string()),
+                        source,
+                    })?;
+                Bound::Tls(tcp, config, authenticator)
+            }
+        });
     }
     if let Some(health) = &health {
         for name in advertised {
@@ -194,40 +234,58 @@ pub async fn serve_routes(
         health.set_service_status("", ServingStatus::Serving).await;
     }
     let mut servers = tokio::task::JoinSet::new();
-    for (socket, access) in bound {
+    for listener in bound {
         let routes = routes.clone();
         let shutdown = shutdown.clone();
+        let audit = audit.clone();
         servers.spawn(async move {
-            let BoundSocket { listener, file } = socket;
-            let incoming = UnixListenerStream::new(listener);
             let stopped = shutdown.cancelled_owned();
-            let result = match access {
-                SocketAccess::RootOnly => {
+            match listener {
+                Bound::Unix(socket, access) => {
+                    let BoundSocket { listener, file } = socket;
+                    let guard = GuardLayer::new(
+                        Arc::new(UnixPeer {
+                            readonly: access == SocketAccess::ReadOnly,
+                        }),
+                        audit,
+                    );
                     server_builder()
+                        .layer(guard)
                         .layer(PendingLayer)
                         .add_routes(routes)
-                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
                         .await
+                        .map_err(|source| ServerError::Serve {
+                            path: file.0.clone(),
+                            source,
+                        })
                 }
-                SocketAccess::ReadOnly => {
+                Bound::Tls(tcp, config, authenticator) => {
+                    let address = tcp
+                        .local_addr()
+                        .map(|address| address.to_string())
+                        .unwrap_or_default();
+                    let serve_err = |source| ServerError::Serve {
+                        path: PathBuf::from(&address),
+                        source,
+                    };
                     server_builder()
-                        .layer(ReadOnlyLayer)
+                        .tls_config(config)
+                        .map_err(serve_err)?
+                        .layer(GuardLayer::new(authenticator, audit))
                         .layer(PendingLayer)
                         .add_routes(routes)
-                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped)
                         .await
+                        .map_err(serve_err)
                 }
-            };
-            result.map_err(|source| ServerError::Serve {
-                path: file.0.clone(),
-                source,
-            })
+            }
         });
     }
     let mut outcome = Ok(());
     while let Some(joined) = servers.join_next().await {
         if let Ok(Err(err)) = joined {
-            // One socket failing stops the others: a half-served process is worse than none.
+            // One listener failing stops the others: a half-served process is worse than none.
             shutdown.cancel();
             outcome = Err(err);
         }
