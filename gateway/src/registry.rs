@@ -32,7 +32,7 @@ const TOKENS_PREFIX: &str = "/vireo/join-tokens/";
 
 pub enum Registry {
     File(FileRegistry),
-    Etcd(EtcdRegistry),
+    Etcd(Box<EtcdRegistry>),
 }
 
 /// etcd, connected on first use and again after a failed connect, so that a gateway starts
@@ -88,10 +88,10 @@ impl Registry {
     }
 
     pub fn etcd(endpoints: &[String]) -> Registry {
-        Registry::Etcd(EtcdRegistry {
+        Registry::Etcd(Box::new(EtcdRegistry {
             endpoints: endpoints.to_vec(),
             client: tokio::sync::OnceCell::new(),
-        })
+        }))
     }
 
     pub async fn hosts(&self) -> Result<Vec<JoinedHost>, Status> {

@@ -16,16 +16,8 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use vireo_runtime::access::{Role, required_role, self_authenticated};
+use vireo_tests::storage::free_port;
 use vireo_tests::{Server, binary, block_on, stderr, stdout, wait_until};
-
-/// A free TCP port on the loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn pki(args: &[&str]) -> String {
     let output = std::process::Command::new(binary("vireo"))

@@ -11,6 +11,7 @@ use tonic::Code;
 use vireo_proto::cluster::v1 as cluster;
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as compute;
+use vireo_tests::storage::free_port;
 use vireo_tests::{Netns, Server, block_on, ok, qemu_installed, skip};
 
 fn config(dir: &std::path::Path, name: &str, body: &str) -> String {
@@ -424,4 +425,150 @@ fn metrics_show_a_running_domains_cpu_time_growing_and_the_calls_made() {
         "{second}"
     );
     ok(&server, &["destroy", "busy"]);
+}
+
+/// etcd on free loopback ports and a data directory of its own, stopped on drop.
+struct Etcd {
+    child: std::process::Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Result<Etcd, String> {
+        let program = "/usr/bin/etcd";
+        if !std::path::Path::new(program).exists() {
+            return Err(
+                "etcd (Debian's etcd-server; scripts/install-deps test installs it)".into(),
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = std::process::Command::new(program)
+            .args(["--name", "vireo-test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("vireo-test={peer_url}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start etcd: {err}"))?;
+        let etcd = Etcd {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        let health = format!("{}/health", etcd.endpoint);
+        vireo_tests::wait_until(std::time::Duration::from_secs(20), "etcd healthy", || {
+            std::process::Command::new("curl")
+                .args(["-sf", &health])
+                .output()
+                .ok()
+                .filter(|out| String::from_utf8_lossy(&out.stdout).contains("true"))
+        });
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two gateways on one etcd: a host joined through one is listed and served by the other, a
+/// token is single-use across both, and a removal through one is seen by the other.
+#[test]
+fn two_gateways_share_one_etcd() {
+    let etcd = match Etcd::start() {
+        Ok(etcd) => etcd,
+        Err(missing) => skip!("needs {missing}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = format!("etcd_endpoints = [\"{}\"]\n", etcd.endpoint);
+    let one = Server::vireod_with(&[], &["--config", &config(dir.path(), "one", &shared)]);
+    let two = Server::vireod_with(&[], &["--config", &config(dir.path(), "two", &shared)]);
+    let joiner = Server::vireod_with(&[], &["--config", &config(dir.path(), "joiner", "")]);
+    let xml = dir.path().join("joined.xml");
+    std::fs::write(&xml, firmware_xml("joined")).unwrap();
+    ok(&joiner, &["define", xml.to_str().unwrap()]);
+
+    let token = ok(&one, &["host-join-token", "--ttl", "600"]);
+    let address = format!("unix://{}", joiner.run_dir.display());
+    ok(
+        &one,
+        &["host-join", "joiner", &address, "--token", token.trim()],
+    );
+
+    // Through the other gateway: listed, and its calls routed.
+    let hosts = ok(&two, &["host-list"]);
+    let line = hosts
+        .lines()
+        .find(|line| line.contains(" joiner "))
+        .unwrap_or_default();
+    assert!(line.contains("up"), "{hosts}");
+    let listed = ok(&two, &["--host", "joiner", "list", "--all"]);
+    assert!(
+        listed.contains("joined"),
+        "the joined host's domain: {listed}"
+    );
+    let everything = ok(&two, &["--output", "json", "list", "--all"]);
+    assert!(everything.contains("\"joiner\""), "{everything}");
+    let placement = block_on(async {
+        cluster::cluster_domain_service_client::ClusterDomainServiceClient::new(two.connect().await)
+            .place_domain(cluster::PlaceDomainRequest {
+                requirements: Some(cluster::PlacementRequirements {
+                    memory_kib: 64 * 1024,
+                    vcpus: 1,
+                    exclude_hosts: vec!["one".into(), "two".into()],
+                    ..Default::default()
+                }),
+                host: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(placement.host, "joiner", "placement sees the joined host");
+
+    // Single use across gateways; a second name is refused by either.
+    let reused = vireo_tests::fails(
+        &two,
+        &["host-join", "again", &address, "--token", token.trim()],
+    );
+    assert!(
+        reused.contains("join_token: unknown, already used or expired"),
+        "{reused}"
+    );
+    let token = ok(&two, &["host-join-token"]);
+    let taken = vireo_tests::fails(
+        &one,
+        &["host-join", "joiner", &address, "--token", token.trim()],
+    );
+    assert!(taken.contains("host `joiner` already exists"), "{taken}");
+
+    // Removed through one gateway, gone from the other.
+    ok(&two, &["host-remove", "joiner"]);
+    vireo_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "joiner gone from one",
+        || (!ok(&one, &["host-list"]).contains(" joiner ")).then_some(()),
+    );
+    let gone = vireo_tests::fails(&one, &["--host", "joiner", "list"]);
+    assert!(gone.contains("host `joiner` is not known"), "{gone}");
 }
