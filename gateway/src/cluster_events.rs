@@ -1,5 +1,5 @@
-//! One event stream merged from every host (EventService/WatchEvents): a task per host follows
-//! that host's domain events and forwards each, marked with its host and a sequence number of
+//! One event stream merged from every host (EventService/WatchEvents): a task per host and kind
+//! (domain, storage, network) follows that host's events and forwards each, marked with its host and a sequence number of
 //! this stream. A host whose stream breaks is reported (state change to UNREACHABLE), retried
 //! every second, and reported again when it answers (UP, then EVENTS_LOST: what happened in
 //! between is not replayed). The stream ends when the client goes.
@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use vireo_proto::cluster::v1 as cluster;
 use vireo_proto::compute::v1 as compute;
+use vireo_proto::network::v1 as network;
+use vireo_proto::storage::v1 as storage;
 use vireo_runtime::Service;
 
 use crate::backends::Backends;
@@ -63,26 +65,88 @@ fn host_event(
     })
 }
 
-/// Follows `host`'s domain events until the client goes.
+type HostEvents =
+    futures::stream::BoxStream<'static, Result<cluster::cluster_event::Event, Status>>;
+
+/// Subscribes to one kind of `host`'s events, each turned into a cluster event.
+async fn subscribe(
+    backends: &Backends,
+    host: &str,
+    kind: cluster::EventKind,
+) -> Result<HostEvents, Status> {
+    use cluster::cluster_event::Event;
+    use futures::StreamExt;
+    let events: HostEvents = match kind {
+        cluster::EventKind::Domain => {
+            let channel = backends.channel(host, Service::Compute)?;
+            let host = host.to_string();
+            compute::domain_service_client::DomainServiceClient::new(channel)
+                .watch_domain_events(compute::WatchDomainEventsRequest::default())
+                .await?
+                .into_inner()
+                .map(move |event| {
+                    event.map(|event| {
+                        Event::Domain(compute::DomainEvent {
+                            host: host.clone(),
+                            ..event
+                        })
+                    })
+                })
+                .boxed()
+        }
+        cluster::EventKind::Storage => {
+            let channel = backends.channel(host, Service::Storage)?;
+            storage::storage_pool_service_client::StoragePoolServiceClient::new(channel)
+                .watch_storage_events(storage::WatchStorageEventsRequest::default())
+                .await?
+                .into_inner()
+                .map(|event| event.map(Event::Storage))
+                .boxed()
+        }
+        cluster::EventKind::Network => {
+            let channel = backends.channel(host, Service::Network)?;
+            network::network_service_client::NetworkServiceClient::new(channel)
+                .watch_network_events(network::WatchNetworkEventsRequest::default())
+                .await?
+                .into_inner()
+                .map(|event| event.map(Event::Network))
+                .boxed()
+        }
+        other => {
+            return Err(Status::unimplemented(format!(
+                "kinds: {other:?} events are not merged across hosts"
+            )));
+        }
+    };
+    Ok(events)
+}
+
+/// What one follower does: which kind of a host's events it follows, whether it forwards them,
+/// and whether it tells when the host's stream breaks and comes back.
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    kind: cluster::EventKind,
+    forwards: bool,
+    reports_host: bool,
+}
+
+/// Follows one kind of `host`'s events until the client goes.
 async fn follow(
     backends: Arc<Backends>,
     host: String,
+    follower: Follower,
     out: mpsc::Sender<Result<cluster::ClusterEvent, Status>>,
     seq: Arc<AtomicU64>,
 ) {
+    let Follower {
+        kind,
+        forwards,
+        reports_host,
+    } = follower;
     let mut broken = false;
     loop {
-        let subscribed = async {
-            let channel = backends.channel(&host, Service::Compute)?;
-            compute::domain_service_client::DomainServiceClient::new(channel)
-                .watch_domain_events(compute::WatchDomainEventsRequest::default())
-                .await
-                .map(tonic::Response::into_inner)
-        }
-        .await;
-        if let Ok(mut events) = subscribed {
-            if broken {
-                broken = false;
+        if let Ok(mut events) = subscribe(&backends, &host, kind).await {
+            if broken && reports_host {
                 use cluster::HostEventType::{EventsLost, StateChanged};
                 use cluster::HostState::{Unreachable, Up};
                 let up = host_event(&host, StateChanged, Up, Unreachable);
@@ -91,19 +155,9 @@ async fn follow(
                     return;
                 }
             }
-            while let Ok(Some(event)) = events.message().await {
-                let event = compute::DomainEvent {
-                    host: host.clone(),
-                    ..event
-                };
-                if !send(
-                    &out,
-                    &seq,
-                    &host,
-                    cluster::cluster_event::Event::Domain(event),
-                )
-                .await
-                {
+            broken = false;
+            while let Some(Ok(event)) = futures::StreamExt::next(&mut events).await {
+                if forwards && !send(&out, &seq, &host, event).await {
                     return;
                 }
             }
@@ -112,7 +166,7 @@ async fn follow(
             broken = true;
             use cluster::HostState::{Unreachable, Up};
             let down = host_event(&host, cluster::HostEventType::StateChanged, Unreachable, Up);
-            if !send(&out, &seq, &host, down).await {
+            if reports_host && !send(&out, &seq, &host, down).await {
                 return;
             }
         }
@@ -123,6 +177,13 @@ async fn follow(
     }
 }
 
+/// The kinds merged when a client names none, in the order their followers start.
+const MERGED_KINDS: [cluster::EventKind; 3] = [
+    cluster::EventKind::Domain,
+    cluster::EventKind::Storage,
+    cluster::EventKind::Network,
+];
+
 #[tonic::async_trait]
 impl cluster::event_service_server::EventService for ClusterEvents {
     async fn watch_events(
@@ -130,13 +191,34 @@ impl cluster::event_service_server::EventService for ClusterEvents {
         request: Request<cluster::WatchEventsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<cluster::ClusterEvent>>, Status> {
         let request = request.into_inner();
+        let mut kinds = Vec::new();
         for kind in &request.kinds {
             let kind = vireo_runtime::fields::known::<cluster::EventKind>(*kind, "kinds")?;
-            if kind != cluster::EventKind::Domain {
+            if !MERGED_KINDS.contains(&kind) && kind != cluster::EventKind::Host {
                 return Err(Status::unimplemented(format!(
-                    "kinds: only domain events are merged across hosts so far, not {kind:?}"
+                    "kinds: {kind:?} events are not merged across hosts (node device and migration events are not built yet)"
                 )));
             }
+            kinds.push(kind);
+        }
+        let host_events = kinds.is_empty() || kinds.contains(&cluster::EventKind::Host);
+        let mut followers: Vec<Follower> = MERGED_KINDS
+            .into_iter()
+            .filter(|kind| kinds.is_empty() || kinds.contains(kind))
+            .enumerate()
+            .map(|(index, kind)| Follower {
+                kind,
+                forwards: true,
+                reports_host: host_events && index == 0,
+            })
+            .collect();
+        if followers.is_empty() {
+            // Only host events: the domain stream tells whether the host answers.
+            followers.push(Follower {
+                kind: cluster::EventKind::Domain,
+                forwards: false,
+                reports_host: true,
+            });
         }
         for host in &request.hosts {
             if !self.backends.knows(host) {
@@ -148,10 +230,14 @@ impl cluster::event_service_server::EventService for ClusterEvents {
         let (out, events) = mpsc::channel(256);
         let seq = Arc::new(AtomicU64::new(0));
         for host in self.backends.host_names() {
-            if request.hosts.is_empty() || request.hosts.contains(&host) {
+            if !request.hosts.is_empty() && !request.hosts.contains(&host) {
+                continue;
+            }
+            for follower in &followers {
                 tokio::spawn(follow(
                     self.backends.clone(),
-                    host,
+                    host.clone(),
+                    *follower,
                     out.clone(),
                     seq.clone(),
                 ));

@@ -192,6 +192,24 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
                 if d.name == "on-b" && d.r#type == compute::DomainEventType::Started as i32)
     });
     assert!(started.seq >= 1);
+    // Storage events of a host come on the same stream, marked with it.
+    let pool_dir = b.dirs.path().join("events-pool");
+    ok(
+        &a,
+        &[
+            "--host",
+            "b",
+            "pool-define-as",
+            "evpool",
+            "dir",
+            "--target",
+            pool_dir.to_str().unwrap(),
+        ],
+    );
+    wait_for(&events, |e| {
+        e.host == "b"
+            && matches!(&e.event, Some(cluster::cluster_event::Event::Storage(s)) if format!("{s:?}").contains("evpool"))
+    });
 
     // Placement: a named host, a host excluded, a domain too big for any; DefineDomainPlaced
     // puts the domain where PlaceDomain says.
