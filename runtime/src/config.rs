@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub const DEFAULT_STATE_ROOT: &str = "/var/lib/vireo";
 /// Default directory of sockets, pid files and guest consoles.
 pub const DEFAULT_RUN_DIR: &str = "/run/vireo";
+/// The config file read when `--config` is not given, if it exists (as libvirtd's
+/// /etc/libvirt/libvirtd.conf).
+pub const DEFAULT_CONFIG: &str = "/etc/vireo/vireo.toml";
 
 /// The processes that serve gRPC, each with its own socket `<run-dir>/<name>.sock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +78,16 @@ impl Service {
     }
 }
 
+impl CommonArgs {
+    /// `--config`, else the default config file when it exists.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            default.is_file().then_some(default)
+        })
+    }
+}
+
 /// Flags shared by every server binary.
 #[derive(Debug, Clone, Default, Args)]
 pub struct CommonArgs {
@@ -84,7 +97,7 @@ pub struct CommonArgs {
     /// Directory of runtime files: sockets, pid files, consoles.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// TOML configuration file; flags override it.
+    /// TOML configuration file (default /etc/vireo/vireo.toml when it exists); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `svc_compute=debug` (RUST_LOG wins when set).
@@ -148,7 +161,8 @@ impl ServiceContext {
     /// Resolves flags and file for a standalone service binary. `--state-dir` names the service's
     /// own directory; the default is `/var/lib/vireo/<service>`.
     pub fn resolve(service: Service, args: &CommonArgs) -> Result<ServiceContext, ConfigError> {
-        let file = load_file(args.config.as_deref())?;
+        let config_path = args.config_path();
+        let file = load_file(config_path.as_deref())?;
         let state_dir = args
             .state_dir
             .clone()
@@ -165,7 +179,7 @@ impl ServiceContext {
             state_dir,
             run_dir,
             file,
-            config_path: args.config.clone(),
+            config_path,
         })
     }
 
@@ -185,7 +199,8 @@ impl ServiceContext {
     /// Resolves flags and file for vireod, where `--state-dir` is the root holding every
     /// service's directory.
     pub fn resolve_root(args: &CommonArgs) -> Result<ServiceContext, ConfigError> {
-        let file = load_file(args.config.as_deref())?;
+        let config_path = args.config_path();
+        let file = load_file(config_path.as_deref())?;
         let state_dir = args
             .state_dir
             .clone()
@@ -198,7 +213,7 @@ impl ServiceContext {
             state_dir,
             run_dir,
             file,
-            config_path: args.config.clone(),
+            config_path,
         })
     }
 
