@@ -90,6 +90,16 @@ impl HostBackend {
     }
 }
 
+impl HostBackend {
+    /// The unix socket of `service` when this host is on this machine.
+    pub fn unix_socket(&self, service: Service) -> Option<&Path> {
+        self.services
+            .get(&service)
+            .and_then(|(address, _)| address.strip_prefix("unix://"))
+            .map(Path::new)
+    }
+}
+
 pub struct Backends {
     host_name: String,
     /// Every host, this one included, by name.

@@ -28,19 +28,102 @@ pub fn with_fallback(routes: Routes, backends: Arc<Backends>, rpc: Arc<RpcMetric
     Routes::from(routes.into_axum_router().fallback_service(proxy))
 }
 
+/// The first message of a call's body, read ahead, and the request rebuilt to carry it still.
+async fn read_first_message(
+    request: http::Request<axum::body::Body>,
+) -> (http::Request<axum::body::Body>, Option<Bytes>) {
+    let (parts, body) = request.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut head = bytes::BytesMut::new();
+    let mut failed = None;
+    let framed = |head: &[u8]| {
+        let length = head.get(1..5)?;
+        let length = u32::from_be_bytes(length.try_into().ok()?);
+        Some(5 + usize::try_from(length).ok()?)
+    };
+    while framed(&head).is_none_or(|whole| head.len() < whole) {
+        match chunks.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            Some(Err(err)) => {
+                failed = Some(err);
+                break;
+            }
+            None => break,
+        }
+    }
+    let head = head.freeze();
+    // Uncompressed (flag 0) and whole: compressed calls take the decoding path.
+    let first = framed(&head)
+        .filter(|whole| head.len() >= *whole && head.first() == Some(&0))
+        .map(|whole| head.slice(5..whole));
+    let body = futures::stream::iter([Ok(head)])
+        .chain(futures::stream::iter(failed.map(Err)))
+        .chain(chunks);
+    (
+        http::Request::from_parts(parts, axum::body::Body::from_stream(body)),
+        first,
+    )
+}
+
+/// The service of this process that a call goes to, when it is one: vireod runs every service
+/// beside the gateway, and a call to its own host then skips the socket hop.
+async fn in_process_route(
+    backends: &Backends,
+    request: http::Request<axum::body::Body>,
+) -> (http::Request<axum::body::Body>, Option<Routes>) {
+    let Some(service) = owner_of_path(request.uri().path())
+        .filter(|service| *service != vireo_runtime::Service::Gateway)
+    else {
+        return (request, None);
+    };
+    let (request, host) = match request.headers().get(HOST_METADATA) {
+        Some(value) => {
+            let host = value.to_str().map(str::to_string).ok();
+            (request, host)
+        }
+        None => {
+            let (request, first) = read_first_message(request).await;
+            let host =
+                first.map(|first| leading_host_field(&first).unwrap_or_default().to_string());
+            (request, host)
+        }
+    };
+    let routes = host
+        .and_then(|host| backends.host(&host).ok())
+        .filter(|backend| !backend.remote_gateway)
+        .and_then(|backend| {
+            backend
+                .unix_socket(service)
+                .and_then(vireo_runtime::server::in_process)
+        });
+    (request, routes)
+}
+
 async fn forward_http(
     backends: Arc<Backends>,
     rpc: Arc<RpcMetrics>,
     request: http::Request<axum::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let (request, routes) = in_process_route(&backends, request).await;
+    if let Some(routes) = routes {
+        use tower::ServiceExt;
+        let response = match routes.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let code =
+            Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |s| s.code());
+        rpc.record(&path, code, started.elapsed());
+        return response;
+    }
     let mut grpc = tonic::server::Grpc::new(RawCodec);
     let method = tower::service_fn(move |call: Request<Streaming<Bytes>>| {
         let backends = backends.clone();
         let rpc = rpc.clone();
         let path = path.clone();
         async move {
-            let started = std::time::Instant::now();
             let reply = forward(&backends, &path, call).await;
             let code = reply
                 .as_ref()

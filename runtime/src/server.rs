@@ -176,6 +176,40 @@ impl ServerBuilder {
     }
 }
 
+/// The servers of this process by their root-only socket, so that a caller in the same process
+/// (vireod's gateway) hands a call to the service without a socket hop.
+static IN_PROCESS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, Routes>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The routes served in this process on `socket`, if any.
+pub fn in_process(socket: &Path) -> Option<Routes> {
+    IN_PROCESS
+        .lock()
+        .ok()
+        .and_then(|servers| servers.get(socket).cloned())
+}
+
+/// Keeps routes listed in `IN_PROCESS` while their server runs.
+struct InProcess(PathBuf);
+
+impl InProcess {
+    fn register(socket: &Path, routes: &Routes) -> InProcess {
+        if let Ok(mut servers) = IN_PROCESS.lock() {
+            servers.insert(socket.to_path_buf(), routes.clone());
+        }
+        InProcess(socket.to_path_buf())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Ok(mut servers) = IN_PROCESS.lock() {
+            servers.remove(&self.0);
+        }
+    }
+}
+
 /// Where a server listens, and how it tells who each caller is.
 pub enum Listener {
     /// A unix socket whose file mode decides who may connect.
@@ -243,6 +277,8 @@ pub async fn serve_routes(
             match listener {
                 Bound::Unix(socket, access) => {
                     let BoundSocket { listener, file } = socket;
+                    let _in_process = (access == SocketAccess::RootOnly)
+                        .then(|| InProcess::register(&file.0, &routes));
                     let guard = GuardLayer::new(
                         Arc::new(UnixPeer {
                             readonly: access == SocketAccess::ReadOnly,
