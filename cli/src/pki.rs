@@ -36,7 +36,7 @@ pub enum PkiAction {
         dir: PathBuf,
     },
     /// Issue a client certificate (clientcert.pem, clientkey.pem) whose CN names the client;
-    /// the gateway's [gateway.clients] gives that name a role
+    /// [tls.clients] in the servers' config gives that name a role
     Client {
         name: String,
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -46,7 +46,7 @@ pub enum PkiAction {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Make a bearer token and print it with the [gateway.tokens] lines that accept it
+    /// Make a bearer token and print it with the [tls.tokens] lines that accept it
     Token {
         name: String,
         #[arg(long, default_value = "readonly", value_parser = ["readonly", "operator", "admin"])]
@@ -81,7 +81,7 @@ pub fn run(action: PkiAction) -> Result<(), String> {
             println!("token: {token}");
             println!();
             println!("# in vireod's config; clients send it with VIREO_TOKEN=...");
-            println!("[gateway.tokens.{name}]");
+            println!("[tls.tokens.{name}]");
             println!("sha256 = \"{hex}\"");
             println!("role = \"{role}\"");
             Ok(())

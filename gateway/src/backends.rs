@@ -29,26 +29,60 @@ pub struct HostBackend {
     pub joined: Option<JoinedHost>,
 }
 
+/// A lazy TLS channel to `address` (`https://HOST:PORT`).
+fn tls_channel(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
+    let tls = tls.ok_or_else(|| {
+        format!("`{address}`: reaching it over TLS needs a client certificate (clientcert.pem in [tls] pki_dir)")
+    })?;
+    Ok(tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(|err| format!("`{address}`: {err}"))?
+        .tls_config(tls.clone())
+        .map_err(|err| format!("`{address}`: {err}"))?
+        .initial_stream_window_size(vireo_runtime::server::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(vireo_runtime::server::CONNECTION_WINDOW_BYTES)
+        .connect_lazy())
+}
+
 impl HostBackend {
-    /// The services of a vireod whose sockets are `<run_dir>/<service>.sock`, but for `overrides`.
-    fn local(run_dir: &Path, overrides: &BTreeMap<String, PathBuf>) -> HostBackend {
-        let services = Service::HOST_SERVICES
-            .into_iter()
-            .map(|service| {
-                let socket = overrides
-                    .get(service.name())
-                    .cloned()
-                    .unwrap_or_else(|| service.socket_in(run_dir));
-                let channel = vireo_runtime::client::lazy_unix(&socket);
-                (service, (format!("unix://{}", socket.display()), channel))
-            })
-            .collect();
-        HostBackend {
+    /// The services of a vireod whose sockets are `<run_dir>/<service>.sock`, but for
+    /// `overrides`: another socket (`/path`, `unix:///path`) or a service on another machine
+    /// (`https://HOST:PORT`).
+    fn local(
+        run_dir: &Path,
+        overrides: &BTreeMap<String, String>,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<HostBackend, String> {
+        let mut services = HashMap::new();
+        for service in Service::HOST_SERVICES {
+            let backend = match overrides.get(service.name()) {
+                Some(address) if address.starts_with("https://") => {
+                    (address.clone(), tls_channel(address, tls)?)
+                }
+                Some(address) => {
+                    let socket = PathBuf::from(address.strip_prefix("unix://").unwrap_or(address));
+                    if !socket.is_absolute() {
+                        return Err(format!(
+                            "{}: `{address}` is neither an absolute socket path nor https://HOST:PORT",
+                            service.name()
+                        ));
+                    }
+                    let channel = vireo_runtime::client::lazy_unix(&socket);
+                    (format!("unix://{}", socket.display()), channel)
+                }
+                None => {
+                    let socket = service.socket_in(run_dir);
+                    let channel = vireo_runtime::client::lazy_unix(&socket);
+                    (format!("unix://{}", socket.display()), channel)
+                }
+            };
+            services.insert(service, backend);
+        }
+        Ok(HostBackend {
             address: format!("unix://{}", run_dir.display()),
             services,
             remote_gateway: false,
             joined: None,
-        }
+        })
     }
 
     /// A host at `address`: `unix:///RUN-DIR` or `https://HOST:PORT` (its gateway).
@@ -60,19 +94,10 @@ impl HostBackend {
                     "`{address}`: unix:// needs an absolute run directory without `..`"
                 ));
             }
-            return Ok(HostBackend::local(run_dir, &BTreeMap::new()));
+            return HostBackend::local(run_dir, &BTreeMap::new(), tls);
         }
         if address.starts_with("https://") {
-            let tls = tls.ok_or_else(|| {
-                format!("`{address}`: reaching a host over TLS needs this gateway's [gateway.tls] client certificate")
-            })?;
-            let channel = tonic::transport::Endpoint::from_shared(address.to_string())
-                .map_err(|err| format!("`{address}`: {err}"))?
-                .tls_config(tls.clone())
-                .map_err(|err| format!("`{address}`: {err}"))?
-                .initial_stream_window_size(vireo_runtime::server::STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(vireo_runtime::server::CONNECTION_WINDOW_BYTES)
-                .connect_lazy();
+            let channel = tls_channel(address, tls)?;
             let services = Service::HOST_SERVICES
                 .into_iter()
                 .map(|service| (service, (address.to_string(), channel.clone())))
@@ -134,10 +159,9 @@ impl Backends {
             }
         }
         let mut hosts = BTreeMap::new();
-        hosts.insert(
-            host_name.clone(),
-            Arc::new(HostBackend::local(run_dir, &config.backends)),
-        );
+        let own = HostBackend::local(run_dir, &config.backends, tls.as_ref())
+            .map_err(|err| format!("[gateway.backends] {err}"))?;
+        hosts.insert(host_name.clone(), Arc::new(own));
         for (name, host) in &config.hosts {
             if *name == host_name {
                 return Err(format!(

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use vireo_proto::cluster::v1 as cluster;
 use vireo_runtime::server::{Listener, SocketAccess, serve_routes};
-use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, Service, ServiceContext};
+use vireo_runtime::{BoxError, CancellationToken, ServerBuilder, Service, ServiceContext, tls};
 
 pub use backends::Backends;
 
@@ -34,9 +34,10 @@ pub use backends::Backends;
 pub struct GatewayConfig {
     /// The name of the host this gateway runs on; defaults to the system hostname.
     pub host_name: Option<String>,
-    /// Sockets of this host's services when they are not `<run-dir>/<service>.sock`.
+    /// Where this host's services are when not at `<run-dir>/<service>.sock`: another socket
+    /// (`/path` or `unix:///path`), or another machine (`https://HOST:PORT`, mutual TLS).
     #[serde(default)]
-    pub backends: BTreeMap<String, PathBuf>,
+    pub backends: BTreeMap<String, String>,
     /// Serve `<run-dir>/gateway-ro.sock` for read-only clients (default true).
     pub readonly_socket: Option<bool>,
     /// Where `/metrics` is served over HTTP (Prometheus text); not served when unset.
@@ -44,17 +45,6 @@ pub struct GatewayConfig {
     /// Other hosts this gateway routes to, by name (`[gateway.hosts.NAME]`).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostConfig>,
-    /// Where the public API is served over TCP with TLS (libvirt's TLS port is 16514); only the
-    /// unix sockets when unset.
-    pub listen: Option<std::net::SocketAddr>,
-    #[serde(default)]
-    pub tls: access::TlsConfig,
-    /// Roles of client certificates on the TLS port, by subject CN.
-    #[serde(default)]
-    pub clients: BTreeMap<String, vireo_runtime::access::Role>,
-    /// Bearer tokens accepted on the TLS port, by name.
-    #[serde(default)]
-    pub tokens: BTreeMap<String, access::TokenConfig>,
     /// etcd endpoints (`http://127.0.0.1:2379`) holding the cluster registry, shared by every
     /// gateway that names them; `<state-dir>/registry.json` when empty.
     #[serde(default)]
@@ -89,7 +79,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         &context.run_dir,
         &config,
         registry,
-        access::client_tls(&config.tls)?,
+        tls::client_tls(&context.file.tls)?,
     )?);
     if let Err(status) = backends.refresh().await {
         tracing::warn!("cluster registry: {}", status.message());
@@ -97,7 +87,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     tokio::spawn(backends::refresh_every(backends.clone(), shutdown.clone()));
     let services = health::ServiceIndex::from_descriptors()?;
     let ca_pem =
-        std::fs::read_to_string(config.tls.dir().join(access::CA_CERT)).unwrap_or_default();
+        std::fs::read_to_string(context.file.tls.dir().join(tls::CA_CERT)).unwrap_or_default();
     let cluster_views = crate::cluster_views::ClusterViews::new(backends.clone(), ca_pem);
 
     let server = ServerBuilder::with_health(health::server(backends.clone(), services.clone()))
@@ -140,13 +130,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             SocketAccess::ReadOnly,
         ));
     }
-    if let Some(address) = config.listen {
-        listeners.push(Listener::Tls {
-            address,
-            config: access::server_tls(&config.tls)?,
-            authenticator: Arc::new(access::TlsClients::new(&config.clients, &config.tokens)?),
-        });
-    }
+    listeners.extend(tls::listener(&context.file.tls, Service::Gateway.name())?);
     let audit: Arc<dyn vireo_runtime::access::Audit> = Arc::new(access::AuditLog::open(
         &context.state_dir.join("audit.log"),
     )?);

@@ -124,6 +124,8 @@ pub struct FileConfig {
     pub migrate: toml::Table,
     #[serde(default)]
     pub gateway: toml::Table,
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

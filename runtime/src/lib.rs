@@ -1,5 +1,6 @@
 //! vireo-runtime owns the process plumbing that every Vireo server and client shares: the common
-//! flags and TOML config, serving gRPC on a unix socket with health and reflection, answering
+//! flags and TOML config, serving gRPC on a unix socket (and TLS on TCP, with who may call what)
+//! with health and reflection, answering
 //! not-yet-built RPCs honestly, shutdown on SIGTERM/SIGINT, logging, connecting to a socket, crash-safe
 //! definition files, local transfer sockets that pass open files, and checks of request fields.
 //! It knows nothing of any service's domain logic.
@@ -12,6 +13,7 @@ pub mod pending;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod tls;
 pub mod transfer;
 
 pub use config::{CommonArgs, Service, ServiceContext};

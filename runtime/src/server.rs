@@ -36,6 +36,8 @@ pub enum ServerError {
     },
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("serving {path}: {source}")]
     Serve {
         path: PathBuf,
@@ -157,22 +159,23 @@ impl ServerBuilder {
         Ok((self.routes.routes(), self.advertised, self.health))
     }
 
-    /// Serves on `socket` (root only) until `shutdown` is cancelled.
+    /// Serves on the context's socket (root only), and on TCP with TLS when `[tls.listen]`
+    /// names this server, until `shutdown` is cancelled.
     pub async fn serve(
         self,
-        socket: &Path,
+        context: &crate::ServiceContext,
         shutdown: CancellationToken,
     ) -> Result<(), ServerError> {
         let (routes, advertised, health) = self.into_routes()?;
-        serve_routes(
-            routes,
-            vec![Listener::Unix(socket.to_path_buf(), SocketAccess::RootOnly)],
-            None,
-            health,
-            &advertised,
-            shutdown,
-        )
-        .await
+        let mut listeners = vec![Listener::Unix(
+            context.socket.clone(),
+            SocketAccess::RootOnly,
+        )];
+        listeners.extend(
+            crate::tls::listener(&context.file.tls, context.service.name())
+                .map_err(ServerError::Tls)?,
+        );
+        serve_routes(routes, listeners, None, health, &advertised, shutdown).await
     }
 }
 

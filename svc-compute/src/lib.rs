@@ -23,7 +23,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         .add_service(grpc::node_server(host.clone(), engines))
         .add_service(grpc_domains::domain_server(domains.clone()));
     tracing::info!(socket = %context.socket.display(), "compute serving");
-    server.serve(&context.socket, shutdown).await?;
+    server.serve(&context, shutdown).await?;
     // Guests keep running: they outlive the service, which finds them again when it restarts.
     domains.close().await;
     Ok(())

@@ -33,7 +33,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         .add_service(MigrationPeerServiceServer::new(Peers))
         .add_service(SaveRestoreServiceServer::new(save_restore));
     tracing::info!(socket = %context.socket.display(), "Migrate serving");
-    server.serve(&context.socket, shutdown).await?;
+    server.serve(&context, shutdown).await?;
     Ok(())
 }
 

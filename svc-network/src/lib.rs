@@ -22,6 +22,6 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         .add_service(grpc::network_server(manager.clone()))
         .add_service(grpc::port_server(manager));
     tracing::info!(socket = %context.socket.display(), "network serving");
-    server.serve(&context.socket, shutdown).await?;
+    server.serve(&context, shutdown).await?;
     Ok(())
 }

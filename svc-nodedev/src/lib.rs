@@ -45,7 +45,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     };
     let server = ServerBuilder::new().add_service(NodeDeviceServiceServer::new(devices));
     tracing::info!(socket = %context.socket.display(), sysfs = %root.display(), "nodedev serving");
-    server.serve(&context.socket, shutdown).await?;
+    server.serve(&context, shutdown).await?;
     Ok(())
 }
 

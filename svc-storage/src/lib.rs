@@ -30,7 +30,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         shutdown.clone(),
     );
     let (served, transferred) = tokio::join!(
-        server.serve(&context.socket, shutdown.clone()),
+        server.serve(&context, shutdown.clone()),
         vireo_runtime::transfer::stop_all_on_failure(transfers, &shutdown)
     );
     served?;

@@ -72,7 +72,7 @@ fn make_pki(root: &Path, clients: &[&str]) -> Pki {
         .to_string();
     let token_config = printed
         .lines()
-        .skip_while(|line| !line.starts_with("[gateway.tokens"))
+        .skip_while(|line| !line.starts_with("[tls.tokens"))
         .collect::<Vec<_>>()
         .join("\n");
     Pki {
@@ -89,7 +89,7 @@ fn tls_vireod(root: &Path, name: &str, pki: &Pki, clients: &str) -> (Server, u16
     std::fs::write(
         &config,
         format!(
-            "[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n[gateway.tls]\npki_dir = \"{}\"\n[gateway.clients]\n{clients}\n{}\n",
+            "[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\n[tls]\npki_dir = \"{}\"\n[tls.listen]\ngateway = \"127.0.0.1:{port}\"\n[tls.clients]\n{clients}\n{}\n",
             pki.dir.display(),
             pki.token_config
         ),
@@ -398,7 +398,7 @@ fn a_host_behind_tls_joins_and_serves() {
     std::fs::write(
         &config,
         format!(
-            "[network]\ndefault_network = false\n[gateway]\nhost_name = \"near\"\n[gateway.tls]\npki_dir = \"{}\"\n",
+            "[network]\ndefault_network = false\n[gateway]\nhost_name = \"near\"\n[tls]\npki_dir = \"{}\"\n",
             near_pki.display()
         ),
     )
@@ -475,4 +475,80 @@ fn pki_client_into(pki_dir: &Path, name: &str, out: &Path) {
         "--out",
         out.to_str().unwrap(),
     ]);
+}
+
+/// A host's service on another machine: svc-compute on its own, serving TLS on TCP, is this
+/// host's compute for the gateway (`[gateway.backends] compute = "https://..."`), which reaches
+/// it with its client certificate.
+#[test]
+fn a_service_on_another_machine_over_tls() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = make_pki(root.path(), &[]);
+    let port = free_port();
+    let compute_config = root.path().join("compute.toml");
+    std::fs::write(
+        &compute_config,
+        format!(
+            "[tls]\npki_dir = \"{}\"\n[tls.listen]\ncompute = \"127.0.0.1:{port}\"\n[tls.clients]\n\"the-gateway\" = \"admin\"\n",
+            pki.dir.display()
+        ),
+    )
+    .unwrap();
+    let compute = Server::start(
+        "svc-compute",
+        "compute.sock",
+        &["--config", compute_config.to_str().unwrap()],
+    );
+    let gateway_pki = root.path().join("gateway-pki");
+    pki_client_into(&pki.dir, "the-gateway", &gateway_pki);
+    let config = root.path().join("vireod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[network]\ndefault_network = false\n[gateway]\nhost_name = \"split\"\n[gateway.backends]\ncompute = \"https://localhost:{port}\"\n[tls]\npki_dir = \"{}\"\n",
+            gateway_pki.display()
+        ),
+    )
+    .unwrap();
+    let vireod = Server::vireod_with(&[], &["--config", config.to_str().unwrap()]);
+
+    let xml = root.path().join("far.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='qemu'><name>far-domain</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>",
+    )
+    .unwrap();
+    vireo_tests::ok(&vireod, &["define", xml.to_str().unwrap()]);
+    // The domain lives with the remote compute service (its own socket answers for it).
+    let direct = std::process::Command::new(binary("vireo"))
+        .args([
+            "-c",
+            &format!("unix://{}", compute.socket.display()),
+            "dominfo",
+            "far-domain",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&direct).contains("far-domain"),
+        "{}",
+        stderr(&direct)
+    );
+    let hosts = vireo_tests::ok(&vireod, &["--output", "json", "host-list"]);
+    assert!(
+        hosts.contains(&format!("https://localhost:{port}")),
+        "{hosts}"
+    );
+    assert!(vireo_tests::ok(&vireod, &["list", "--all"]).contains("far-domain"));
+    // Without the gateway's certificate the service's port refuses.
+    block_on(async {
+        let anonymous = tls_channel(port, &pki.dir.join("cacert.pem"), None).await;
+        let code = answer(
+            anonymous,
+            None,
+            "/vireo.compute.v1.DomainService/ListDomains",
+        )
+        .await;
+        assert_eq!(code, Code::Unauthenticated);
+    });
 }
