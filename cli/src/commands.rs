@@ -674,6 +674,8 @@ async fn host_list(connection: &mut Connection, format: Format) -> Result<(), Ca
                 .to_string(),
                 or_dash(capacity.cpus.to_string()),
                 or_dash(format!("{} MiB", capacity.memory_kib / 1024)),
+                or_dash(format!("{} MiB", capacity.free_memory_kib / 1024)),
+                or_dash(capacity.vcpus_in_use.to_string()),
                 or_dash(capacity.running_domains.to_string()),
                 or_dash(capacity.defined_domains.to_string()),
                 host.state_reason.clone(),
@@ -682,7 +684,15 @@ async fn host_list(connection: &mut Connection, format: Format) -> Result<(), Ca
         .collect();
     print_table(
         &[
-            "Name", "State", "CPUs", "Memory", "Running", "Defined", "Reason",
+            "Name",
+            "State",
+            "CPUs",
+            "Memory",
+            "Free",
+            "vCPUs used",
+            "Running",
+            "Defined",
+            "Reason",
         ],
         &rows,
     );

@@ -132,6 +132,8 @@ impl ClusterViews {
         };
         match tokio::time::timeout(HOST_TIMEOUT, facts).await {
             Ok(Ok((info, version, domains))) => {
+                // What placement weighs, shown as host-list's free memory and vCPUs in use.
+                let free = self.free(name).await.ok();
                 host.set_state(cluster::HostState::Up);
                 host.last_seen_unix_ms = now_ms();
                 host.vireo_version = version.vireo_version;
@@ -142,6 +144,10 @@ impl ClusterViews {
                     running_domains: u32::try_from(running).unwrap_or(u32::MAX),
                     defined_domains: u32::try_from(domains.iter().filter(|d| d.persistent).count())
                         .unwrap_or(u32::MAX),
+                    free_memory_kib: free.map_or(0, |free| free.memory_kib),
+                    vcpus_in_use: free.map_or(0, |free| {
+                        u32::try_from((i64::from(info.cpus) - free.vcpus).max(0)).unwrap_or(0)
+                    }),
                     ..Default::default()
                 });
             }

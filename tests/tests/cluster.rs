@@ -181,9 +181,14 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
         .find(|l| l.split_whitespace().next() == Some("b"))
         .unwrap();
     assert_eq!(
-        b_line.split_whitespace().nth(5),
+        b_line.split_whitespace().nth(8),
         Some("1"),
         "one running on b: {hosts}"
+    );
+    assert_eq!(
+        b_line.split_whitespace().nth(7),
+        Some("1"),
+        "its one vCPU in use: {hosts}"
     );
 
     let started = wait_for(&events, |e| {
