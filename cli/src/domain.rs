@@ -111,6 +111,35 @@ pub enum DomainCommand {
     Restore { file: String },
     /// Save a guest's state to its managed image and stop it
     Managedsave { domain: String },
+    /// Move a domain to another host: DEST is a host name (host-list) or a URI
+    Migrate {
+        domain: String,
+        dest: String,
+        /// Keep the guest running while its memory is copied
+        #[arg(long)]
+        live: bool,
+        /// Move only the persistent definition of an inactive domain
+        #[arg(long)]
+        offline: bool,
+        /// Define the domain on the destination
+        #[arg(long)]
+        persistent: bool,
+        /// Undefine the domain on the source after success
+        #[arg(long)]
+        undefinesource: bool,
+        /// Copy every writable disk to the destination
+        #[arg(long)]
+        copy_storage_all: bool,
+        /// Leave the domain paused on the destination
+        #[arg(long)]
+        suspend: bool,
+        /// Definition to use on the destination with --persistent
+        #[arg(long, value_name = "FILE")]
+        persistent_xml: Option<String>,
+        /// Print each phase
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Print a domain's XML
     Dumpxml {
         domain: String,
@@ -712,6 +741,68 @@ pub async fn run(
                 })
                 .await?;
             println!("Domain '{name}' resumed\n");
+        }
+        C::Migrate {
+            domain,
+            dest,
+            live,
+            offline,
+            persistent,
+            undefinesource,
+            copy_storage_all,
+            suspend,
+            persistent_xml,
+            verbose,
+        } => {
+            let persistent_xml = match persistent_xml {
+                Some(file) => std::fs::read_to_string(&file).map_err(|err| {
+                    tonic::Status::invalid_argument(format!(
+                        "--persistent-xml: cannot read {file}: {err}"
+                    ))
+                })?,
+                None => String::new(),
+            };
+            let destination = if dest.contains("://") {
+                migrate::migrate_request::Destination::DestUri(dest)
+            } else {
+                migrate::migrate_request::Destination::DestHost(dest)
+            };
+            let mut client =
+                vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient::new(
+                    connection.channel().await?,
+                );
+            let mut stream = client
+                .migrate(migrate::MigrateRequest {
+                    domain: object(&domain),
+                    destination: Some(destination),
+                    flags: Some(migrate::MigrationFlags {
+                        live,
+                        offline,
+                        persistent,
+                        undefine_source: undefinesource,
+                        copy_storage_all,
+                        suspend,
+                        ..Default::default()
+                    }),
+                    options: Some(migrate::MigrationOptions {
+                        persistent_xml,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while let Some(update) = stream.message().await? {
+                match update.update {
+                    Some(migrate::migration_update::Update::Progress(progress)) if verbose => {
+                        println!("{}: {}", progress.phase, progress.message);
+                    }
+                    Some(migrate::migration_update::Update::Done(_)) if verbose => {
+                        println!("Migration: [100 %]");
+                    }
+                    _ => {}
+                }
+            }
         }
         C::Save { domain, file } => {
             let mut client = SaveRestoreServiceClient::new(connection.channel().await?);

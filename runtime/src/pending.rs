@@ -29,7 +29,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.migrate.v1.",
-        "migration, save and restore arrive with svc-migrate (issue #10)",
+        "live migration and migration jobs arrive with the rest of svc-migrate (issue #10)",
     ),
     (
         "/vireo.cluster.v1.ProvisioningService/",

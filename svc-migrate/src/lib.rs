@@ -1,8 +1,11 @@
 //! svc-migrate owns migration jobs between hosts (prepare, perform, finish, confirm, rollback) and
 //! save/restore of domains; the engines move the bytes. Save, restore and managed save are built:
 //! this service asks svc-compute (through its gRPC API on the same host) to write or resume a
-//! guest's state (`vireo dominfo` shows a managed image). Migration itself, HasManagedSave and the
-//! save-image XML calls arrive with issue #10.
+//! guest's state (`vireo dominfo` shows a managed image). Offline migration is built
+//! (`migration.rs`); live migration, jobs, HasManagedSave and the save-image XML calls arrive
+//! with issue #10.
+
+mod migration;
 
 use std::path::PathBuf;
 
@@ -14,9 +17,7 @@ use vireo_proto::migrate::v1 as pb;
 use vireo_proto::migrate::v1::migration_peer_service_server::{
     MigrationPeerService, MigrationPeerServiceServer,
 };
-use vireo_proto::migrate::v1::migration_service_server::{
-    MigrationService, MigrationServiceServer,
-};
+use vireo_proto::migrate::v1::migration_service_server::MigrationServiceServer;
 use vireo_proto::migrate::v1::save_restore_service_server::{
     SaveRestoreService, SaveRestoreServiceServer,
 };
@@ -29,19 +30,16 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         compute_socket: context.run_dir.join("compute.sock"),
     };
     let server = ServerBuilder::new()
-        .add_service(MigrationServiceServer::new(Migrations))
+        .add_service(MigrationServiceServer::new(migration::Migrations {
+            compute_socket: context.run_dir.join("compute.sock"),
+            gateway_socket: context.run_dir.join("gateway.sock"),
+        }))
         .add_service(MigrationPeerServiceServer::new(Peers))
         .add_service(SaveRestoreServiceServer::new(save_restore));
     tracing::info!(socket = %context.socket.display(), "Migrate serving");
     server.serve(&context, shutdown).await?;
     Ok(())
 }
-
-/// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
-struct Migrations;
-
-#[tonic::async_trait]
-impl MigrationService for Migrations {}
 
 /// Every method answers UNIMPLEMENTED, named by vireo-runtime's pending layer, until built.
 struct Peers;

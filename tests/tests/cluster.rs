@@ -595,3 +595,88 @@ fn two_gateways_share_one_etcd() {
     let gone = vireo_tests::fails(&one, &["--host", "joiner", "list"]);
     assert!(gone.contains("host `joiner` is not known"), "{gone}");
 }
+
+/// Offline migration (`migrate --offline --persistent [--undefinesource]`): the inactive domain's
+/// definition moves to the other host; a running domain, a live migration and a name the
+/// destination already has are refused with the source untouched.
+#[test]
+fn offline_migration_moves_the_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::vireod_with(&[], &["--config", &config(dir.path(), "b", "")]);
+    let a_hosts = format!("[gateway.hosts.b]\nrun_dir = \"{}\"\n", b.run_dir.display());
+    let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
+    for name in ["mover", "copied"] {
+        let xml = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&xml, firmware_xml(name)).unwrap();
+        ok(&a, &["define", xml.to_str().unwrap()]);
+    }
+    let uuid = ok(&a, &["domuuid", "mover"]);
+
+    let moved = ok(
+        &a,
+        &[
+            "migrate",
+            "--offline",
+            "--persistent",
+            "--undefinesource",
+            "--verbose",
+            "mover",
+            "b",
+        ],
+    );
+    assert!(moved.contains("Migration: [100 %]"), "{moved}");
+    assert!(ok(&b, &["list", "--all"]).contains("mover"));
+    assert_eq!(
+        ok(&b, &["domuuid", "mover"]),
+        uuid,
+        "the same domain, by UUID"
+    );
+    assert!(
+        !ok(&a, &["--host", "a", "list", "--all"]).contains("mover"),
+        "the source undefined it"
+    );
+
+    // Without --undefinesource both hosts have it.
+    ok(&a, &["migrate", "--offline", "--persistent", "copied", "b"]);
+    assert!(ok(&a, &["--host", "a", "list", "--all"]).contains("copied"));
+    assert!(ok(&b, &["list", "--all"]).contains("copied"));
+    // Another domain of the same name on the destination: refused, the source keeps its own.
+    let clash = dir.path().join("clash.xml");
+    std::fs::write(&clash, firmware_xml("clash")).unwrap();
+    ok(&a, &["define", clash.to_str().unwrap()]);
+    ok(&b, &["define", clash.to_str().unwrap()]);
+    let refused = vireo_tests::fails(
+        &a,
+        &[
+            "migrate",
+            "--offline",
+            "--persistent",
+            "--undefinesource",
+            "clash",
+            "b",
+        ],
+    );
+    assert!(refused.contains("destination `b`"), "{refused}");
+    assert!(
+        ok(&a, &["--host", "a", "list", "--all"]).contains("clash"),
+        "the source keeps it"
+    );
+    assert_ne!(
+        ok(&a, &["--host", "a", "domuuid", "clash"]),
+        ok(&b, &["domuuid", "clash"])
+    );
+
+    // Refusals that name what is wrong.
+    let live = vireo_tests::fails(&a, &["migrate", "--live", "copied", "b"]);
+    assert!(live.contains("live migration is not built yet"), "{live}");
+    let no_persistent = vireo_tests::fails(&a, &["migrate", "--offline", "copied", "b"]);
+    assert!(
+        no_persistent.contains("--offline needs --persistent"),
+        "{no_persistent}"
+    );
+    let unknown = vireo_tests::fails(
+        &a,
+        &["migrate", "--offline", "--persistent", "copied", "nowhere"],
+    );
+    assert!(unknown.contains("host `nowhere` is not known"), "{unknown}");
+}
