@@ -111,6 +111,15 @@ pub enum DomainCommand {
     Restore { file: String },
     /// Save a guest's state to its managed image and stop it
     Managedsave { domain: String },
+    /// Show the domain's migration job
+    Domjobinfo {
+        domain: String,
+        /// The last finished job instead of the running one
+        #[arg(long)]
+        completed: bool,
+    },
+    /// Abort the domain's running migration; the guest goes on where it was
+    Domjobabort { domain: String },
     /// Move a domain to another host: DEST is a host name (host-list) or a URI
     Migrate {
         domain: String,
@@ -136,6 +145,15 @@ pub enum DomainCommand {
         /// Definition to use on the destination with --persistent
         #[arg(long, value_name = "FILE")]
         persistent_xml: Option<String>,
+        /// Cap on the migration data rate, MiB/s
+        #[arg(long, value_name = "MiB/s")]
+        bandwidth: Option<u64>,
+        /// Longest pause allowed at the switch, ms
+        #[arg(long, value_name = "MS")]
+        max_downtime: Option<u64>,
+        /// Throttle the guest's vCPUs when the copy does not converge
+        #[arg(long)]
+        auto_converge: bool,
         /// Print each phase
         #[arg(long)]
         verbose: bool,
@@ -742,6 +760,34 @@ pub async fn run(
                 .await?;
             println!("Domain '{name}' resumed\n");
         }
+        C::Domjobinfo { domain, completed } => {
+            let info =
+                vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient::new(
+                    connection.channel().await?,
+                )
+                .get_job_info(migrate::GetJobInfoRequest {
+                    domain: object(&domain),
+                    completed,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                print_json(&info);
+                return Ok(());
+            }
+            print_job(&info);
+        }
+        C::Domjobabort { domain } => {
+            vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient::new(
+                connection.channel().await?,
+            )
+            .abort_job(migrate::AbortJobRequest {
+                domain: object(&domain),
+                ..Default::default()
+            })
+            .await?;
+        }
         C::Migrate {
             domain,
             dest,
@@ -752,6 +798,9 @@ pub async fn run(
             copy_storage_all,
             suspend,
             persistent_xml,
+            bandwidth,
+            max_downtime,
+            auto_converge,
             verbose,
         } => {
             let persistent_xml = match persistent_xml {
@@ -782,10 +831,13 @@ pub async fn run(
                         undefine_source: undefinesource,
                         copy_storage_all,
                         suspend,
+                        auto_converge,
                         ..Default::default()
                     }),
                     options: Some(migrate::MigrationOptions {
                         persistent_xml,
+                        bandwidth_mib_s: bandwidth,
+                        max_downtime_ms: max_downtime,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -797,7 +849,15 @@ pub async fn run(
                     Some(migrate::migration_update::Update::Progress(progress)) if verbose => {
                         println!("{}: {}", progress.phase, progress.message);
                     }
+                    Some(migrate::migration_update::Update::Job(job)) if verbose => {
+                        let percent = (job.memory_processed_bytes * 100)
+                            .checked_div(job.memory_total_bytes)
+                            .unwrap_or(0)
+                            .min(99);
+                        eprint!("\rMigration: [{percent:>3} %]");
+                    }
                     Some(migrate::migration_update::Update::Done(_)) if verbose => {
+                        eprint!("\r");
                         println!("Migration: [100 %]");
                     }
                     _ => {}
@@ -2161,6 +2221,70 @@ async fn events(
         println!("events received: {count}\n");
     }
     Ok(())
+}
+
+/// domjobinfo's layout, as virsh prints it.
+fn print_job(info: &migrate::JobInfo) {
+    use migrate::{JobOperation, JobType};
+    let kind = match info.r#type() {
+        JobType::None | JobType::Unspecified => "None",
+        JobType::Bounded => "Bounded",
+        JobType::Unbounded => "Unbounded",
+        JobType::Completed => "Completed",
+        JobType::Failed => "Failed",
+        JobType::Cancelled => "Cancelled",
+    };
+    let mut fields = vec![("Job type", kind.to_string())];
+    if matches!(info.r#type(), JobType::None | JobType::Unspecified) {
+        crate::output::print_fields_at(17, &fields);
+        return;
+    }
+    let operation = match info.operation() {
+        JobOperation::MigrationOut => "Outgoing migration",
+        JobOperation::MigrationIn => "Incoming migration",
+        JobOperation::Save => "Save",
+        JobOperation::Restore => "Restore",
+        JobOperation::Dump => "Dump",
+        JobOperation::Unspecified => "Unknown",
+    };
+    let mib = |bytes: u64| format!("{:.3} MiB", bytes as f64 / 1048576.0);
+    fields.extend([
+        ("Operation", operation.to_string()),
+        (
+            "Time elapsed",
+            format!("{}         ms", info.time_elapsed_ms),
+        ),
+        ("Data processed", mib(info.data_processed_bytes)),
+        ("Data remaining", mib(info.data_remaining_bytes)),
+        ("Data total", mib(info.data_total_bytes)),
+        ("Memory processed", mib(info.memory_processed_bytes)),
+        ("Memory remaining", mib(info.memory_remaining_bytes)),
+        ("Memory total", mib(info.memory_total_bytes)),
+        (
+            "Memory bandwidth",
+            format!("{}/s", mib(info.memory_bandwidth_bytes_s)),
+        ),
+        (
+            "Dirty rate",
+            format!("{}        pages/s", info.dirty_rate_pages_s),
+        ),
+        ("Iteration", info.memory_iteration.to_string()),
+        (
+            "Page size",
+            format!("{}         bytes", info.memory_page_size_bytes),
+        ),
+        (
+            "Expected downtime",
+            format!("{}         ms", info.expected_downtime_ms),
+        ),
+    ]);
+    if info.r#type() == JobType::Completed {
+        fields.push(("Total downtime", format!("{}         ms", info.downtime_ms)));
+    }
+    if !info.error_message.is_empty() {
+        fields.push(("Error message", info.error_message.clone()));
+    }
+    crate::output::print_fields_at(17, &fields);
 }
 
 #[cfg(test)]

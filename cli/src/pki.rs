@@ -69,7 +69,7 @@ pub fn run(action: PkiAction) -> Result<(), String> {
         PkiAction::Client { name, dir, out } => {
             let out = out.unwrap_or_else(|| dir.clone());
             issue(&dir, &out, &name, Vec::new(), Purpose::Client)?;
-            if out != dir {
+            if out != dir && !out.join("cacert.pem").exists() {
                 let ca = read(&dir.join("cacert.pem"))?;
                 write_file(&out.join("cacert.pem"), &ca, 0o644)?;
             }
@@ -139,6 +139,19 @@ fn issue(
     alt_names: Vec<String>,
     purpose: Purpose,
 ) -> Result<(), String> {
+    let (stem, usage) = match purpose {
+        Purpose::Server => ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        Purpose::Client => ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    };
+    for existing in [format!("{stem}cert.pem"), format!("{stem}key.pem")] {
+        let path = out.join(existing);
+        if path.exists() {
+            return Err(format!(
+                "{} exists (in use by a server or another client?); remove it, or give --out, to issue a new one",
+                path.display()
+            ));
+        }
+    }
     let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&ca_dir.join("cakey.pem"))?))
         .map_err(|err| format!("{}: {err}", ca_dir.join("cakey.pem").display()))?;
     let ca_pem = String::from_utf8_lossy(&read(&ca_dir.join("cacert.pem"))?).into_owned();
@@ -151,10 +164,6 @@ fn issue(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    let (stem, usage) = match purpose {
-        Purpose::Server => ("server", ExtendedKeyUsagePurpose::ServerAuth),
-        Purpose::Client => ("client", ExtendedKeyUsagePurpose::ClientAuth),
-    };
     params.extended_key_usages = vec![usage];
     validity(&mut params, 3);
     let key = KeyPair::generate().map_err(|err| format!("generating a key: {err}"))?;
@@ -162,11 +171,8 @@ fn issue(
         .signed_by(&key, &issuer)
         .map_err(|err| format!("signing: {err}"))?;
     let cert_path = out.join(format!("{stem}cert.pem"));
-    write_file(
-        &out.join(format!("{stem}key.pem")),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    let key_path = out.join(format!("{stem}key.pem"));
+    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
     println!("{stem} certificate for `{name}`: {}", cert_path.display());
     Ok(())
@@ -182,7 +188,6 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -132,6 +132,9 @@ pub struct Backends {
     /// The client side of TLS, for hosts reached over TCP.
     tls: Option<ClientTlsConfig>,
     pub registry: Registry,
+    /// Held while the registry is read and applied, or changed: a refresh never applies a view
+    /// older than a join or removal made meanwhile.
+    pub membership: tokio::sync::Mutex<()>,
 }
 
 impl Backends {
@@ -186,6 +189,7 @@ impl Backends {
             hosts: RwLock::new(hosts),
             tls,
             registry,
+            membership: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -204,6 +208,7 @@ impl Backends {
     /// Brings the joined hosts in line with the registry (another gateway may have added or
     /// removed some).
     pub async fn refresh(&self) -> Result<(), Status> {
+        let _membership = self.membership.lock().await;
         let joined = self.registry.hosts().await?;
         let mut hosts = self.write();
         hosts.retain(|name, backend| {

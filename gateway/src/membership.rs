@@ -141,20 +141,26 @@ impl ClusterViews {
                 )));
             }
         };
-        if !backends.registry.take_token(&hash).await? {
-            return Err(Status::unauthenticated(
-                "join_token: unknown, already used or expired",
-            ));
-        }
+        // Recorded first, then the token used up: a token lost to a failure would strand the
+        // joining host; a host recorded with a token another join took is removed again.
         let joined = JoinedHost {
             name: request.name.clone(),
             address: request.address.clone(),
             joined_unix_ms: now_ms(),
             vireo_version: version,
         };
+        let _membership = backends.membership.lock().await;
         backends.registry.add_host(&joined).await?;
-        let backend = std::sync::Arc::into_inner(backend)
-            .ok_or_else(|| Status::internal("the joining host's backend is still in use"))?;
+        let taken = backends.registry.take_token(&hash).await;
+        if !matches!(taken, Ok(true)) {
+            let _ = backends.registry.remove_host(&joined.name).await;
+            taken?;
+            return Err(Status::unauthenticated(
+                "join_token: unknown, already used or expired",
+            ));
+        }
+        let backend = HostBackend::at(&request.address, backends.tls())
+            .map_err(|err| Status::invalid_argument(format!("address: {err}")))?;
         backends.insert_joined(joined, backend);
         tracing::info!(
             host = request.name,
@@ -208,6 +214,7 @@ impl ClusterViews {
                 )));
             }
         }
+        let _membership = backends.membership.lock().await;
         backends.registry.remove_host(&name).await?;
         backends.remove_joined(&name);
         tracing::info!(host = name, "host removed");

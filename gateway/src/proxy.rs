@@ -28,10 +28,35 @@ pub fn with_fallback(routes: Routes, backends: Arc<Backends>, rpc: Arc<RpcMetric
     Routes::from(routes.into_axum_router().fallback_service(proxy))
 }
 
-/// The first message of a call's body, read ahead, and the request rebuilt to carry it still.
+/// How much of a call's first message is read ahead: the host field (tag, length, at most a
+/// 1 KiB name) leads every per-host request.
+const PEEK_BYTES: usize = 5 + 1 + 10 + 1024;
+/// How long the gateway waits for that much.
+const PEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The start of a call's first message.
+struct FirstMessage {
+    start: Bytes,
+    /// `start` is the whole message.
+    whole: bool,
+}
+
+impl FirstMessage {
+    /// The host the message names: its leading host field, or this gateway's own ("") when a
+    /// whole message has none; None when the start read does not tell.
+    fn host(&self) -> Option<String> {
+        match leading_host_field(&self.start) {
+            Some(host) => Some(host.to_string()),
+            None if self.whole => Some(String::new()),
+            None => None,
+        }
+    }
+}
+
+/// The start of a call's first message, read ahead, and the request rebuilt to carry it still.
 async fn read_first_message(
     request: http::Request<axum::body::Body>,
-) -> (http::Request<axum::body::Body>, Option<Bytes>) {
+) -> (http::Request<axum::body::Body>, Option<FirstMessage>) {
     let (parts, body) = request.into_parts();
     let mut chunks = body.into_data_stream();
     let mut head = bytes::BytesMut::new();
@@ -41,21 +66,30 @@ async fn read_first_message(
         let length = u32::from_be_bytes(length.try_into().ok()?);
         Some(5 + usize::try_from(length).ok()?)
     };
-    while framed(&head).is_none_or(|whole| head.len() < whole) {
-        match chunks.next().await {
-            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
-            Some(Err(err)) => {
-                failed = Some(err);
-                break;
+    // Only the start of the message is read (the host field leads it), for a bounded time: a
+    // client announcing a huge message cannot make the gateway hold it.
+    let wanted = |head: &[u8]| framed(head).map(|whole| whole.min(PEEK_BYTES));
+    let read = async {
+        while wanted(&head).is_none_or(|wanted| head.len() < wanted) {
+            match chunks.next().await {
+                Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                Some(Err(err)) => {
+                    failed = Some(err);
+                    break;
+                }
+                None => break,
             }
-            None => break,
         }
-    }
+    };
+    let _ = tokio::time::timeout(PEEK_TIMEOUT, read).await;
     let head = head.freeze();
-    // Uncompressed (flag 0) and whole: compressed calls take the decoding path.
+    // Uncompressed (flag 0): compressed calls take the decoding path.
     let first = framed(&head)
-        .filter(|whole| head.len() >= *whole && head.first() == Some(&0))
-        .map(|whole| head.slice(5..whole));
+        .filter(|_| head.first() == Some(&0) && head.len() > 5)
+        .map(|whole| FirstMessage {
+            start: head.slice(5..whole.min(head.len())),
+            whole: head.len() >= whole,
+        });
     let body = futures::stream::iter([Ok(head)])
         .chain(futures::stream::iter(failed.map(Err)))
         .chain(chunks);
@@ -83,8 +117,7 @@ async fn in_process_route(
         }
         None => {
             let (request, first) = read_first_message(request).await;
-            let host =
-                first.map(|first| leading_host_field(&first).unwrap_or_default().to_string());
+            let host = first.and_then(|first| first.host());
             (request, host)
         }
     };
@@ -160,6 +193,8 @@ async fn forward(backends: &Backends, path: &str, call: Request<Streaming<Bytes>
     let backend = backends.host_fresh(&host).await?;
     let channel = Backends::channel_of(&backend, service)?;
     let mut metadata = metadata;
+    // A caller's token is for this gateway: no backend or other host ever sees it.
+    metadata.remove("authorization");
     if backend.remote_gateway {
         // That gateway serves the call on its own host, whatever name this cluster gives it.
         metadata.insert(

@@ -69,10 +69,35 @@ const LIFECYCLE_PREFIXES: &[&str] = &[
     "AbortJob",
 ];
 
-/// The weakest role allowed to call the gRPC method at `path` (`/package.Service/Method`).
+/// Methods whose name reads wrongly for the prefixes: they reveal data or act on the host more
+/// than their verb says.
+const OVERRIDES: &[(&str, Role)] = &[
+    // Starts a domain from whatever XML the caller sends: as define.
+    ("StartIncomingDomain", Role::Admin),
+    // A volume's bytes are a guest's data (libvirt refuses vol-download read-only).
+    ("DownloadVolume", Role::Admin),
+    // Probes the network and the host's disks for storage.
+    ("FindPoolSources", Role::Operator),
+    // Act on host hardware.
+    ("DestroyNodeDevice", Role::Admin),
+    ("ResetNodeDevice", Role::Admin),
+];
+
+/// The weakest role allowed to call the gRPC method at `path` (`/package.Service/Method`);
+/// anything not of that form needs admin.
 pub fn required_role(path: &str) -> Role {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    if READ_PREFIXES
+    let Some((_, method)) = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(service, method)| {
+            !service.is_empty() && !method.is_empty() && !method.contains('/')
+        })
+    else {
+        return Role::Admin;
+    };
+    if let Some((_, role)) = OVERRIDES.iter().find(|(name, _)| *name == method) {
+        *role
+    } else if READ_PREFIXES
         .iter()
         .any(|prefix| method.starts_with(prefix))
     {
@@ -296,7 +321,22 @@ where
                 method: AuthMethod::CallCredential,
                 readonly_connection: false,
             },
-            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => {
+                // A refused caller of a mutating method is recorded too.
+                if let Some(audit) = &self.layer.audit
+                    && required_role(&path) > Role::ReadOnly
+                {
+                    audit.record(AuditRecord {
+                        subject: "unauthenticated".to_string(),
+                        auth: AuthMethod::CallCredential,
+                        method: method.clone(),
+                        host: None,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
         };
         // A self-authenticated call is checked by its handler, not by role.
         let needed = if self_authenticated(&path) {
@@ -305,21 +345,23 @@ where
             required_role(&path)
         };
         let pending_audit = match &self.layer.audit {
-            Some(audit) if needed > Role::ReadOnly => Some(PendingAudit {
-                audit: audit.clone(),
-                record: Some(AuditRecord {
-                    subject: identity.subject.clone(),
-                    auth: identity.method,
-                    method: method.clone(),
-                    host: request
-                        .headers()
-                        .get(crate::client::HOST_METADATA)
-                        .and_then(|value| value.to_str().ok())
-                        .map(str::to_string),
-                    code: tonic::Code::Unknown,
-                    message: String::new(),
-                }),
-            }),
+            Some(audit) if needed > Role::ReadOnly || self_authenticated(&path) => {
+                Some(PendingAudit {
+                    audit: audit.clone(),
+                    record: Some(AuditRecord {
+                        subject: identity.subject.clone(),
+                        auth: identity.method,
+                        method: method.clone(),
+                        host: request
+                            .headers()
+                            .get(crate::client::HOST_METADATA)
+                            .and_then(|value| value.to_str().ok())
+                            .map(str::to_string),
+                        code: tonic::Code::Unknown,
+                        message: String::new(),
+                    }),
+                })
+            }
             _ => None,
         };
         let allowed = identity.effective_role();

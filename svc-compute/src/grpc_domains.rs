@@ -1877,6 +1877,66 @@ impl DomainService for Domains {
         }))
     }
 
+    async fn start_incoming_domain(
+        &self,
+        request: Request<pb::StartIncomingDomainRequest>,
+    ) -> Result<Response<pb::StartIncomingDomainResponse>, Status> {
+        let request = request.into_inner();
+        let (name, uuid, port) = self
+            .manager
+            .start_incoming(&request.xml, &request.listen_address)
+            .await?;
+        Ok(Response::new(pb::StartIncomingDomainResponse {
+            name,
+            uuid,
+            port: u32::from(port),
+        }))
+    }
+
+    async fn send_domain_state(
+        &self,
+        request: Request<pb::SendDomainStateRequest>,
+    ) -> Result<Response<BoxStream<pb::SendDomainStateUpdate>>, Status> {
+        let request = request.into_inner();
+        let (updates, received) = tokio::sync::mpsc::channel(16);
+        let (out, replies) = tokio::sync::mpsc::channel(16);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            // Progress goes out as it comes; the end (or the failure) last.
+            let forward = {
+                let out = out.clone();
+                let mut received = received;
+                async move {
+                    while let Some(update) = received.recv().await {
+                        if out.send(Ok(update)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let send = manager.send_state(request.domain.as_ref(), &request, updates);
+            let (sent, ()) = tokio::join!(send, forward);
+            if let Err(err) = sent {
+                let _ = out.send(Err(Status::from(err))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(replies),
+        )))
+    }
+
+    async fn finish_incoming_domain(
+        &self,
+        request: Request<pb::FinishIncomingDomainRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let request = request.into_inner();
+        let domain = self
+            .manager
+            .finish_incoming(request.domain.as_ref(), request.paused)
+            .await?;
+        Ok(Response::new(domain))
+    }
+
     async fn console(
         &self,
         request: Request<Streaming<pb::ConsoleInput>>,

@@ -33,6 +33,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
         .add_service(MigrationServiceServer::new(migration::Migrations {
             compute_socket: context.run_dir.join("compute.sock"),
             gateway_socket: context.run_dir.join("gateway.sock"),
+            jobs: Default::default(),
         }))
         .add_service(MigrationPeerServiceServer::new(Peers))
         .add_service(SaveRestoreServiceServer::new(save_restore));

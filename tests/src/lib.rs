@@ -17,6 +17,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 pub mod fake_sysfs;
+pub mod guests;
 pub mod storage;
 
 /// Prints why a test cannot run here and returns from it. It never counts as a pass of the

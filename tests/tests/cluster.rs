@@ -668,7 +668,9 @@ fn offline_migration_moves_the_definition() {
 
     // Refusals that name what is wrong.
     let live = vireo_tests::fails(&a, &["migrate", "--live", "copied", "b"]);
-    assert!(live.contains("live migration is not built yet"), "{live}");
+    assert!(live.contains("`copied` is not running"), "{live}");
+    let twice = vireo_tests::fails(&a, &["migrate", "--offline", "--persistent", "copied", "b"]);
+    assert!(twice.contains("already has domain"), "{twice}");
     let no_persistent = vireo_tests::fails(&a, &["migrate", "--offline", "copied", "b"]);
     assert!(
         no_persistent.contains("--offline needs --persistent"),
@@ -679,4 +681,120 @@ fn offline_migration_moves_the_definition() {
         &["migrate", "--offline", "--persistent", "copied", "nowhere"],
     );
     assert!(unknown.contains("host `nowhere` is not known"), "{unknown}");
+}
+
+/// Live migration on the qemu engine: the Debian guest counting on its serial port moves from a
+/// to b while it counts, and its console on b goes on from where it was; domjobinfo shows the
+/// finished job. A migration aborted with domjobabort, and one whose destination QEMU is killed
+/// midway, leave the guest running on the source.
+#[test]
+fn a_linux_guest_migrates_live_and_keeps_counting() {
+    use std::time::Duration;
+    use vireo_tests::guests::{Console, counting_debian_xml, debian_kit};
+    let kit = match debian_kit() {
+        Ok(kit) => kit,
+        Err(missing) => skip!("needs {missing}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::vireod_with(&[], &["--config", &config(dir.path(), "b", "")]);
+    let a_hosts = format!("[gateway.hosts.b]\nrun_dir = \"{}\"\n", b.run_dir.display());
+    let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
+    for name in ["mig", "slow"] {
+        let xml = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&xml, counting_debian_xml(name, &kit)).unwrap();
+        ok(&a, &["define", xml.to_str().unwrap()]);
+        ok(&a, &["--host", "a", "start", name]);
+    }
+    let console = Console::attach_on(&a, Some("a"), "mig", false);
+    console.wait_for("N=5\r\n", Duration::from_secs(120));
+
+    let moved = ok(
+        &a,
+        &["migrate", "--live", "--persistent", "--verbose", "mig", "b"],
+    );
+    assert!(moved.contains("Migration: [100 %]"), "{moved}");
+    let before = console.last_count();
+    assert!(ok(&b, &["domstate", "mig", "--reason"]).contains("running (migrated)"));
+    assert!(
+        ok(&a, &["--host", "a", "domstate", "mig", "--reason"]).contains("shut off (migrated)")
+    );
+    let job = ok(&a, &["--host", "a", "domjobinfo", "mig", "--completed"]);
+    assert!(
+        job.contains("Completed") && job.contains("Total downtime"),
+        "{job}"
+    );
+
+    // On b the guest goes on counting from where it was, not from a new boot.
+    let on_b = Console::attach_on(&a, Some("b"), "mig", false);
+    vireo_tests::wait_until(Duration::from_secs(60), "counting on b", || {
+        on_b.counts_since(0).first().copied()
+    });
+    let first_on_b = on_b.counts_since(0)[0];
+    assert!(
+        first_on_b >= before && first_on_b < before + 100,
+        "b counts on from {before}, not from a reboot: first seen {first_on_b}"
+    );
+
+    // Aborted: slowed to 1 MiB/s, then domjobabort; the guest goes on at the source.
+    let slow_migration = || {
+        std::process::Command::new(vireo_tests::binary("vireo"))
+            .args(["-c", &format!("unix://{}", a.socket.display())])
+            .args(["migrate", "--live", "--bandwidth", "1", "slow", "b"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_copying = || {
+        vireo_tests::wait_until(Duration::from_secs(30), "the copy under way", || {
+            let job = ok(&a, &["--host", "a", "domjobinfo", "slow"]);
+            (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
+        });
+    };
+    let aborted = slow_migration();
+    wait_copying();
+    ok(&a, &["--host", "a", "domjobabort", "slow"]);
+    let output = aborted.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("aborted"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(ok(&a, &["--host", "a", "domstate", "slow"]).contains("running"));
+    assert!(
+        !ok(&b, &["list", "--all"]).contains("slow"),
+        "the incoming copy is gone"
+    );
+    let job = ok(&a, &["--host", "a", "domjobinfo", "slow", "--completed"]);
+    assert!(job.contains("Cancelled"), "{job}");
+
+    // The destination's QEMU killed midway: the migration fails, the guest goes on at the source.
+    let uuid = ok(&a, &["--host", "a", "domuuid", "slow"])
+        .trim()
+        .to_string();
+    let failing = slow_migration();
+    wait_copying();
+    let status = b.run_dir.join("compute").join(&uuid).join("status.json");
+    let pid = vireo_tests::wait_until(Duration::from_secs(10), "the incoming QEMU on b", || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
+        i32::try_from(status.get("pid")?.as_u64()?).ok()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = failing.wait_with_output().unwrap();
+    assert!(!output.status.success(), "the migration cannot succeed");
+    let slow_console = Console::attach_on(&a, Some("a"), "slow", false);
+    let mark = slow_console.mark();
+    vireo_tests::wait_until(
+        Duration::from_secs(30),
+        "slow counting on at the source",
+        || (slow_console.counts_since(mark).len() >= 3).then_some(()),
+    );
+    ok(&a, &["--host", "a", "destroy", "slow"]);
+    ok(&b, &["destroy", "mig"]);
 }

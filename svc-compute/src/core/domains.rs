@@ -28,6 +28,8 @@ use super::store::{Store, write_atomically};
 use super::volumes::Storage;
 use crate::Error;
 
+mod migration;
+
 use pb::DomainState as State;
 use pb::DomainStateReason as Reason;
 
@@ -1095,6 +1097,16 @@ impl Manager {
                     format!("unix:{}", paths.dir.join("incoming.sock").display()),
                 ]);
             }
+            Boot::IncomingTcp(address) if placement.engine == pb::Engine::Qemu => {
+                launch
+                    .args
+                    .extend(["-incoming".into(), format!("tcp:{address}")]);
+            }
+            Boot::IncomingTcp(_) => {
+                return Err(Error::Unsupported(
+                    "live migration into a vmm-engine domain is not built yet (issue #10)".into(),
+                ));
+            }
             _ => {
                 return Err(Error::Unsupported(format!(
                     "this snapshot was taken on another engine than the domain's {}",
@@ -1374,6 +1386,7 @@ impl Manager {
             Outcome::Destroyed => (false, (State::Shutoff, Reason::ShutoffDestroyed)),
             Outcome::Restart => (true, (State::Shutoff, Reason::ShutoffShutdown)),
             Outcome::Saved => (false, (State::Shutoff, Reason::ShutoffSaved)),
+            Outcome::Migrated => (false, (State::Shutoff, Reason::ShutoffMigrated)),
             Outcome::Poweroff => match action(live.on_poweroff) {
                 Action::Restart | Action::RenameRestart => {
                     (true, (State::Shutoff, Reason::ShutoffShutdown))
@@ -2080,6 +2093,8 @@ pub enum Boot {
     LoadVm(String),
     /// QEMU: from a saved state file, fed through -incoming.
     Incoming(PathBuf),
+    /// QEMU: from a live migration arriving on this TCP address (-incoming tcp:).
+    IncomingTcp(std::net::SocketAddr),
 }
 
 /// A running guest as a request handler sees it.
@@ -2115,6 +2130,8 @@ enum Outcome {
     Crash,
     Destroyed,
     Saved,
+    /// Its state went to another host.
+    Migrated,
     /// Restart whatever the definition says (virsh reboot, reset on vireo-vmm).
     Restart,
 }
