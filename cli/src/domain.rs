@@ -120,6 +120,18 @@ pub enum DomainCommand {
     },
     /// Abort the domain's running migration; the guest goes on where it was
     Domjobabort { domain: String },
+    /// Set the longest pause a live migration of the domain may cause, ms
+    MigrateSetmaxdowntime { domain: String, downtime: u64 },
+    /// Show the longest pause a live migration of the domain may cause
+    MigrateGetmaxdowntime { domain: String },
+    /// Cap a live migration's data rate, MiB/s (0: unlimited)
+    MigrateSetspeed {
+        domain: String,
+        #[arg(value_name = "BANDWIDTH")]
+        bandwidth: u64,
+    },
+    /// Show the cap on a live migration's data rate, MiB/s (0: unlimited)
+    MigrateGetspeed { domain: String },
     /// Move a domain to another host: DEST is a host name (host-list) or a URI
     Migrate {
         domain: String,
@@ -778,15 +790,56 @@ pub async fn run(
             }
             print_job(&info);
         }
+        C::MigrateSetmaxdowntime { domain, downtime } => {
+            migration_client(connection)
+                .await?
+                .set_max_downtime(migrate::SetMaxDowntimeRequest {
+                    domain: object(&domain),
+                    max_downtime_ms: downtime,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::MigrateGetmaxdowntime { domain } => {
+            let downtime = migration_client(connection)
+                .await?
+                .get_max_downtime(migrate::GetMaxDowntimeRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("{}", downtime.max_downtime_ms);
+        }
+        C::MigrateSetspeed { domain, bandwidth } => {
+            migration_client(connection)
+                .await?
+                .set_max_speed(migrate::SetMaxSpeedRequest {
+                    domain: object(&domain),
+                    bandwidth_mib_s: bandwidth,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        C::MigrateGetspeed { domain } => {
+            let speed = migration_client(connection)
+                .await?
+                .get_max_speed(migrate::GetMaxSpeedRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("{}", speed.bandwidth_mib_s);
+        }
         C::Domjobabort { domain } => {
-            vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient::new(
-                connection.channel().await?,
-            )
-            .abort_job(migrate::AbortJobRequest {
-                domain: object(&domain),
-                ..Default::default()
-            })
-            .await?;
+            migration_client(connection)
+                .await?
+                .abort_job(migrate::AbortJobRequest {
+                    domain: object(&domain),
+                    ..Default::default()
+                })
+                .await?;
         }
         C::Migrate {
             domain,
@@ -2221,6 +2274,21 @@ async fn events(
         println!("events received: {count}\n");
     }
     Ok(())
+}
+
+async fn migration_client(
+    connection: &mut Connection,
+) -> Result<
+    vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient<
+        crate::connection::GatewayChannel,
+    >,
+    crate::Failed,
+> {
+    Ok(
+        vireo_proto::migrate::v1::migration_service_client::MigrationServiceClient::new(
+            connection.channel().await?,
+        ),
+    )
 }
 
 /// domjobinfo's layout, as virsh prints it.

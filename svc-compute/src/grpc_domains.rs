@@ -1925,6 +1925,21 @@ impl DomainService for Domains {
         )))
     }
 
+    async fn tune_domain_migration(
+        &self,
+        request: Request<pb::TuneDomainMigrationRequest>,
+    ) -> Result<Response<vireo_proto::common::v1::Empty>, Status> {
+        let request = request.into_inner();
+        self.manager
+            .tune_migration(
+                request.domain.as_ref(),
+                request.max_downtime_ms,
+                request.bandwidth_mib_s,
+            )
+            .await?;
+        Ok(Response::new(vireo_proto::common::v1::Empty {}))
+    }
+
     async fn finish_incoming_domain(
         &self,
         request: Request<pb::FinishIncomingDomainRequest>,

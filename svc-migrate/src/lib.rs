@@ -34,6 +34,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             compute_socket: context.run_dir.join("compute.sock"),
             gateway_socket: context.run_dir.join("gateway.sock"),
             jobs: Default::default(),
+            limits: Default::default(),
         }))
         .add_service(MigrationPeerServiceServer::new(Peers))
         .add_service(SaveRestoreServiceServer::new(save_restore));

@@ -30,7 +30,19 @@ pub struct Migrations {
     pub gateway_socket: PathBuf,
     /// Each domain's current or last job, by UUID.
     pub jobs: Arc<Mutex<HashMap<String, Job>>>,
+    /// migrate-setmaxdowntime and migrate-setspeed, by UUID: for this domain's migrations.
+    pub limits: Arc<Mutex<HashMap<String, Limits>>>,
 }
+
+/// A domain's migration limits; None is the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_downtime_ms: Option<u64>,
+    pub bandwidth_mib_s: Option<u64>,
+}
+
+/// QEMU's own downtime limit, what a migration gets unless told otherwise.
+const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
 
 /// A migration job as domjobinfo shows it, and how to abort it while it runs.
 #[derive(Clone)]
@@ -538,12 +550,19 @@ impl Migrations {
         out: &mpsc::Sender<Result<pb::MigrationUpdate, Status>>,
     ) -> Result<(), Status> {
         let mut source = client(&self.compute_socket, "svc-compute").await?;
+        let limits = self.limits_of(uuid);
         let mut updates = source
             .send_domain_state(compute::SendDomainStateRequest {
                 domain: by_uuid(uuid),
                 address: address.to_string(),
-                max_downtime_ms: options.max_downtime_ms.unwrap_or(0),
-                bandwidth_mib_s: options.bandwidth_mib_s.unwrap_or(0),
+                max_downtime_ms: options
+                    .max_downtime_ms
+                    .or(limits.max_downtime_ms)
+                    .unwrap_or(0),
+                bandwidth_mib_s: options
+                    .bandwidth_mib_s
+                    .or(limits.bandwidth_mib_s)
+                    .unwrap_or(0),
                 auto_converge: flags.auto_converge,
                 ..Default::default()
             })
@@ -637,6 +656,7 @@ impl MigrationService for Migrations {
             compute_socket: self.compute_socket.clone(),
             gateway_socket: self.gateway_socket.clone(),
             jobs: self.jobs.clone(),
+            limits: self.limits.clone(),
         };
         // The migration runs to its end even if the client goes; domjobinfo follows it.
         tokio::spawn(async move {
@@ -708,9 +728,99 @@ impl MigrationService for Migrations {
         cancel.cancel();
         Ok(Response::new(vireo_proto::common::v1::Empty {}))
     }
+
+    async fn set_max_downtime(
+        &self,
+        request: Request<pb::SetMaxDowntimeRequest>,
+    ) -> Result<Response<vireo_proto::common::v1::Empty>, Status> {
+        let request = request.into_inner();
+        if request.max_downtime_ms == 0 {
+            return Err(Status::invalid_argument(
+                "max_downtime_ms: must be at least 1 ms",
+            ));
+        }
+        self.set_limit(request.domain, |limits| {
+            limits.max_downtime_ms = Some(request.max_downtime_ms);
+        })
+        .await?;
+        Ok(Response::new(vireo_proto::common::v1::Empty {}))
+    }
+
+    async fn get_max_downtime(
+        &self,
+        request: Request<pb::GetMaxDowntimeRequest>,
+    ) -> Result<Response<pb::MaxDowntime>, Status> {
+        let uuid = self.uuid_of(request.into_inner().domain).await?;
+        Ok(Response::new(pb::MaxDowntime {
+            max_downtime_ms: self
+                .limits_of(&uuid)
+                .max_downtime_ms
+                .unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
+        }))
+    }
+
+    async fn set_max_speed(
+        &self,
+        request: Request<pb::SetMaxSpeedRequest>,
+    ) -> Result<Response<vireo_proto::common::v1::Empty>, Status> {
+        let request = request.into_inner();
+        self.set_limit(request.domain, |limits| {
+            limits.bandwidth_mib_s = Some(request.bandwidth_mib_s);
+        })
+        .await?;
+        Ok(Response::new(vireo_proto::common::v1::Empty {}))
+    }
+
+    async fn get_max_speed(
+        &self,
+        request: Request<pb::GetMaxSpeedRequest>,
+    ) -> Result<Response<pb::MaxSpeed>, Status> {
+        let uuid = self.uuid_of(request.into_inner().domain).await?;
+        Ok(Response::new(pb::MaxSpeed {
+            bandwidth_mib_s: self.limits_of(&uuid).bandwidth_mib_s.unwrap_or(0),
+        }))
+    }
 }
 
 impl Migrations {
+    fn limits_of(&self, uuid: &str) -> Limits {
+        self.limits
+            .lock()
+            .ok()
+            .and_then(|limits| limits.get(uuid).copied())
+            .unwrap_or_default()
+    }
+
+    /// Records a limit for the domain's migrations, and applies it to the one running.
+    async fn set_limit(
+        &self,
+        domain: Option<ObjectRef>,
+        change: impl FnOnce(&mut Limits),
+    ) -> Result<(), Status> {
+        let uuid = self.uuid_of(domain).await?;
+        let limits = {
+            let mut all = self
+                .limits
+                .lock()
+                .map_err(|_| Status::internal("migration limits: lock poisoned"))?;
+            let limits = all.entry(uuid.clone()).or_default();
+            change(limits);
+            *limits
+        };
+        if self.running_job(&uuid) {
+            client(&self.compute_socket, "svc-compute")
+                .await?
+                .tune_domain_migration(compute::TuneDomainMigrationRequest {
+                    domain: by_uuid(&uuid),
+                    max_downtime_ms: limits.max_downtime_ms,
+                    bandwidth_mib_s: limits.bandwidth_mib_s,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The UUID of a domain of this host.
     async fn uuid_of(&self, domain: Option<ObjectRef>) -> Result<String, Status> {
         let domain = domain.ok_or_else(|| Status::invalid_argument("domain: required"))?;

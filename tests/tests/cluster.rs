@@ -751,8 +751,23 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
             (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
         });
     };
+    assert_eq!(
+        ok(&a, &["--host", "a", "migrate-getmaxdowntime", "slow"]).trim(),
+        "300"
+    );
     let aborted = slow_migration();
     wait_copying();
+    // Limits change while it runs.
+    ok(&a, &["--host", "a", "migrate-setmaxdowntime", "slow", "50"]);
+    assert_eq!(
+        ok(&a, &["--host", "a", "migrate-getmaxdowntime", "slow"]).trim(),
+        "50"
+    );
+    ok(&a, &["--host", "a", "migrate-setspeed", "slow", "2"]);
+    assert_eq!(
+        ok(&a, &["--host", "a", "migrate-getspeed", "slow"]).trim(),
+        "2"
+    );
     ok(&a, &["--host", "a", "domjobabort", "slow"]);
     let output = aborted.wait_with_output().unwrap();
     assert!(!output.status.success());

@@ -242,7 +242,7 @@ for engine in vmm qemu; do
     cat > /tmp/$engine.xml <<XML
 <domain type='kvm'><name>$engine</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
 <os><type>hvm</type><kernel>/payload/guest/vmlinuz</kernel><initrd>/payload/guest/initramfs.cpio.gz</initrd>
-<cmdline>console=ttyS0 quiet panic=-1 vireo.hold=1 vireo.run64=$run64</cmdline></os>
+<cmdline>console=ttyS0 quiet loglevel=1 panic=-1 vireo.hold=1 vireo.run64=$run64</cmdline></os>
 <features><acpi/></features>
 <devices><serial type='pty'/>
 <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></source></hostdev>

@@ -79,7 +79,48 @@ fn update_of(status: &Value, elapsed_ms: u64) -> pb::SendDomainStateUpdate {
     }
 }
 
+/// QEMU's migration limits; a bandwidth of 0 is unlimited.
+async fn set_limits(
+    qmp: &crate::core::engine::qmp::Qmp,
+    max_downtime_ms: Option<u64>,
+    bandwidth_mib_s: Option<u64>,
+) -> Result<(), Error> {
+    let mut parameters = json!({});
+    if let Some(downtime) = max_downtime_ms {
+        parameters["downtime-limit"] = json!(downtime);
+    }
+    if let Some(bandwidth) = bandwidth_mib_s {
+        // QEMU has no "unlimited": its largest value is.
+        let bytes = if bandwidth == 0 {
+            i64::MAX.unsigned_abs()
+        } else {
+            bandwidth.saturating_mul(1 << 20)
+        };
+        parameters["max-bandwidth"] = json!(bytes);
+    }
+    if parameters.as_object().is_some_and(|p| !p.is_empty()) {
+        qmp_run(qmp, "migrate-set-parameters", parameters).await?;
+    }
+    Ok(())
+}
+
 impl Manager {
+    /// Changes a running outgoing migration's limits.
+    pub async fn tune_migration(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        max_downtime_ms: Option<u64>,
+        bandwidth_mib_s: Option<u64>,
+    ) -> Result<(), Error> {
+        let qmp = {
+            let mut table = self.table.lock().await;
+            let uuid = table.find(domain)?;
+            let run = Self::running(&mut table, &uuid)?;
+            qemu_of(&run.control, &run.live.name)?
+        };
+        set_limits(&qmp, max_downtime_ms, bandwidth_mib_s).await
+    }
+
     /// Starts `xml` paused, waiting on a TCP port for its state; returns (name, uuid, port).
     pub async fn start_incoming(
         self: &Arc<Self>,
@@ -157,16 +198,12 @@ impl Manager {
                 message: format!("`{address}` is not HOST:PORT"),
             });
         }
-        let mut parameters = json!({});
-        if request.max_downtime_ms > 0 {
-            parameters["downtime-limit"] = json!(request.max_downtime_ms);
-        }
-        if request.bandwidth_mib_s > 0 {
-            parameters["max-bandwidth"] = json!(request.bandwidth_mib_s.saturating_mul(1 << 20));
-        }
-        if parameters.as_object().is_some_and(|p| !p.is_empty()) {
-            qmp_run(&qmp, "migrate-set-parameters", parameters).await?;
-        }
+        set_limits(
+            &qmp,
+            (request.max_downtime_ms > 0).then_some(request.max_downtime_ms),
+            Some(request.bandwidth_mib_s),
+        )
+        .await?;
         qmp_run(
             &qmp,
             "migrate-set-capabilities",
