@@ -114,8 +114,12 @@ impl ClusterViews {
                 .get_node_info(compute::GetNodeInfoRequest::default())
                 .await?
                 .into_inner();
-            let version = compute::node_service_client::NodeServiceClient::new(channel)
+            let version = compute::node_service_client::NodeServiceClient::new(channel.clone())
                 .get_version(compute::GetVersionRequest::default())
+                .await?
+                .into_inner();
+            let capabilities = compute::node_service_client::NodeServiceClient::new(channel)
+                .get_capabilities(compute::GetCapabilitiesRequest::default())
                 .await?
                 .into_inner();
             let domains = self
@@ -128,10 +132,10 @@ impl ClusterViews {
                     },
                 )
                 .await?;
-            Ok::<_, Status>((info, version, domains))
+            Ok::<_, Status>((info, version, capabilities, domains))
         };
         match tokio::time::timeout(HOST_TIMEOUT, facts).await {
-            Ok(Ok((info, version, domains))) => {
+            Ok(Ok((info, version, capabilities, domains))) => {
                 // What placement weighs, shown as host-list's free memory and vCPUs in use.
                 let free = self.free(name).await.ok();
                 host.set_state(cluster::HostState::Up);
@@ -145,6 +149,13 @@ impl ClusterViews {
                     defined_domains: u32::try_from(domains.iter().filter(|d| d.persistent).count())
                         .unwrap_or(u32::MAX),
                     free_memory_kib: free.map_or(0, |free| free.memory_kib),
+                    engines: capabilities
+                        .engines
+                        .iter()
+                        .filter(|engine| engine.available)
+                        .map(|engine| engine.engine)
+                        .collect(),
+                    kvm: capabilities.kvm.as_ref().is_some_and(|kvm| kvm.available),
                     vcpus_in_use: free.map_or(0, |free| {
                         u32::try_from((i64::from(info.cpus) - free.vcpus).max(0)).unwrap_or(0)
                     }),

@@ -176,6 +176,11 @@ fn two_hosts_behind_one_gateway_list_route_and_survive_one_going_down() {
             .unwrap_or_else(|| panic!("no {host}: {hosts}"));
         assert!(line.contains(" up "), "{hosts}");
     }
+    let hosts_json = ok(&a, &["--output", "json", "host-list"]);
+    assert!(
+        hosts_json.contains("ENGINE_QEMU") && hosts_json.contains("freeMemoryKib"),
+        "each host's engines and free memory: {hosts_json}"
+    );
     let b_line = hosts
         .lines()
         .find(|l| l.split_whitespace().next() == Some("b"))

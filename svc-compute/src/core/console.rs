@@ -101,8 +101,10 @@ impl ConsoleHub {
                 relay.connected.send_replace(true);
                 let (mut read, mut write) = stream.into_split();
                 loop {
+                    // Output first: when the guest stops, what it printed last is still in the
+                    // socket and must reach the log and the clients before the hub closes.
                     tokio::select! {
-                        () = relay.stop.cancelled() => break,
+                        biased;
                         n = read.read(&mut buffer) => {
                             let Ok(n) = n else { break };
                             if n == 0 { break }
@@ -118,6 +120,7 @@ impl ConsoleHub {
                         Some(bytes) = input_rx.recv() => {
                             if write.write_all(&bytes).await.is_err() { break }
                         }
+                        () = relay.stop.cancelled() => break,
                     }
                 }
                 relay.connected.send_replace(false);
