@@ -159,7 +159,6 @@ impl ClusterViews {
                     vcpus_in_use: free.map_or(0, |free| {
                         u32::try_from((i64::from(info.cpus) - free.vcpus).max(0)).unwrap_or(0)
                     }),
-                    ..Default::default()
                 });
             }
             Ok(Err(status)) => {
