@@ -2061,6 +2061,8 @@ async fn edit(connection: &mut Connection, domain: &str) -> Result<(), Call> {
         .get_domain_xml(pb::GetDomainXmlRequest {
             domain: object(domain),
             inactive: true,
+            // As virsh edit: a graphics password survives the edit.
+            security_info: true,
             ..Default::default()
         })
         .await?

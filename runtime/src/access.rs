@@ -18,13 +18,22 @@ pub enum Role {
     Admin,
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+/// The metadata key carrying the caller's effective role to the services (set by the guard).
+pub const ROLE_METADATA: &str = "x-vireo-role";
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
             Role::ReadOnly => "readonly",
             Role::Operator => "operator",
             Role::Admin => "admin",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -364,7 +373,16 @@ where
             }
             _ => None,
         };
-        let allowed = identity.effective_role();
+        // A caller may ask for less than its role (a gateway forwarding a read-only caller's
+        // call does), never for more.
+        let claimed = request
+            .headers()
+            .get(ROLE_METADATA)
+            .and_then(|role| role.to_str().ok())
+            .and_then(|role| role.parse::<Role>().ok());
+        let allowed = claimed.map_or(identity.effective_role(), |claimed| {
+            claimed.min(identity.effective_role())
+        });
         if allowed < needed {
             let why = if identity.readonly_connection {
                 "this connection is read-only".to_string()
@@ -377,6 +395,12 @@ where
             }
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        // Services behind the gateway learn the caller's effective role from this header, which
+        // the guard always sets, so a client cannot claim one.
+        request.headers_mut().insert(
+            ROLE_METADATA,
+            http::HeaderValue::from_static(allowed.name()),
+        );
         request.extensions_mut().insert(identity);
         let reply = self.inner.call(request);
         Box::pin(async move {
@@ -462,4 +486,11 @@ impl http_body::Body for AuditedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a request arrived through the guard from a read-only caller.
+pub fn readonly_caller(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(ROLE_METADATA)
+        .is_some_and(|role| role.as_bytes() == Role::ReadOnly.name().as_bytes())
 }

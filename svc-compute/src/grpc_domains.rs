@@ -75,7 +75,7 @@ fn scope_of(scope: Option<&pb::ModifyScope>, persistent: bool, running: bool) ->
 
 impl Domains {
     async fn running(&self, domain: Option<&ObjectRef>) -> Result<bool, Error> {
-        Ok(self.manager.get(domain).await?.live.is_some())
+        Ok(self.manager.get(domain, true).await?.live.is_some())
     }
 
     fn live_change_unsupported(&self, what: &str, engine: i32) -> Error {
@@ -99,7 +99,7 @@ impl Domains {
         hotplug: Option<Hotplug>,
         change: impl Fn(&mut pb::DomainDevices) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let current = self.manager.get(domain).await?;
+        let current = self.manager.get(domain, true).await?;
         let scope = scope_of(scope, persistent, current.live.is_some());
         if scope.live {
             if current.live.is_none() {
@@ -333,7 +333,10 @@ impl DomainService for Domains {
         &self,
         request: Request<pb::LookupDomainRequest>,
     ) -> Result<Response<pb::DomainSummary>, Status> {
-        let domain = self.manager.get(request.get_ref().domain.as_ref()).await?;
+        let domain = self
+            .manager
+            .get(request.get_ref().domain.as_ref(), true)
+            .await?;
         Ok(Response::new(domain.summary.unwrap_or_default()))
     }
 
@@ -374,8 +377,14 @@ impl DomainService for Domains {
         &self,
         request: Request<pb::GetDomainRequest>,
     ) -> Result<Response<pb::Domain>, Status> {
+        refuse_secrets_to_readonly(&request, request.get_ref().security_info)?;
         Ok(Response::new(
-            self.manager.get(request.get_ref().domain.as_ref()).await?,
+            self.manager
+                .get(
+                    request.get_ref().domain.as_ref(),
+                    request.get_ref().security_info,
+                )
+                .await?,
         ))
     }
 
@@ -383,10 +392,15 @@ impl DomainService for Domains {
         &self,
         request: Request<pb::GetDomainXmlRequest>,
     ) -> Result<Response<pb::DomainXml>, Status> {
+        refuse_secrets_to_readonly(&request, request.get_ref().security_info)?;
         let request = request.into_inner();
         let xml = self
             .manager
-            .xml(request.domain.as_ref(), request.inactive)
+            .xml(
+                request.domain.as_ref(),
+                request.inactive,
+                request.security_info,
+            )
             .await?;
         Ok(Response::new(pb::DomainXml { xml }))
     }
@@ -507,7 +521,10 @@ impl DomainService for Domains {
         &self,
         request: Request<pb::GetDomainInfoRequest>,
     ) -> Result<Response<pb::DomainInfo>, Status> {
-        let domain = self.manager.get(request.get_ref().domain.as_ref()).await?;
+        let domain = self
+            .manager
+            .get(request.get_ref().domain.as_ref(), true)
+            .await?;
         Ok(Response::new(info_of(&domain)))
     }
 
@@ -517,7 +534,7 @@ impl DomainService for Domains {
     ) -> Result<Response<pb::DomainStateInfo>, Status> {
         let summary = self
             .manager
-            .get(request.get_ref().domain.as_ref())
+            .get(request.get_ref().domain.as_ref(), true)
             .await?
             .summary
             .unwrap_or_default();
@@ -558,7 +575,7 @@ impl DomainService for Domains {
         request: Request<pb::ListBlockDevicesRequest>,
     ) -> Result<Response<pb::BlockDeviceList>, Status> {
         let request = request.into_inner();
-        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let domain = self.manager.get(request.domain.as_ref(), true).await?;
         let def = pick(&domain, request.inactive);
         let devices = def
             .devices
@@ -590,7 +607,7 @@ impl DomainService for Domains {
         request: Request<pb::ListInterfacesRequest>,
     ) -> Result<Response<pb::InterfaceList>, Status> {
         let request = request.into_inner();
-        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let domain = self.manager.get(request.domain.as_ref(), true).await?;
         let def = pick(&domain, request.inactive);
         let interfaces = def
             .devices
@@ -827,7 +844,7 @@ impl DomainService for Domains {
         if scope.live {
             let engine = self
                 .manager
-                .get(domain)
+                .get(domain, true)
                 .await?
                 .summary
                 .map_or(0, |s| s.engine);
@@ -1185,7 +1202,7 @@ impl DomainService for Domains {
         let mut mac = request.mac.to_ascii_lowercase();
         if mac.is_empty() {
             // One interface of the type may be named by its type alone.
-            let current = self.manager.get(request.domain.as_ref()).await?;
+            let current = self.manager.get(request.domain.as_ref(), true).await?;
             let def = current.live.or(current.persistent).unwrap_or_default();
             let found: Vec<String> = def
                 .devices
@@ -1235,7 +1252,7 @@ impl DomainService for Domains {
         request: Request<pb::GetSchedulerParamsRequest>,
     ) -> Result<Response<pb::SchedulerParams>, Status> {
         let request = request.into_inner();
-        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let domain = self.manager.get(request.domain.as_ref(), true).await?;
         let tune = if request.config || domain.live.is_none() {
             pick(&domain, true).cputune.unwrap_or_default()
         } else {
@@ -1308,7 +1325,7 @@ impl DomainService for Domains {
         request: Request<pb::GetMemoryParamsRequest>,
     ) -> Result<Response<pb::MemoryParams>, Status> {
         let request = request.into_inner();
-        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let domain = self.manager.get(request.domain.as_ref(), true).await?;
         let tune = if request.config || domain.live.is_none() {
             pick(&domain, true).memtune.unwrap_or_default()
         } else {
@@ -1397,7 +1414,7 @@ impl DomainService for Domains {
         if scope.live {
             let engine = self
                 .manager
-                .get(domain)
+                .get(domain, true)
                 .await?
                 .summary
                 .map_or(0, |s| s.engine);
@@ -1488,7 +1505,7 @@ impl DomainService for Domains {
             for domain in &request.domains {
                 found.push(
                     self.manager
-                        .get(Some(domain))
+                        .get(Some(domain), true)
                         .await?
                         .summary
                         .unwrap_or_default(),
@@ -1506,7 +1523,7 @@ impl DomainService for Domains {
                     summary.uuid.clone(),
                 )),
             });
-            let domain = self.manager.get(reference.as_ref()).await?;
+            let domain = self.manager.get(reference.as_ref(), true).await?;
             let def = pick(&domain, false);
             let mut record = pb::DomainStatsRecord {
                 host: String::new(),
@@ -1614,7 +1631,7 @@ impl DomainService for Domains {
             // virsh's default: the leases of the networks the interfaces are on.
             _ => true,
         };
-        let domain = self.manager.get(request.domain.as_ref()).await?;
+        let domain = self.manager.get(request.domain.as_ref(), true).await?;
         let def = domain
             .live
             .ok_or_else(|| Error::State("the domain is not running".into()))?;
@@ -2046,7 +2063,7 @@ impl DomainService for Domains {
         let uuid = match request.domain.as_ref() {
             Some(domain) => Some(
                 self.manager
-                    .get(Some(domain))
+                    .get(Some(domain), true)
                     .await?
                     .summary
                     .unwrap_or_default()
@@ -2262,4 +2279,14 @@ fn remove_device(devices: &mut pb::DomainDevices, device: &pb::DomainDevice) -> 
             "no matching device in the definition".into(),
         ))
     }
+}
+
+/// --security-info needs a read-write caller, as in libvirt.
+fn refuse_secrets_to_readonly<T>(request: &Request<T>, security_info: bool) -> Result<(), Status> {
+    if security_info && vireo_runtime::access::readonly_caller(request.metadata()) {
+        return Err(Status::permission_denied(
+            "security_info: graphics passwords are not shown to a read-only caller",
+        ));
+    }
+    Ok(())
 }

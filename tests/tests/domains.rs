@@ -1639,3 +1639,32 @@ fn a_vmm_snapshot_comes_back_on_its_own_taps() {
     ok(server, &["destroy", "snapnic"]);
     ok(server, &["snapshot-delete", "snapnic", "s"]);
 }
+
+/// A graphics password is shown only to `dumpxml --security-info` (as in libvirt), and kept by
+/// `edit`, which reads the XML with it.
+#[test]
+fn graphics_passwords_show_only_with_security_info() {
+    let server = Server::vireod();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = write_xml(
+        dir.path(),
+        "secret",
+        "<domain type='qemu'><name>secret</name><memory unit='MiB'>64</memory><devices><graphics type='vnc' passwd='hunter2'/></devices></domain>",
+    );
+    ok(&server, &["define", &xml]);
+    let plain = ok(&server, &["dumpxml", "secret"]);
+    assert!(
+        plain.contains("<graphics") && !plain.contains("hunter2"),
+        "{plain}"
+    );
+    let secure = ok(&server, &["dumpxml", "secret", "--security-info"]);
+    assert!(
+        secure.contains("passwd='hunter2'") || secure.contains("passwd=\"hunter2\""),
+        "{secure}"
+    );
+    let refused = fails(&server, &["-r", "dumpxml", "secret", "--security-info"]);
+    assert!(
+        refused.contains("not shown to a read-only caller"),
+        "{refused}"
+    );
+}

@@ -666,25 +666,45 @@ impl Manager {
         list
     }
 
-    pub async fn get(&self, domain: Option<&ObjectRef>) -> Result<pb::Domain, Error> {
+    /// The domain; graphics passwords only with `security_info`.
+    pub async fn get(
+        &self,
+        domain: Option<&ObjectRef>,
+        security_info: bool,
+    ) -> Result<pb::Domain, Error> {
         let table = self.table.lock().await;
         let uuid = table.find(domain)?;
-        Ok(self.domain_of(&table, &uuid))
+        let mut found = self.domain_of(&table, &uuid);
+        if !security_info {
+            found.persistent.iter_mut().for_each(hide_secrets);
+            found.live.iter_mut().for_each(hide_secrets);
+        }
+        Ok(found)
     }
 
-    pub async fn xml(&self, domain: Option<&ObjectRef>, inactive: bool) -> Result<String, Error> {
+    /// The domain's XML; graphics passwords only with `security_info` (as dumpxml
+    /// --security-info).
+    pub async fn xml(
+        &self,
+        domain: Option<&ObjectRef>,
+        inactive: bool,
+        security_info: bool,
+    ) -> Result<String, Error> {
         let table = self.table.lock().await;
         let uuid = table.find(domain)?;
         let entry = &table.entries[&uuid];
-        match (&entry.run, &entry.persistent) {
-            (Some(run), Some(def)) if inactive => {
-                let _ = run;
-                Ok(vireo_conf::domain::format(def, None)?)
-            }
-            (Some(run), _) => Ok(vireo_conf::domain::format(&run.live, Some(run.id))?),
-            (None, Some(def)) => Ok(vireo_conf::domain::format(def, None)?),
-            (None, None) => Err(Error::NotFound("no definition".into())),
+        let (def, id) = match (&entry.run, &entry.persistent) {
+            (Some(_), Some(def)) if inactive => (def, None),
+            (Some(run), _) => (&run.live, Some(run.id)),
+            (None, Some(def)) => (def, None),
+            (None, None) => return Err(Error::NotFound("no definition".into())),
+        };
+        if security_info {
+            return Ok(vireo_conf::domain::format(def, id)?);
         }
+        let mut shown = def.clone();
+        hide_secrets(&mut shown);
+        Ok(vireo_conf::domain::format(&shown, id)?)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -2079,6 +2099,15 @@ fn host_end(def: &pb::DomainDefinition) -> HostEnd {
         },
         pb::CharSourceType::Unix => HostEnd::Unix(PathBuf::from(source.path)),
         _ => HostEnd::Hub,
+    }
+}
+
+/// Blanks what only --security-info shows: graphics passwords.
+fn hide_secrets(def: &mut pb::DomainDefinition) {
+    if let Some(devices) = def.devices.as_mut() {
+        for graphics in &mut devices.graphics {
+            graphics.passwd.clear();
+        }
     }
 }
 
