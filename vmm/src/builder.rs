@@ -119,6 +119,10 @@ pub struct Vmm {
     machine: snapshot::MachineDevices,
     /// The CRC32 of guest memory as loaded from a snapshot, checked against the file.
     restored_memory_crc32: Option<u32>,
+    /// KVM logs the pages the guest writes (since the first `dirty-pages` request).
+    dirty_logging: bool,
+    /// The answer to the last `dirty-pages` request, for its reply.
+    dirty_reply: Option<Vec<u64>>,
     /// The CRC32 of guest memory as written by `save`.
     saved_memory_crc32: Option<u32>,
     vcpus: Vec<VcpuThread>,
@@ -367,6 +371,8 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
             console: config.console.clone(),
         },
         restored_memory_crc32: restored.map(|(_, crc)| crc),
+        dirty_logging: false,
+        dirty_reply: None,
         msi_routes,
         saved_memory_crc32: None,
         events,
@@ -449,6 +455,18 @@ impl Vmm {
             Request::Save(path) => self.save(&path).map(|_| Some(VmExit::Saved)),
             Request::Balloon(target_mib) => self.set_balloon(target_mib).map(|()| None),
             Request::Stop => Ok(Some(VmExit::Stopped)),
+            Request::DirtyPages => {
+                let pages = if self.dirty_logging {
+                    self.vm.dirty_pages(&self.memory)
+                } else {
+                    self.vm
+                        .set_dirty_logging(&self.memory, true)
+                        .map(|()| Vec::new())
+                };
+                self.dirty_logging = true;
+                self.dirty_reply = Some(pages.map_err(|err| err.to_string())?);
+                Ok(None)
+            }
         }
     }
 
@@ -568,7 +586,19 @@ impl Vmm {
                     if let Some(watcher) = watch {
                         self.watchers.push(watcher);
                     }
-                    let _ = reply.send(outcome.as_ref().map(|_| self.info()).map_err(Clone::clone));
+                    let dirty = self.dirty_reply.take();
+                    let _ = reply.send(
+                        outcome
+                            .as_ref()
+                            .map(|_| {
+                                let mut info = self.info();
+                                if let Some(pages) = dirty {
+                                    info["dirty_pages"] = json!(pages);
+                                }
+                                info
+                            })
+                            .map_err(Clone::clone),
+                    );
                     unread.retain(|reply| reply.send(Err(String::new())).is_ok());
                     unread.push(reply);
                     if let Ok(Some(exit)) = outcome {

@@ -728,3 +728,43 @@ fn save_and_restore_carry_virtio_devices_and_acpi_state() {
     control(dir.path(), "shutdown");
     assert_eq!(wait_exit(&mut restored), Some(0));
 }
+
+/// KVM's dirty logging, the base of live migration: the counter guest writes its counter page
+/// (0x7000) over and over, so that page is reported dirty between two asks, a small set of pages
+/// rather than all of memory; paused, it writes nothing.
+#[test]
+fn dirty_pages_are_the_ones_the_guest_writes() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let mut guest = Guest::start(&kernel, 1, 64, "counter tiny.count_shift=20");
+    guest.wait_for_line("TINY: count=");
+    let started = control(guest.dir.path(), "dirty-pages");
+    assert_eq!(started["ok"], true, "{started}");
+    std::thread::sleep(Duration::from_millis(200));
+    let dirty = control(guest.dir.path(), "dirty-pages");
+    let pages: Vec<u64> = dirty["dirty_pages"]
+        .as_array()
+        .expect("dirty_pages in the reply")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert!(
+        pages.contains(&0x7),
+        "the counter's page 0x7000 is dirty: {pages:?}"
+    );
+    assert!(
+        pages.len() < 64,
+        "only the pages it writes, not all 16384 of 64 MiB: {} pages",
+        pages.len()
+    );
+    assert_eq!(control(guest.dir.path(), "pause")["ok"], true);
+    let _ = control(guest.dir.path(), "dirty-pages");
+    std::thread::sleep(Duration::from_millis(100));
+    let idle = control(guest.dir.path(), "dirty-pages");
+    assert_eq!(
+        idle["dirty_pages"].as_array().map(Vec::len),
+        Some(0),
+        "a paused guest writes nothing: {idle}"
+    );
+    let _ = control(guest.dir.path(), "stop");
+    let _ = guest.finish();
+}

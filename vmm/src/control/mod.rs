@@ -3,7 +3,8 @@
 //!
 //! Requests: `{"cmd":"info"}`, `pause`, `resume`, `shutdown` (ACPI power button: the guest
 //! decides), `reset` (hard reset: the VMM exits with the reboot status, and its supervisor starts
-//! it again), `stop` (end the VM now), `watch` (stream events until the VMM exits).
+//! it again), `stop` (end the VM now), `watch` (stream events until the VMM exits),
+//! `dirty-pages` (the page frames the guest wrote since the last such request).
 //! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. Events: `{"event":"poweroff"}`,
 //! `reboot`, `crash` (with `reason`), `paused`, `resumed`, `shutdown-requested`.
 
@@ -30,6 +31,9 @@ pub enum Request {
     Balloon(u64),
     /// Send every event line to this channel from now on.
     Watch(Sender<String>),
+    /// The guest pages written since the last such request (the first starts KVM's dirty
+    /// logging): the reply's `dirty_pages`, page frame numbers.
+    DirtyPages,
 }
 
 pub type Reply = Result<Value, String>;
@@ -51,6 +55,7 @@ fn parse(line: &str) -> Result<Request, String> {
         "shutdown" => Request::Shutdown,
         "reset" => Request::Reset,
         "stop" => Request::Stop,
+        "dirty-pages" => Request::DirtyPages,
         "balloon" => Request::Balloon(
             value
                 .get("target_mib")
@@ -67,7 +72,7 @@ fn parse(line: &str) -> Result<Request, String> {
         ),
         other => {
             return Err(format!(
-                "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop or watch"
+                "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop, watch, save, balloon or dirty-pages"
             ));
         }
     })

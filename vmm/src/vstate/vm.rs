@@ -1,6 +1,8 @@
 //! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC + LAPICs), PIT, and irq lines.
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::fd::AsRawFd;
 
@@ -70,6 +72,41 @@ impl Vm {
 
     /// Gives every region of `memory` to KVM as a memory slot.
     pub fn register_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VmError> {
+        self.set_memory_slots(memory, 0)
+    }
+
+    /// Starts or stops KVM's logging of the pages the guest writes, on every slot (the base of
+    /// live migration's pre-copy).
+    pub fn set_dirty_logging(&self, memory: &GuestMemoryMmap, on: bool) -> Result<(), VmError> {
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        self.set_memory_slots(memory, flags)
+    }
+
+    /// The guest page frames written since logging started or since the last call, which
+    /// clears them, in address order.
+    pub fn dirty_pages(&self, memory: &GuestMemoryMmap) -> Result<Vec<u64>, VmError> {
+        const PAGE_SHIFT: u64 = 12;
+        let mut pages = Vec::new();
+        for (slot, region) in memory.iter().enumerate() {
+            let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
+            let bitmap = self
+                .fd
+                .get_dirty_log(u32::try_from(slot).unwrap_or(u32::MAX), size)
+                .map_err(kvm_error("KVM_GET_DIRTY_LOG"))?;
+            let first = region.start_addr().0 >> PAGE_SHIFT;
+            for (index, word) in bitmap.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let bit = u64::from(bits.trailing_zeros());
+                    pages.push(first + (index as u64) * 64 + bit);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    fn set_memory_slots(&self, memory: &GuestMemoryMmap, flags: u32) -> Result<(), VmError> {
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -79,7 +116,7 @@ impl Vm {
                 })?;
             let table = kvm_userspace_memory_region {
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
