@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use vireo_tests::guests::{Console, debian_kit, debian_xml};
-use vireo_tests::{Server, ok};
+use vireo_tests::{Server, host_config as config, ok};
 
 const MEMORY_MIB: u64 = 1024;
 /// What the guest rewrites every second: 32 MiB of a file in its RAM-backed root.
@@ -47,16 +47,6 @@ fn link_bandwidth() -> f64 {
     }
     sender.join().unwrap();
     received as f64 / started.elapsed().as_secs_f64()
-}
-
-fn config(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &file,
-        format!("[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\n{body}"),
-    )
-    .unwrap();
-    file.to_str().unwrap().to_string()
 }
 
 /// The field `label` of domjobinfo's output, as a number.

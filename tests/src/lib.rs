@@ -393,6 +393,18 @@ fn spawn_server(
         .unwrap_or_else(|err| panic!("cannot start {binary_name}: {err}"))
 }
 
+/// A vireod config file in `dir` for host `name` of a cluster test (no default network; `body`
+/// adds to `[gateway]`); returns its path.
+pub fn host_config(dir: &Path, name: &str, body: &str) -> String {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!("[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\n{body}"),
+    )
+    .expect("config file");
+    file.to_string_lossy().into_owned()
+}
+
 /// The test-guest kit's directory (`VIREO_GUEST_DIR`, set by scripts/test).
 pub fn kit_dir() -> PathBuf {
     std::env::var_os("VIREO_GUEST_DIR")

@@ -11,18 +11,9 @@ use tonic::Code;
 use vireo_proto::cluster::v1 as cluster;
 use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as compute;
+use vireo_tests::host_config as config;
 use vireo_tests::storage::free_port;
 use vireo_tests::{Netns, Server, block_on, ok, qemu_installed, skip};
-
-fn config(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &file,
-        format!("[network]\ndefault_network = false\n[gateway]\nhost_name = \"{name}\"\n{body}"),
-    )
-    .unwrap();
-    file.to_str().unwrap().to_string()
-}
 
 /// Follows `server`'s merged event stream on a thread of its own.
 fn watch_events(server: &Server) -> std::sync::mpsc::Receiver<cluster::ClusterEvent> {
@@ -731,10 +722,32 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
 
     // On b the guest goes on counting from where it was, not from a new boot.
     let on_b = Console::attach_on(&a, Some("b"), "mig", false);
-    vireo_tests::wait_until(Duration::from_secs(60), "counting on b", || {
-        on_b.counts_since(0).first().copied()
-    });
-    let first_on_b = on_b.counts_since(0)[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let first_on_b = loop {
+        if let Some(first) = on_b.counts_since(0).first().copied() {
+            break first;
+        }
+        if std::time::Instant::now() > deadline {
+            // What b's copy of the guest did, for the failure (seen once under load).
+            let uuid = ok(&b, &["domuuid", "mig"]);
+            let log = b.run_dir.join("compute").join(uuid.trim());
+            panic!(
+                "no count on b within 60 s; b says {}; console log tail: {:?}; engine log: {}",
+                ok(&b, &["domstate", "mig", "--reason"]).trim(),
+                std::fs::read_to_string(log.join("console.log"))
+                    .unwrap_or_default()
+                    .chars()
+                    .rev()
+                    .take(400)
+                    .collect::<String>()
+                    .chars()
+                    .rev()
+                    .collect::<String>(),
+                std::fs::read_to_string(log.join("engine.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         first_on_b >= before && first_on_b < before + 100,
         "b counts on from {before}, not from a reboot: first seen {first_on_b}"

@@ -1934,19 +1934,28 @@ impl Manager {
         let mut table = self.table.lock().await;
         let uuid = table.find(domain)?;
         let run = Self::running(&mut table, &uuid)?;
-        if suspend {
+        let state = if suspend {
             run.control.pause().await?;
-            (run.state, run.reason) = (State::Paused, Reason::PausedUser);
+            (State::Paused, Reason::PausedUser)
         } else {
             run.control.resume().await?;
-            (run.state, run.reason) = (State::Running, Reason::RunningUnpaused);
-        }
+            (State::Running, Reason::RunningUnpaused)
+        };
+        self.set_run_state(&mut table, &uuid, state);
+        Ok(())
+    }
+
+    /// Records that a running guest is now paused or running, and tells the watchers.
+    fn set_run_state(&self, table: &mut Table, uuid: &str, state: (State, Reason)) {
+        let Some(run) = table.entry(uuid).run.as_mut() else {
+            return;
+        };
+        (run.state, run.reason) = state;
         let live = run.live.clone();
-        let state = (run.state, run.reason);
-        self.write_status(&table, &uuid);
+        self.write_status(table, uuid);
         self.publish(
             &live,
-            if suspend {
+            if state.0 == State::Paused {
                 pb::DomainEventType::Suspended
             } else {
                 pb::DomainEventType::Resumed
@@ -1954,7 +1963,6 @@ impl Manager {
             state,
             pb::DomainEventDetail::Unspecified,
         );
-        Ok(())
     }
 
     /// Runs `f` on a running guest's engine control and live definition.

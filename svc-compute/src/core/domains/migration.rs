@@ -303,25 +303,13 @@ impl Manager {
         }
         let mut table = self.table.lock().await;
         let run = Self::running(&mut table, &uuid)?;
-        if paused {
-            (run.state, run.reason) = (State::Paused, Reason::PausedMigration);
+        let state = if paused {
+            (State::Paused, Reason::PausedMigration)
         } else {
             run.control.resume().await?;
-            (run.state, run.reason) = (State::Running, Reason::RunningMigrated);
-        }
-        let live = run.live.clone();
-        let state = (run.state, run.reason);
-        self.write_status(&table, &uuid);
-        self.publish(
-            &live,
-            if paused {
-                pb::DomainEventType::Suspended
-            } else {
-                pb::DomainEventType::Resumed
-            },
-            state,
-            pb::DomainEventDetail::Unspecified,
-        );
+            (State::Running, Reason::RunningMigrated)
+        };
+        self.set_run_state(&mut table, &uuid, state);
         Ok(self.domain_of(&table, &uuid))
     }
 }
