@@ -1210,6 +1210,129 @@ act_counter:
         call newline
         jmp 2b
 
+# dirty: live migration's workload. Writes guest memory at a fixed rate and checks it.
+# tiny.dirty_mib=N: the region, from MEM_TEST_START (default 16, at most 3000);
+# tiny.dirty_rate=R: MiB written per second (default 32, paced by the TSC);
+# tiny.count_shift=S: print "TINY: count=<pages written>" every 2^S pages (default 10).
+# First every page's first word gets its index (pass 0); then page after page is rewritten with
+# (pass << 32 | index), each time checking the word still holds what the last pass wrote, so a
+# page a migration lost or left stale shows as "TINY: dirty FAIL page=<index> found=<hex>".
+act_dirty:
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        sub $16, %rsp                   # 0: next tick's TSC, 8: pages left in this tick
+        lea key_dirty_mib(%rip), %rdi
+        mov $16, %esi
+        call param_uint
+        test %rax, %rax
+        jz .Ldirty_bad
+        cmp $3000, %rax
+        ja .Ldirty_bad
+        shl $8, %rax
+        mov %rax, %r12                  # r12: pages in the region
+        lea key_dirty_rate(%rip), %rdi
+        mov $32, %esi
+        call param_uint
+        shl $8, %rax                    # pages per second
+        xor %edx, %edx
+        mov $1000, %ecx
+        div %rcx
+        test %rax, %rax
+        jnz 1f
+        mov $1, %eax
+1:      mov %rax, %r13                  # r13: pages per millisecond
+        lea key_count_shift(%rip), %rdi
+        mov $10, %esi
+        call param_uint
+        cmp $63, %rax
+        jbe 1f
+        mov $63, %eax
+1:      mov %eax, %ecx
+        mov $1, %r14d
+        shl %cl, %r14
+        dec %r14                        # r14: print mask
+        xor %ebx, %ebx                  # pass 0: each page's index
+2:      mov %rbx, %rax
+        shl $12, %rax
+        add $MEM_TEST_START, %rax
+        mov %rbx, (%rax)
+        inc %rbx
+        cmp %r12, %rbx
+        jb 2b
+        PUTS "TINY: dirty filled\n"
+        xor %ebx, %ebx                  # rbx: page index
+        mov $1, %ebp                    # rbp: pass
+        xor %r15d, %r15d                # r15: pages written
+        call rdtsc_rax
+        mov %rax, (%rsp)
+.Ldirty_tick:
+        mov %r13, 8(%rsp)
+.Ldirty_page:
+        mov %rbx, %rdi
+        shl $12, %rdi
+        add $MEM_TEST_START, %rdi
+        lea -1(%rbp), %rax
+        shl $32, %rax
+        or %rbx, %rax                   # what the last pass wrote
+        mov (%rdi), %rdx
+        cmp %rax, %rdx
+        jne .Ldirty_fail
+        mov %rbp, %rax
+        shl $32, %rax
+        or %rbx, %rax
+        mov %rax, (%rdi)
+        inc %r15
+        mov $COUNTER_ADDR, %eax
+        mov %r15, (%rax)
+        test %r14, %r15
+        jnz 3f
+        PUTS "TINY: count="
+        mov %r15, %rdi
+        call put_dec
+        call newline
+3:      inc %rbx
+        cmp %r12, %rbx
+        jb 4f
+        xor %ebx, %ebx
+        inc %rbp
+4:      decq 8(%rsp)
+        jnz .Ldirty_page
+        addq $TSC_PER_MS, (%rsp)        # the next tick; after a long stop (a migration's
+5:      call rdtsc_rax                  # downtime) start again from now, without a burst
+        mov %rax, %rcx
+        sub (%rsp), %rcx
+        js 6f
+        cmp $100 * TSC_PER_MS, %rcx
+        jb .Ldirty_tick
+        mov %rax, (%rsp)
+        jmp .Ldirty_tick
+6:      pause
+        jmp 5b
+.Ldirty_fail:
+        mov %rdx, %r13
+        PUTS "TINY: dirty FAIL page="
+        mov %rbx, %rdi
+        call put_dec
+        PUTS " found="
+        mov %r13, %rdi
+        call put_hex
+        call newline
+        jmp halt_forever
+.Ldirty_bad:
+        PUTS "TINY: dirty FAIL dirty_mib must be 1-3000\n"
+        add $16, %rsp
+        pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        ret
+
 # =====================================================================================
 # virtio 1.x ("modern") over PCI, polled: no interrupts (every MSI-X vector stays
 # VIRTIO_MSI_NO_VECTOR), split virtqueues of at most VQ_MAX entries, one request in flight.
@@ -2495,6 +2618,8 @@ name_pvh:       .asciz "pvh"
 key_test:       .asciz "tiny.test="
 key_mem_mib:    .asciz "tiny.mem_mib="
 key_count_shift: .asciz "tiny.count_shift="
+key_dirty_mib:  .asciz "tiny.dirty_mib="
+key_dirty_rate: .asciz "tiny.dirty_rate="
 hexdigits:      .ascii "0123456789abcdef"
 s_smp:          .asciz "smp"
 s_mem:          .asciz "mem"
@@ -2503,6 +2628,7 @@ s_poweroff:     .asciz "poweroff"
 s_wait_shutdown: .asciz "wait-shutdown"
 s_triple_fault: .asciz "triple-fault"
 s_counter:      .asciz "counter"
+s_dirty:        .asciz "dirty"
 s_io_hostile:   .asciz "io-hostile"
 s_emulation_failure: .asciz "emulation-failure"
 s_rng:          .asciz "rng"
@@ -2547,6 +2673,7 @@ actions:
         .quad s_wait_shutdown, act_wait_shutdown
         .quad s_triple_fault, act_triple_fault
         .quad s_counter, act_counter
+        .quad s_dirty, act_dirty
         .quad s_io_hostile, act_io_hostile
         .quad s_emulation_failure, act_emulation_failure
         .quad s_rng, act_rng

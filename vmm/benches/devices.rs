@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use vireo_vmm::devices::virtio::VirtioDevice;
 use vireo_vmm::devices::virtio::block::{Block, ImageFormat};
+use vireo_vmm::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 const REQUEST_BYTES: u64 = 1 << 20;
 const FILE_BYTES: u64 = 512 << 20;
@@ -34,14 +35,14 @@ const BATCH: u16 = 16;
 
 /// A minimal split-queue driver writing chains of (header, 1 MiB data, status) into memory.
 struct Driver {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     queue: Queue,
     avail_idx: u16,
 }
 
 impl Driver {
     fn new() -> Driver {
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(
+        let memory = GuestRam::from_ranges(&[(
             GuestAddress(0),
             (DATA + u64::from(BATCH) * REQUEST_BYTES) as usize,
         )])

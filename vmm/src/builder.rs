@@ -4,8 +4,8 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use crate::vstate::memory::GuestRam;
 use serde_json::json;
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::{acpi, boot, regs};
 use crate::config::VmConfig;
@@ -25,6 +25,7 @@ use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{IoEventBinder, MsiSender, VirtioPci};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::{Devices, GuestRequest};
+use crate::migration;
 use crate::snapshot;
 use crate::vstate::msi::MsiRoutes;
 use crate::vstate::vcpu::{self, RunControl, RunState, VcpuThread};
@@ -108,7 +109,7 @@ impl VmExit {
 /// A built, running VM.
 pub struct Vmm {
     vm: Arc<Vm>,
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     serial_port: Arc<Mutex<serial::SerialPort>>,
     rtc: Arc<Mutex<Rtc>>,
     /// The virtio transports, in PCI slot order, for save.
@@ -125,6 +126,8 @@ pub struct Vmm {
     dirty_reply: Option<Vec<u64>>,
     /// The CRC32 of guest memory as written by `save`.
     saved_memory_crc32: Option<u32>,
+    /// The last migration to another host, running or ended.
+    outgoing: Option<Arc<migration::Outgoing>>,
     vcpus: Vec<VcpuThread>,
     run_control: Arc<RunControl>,
     power: Arc<Mutex<AcpiPm>>,
@@ -144,7 +147,7 @@ type SharedVirtio = Arc<Mutex<VirtioPci>>;
 fn build_pci(
     config: &VmConfig,
     vm: &Arc<Vm>,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
 ) -> Result<(PciBus, Vec<SharedVirtio>, Arc<MsiRoutes>), BuildError> {
     let routes = Arc::new(MsiRoutes::new(vm.clone()));
     let sender = routes.clone();
@@ -238,21 +241,63 @@ fn build_pci(
     Ok((pci, transports, routes))
 }
 
-/// How the guest starts: from its kernel, or where a snapshot left it.
+/// How the guest starts: from its kernel, where a snapshot left it, or where it was on the
+/// host it migrated from.
 pub enum Start {
     Boot,
     Restore(Box<snapshot::SnapshotReader>),
+    Incoming(Box<migration::ArrivedVm>),
 }
 
-/// Builds the VM and starts its vCPUs.
-pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
-    if matches!(start, Start::Boot) {
-        config.check_files()?;
+/// The event loop's channel, and who already watches it (an incoming VM's watchers subscribed
+/// while it arrived).
+pub struct Events {
+    pub sender: Sender<VmEvent>,
+    pub receiver: Receiver<VmEvent>,
+    pub watchers: Vec<Sender<String>>,
+}
+
+impl Events {
+    /// The channel, with the control socket (if configured) feeding it.
+    pub fn serve(config: &VmConfig) -> Result<Events, BuildError> {
+        let (sender, receiver) = mpsc::channel();
+        if let Some(path) = &config.control_socket {
+            control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(Events {
+            sender,
+            receiver,
+            watchers: Vec::new(),
+        })
     }
+}
+
+/// The VM and its memory, registered with KVM, with its interrupt controllers.
+pub fn prepare(config: &VmConfig) -> Result<(Arc<Vm>, GuestRam), BuildError> {
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     let guest_memory = memory::create(config.memory_bytes(), config.memory)?;
     vm.register_memory(&guest_memory)?;
     vm.create_irqchip_and_pit()?;
+    Ok((vm, guest_memory))
+}
+
+/// Builds the VM and starts its vCPUs (parked if `paused`).
+pub fn build(
+    config: &VmConfig,
+    start: Start,
+    events: Events,
+    paused: bool,
+) -> Result<Vmm, BuildError> {
+    if matches!(start, Start::Boot) {
+        config.check_files()?;
+    }
+    let (vm, guest_memory) = match &start {
+        Start::Incoming(arrived) => (arrived.vm.clone(), arrived.memory.clone()),
+        _ => prepare(config)?,
+    };
     let (boot_info, restored) = match start {
         Start::Boot => {
             let boot_info = boot::load(
@@ -274,7 +319,18 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
                     entry: 0,
                     zero_page: 0,
                 },
-                Some((header, memory_crc)),
+                Some((header, Some(memory_crc))),
+            )
+        }
+        Start::Incoming(arrived) => {
+            let arrived = *arrived;
+            vm.restore_state(&arrived.header.vm)?;
+            (
+                boot::BootInfo {
+                    entry: 0,
+                    zero_page: 0,
+                },
+                Some((arrived.header, arrived.memory_crc32)),
             )
         }
     };
@@ -289,7 +345,11 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
     }
     let device_states = restored.as_ref().map(|(header, _)| &header.devices);
 
-    let (sender, events) = mpsc::channel();
+    let Events {
+        sender,
+        receiver: events,
+        watchers,
+    } = events;
     let mut bus = PioBus::default();
     let (serial_port, serial_interrupt, serial_info) =
         serial::build(&config.serial, device_states.map(|states| &states.serial))?;
@@ -333,15 +393,12 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
     );
     let devices = Arc::new(Devices { pio: bus, pci });
 
-    if let Some(path) = &config.control_socket {
-        control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
-            path: path.display().to_string(),
-            source,
-        })?;
-    }
-
     vcpu::install_kick_handler().map_err(BuildError::Threads)?;
     let run_control = Arc::new(RunControl::default());
+    if paused {
+        // Parked before they first run: nothing is counted as having run.
+        vcpu::transition(&run_control, &[], RunState::Paused);
+    }
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.vcpus).zip(vcpu_fds) {
         let thread = vcpu::spawn(
@@ -370,14 +427,15 @@ pub fn build(config: &VmConfig, start: Start) -> Result<Vmm, BuildError> {
             balloon: config.balloon,
             console: config.console.clone(),
         },
-        restored_memory_crc32: restored.map(|(_, crc)| crc),
+        restored_memory_crc32: restored.and_then(|(_, crc)| crc),
+        outgoing: None,
         dirty_logging: false,
         dirty_reply: None,
         msi_routes,
         saved_memory_crc32: None,
         events,
         _events_sender: sender,
-        watchers: Vec::new(),
+        watchers,
         serial: serial_info,
         memory_mib: config.memory_mib,
         assigned_devices: config.vfio.len(),
@@ -415,6 +473,7 @@ impl Vmm {
             "msi_routes": self.msi_routes.count(),
             "saved_memory_crc32": self.saved_memory_crc32,
             "devices": self.virtio.iter().filter_map(|transport| transport.lock().ok().map(|t| t.describe())).collect::<Vec<_>>(),
+            "migration": self.outgoing.as_ref().map(|outgoing| outgoing.describe(self.run_control.throttle())),
         })
     }
 
@@ -467,6 +526,80 @@ impl Vmm {
                 self.dirty_reply = Some(pages.map_err(|err| err.to_string())?);
                 Ok(None)
             }
+            Request::Migrate(request) => self.migrate(&request).map(|()| None),
+            Request::MigrateCancel => {
+                self.running_migration()?.cancel();
+                Ok(None)
+            }
+            Request::MigrateTune {
+                max_downtime_ms,
+                bandwidth_mib_s,
+            } => {
+                self.running_migration()?
+                    .tune(max_downtime_ms, bandwidth_mib_s);
+                Ok(None)
+            }
+        }
+    }
+
+    fn running_migration(&self) -> Result<&Arc<migration::Outgoing>, String> {
+        self.outgoing
+            .as_ref()
+            .filter(|outgoing| !outgoing.phase().is_over())
+            .ok_or_else(|| "no migration is running".to_string())
+    }
+
+    /// Starts sending this VM to a `vireo-vmm receive` at `request.address`.
+    fn migrate(&mut self, request: &migration::Request) -> Result<(), String> {
+        if self.assigned_devices > 0 {
+            return Err(
+                "a VM with assigned host devices (--vfio) cannot migrate: their state is in the hardware"
+                    .into(),
+            );
+        }
+        if self.running_migration().is_ok() {
+            return Err("a migration is already running".into());
+        }
+        let source = migration::Source {
+            vm: self.vm.clone(),
+            memory: self.memory.clone(),
+            run_control: self.run_control.clone(),
+            kicker: vcpu::Kicker::new(&self.vcpus, self.run_control.clone()),
+            events: self._events_sender.clone(),
+            preamble: migration::Preamble {
+                vcpu_count: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
+                memory_mib: self.memory_mib,
+                machine: self.machine.clone(),
+            },
+        };
+        self.dirty_logging = true;
+        self.outgoing = Some(migration::start(source, request)?);
+        Ok(())
+    }
+
+    /// The stop-and-copy: the vCPUs pause, the rest goes, and the destination confirms. On any
+    /// failure the guest goes on here as it was.
+    fn switchover(&mut self, mut switchover: Box<migration::Switchover>) {
+        let was_running = self.run_control.state() == RunState::Running;
+        migration::entering_device_phase(&switchover.outgoing);
+        let paused_at = std::time::Instant::now();
+        let result = if vcpu::transition(&self.run_control, &self.vcpus, RunState::Paused) {
+            self.with_machine_state(|header| {
+                migration::finish(&mut switchover, &self.vm, &self.memory, header)
+            })
+        } else {
+            Err("vCPUs did not pause in time".into())
+        };
+        migration::finished(&switchover.outgoing, &result, paused_at.elapsed());
+        self.run_control.set_throttle(0);
+        if result.is_ok() {
+            self.notify(&control::event_line("migrated", None));
+        } else {
+            let _ = self.vm.set_dirty_logging(&self.memory, false);
+            self.dirty_logging = false;
+            if was_running {
+                vcpu::transition(&self.run_control, &self.vcpus, RunState::Running);
+            }
         }
     }
 
@@ -515,8 +648,18 @@ impl Vmm {
     }
 
     fn write_snapshot(&self, path: &std::path::Path) -> Result<u32, String> {
-        // The devices stay locked until memory is written: a notifier or tap reader thread
-        // must not move a queue between its saved position and the saved memory.
+        self.with_machine_state(|header| {
+            snapshot::write(path, header, &self.memory).map_err(|err| err.to_string())
+        })
+    }
+
+    /// Reads the paused machine's state and hands it to `use_state` with the devices still
+    /// locked: a notifier or tap reader thread must not move a queue between its saved
+    /// position and the memory written with it.
+    fn with_machine_state<T>(
+        &self,
+        use_state: impl FnOnce(&snapshot::SnapshotHeader) -> Result<T, String>,
+    ) -> Result<T, String> {
         let transports = self
             .virtio
             .iter()
@@ -559,9 +702,9 @@ impl Vmm {
                     .collect(),
             },
         };
-        let memory_crc =
-            snapshot::write(path, &header, &self.memory).map_err(|err| err.to_string())?;
-        Ok(memory_crc)
+        let outcome = use_state(&header);
+        drop(transports);
+        outcome
     }
 
     /// Runs until the VM ends; stops the vCPUs and tells watchers how it ended.
@@ -577,6 +720,9 @@ impl Vmm {
                 VmEvent::Crash { vcpu, reason } => {
                     break VmExit::Crash(format!("vCPU {vcpu}: {reason}"));
                 }
+                VmEvent::Switchover(switchover) => self.switchover(switchover),
+                // Only a `receive` waits for one, before there is a Vmm.
+                VmEvent::Arrived(_) => {}
                 VmEvent::Control(request, reply) => {
                     let watch = match &request {
                         Request::Watch(sender) => Some(sender.clone()),
@@ -610,18 +756,162 @@ impl Vmm {
         // Let clients read their answers first (a `shutdown` answered just before the guest
         // powers off, a `stop`): each socket thread drops its end of the channel once the
         // reply is written. Bounded, never blocking.
-        let asked = std::time::Instant::now();
-        while asked.elapsed() < std::time::Duration::from_millis(200) {
-            unread.retain(|reply| reply.send(Err(String::new())).is_ok());
-            if unread.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        for reply in &unread {
+            wait_until_read(reply);
         }
         vcpu::transition(&self.run_control, &self.vcpus, RunState::Stopping);
         let line = exit.event();
         self.notify(&line);
         self.vm.defer_teardown();
         exit
+    }
+}
+
+/// How waiting for an incoming VM ended without one.
+#[derive(Debug)]
+pub enum NotArrived {
+    /// Stopped through the control socket.
+    Stopped,
+    Failed(String),
+}
+
+/// The destination takes the source's devices, or checks that its own (given on its command
+/// line: its disk paths and taps) have the same shape, slot for slot.
+fn adopt_machine(config: &mut VmConfig, preamble: &migration::Preamble) -> Result<(), String> {
+    config.vcpus = preamble.vcpu_count;
+    config.memory_mib = preamble.memory_mib;
+    let machine = &preamble.machine;
+    let given = !config.disks.is_empty()
+        || !config.nets.is_empty()
+        || config.rng
+        || config.balloon
+        || config.console.is_some();
+    if !given {
+        config.rng = machine.rng;
+        config.disks = machine.disks.clone();
+        config.nets = machine.nets.clone();
+        config.balloon = machine.balloon;
+        config.console = machine.console.clone();
+        return Ok(());
+    }
+    let shape = |rng: bool, disks: usize, nets: usize, balloon: bool, console: bool| {
+        format!(
+            "{disks} disks, {nets} NICs, rng {rng}, balloon {balloon}, virtio console {console}"
+        )
+    };
+    let here = shape(
+        config.rng,
+        config.disks.len(),
+        config.nets.len(),
+        config.balloon,
+        config.console.is_some(),
+    );
+    let there = shape(
+        machine.rng,
+        machine.disks.len(),
+        machine.nets.len(),
+        machine.balloon,
+        machine.console.is_some(),
+    );
+    if here == there {
+        Ok(())
+    } else {
+        Err(format!(
+            "the destination's devices ({here}) differ from the source's ({there})"
+        ))
+    }
+}
+
+/// Waits for a VM migrating in on `listener`, answering control requests meanwhile; then builds
+/// it (paused if asked, before or while it arrived) and tells the source.
+pub fn receive(
+    mut config: VmConfig,
+    listener: std::net::TcpListener,
+    mut paused: bool,
+) -> Result<Vmm, NotArrived> {
+    let mut events = Events::serve(&config).map_err(|err| NotArrived::Failed(err.to_string()))?;
+    let received = migration::Received::default();
+    let counter = received.clone();
+    let sender = events.sender.clone();
+    let shape = config.clone();
+    std::thread::Builder::new()
+        .name("incoming".into())
+        .spawn(move || {
+            let result = migration::receive(&listener, &counter, |preamble| {
+                let mut shape = shape;
+                shape.vcpus =
+                    VmConfig::validate(u64::from(preamble.vcpu_count), preamble.memory_mib)
+                        .map_err(|err| err.to_string())?;
+                shape.memory_mib = preamble.memory_mib;
+                prepare(&shape).map_err(|err| err.to_string())
+            });
+            let _ = sender.send(VmEvent::Arrived(result.map(Box::new)));
+        })
+        .map_err(|err| NotArrived::Failed(format!("starting the incoming thread: {err}")))?;
+    loop {
+        let Ok(event) = events.receiver.recv() else {
+            return Err(NotArrived::Failed("event channel closed".into()));
+        };
+        match event {
+            VmEvent::Arrived(Ok(arrival)) => {
+                let migration::Arrival {
+                    preamble,
+                    arrived,
+                    mut stream,
+                } = *arrival;
+                let built = adopt_machine(&mut config, &preamble).and_then(|()| {
+                    build(&config, Start::Incoming(Box::new(arrived)), events, paused)
+                        .map_err(|err| err.to_string())
+                });
+                migration::confirm(
+                    &mut stream,
+                    &built.as_ref().map(|_| ()).map_err(Clone::clone),
+                );
+                return built.map_err(NotArrived::Failed);
+            }
+            VmEvent::Arrived(Err(error)) => {
+                return Err(NotArrived::Failed(format!("incoming migration: {error}")));
+            }
+            VmEvent::Control(request, reply) => {
+                let answer = match request {
+                    Request::Info => Ok(json!({
+                        "state": "incoming",
+                        "pid": std::process::id(),
+                        "received_bytes": received.load(std::sync::atomic::Ordering::Relaxed),
+                        "paused_on_arrival": paused,
+                    })),
+                    Request::Pause => {
+                        paused = true;
+                        Ok(json!({}))
+                    }
+                    Request::Resume => {
+                        paused = false;
+                        Ok(json!({}))
+                    }
+                    Request::Watch(watcher) => {
+                        events.watchers.push(watcher);
+                        Ok(json!({}))
+                    }
+                    Request::Stop => {
+                        let _ = reply.send(Ok(json!({})));
+                        wait_until_read(&reply);
+                        return Err(NotArrived::Stopped);
+                    }
+                    _ => Err("the VM is still arriving: until it has, only info, pause, resume, watch and stop are answered".to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+            VmEvent::Guest(_) | VmEvent::Crash { .. } | VmEvent::Switchover(_) => {}
+        }
+    }
+}
+
+/// Waits (briefly) until the socket thread has written `reply`'s answer: it drops its end then.
+fn wait_until_read(reply: &Sender<control::Reply>) {
+    let asked = std::time::Instant::now();
+    while asked.elapsed() < std::time::Duration::from_millis(200)
+        && reply.send(Err(String::new())).is_ok()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

@@ -1,6 +1,7 @@
 //! The `vireo-vmm` binary: `run` boots one guest and exits with a status that says how it ended
 //! (0 poweroff, 3 reboot, 4 crash, 5 stopped, 6 saved, 1 VMM failure, 2 bad arguments); `restore`
-//! continues a saved VM; `control` talks to a running one; `probe` reports what KVM offers here.
+//! continues a saved VM; `receive` waits for one migrating in; `control` talks to a running one;
+//! `probe` reports what KVM offers here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +17,10 @@ const USAGE: &str = "usage: vireo-vmm run --kernel PATH [--initrd PATH] [--cmdli
                      [--net tap=NAME[,mac=MAC]]... [--balloon] [--vfio SYSFS_PATH]...
                      [--console file:PATH|unix:PATH]
        vireo-vmm restore --snapshot PATH [--serial ...] [--control PATH] [--no-ksm] [--kvm-device PATH]
+       vireo-vmm receive --listen HOST:PORT [--paused] [--serial ...] [--control PATH] [--no-ksm]
+                     [--kvm-device PATH] [--disk ...]... [--net ...]... [--rng] [--balloon] [--console ...]
        vireo-vmm control SOCKET info|pause|resume|shutdown|reset|stop|watch|save PATH|balloon MIB
+                     |migrate HOST:PORT|migrate-cancel
        vireo-vmm probe
        vireo-vmm --version";
 
@@ -25,13 +29,28 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Options of `run`, or of `restore` (which takes the machine's shape from the snapshot and
-/// needs no kernel).
-fn parse_run(
-    mut args: impl Iterator<Item = String>,
-    restoring: bool,
-) -> Result<(VmConfig, Option<PathBuf>), String> {
+/// Which command the options are for.
+#[derive(PartialEq)]
+enum Mode {
+    Run,
+    /// Takes the machine's shape from the snapshot; needs no kernel.
+    Restore,
+    /// Takes the machine's shape from the source; needs no kernel.
+    Receive,
+}
+
+struct Parsed {
+    config: VmConfig,
+    snapshot: Option<PathBuf>,
+    listen: Option<String>,
+    paused: bool,
+}
+
+/// Options of `run`, `restore` or `receive`.
+fn parse_run(mut args: impl Iterator<Item = String>, mode: Mode) -> Result<Parsed, String> {
     let mut snapshot = None;
+    let mut listen = None;
+    let mut paused = false;
     let mut kernel = None;
     let mut initrd = None;
     let mut cmdline = String::new();
@@ -72,7 +91,9 @@ fn parse_run(
             "--no-ksm" => memory.ksm = false,
             "--kvm-device" => kvm_device = PathBuf::from(value()?),
             "--rng" => rng = true,
-            "--snapshot" if restoring => snapshot = Some(PathBuf::from(value()?)),
+            "--snapshot" if mode == Mode::Restore => snapshot = Some(PathBuf::from(value()?)),
+            "--listen" if mode == Mode::Receive => listen = Some(value()?),
+            "--paused" if mode == Mode::Receive => paused = true,
             "--disk" => disks.push(value()?.parse()?),
             "--net" => nets.push(value()?.parse()?),
             "--balloon" => balloon = true,
@@ -81,13 +102,16 @@ fn parse_run(
             other => return Err(format!("unknown option `{other}`")),
         }
     }
-    let kernel = if restoring {
-        PathBuf::new()
-    } else {
+    let kernel = if mode == Mode::Run {
         kernel.ok_or("--kernel is required")?
+    } else {
+        PathBuf::new()
     };
-    if restoring && snapshot.is_none() {
+    if mode == Mode::Restore && snapshot.is_none() {
         return Err("restore needs --snapshot PATH".into());
+    }
+    if mode == Mode::Receive && listen.is_none() {
+        return Err("receive needs --listen HOST:PORT".into());
     }
     let vcpus = VmConfig::validate(vcpus, memory_mib).map_err(|err| err.to_string())?;
     let config = VmConfig {
@@ -107,17 +131,55 @@ fn parse_run(
         vfio,
         console,
     };
-    Ok((config, snapshot))
+    Ok(Parsed {
+        config,
+        snapshot,
+        listen,
+        paused,
+    })
 }
 
 fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
-    let vmm = match builder::build(config, start) {
-        Ok(vmm) => vmm,
+    let built = builder::Events::serve(config)
+        .and_then(|events| builder::build(config, start, events, false));
+    match built {
+        Ok(vmm) => run_built(config, vmm),
         Err(err) => {
             eprintln!("vireo-vmm: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for a VM migrating in, then runs it.
+fn receive(config: VmConfig, listen: &str, paused: bool) -> ExitCode {
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("vireo-vmm: cannot listen on {listen}: {err}");
             return ExitCode::FAILURE;
         }
     };
+    eprintln!("vireo-vmm: waiting for a migration on {listen}");
+    match builder::receive(config.clone(), listener, paused) {
+        Ok(vmm) => {
+            eprintln!("vireo-vmm: the VM arrived");
+            run_built(&config, vmm)
+        }
+        Err(builder::NotArrived::Stopped) => {
+            eprintln!("vireo-vmm: stopped before the VM arrived");
+            remove_sockets(&config);
+            ExitCode::from(VmExit::Stopped.exit_code())
+        }
+        Err(builder::NotArrived::Failed(error)) => {
+            eprintln!("vireo-vmm: {error}");
+            remove_sockets(&config);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_built(config: &VmConfig, vmm: builder::Vmm) -> ExitCode {
     if let Some(pty) = &vmm.serial().pty {
         eprintln!("vireo-vmm: serial console on {}", pty.display());
     }
@@ -129,7 +191,12 @@ fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
         VmExit::Stopped => eprintln!("vireo-vmm: stopped"),
         VmExit::Saved => eprintln!("vireo-vmm: saved and stopped"),
     }
-    // The sockets this process listened on go with it.
+    remove_sockets(config);
+    ExitCode::from(exit.exit_code())
+}
+
+/// The sockets this process listened on go with it.
+fn remove_sockets(config: &VmConfig) {
     let serial_socket = match &config.serial {
         SerialOutput::Unix(path) => Some(path),
         _ => None,
@@ -148,7 +215,6 @@ fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
     {
         let _ = std::fs::remove_file(path);
     }
-    ExitCode::from(exit.exit_code())
 }
 
 /// Sends one request to a running VMM's control socket and prints the reply (and, for `watch`,
@@ -170,6 +236,7 @@ fn control_client(socket: &str, command: &str, path: Option<&str>) -> ExitCode {
             };
             serde_json::json!({ "cmd": command, "target_mib": target_mib })
         }
+        ("migrate", Some(address)) => serde_json::json!({ "cmd": command, "address": address }),
         (_, Some(path)) => serde_json::json!({ "cmd": command, "path": path }),
         (_, None) => serde_json::json!({ "cmd": command }),
     };
@@ -203,12 +270,24 @@ fn control_client(socket: &str, command: &str, path: Option<&str>) -> ExitCode {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("run") => match parse_run(args, false) {
-            Ok((config, _)) => run(&config, builder::Start::Boot),
+        Some("run") => match parse_run(args, Mode::Run) {
+            Ok(parsed) => run(&parsed.config, builder::Start::Boot),
             Err(message) => usage_error(&message),
         },
-        Some("restore") => match parse_run(args, true) {
-            Ok((mut config, Some(path))) => match vireo_vmm::snapshot::open(&path) {
+        Some("receive") => match parse_run(args, Mode::Receive) {
+            Ok(parsed) => receive(
+                parsed.config,
+                parsed.listen.as_deref().unwrap_or_default(),
+                parsed.paused,
+            ),
+            Err(message) => usage_error(&message),
+        },
+        Some("restore") => match parse_run(args, Mode::Restore) {
+            Ok(Parsed {
+                mut config,
+                snapshot: Some(path),
+                ..
+            }) => match vireo_vmm::snapshot::open(&path) {
                 Ok(reader) => {
                     config.vcpus = reader.header.vcpu_count;
                     config.memory_mib = reader.header.memory_mib;
@@ -229,7 +308,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            Ok((_, None)) => usage_error("restore needs --snapshot PATH"),
+            Ok(_) => usage_error("restore needs --snapshot PATH"),
             Err(message) => usage_error(&message),
         },
         Some("control") => {

@@ -2,11 +2,12 @@
 //! ports), FACS, DSDT (declares `_S5_`), and MADT (one local APIC per vCPU, the IOAPIC, and the
 //! SCI as a level-triggered interrupt). Linux finds CPUs and powers off through these.
 
+use crate::vstate::memory::GuestRam;
 use acpi_tables::Aml;
 use acpi_tables::aml::{Name, Package};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{ACPI_END, ACPI_START, IOAPIC_START, LAPIC_START};
 use crate::devices::acpi_pm::{PM_TMR_PORT, PM1A_CNT_PORT, PM1A_EVT_PORT, SCI_IRQ, SLP_TYP_S5};
@@ -206,7 +207,7 @@ fn align(address: u64, to: u64) -> u64 {
 }
 
 /// Builds every table and writes them at `ACPI_START`; the RSDP comes first.
-pub fn write_tables(mem: &GuestMemoryMmap, vcpu_count: u8) -> Result<(), AcpiError> {
+pub fn write_tables(mem: &GuestRam, vcpu_count: u8) -> Result<(), AcpiError> {
     let facs_address = align(ACPI_START + 64, 64);
     let facs = facs();
     let dsdt_address = align(facs_address + facs.len() as u64, 16);

@@ -4,9 +4,10 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::vstate::memory::GuestRam;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{KernelLoader, KernelLoaderResult, bzimage::BzImage, elf::Elf};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
     ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_HOLE_START,
@@ -61,7 +62,7 @@ const E820_RESERVED: u32 = 2;
 /// initrd must stay below this on kernels that do not say otherwise.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
-fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<(KernelLoaderResult, u64), BootError> {
+fn load_kernel(mem: &GuestRam, path: &Path) -> Result<(KernelLoaderResult, u64), BootError> {
     let display = path.display().to_string();
     let open = || {
         File::open(path).map_err(|source| BootError::OpenKernel {
@@ -126,7 +127,7 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
 
 /// Loads kernel, initrd and command line, and writes boot_params. `mem_bytes` is the guest's RAM.
 pub fn load(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     mem_bytes: u64,
     kernel: &Path,
     initrd: Option<&Path>,

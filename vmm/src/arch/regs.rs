@@ -1,10 +1,11 @@
 //! The architectural state a 64-bit Linux entry expects: flat GDT, identity-mapped page tables for
 //! the first 1 GiB, long mode, RSI pointing at boot_params; plus FPU, MSR and LAPIC defaults.
 
+use crate::vstate::memory::GuestRam;
 use kvm_bindings::{
     Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
@@ -53,7 +54,7 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 }
 
 /// Writes the GDT and the identity page tables (2 MiB pages, first 1 GiB) into guest memory.
-pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
+pub fn write_boot_tables(mem: &GuestRam) -> Result<(), RegsError> {
     for (index, entry) in GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + (index as u64) * 8))?;
     }

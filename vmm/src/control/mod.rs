@@ -4,9 +4,11 @@
 //! Requests: `{"cmd":"info"}`, `pause`, `resume`, `shutdown` (ACPI power button: the guest
 //! decides), `reset` (hard reset: the VMM exits with the reboot status, and its supervisor starts
 //! it again), `stop` (end the VM now), `watch` (stream events until the VMM exits),
-//! `dirty-pages` (the page frames the guest wrote since the last such request).
+//! `dirty-pages` (the page frames the guest wrote since the last such request), `migrate`
+//! (`address`, `max_downtime_ms`, `bandwidth_mib_s`, `auto_converge`, `verify`: progress under
+//! `info`'s "migration"), `migrate-cancel`, `migrate-tune` (`max_downtime_ms`, `bandwidth_mib_s`).
 //! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. Events: `{"event":"poweroff"}`,
-//! `reboot`, `crash` (with `reason`), `paused`, `resumed`, `shutdown-requested`.
+//! `reboot`, `crash` (with `reason`), `paused`, `resumed`, `shutdown-requested`, `migrated`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -34,6 +36,15 @@ pub enum Request {
     /// The guest pages written since the last such request (the first starts KVM's dirty
     /// logging): the reply's `dirty_pages`, page frame numbers.
     DirtyPages,
+    /// Start a live migration to a `vireo-vmm receive`; `info` shows its progress.
+    Migrate(crate::migration::Request),
+    /// Give up the running migration; the guest goes on here.
+    MigrateCancel,
+    /// Change the running migration's limits.
+    MigrateTune {
+        max_downtime_ms: Option<u64>,
+        bandwidth_mib_s: Option<u64>,
+    },
 }
 
 pub type Reply = Result<Value, String>;
@@ -56,6 +67,12 @@ fn parse(line: &str) -> Result<Request, String> {
         "reset" => Request::Reset,
         "stop" => Request::Stop,
         "dirty-pages" => Request::DirtyPages,
+        "migrate" => Request::Migrate(crate::migration::Request::parse(&value)?),
+        "migrate-cancel" => Request::MigrateCancel,
+        "migrate-tune" => Request::MigrateTune {
+            max_downtime_ms: value.get("max_downtime_ms").and_then(Value::as_u64),
+            bandwidth_mib_s: value.get("bandwidth_mib_s").and_then(Value::as_u64),
+        },
         "balloon" => Request::Balloon(
             value
                 .get("target_mib")
@@ -72,7 +89,7 @@ fn parse(line: &str) -> Result<Request, String> {
         ),
         other => {
             return Err(format!(
-                "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop, watch, save, balloon or dirty-pages"
+                "unknown cmd `{other}`; expected info, pause, resume, shutdown, reset, stop, watch, save, balloon, dirty-pages, migrate, migrate-cancel or migrate-tune"
             ));
         }
     })

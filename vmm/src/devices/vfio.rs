@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestRam;
 use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
 };
@@ -21,7 +22,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::msix::{self, MsixTable};
@@ -89,7 +90,7 @@ pub fn open_container(vm: &Vm, first_device: &Path) -> Result<Arc<VfioContainer>
 /// drivers program).
 pub fn map_guest_memory(
     container: &VfioContainer,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     path: &Path,
 ) -> Result<(), VfioSetupError> {
     for region in memory.iter() {

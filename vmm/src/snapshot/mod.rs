@@ -10,12 +10,13 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::vstate::memory::GuestRam;
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs,
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::devices::acpi_pm::AcpiPmState;
 use crate::devices::rtc::RtcState;
@@ -107,7 +108,7 @@ pub enum SnapshotError {
 pub fn write(
     path: &Path,
     header: &SnapshotHeader,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
 ) -> Result<u32, SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -243,7 +244,7 @@ impl SnapshotReader {
     /// header and the memory CRC32.
     pub fn load_memory(
         mut self,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<(SnapshotHeader, u32), SnapshotError> {
         let path = self.path.clone();
         let io = |source| SnapshotError::Io {

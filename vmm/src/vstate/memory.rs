@@ -1,10 +1,40 @@
 //! Guest memory through vm-memory: anonymous private mappings below and above the MMIO hole, with
-//! optional 2 MiB hugepages and KSM merging.
+//! optional 2 MiB hugepages and KSM merging. Every region carries a bitmap of the pages the VMM
+//! itself writes (virtio rings and buffers): KVM's dirty log sees only the guest's writes, and
+//! live migration needs both.
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Guest memory as the whole VMM shares it.
+pub type GuestRam = GuestMemoryMmap<AtomicBitmap>;
+type GuestRegion = vm_memory::GuestRegionMmap<AtomicBitmap>;
+
+pub const PAGE_SHIFT: u64 = 12;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// The page frames of a per-slot bitmap of 64-bit words (KVM's dirty log, vm-memory's bitmap).
+pub fn frames_of_bitmap(first_frame: u64, words: &[u64], frames: &mut Vec<u64>) {
+    for (index, word) in words.iter().enumerate() {
+        let mut bits = *word;
+        while bits != 0 {
+            frames.push(first_frame + (index as u64) * 64 + u64::from(bits.trailing_zeros()));
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// The page frames the VMM wrote since the last call, which clears them.
+pub fn take_vmm_written(memory: &GuestRam) -> Vec<u64> {
+    let mut frames = Vec::new();
+    for region in memory.iter() {
+        let mapping: &MmapRegion<AtomicBitmap> = region;
+        let words = mapping.bitmap().get_and_reset();
+        frames_of_bitmap(region.start_addr().0 >> PAGE_SHIFT, &words, &mut frames);
+    }
+    frames
+}
 
 use crate::arch::layout::ram_ranges;
 
@@ -28,7 +58,7 @@ pub struct MemoryOptions {
     pub ksm: bool,
 }
 
-pub fn create(mem_bytes: u64, options: MemoryOptions) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create(mem_bytes: u64, options: MemoryOptions) -> Result<GuestRam, MemoryError> {
     let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     if options.hugepages {
         flags |= libc::MAP_HUGETLB;
@@ -47,12 +77,12 @@ pub fn create(mem_bytes: u64, options: MemoryOptions) -> Result<GuestMemoryMmap,
                 hint,
                 source,
             })?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+        let region = GuestRegion::new(mapping, GuestAddress(start))
             .ok_or_else(|| MemoryError::Layout(format!("region at {start:#x} overflows")))?;
         regions.push(region);
     }
-    let memory = GuestMemoryMmap::from_regions(regions)
-        .map_err(|err| MemoryError::Layout(err.to_string()))?;
+    let memory =
+        GuestRam::from_regions(regions).map_err(|err| MemoryError::Layout(err.to_string()))?;
     for region in memory.iter() {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;

@@ -21,4 +21,8 @@ pub enum VmEvent {
         crate::control::Request,
         std::sync::mpsc::Sender<crate::control::Reply>,
     ),
+    /// The pre-copy is done: pause, send the rest, and hand over.
+    Switchover(Box<crate::migration::Switchover>),
+    /// An incoming VM arrived whole, or could not.
+    Arrived(Result<Box<crate::migration::Arrival>, String>),
 }

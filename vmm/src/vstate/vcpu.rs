@@ -2,7 +2,7 @@
 //! I/O to the device bus. A vCPU is paused or stopped by a signal that makes KVM_RUN return.
 
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -87,6 +87,10 @@ pub struct RunControl {
     changed: Condvar,
     /// vCPUs currently parked (paused) or ended.
     parked: AtomicUsize,
+    /// Auto-converge: the share of each 10 ms tick a vCPU sleeps, in percent (0: none).
+    throttle_percent: AtomicU64,
+    /// Advanced (and the vCPUs kicked) once per tick while throttled.
+    throttle_tick: AtomicU64,
 }
 
 impl Default for RunControl {
@@ -95,9 +99,14 @@ impl Default for RunControl {
             state: Mutex::new(RunState::Running),
             changed: Condvar::new(),
             parked: AtomicUsize::new(0),
+            throttle_percent: AtomicU64::new(0),
+            throttle_tick: AtomicU64::new(0),
         }
     }
 }
+
+/// The length of one throttle tick.
+pub const THROTTLE_TICK: Duration = Duration::from_millis(10);
 
 impl RunControl {
     pub fn state(&self) -> RunState {
@@ -109,6 +118,26 @@ impl RunControl {
             *current = state;
         }
         self.changed.notify_all();
+    }
+
+    /// Slows the vCPUs down: each sleeps `percent` of every tick (see `Kicker::tick`).
+    pub fn set_throttle(&self, percent: u64) {
+        self.throttle_percent
+            .store(percent.min(99), Ordering::SeqCst);
+    }
+
+    pub fn throttle(&self) -> u64 {
+        self.throttle_percent.load(Ordering::SeqCst)
+    }
+
+    /// Called by a vCPU between KVM_RUNs: sleeps its share once per tick while throttled.
+    fn throttle_point(&self, seen_tick: &mut u64) {
+        let percent = self.throttle_percent.load(Ordering::Relaxed);
+        let tick = self.throttle_tick.load(Ordering::Relaxed);
+        if percent > 0 && tick != *seen_tick {
+            *seen_tick = tick;
+            std::thread::sleep(THROTTLE_TICK * u32::try_from(percent).unwrap_or(99) / 100);
+        }
     }
 
     /// Called by a vCPU after KVM_RUN returned: waits while paused. Returns false when stopping.
@@ -164,6 +193,31 @@ pub struct VcpuThread {
     /// The vCPU. Its thread holds the lock only inside KVM_RUN, so while the vCPUs are paused the
     /// event loop can read and write their state (save, restore).
     pub fd: Arc<Mutex<VcpuFd>>,
+}
+
+/// Kicks every vCPU out of KVM_RUN from another thread (auto-converge's ticks).
+pub struct Kicker {
+    threads: Vec<libc::pthread_t>,
+    control: Arc<RunControl>,
+}
+
+impl Kicker {
+    pub fn new(threads: &[VcpuThread], control: Arc<RunControl>) -> Kicker {
+        Kicker {
+            threads: threads.iter().map(|t| t.handle.as_pthread_t()).collect(),
+            control,
+        }
+    }
+
+    /// Starts a throttle tick: every vCPU sleeps its share once before it runs again.
+    pub fn tick(&self) {
+        self.control.throttle_tick.fetch_add(1, Ordering::SeqCst);
+        for thread in &self.threads {
+            // SAFETY: vCPU threads live as long as the VM, which outlives a migration; the
+            // signal has a no-op handler.
+            unsafe { libc::pthread_kill(*thread, kick_signal()) };
+        }
+    }
 }
 
 impl VcpuThread {
@@ -237,10 +291,12 @@ fn run_loop(
     let crash = |reason: String| {
         let _ = events.send(VmEvent::Crash { vcpu: id, reason });
     };
+    let mut seen_tick = 0;
     loop {
         if !control.checkpoint() {
             return;
         }
+        control.throttle_point(&mut seen_tick);
         let Ok(mut vcpu) = shared.lock() else {
             return crash("vCPU state lock poisoned".to_string());
         };

@@ -6,7 +6,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::fd::AsRawFd;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use crate::vstate::memory::GuestRam;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
@@ -71,21 +72,20 @@ impl Vm {
     }
 
     /// Gives every region of `memory` to KVM as a memory slot.
-    pub fn register_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VmError> {
+    pub fn register_memory(&self, memory: &GuestRam) -> Result<(), VmError> {
         self.set_memory_slots(memory, 0)
     }
 
     /// Starts or stops KVM's logging of the pages the guest writes, on every slot (the base of
     /// live migration's pre-copy).
-    pub fn set_dirty_logging(&self, memory: &GuestMemoryMmap, on: bool) -> Result<(), VmError> {
+    pub fn set_dirty_logging(&self, memory: &GuestRam, on: bool) -> Result<(), VmError> {
         let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
         self.set_memory_slots(memory, flags)
     }
 
     /// The guest page frames written since logging started or since the last call, which
     /// clears them, in address order.
-    pub fn dirty_pages(&self, memory: &GuestMemoryMmap) -> Result<Vec<u64>, VmError> {
-        const PAGE_SHIFT: u64 = 12;
+    pub fn dirty_pages(&self, memory: &GuestRam) -> Result<Vec<u64>, VmError> {
         let mut pages = Vec::new();
         for (slot, region) in memory.iter().enumerate() {
             let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
@@ -93,20 +93,16 @@ impl Vm {
                 .fd
                 .get_dirty_log(u32::try_from(slot).unwrap_or(u32::MAX), size)
                 .map_err(kvm_error("KVM_GET_DIRTY_LOG"))?;
-            let first = region.start_addr().0 >> PAGE_SHIFT;
-            for (index, word) in bitmap.iter().enumerate() {
-                let mut bits = *word;
-                while bits != 0 {
-                    let bit = u64::from(bits.trailing_zeros());
-                    pages.push(first + (index as u64) * 64 + bit);
-                    bits &= bits - 1;
-                }
-            }
+            crate::vstate::memory::frames_of_bitmap(
+                region.start_addr().0 >> crate::vstate::memory::PAGE_SHIFT,
+                &bitmap,
+                &mut pages,
+            );
         }
         Ok(pages)
     }
 
-    fn set_memory_slots(&self, memory: &GuestMemoryMmap, flags: u32) -> Result<(), VmError> {
+    fn set_memory_slots(&self, memory: &GuestRam, flags: u32) -> Result<(), VmError> {
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))

@@ -6,8 +6,9 @@
 
 use std::any::Any;
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, read_config_bytes};
 
@@ -74,11 +75,7 @@ impl Balloon {
 
     /// Reads the statistics in each new buffer and keeps the newest buffer. Returns whether an
     /// older held buffer was given back (a driver that sent a second one without being asked).
-    fn take_stats(
-        &mut self,
-        queue: &mut Queue,
-        memory: &GuestMemoryMmap,
-    ) -> Result<bool, VirtioError> {
+    fn take_stats(&mut self, queue: &mut Queue, memory: &GuestRam) -> Result<bool, VirtioError> {
         let mut used = false;
         while let Some(chain) = queue.iter(memory)?.next() {
             let head = chain.head_index();
@@ -114,7 +111,7 @@ impl Balloon {
 
     fn page_numbers(
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<Vec<(u16, Vec<u32>)>, VirtioError> {
         let mut buffers = Vec::new();
         while let Some(chain) = queue.iter(memory)?.next() {
@@ -175,7 +172,7 @@ impl VirtioDevice for Balloon {
         &mut self,
         index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError> {
         if index == STATS_QUEUE {
             return self.take_stats(queue, memory);
@@ -190,6 +187,9 @@ impl VirtioDevice for Balloon {
                         // SAFETY: `host` is the start of one guest page inside our mapping;
                         // dropping it only makes the guest read zeros there next time.
                         unsafe { libc::madvise(host.cast(), PAGE_BYTES, libc::MADV_DONTNEED) };
+                        if let Ok(page) = memory.get_slice(address, PAGE_BYTES) {
+                            vm_memory::bitmap::Bitmap::mark_dirty(page.bitmap(), 0, PAGE_BYTES);
+                        }
                         self.inflated_pages += 1;
                     }
                 } else if index == DEFLATE_QUEUE {

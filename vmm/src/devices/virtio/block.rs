@@ -6,8 +6,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, read_config_bytes};
 
@@ -113,7 +114,7 @@ impl Image {
     /// no copy in between.
     fn transfer(
         &self,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
         address: GuestAddress,
         length: u32,
         offset: u64,
@@ -123,6 +124,10 @@ impl Image {
         let slice = memory
             .get_slice(address, length)
             .map_err(|_| unreachable_guest_memory())?;
+        if direction == Direction::FileToGuest {
+            // Written behind vm-memory's back: live migration must still see these pages.
+            vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, length);
+        }
         let guard = slice.ptr_guard_mut();
         match self {
             // SAFETY: get_slice checked that `length` bytes at the pointer are guest memory,
@@ -265,7 +270,7 @@ impl Block {
         kind: u32,
         sector: u64,
         data: &[(GuestAddress, u32, bool)],
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> (u8, u32) {
         let total: u64 = data.iter().map(|(_, length, _)| u64::from(*length)).sum();
         let started = Instant::now();
@@ -406,7 +411,7 @@ impl VirtioDevice for Block {
         &mut self,
         _index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError> {
         let mut used_any = false;
         while let Some(chain) = queue.iter(memory)?.next() {

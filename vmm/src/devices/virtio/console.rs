@@ -9,8 +9,9 @@ use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, read_config_bytes};
 use crate::config::ConsoleTarget;
@@ -102,11 +103,7 @@ impl Console {
     }
 
     /// Fills the guest's receive buffers from the pending input.
-    fn receive(
-        &mut self,
-        queue: &mut Queue,
-        memory: &GuestMemoryMmap,
-    ) -> Result<bool, VirtioError> {
+    fn receive(&mut self, queue: &mut Queue, memory: &GuestRam) -> Result<bool, VirtioError> {
         let Ok(mut input) = self.input.lock() else {
             return Ok(false);
         };
@@ -190,7 +187,7 @@ impl VirtioDevice for Console {
         &mut self,
         index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError> {
         if index == RX_QUEUE {
             return self.receive(queue, memory);

@@ -10,8 +10,8 @@ pub mod net;
 pub mod pci;
 pub mod rng;
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Feature bits common to every device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -50,7 +50,7 @@ pub trait VirtioDevice: Send {
         &mut self,
         index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError>;
     /// The driver reset the device.
     fn reset(&mut self) {}

@@ -9,8 +9,9 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::{TYPE_NET, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, read_config_bytes};
 
@@ -163,11 +164,7 @@ impl Net {
         Ok(())
     }
 
-    fn receive(
-        &mut self,
-        queue: &mut Queue,
-        memory: &GuestMemoryMmap,
-    ) -> Result<bool, VirtioError> {
+    fn receive(&mut self, queue: &mut Queue, memory: &GuestRam) -> Result<bool, VirtioError> {
         let Ok(mut slot) = self.inbox.frame.lock() else {
             return Ok(false);
         };
@@ -209,11 +206,7 @@ impl Net {
         Ok(true)
     }
 
-    fn transmit(
-        &mut self,
-        queue: &mut Queue,
-        memory: &GuestMemoryMmap,
-    ) -> Result<bool, VirtioError> {
+    fn transmit(&mut self, queue: &mut Queue, memory: &GuestRam) -> Result<bool, VirtioError> {
         let mut used_any = false;
         while let Some(chain) = queue.iter(memory)?.next() {
             let head = chain.head_index();
@@ -282,7 +275,7 @@ impl VirtioDevice for Net {
         &mut self,
         index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError> {
         match index {
             RX_QUEUE => self.receive(queue, memory),

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioDevice;
@@ -92,7 +92,7 @@ pub struct VirtioPci {
     config: PciConfig,
     msix_capability: usize,
     device: Box<dyn VirtioDevice>,
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     queues: Vec<Queue>,
     queue_vectors: Vec<u16>,
     msix: MsixTable,
@@ -127,11 +127,7 @@ fn vendor_capability(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Ve
 }
 
 impl VirtioPci {
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        memory: GuestMemoryMmap,
-        msi: MsiSender,
-    ) -> VirtioPci {
+    pub fn new(device: Box<dyn VirtioDevice>, memory: GuestRam, msi: MsiSender) -> VirtioPci {
         let device_id = 0x1040 + device.device_type();
         let mut config = PciConfig::new(
             VENDOR_REDHAT_VIRTIO,

@@ -1,7 +1,8 @@
 //! virtio-rng: fills the guest's buffers with bytes from the host's getrandom(2).
 
+use crate::vstate::memory::GuestRam;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::{TYPE_RNG, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError};
 
@@ -55,7 +56,7 @@ impl VirtioDevice for Rng {
         &mut self,
         _index: usize,
         queue: &mut Queue,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
     ) -> Result<bool, VirtioError> {
         let mut used_any = false;
         while let Some(chain) = queue.iter(memory)?.next() {
