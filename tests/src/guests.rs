@@ -146,13 +146,20 @@ impl Console {
         self.seen.lock().unwrap().len()
     }
 
-    /// The `N=<count>` lines of the counting guest printed after `mark`.
+    /// The counts printed after `mark`: the counting Debian guest's `N=<count>` lines, the tiny
+    /// guest's `TINY: count=<count>`.
     pub fn counts_since(&self, mark: usize) -> Vec<u64> {
         let seen = self.seen.lock().unwrap();
         seen.get(mark..)
             .unwrap_or("")
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("N=")?.parse().ok())
+            .filter_map(|l| {
+                let l = l.trim();
+                l.strip_prefix("N=")
+                    .or_else(|| l.strip_prefix("TINY: count="))?
+                    .parse()
+                    .ok()
+            })
             .collect()
     }
 

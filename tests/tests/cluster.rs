@@ -679,6 +679,23 @@ fn offline_migration_moves_the_definition() {
     assert!(unknown.contains("host `nowhere` is not known"), "{unknown}");
 }
 
+/// What `server` says of domain `name`, and the tails of its console and engine logs.
+fn guest_logs(server: &Server, name: &str) -> String {
+    let uuid = ok(server, &["domuuid", name]);
+    let log = server.run_dir.join("compute").join(uuid.trim());
+    let tail = |file: &str| {
+        let text = std::fs::read_to_string(log.join(file)).unwrap_or_default();
+        let start = text.len().saturating_sub(600);
+        text.get(start..).unwrap_or_default().to_string()
+    };
+    format!(
+        "it says {}; console log tail: {:?}; engine log tail: {}",
+        ok(server, &["domstate", name, "--reason"]).trim(),
+        tail("console.log"),
+        tail("engine.log")
+    )
+}
+
 /// Live migration on the qemu engine: the Debian guest counting on its serial port moves from a
 /// to b while it counts, and its console on b goes on from where it was; domjobinfo shows the
 /// finished job. A migration aborted with domjobabort, and one whose destination QEMU is killed
@@ -729,22 +746,7 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
         }
         if std::time::Instant::now() > deadline {
             // What b's copy of the guest did, for the failure (seen once under load).
-            let uuid = ok(&b, &["domuuid", "mig"]);
-            let log = b.run_dir.join("compute").join(uuid.trim());
-            panic!(
-                "no count on b within 60 s; b says {}; console log tail: {:?}; engine log: {}",
-                ok(&b, &["domstate", "mig", "--reason"]).trim(),
-                std::fs::read_to_string(log.join("console.log"))
-                    .unwrap_or_default()
-                    .chars()
-                    .rev()
-                    .take(400)
-                    .collect::<String>()
-                    .chars()
-                    .rev()
-                    .collect::<String>(),
-                std::fs::read_to_string(log.join("engine.log")).unwrap_or_default()
-            );
+            panic!("no count on b within 60 s; {}", guest_logs(&b, "mig"));
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -830,4 +832,159 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
     );
     ok(&a, &["--host", "a", "destroy", "slow"]);
     ok(&b, &["destroy", "mig"]);
+}
+
+/// Live migration on the vmm engine: the tiny guest rewriting its memory at 32 MiB/s (and
+/// checking every page it rewrites) moves from a to b; on b it counts on from where it was and
+/// finds every page as it left it. domjobabort, and a destination vireo-vmm killed midway,
+/// leave the guest running on the source.
+#[test]
+fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
+    use std::time::Duration;
+    use vireo_tests::guests::Console;
+    if let Err(needs) = vireo_tests::kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match vireo_tests::kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    const PERIOD: u64 = 1 << 11;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::vireod_with(&[], &["--config", &config(dir.path(), "b", "")]);
+    let a_hosts = format!("[gateway.hosts.b]\nrun_dir = \"{}\"\n", b.run_dir.display());
+    let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
+    for name in ["dirt", "slowdirt"] {
+        let xml = dir.path().join(format!("{name}.xml"));
+        std::fs::write(
+            &xml,
+            format!(
+                "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>
+                 <os><type>hvm</type><kernel>{}</kernel>
+                 <cmdline>console=ttyS0 tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate=32 tiny.count_shift=11</cmdline></os>
+                 <devices><serial type='pty'/></devices></domain>",
+                kit.join("tiny.elf").display()
+            ),
+        )
+        .unwrap();
+        ok(&a, &["define", xml.to_str().unwrap()]);
+        ok(&a, &["--host", "a", "start", name]);
+    }
+    let console = Console::attach_on(&a, Some("a"), "dirt", false);
+    console.wait_for("count=8192", Duration::from_secs(30));
+
+    let moved = ok(
+        &a,
+        &[
+            "migrate",
+            "--live",
+            "--persistent",
+            "--verbose",
+            "dirt",
+            "b",
+        ],
+    );
+    assert!(moved.contains("Migration: [100 %]"), "{moved}");
+    let before = console.last_count();
+    assert!(ok(&b, &["domstate", "dirt", "--reason"]).contains("running (migrated)"));
+    assert!(
+        ok(&a, &["--host", "a", "domstate", "dirt", "--reason"]).contains("shut off (migrated)")
+    );
+    let job = ok(&a, &["--host", "a", "domjobinfo", "dirt", "--completed"]);
+    assert!(
+        job.contains("Completed") && job.contains("Total downtime"),
+        "{job}"
+    );
+    eprintln!("vmm live migration job:\n{job}");
+
+    // On b it counts on from where it was, and two passes over its memory find every page
+    // as the last pass on a left it.
+    let on_b = Console::attach_on(&a, Some("b"), "dirt", false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first_on_b = loop {
+        if let Some(first) = on_b.counts_since(0).first().copied() {
+            break first;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no count on b within 30 s; {}",
+            guest_logs(&b, "dirt")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        first_on_b > before && first_on_b <= before + 4 * PERIOD,
+        "b counts on from {before}: first seen {first_on_b}"
+    );
+    vireo_tests::wait_until(Duration::from_secs(30), "two passes on b", || {
+        (on_b.last_count() >= first_on_b + 2 * 16 * 256).then_some(())
+    });
+    let seen = on_b.leave();
+    assert!(!seen.contains("FAIL"), "{seen}");
+
+    // Aborted: slowed to 1 MiB/s, then domjobabort; the guest goes on at the source.
+    let slow_migration = || {
+        std::process::Command::new(vireo_tests::binary("vireo"))
+            .args(["-c", &format!("unix://{}", a.socket.display())])
+            .args(["migrate", "--live", "--bandwidth", "1", "slowdirt", "b"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_copying = || {
+        vireo_tests::wait_until(Duration::from_secs(30), "the copy under way", || {
+            let job = ok(&a, &["--host", "a", "domjobinfo", "slowdirt"]);
+            (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
+        });
+    };
+    let aborted = slow_migration();
+    wait_copying();
+    ok(
+        &a,
+        &["--host", "a", "migrate-setmaxdowntime", "slowdirt", "50"],
+    );
+    ok(&a, &["--host", "a", "domjobabort", "slowdirt"]);
+    let output = aborted.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(ok(&a, &["--host", "a", "domstate", "slowdirt"]).contains("running"));
+    assert!(
+        !ok(&b, &["list", "--all"]).contains("slowdirt"),
+        "the incoming copy is gone"
+    );
+
+    // The destination's vireo-vmm killed midway: the guest goes on at the source.
+    let uuid = ok(&a, &["--host", "a", "domuuid", "slowdirt"])
+        .trim()
+        .to_string();
+    let mut failing = slow_migration();
+    wait_copying();
+    let status = b.run_dir.join("compute").join(&uuid).join("status.json");
+    let pid = vireo_tests::wait_until(Duration::from_secs(10), "the incoming VMM on b", || {
+        if let Ok(Some(ended)) = failing.try_wait() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(failing.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the migration ended ({ended}) before b's VMM was killed: {stderr}");
+        }
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
+        i32::try_from(status.get("pid")?.as_u64()?).ok()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = failing.wait_with_output().unwrap();
+    assert!(!output.status.success(), "the migration cannot succeed");
+    let slow_console = Console::attach_on(&a, Some("a"), "slowdirt", false);
+    let mark = slow_console.mark();
+    vireo_tests::wait_until(
+        Duration::from_secs(30),
+        "slowdirt counting on at the source",
+        || (slow_console.counts_since(mark).len() >= 3).then_some(()),
+    );
+    assert!(!slow_console.leave().contains("FAIL"));
+    ok(&a, &["--host", "a", "destroy", "slowdirt"]);
+    ok(&b, &["destroy", "dirt"]);
 }

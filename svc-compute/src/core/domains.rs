@@ -1122,10 +1122,10 @@ impl Manager {
                     .args
                     .extend(["-incoming".into(), format!("tcp:{address}")]);
             }
-            Boot::IncomingTcp(_) => {
-                return Err(Error::Unsupported(
-                    "live migration into a vmm-engine domain is not built yet (issue #10)".into(),
-                ));
+            Boot::IncomingTcp(address) => {
+                // The machine's shape comes with the state; the host ends (serial, control,
+                // disks, taps) are this host's.
+                launch.args = engine::vmm::receive_args(&launch.args, *address);
             }
             _ => {
                 return Err(Error::Unsupported(format!(
@@ -2130,7 +2130,8 @@ pub enum Boot {
     LoadVm(String),
     /// QEMU: from a saved state file, fed through -incoming.
     Incoming(PathBuf),
-    /// QEMU: from a live migration arriving on this TCP address (-incoming tcp:).
+    /// From a live migration arriving on this TCP address (QEMU's -incoming tcp:, vireo-vmm
+    /// receive --listen).
     IncomingTcp(std::net::SocketAddr),
 }
 

@@ -1,6 +1,7 @@
-//! The engine side of live migration on QEMU: a destination domain that waits for the state on
-//! TCP (`-incoming tcp:`), the source sending it (`migrate`, with its downtime and bandwidth
-//! limits), progress read from `query-migrate`, cancel when the caller goes, and the finish that
+//! The engine side of live migration: a destination domain that waits for the state on TCP
+//! (QEMU's `-incoming tcp:`, `vireo-vmm receive --listen`), the source sending it (QEMU's
+//! `migrate`, vireo-vmm's `migrate`, with their downtime and bandwidth limits), progress read
+//! from `query-migrate` or vireo-vmm's `info`, cancel when the caller goes, and the finish that
 //! resumes the destination. The table lock is not held while state moves, so the host answers
 //! other calls meanwhile.
 
@@ -23,13 +24,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a destination waits for the whole state before giving up.
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn qemu_of(control: &Control, name: &str) -> Result<crate::core::engine::qmp::Qmp, Error> {
-    match control {
-        Control::Qemu(qmp) => Ok(qmp.clone()),
-        Control::Vmm(_) => Err(Error::Unsupported(format!(
-            "domain '{name}' runs on the vmm engine: its live migration is not built yet (issue #10); migrate it --offline, or save and restore it"
-        ))),
-    }
+async fn vmm_run(path: &std::path::Path, request: Value) -> Result<Value, Error> {
+    crate::core::engine::vmm::request(path, request)
+        .await
+        .map_err(|err| Error::Engine(format!("vireo-vmm: {err}")))
 }
 
 async fn qmp_run(
@@ -54,6 +52,27 @@ fn free_port(address: std::net::IpAddr) -> Result<u16, Error> {
                 INCOMING_PORTS.end()
             ))
         })
+}
+
+/// Progress as vireo-vmm's `info` shows it under "migration" (its status names are QEMU's).
+fn vmm_update_of(migration: &Value) -> pb::SendDomainStateUpdate {
+    let number = |key: &str| migration.get(key).and_then(Value::as_u64).unwrap_or(0);
+    pb::SendDomainStateUpdate {
+        status: migration
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("setup")
+            .to_string(),
+        total_bytes: number("total_bytes"),
+        transferred_bytes: number("transferred_bytes"),
+        remaining_bytes: number("remaining_bytes"),
+        dirty_pages_rate: number("dirty_pages_rate"),
+        iteration: number("iteration"),
+        expected_downtime_ms: number("expected_downtime_ms"),
+        downtime_ms: number("downtime_ms"),
+        elapsed_ms: number("elapsed_ms"),
+        bandwidth_bytes_s: number("bandwidth_bytes_s"),
+    }
 }
 
 fn update_of(status: &Value, elapsed_ms: u64) -> pb::SendDomainStateUpdate {
@@ -112,13 +131,25 @@ impl Manager {
         max_downtime_ms: Option<u64>,
         bandwidth_mib_s: Option<u64>,
     ) -> Result<(), Error> {
-        let qmp = {
+        let control = {
             let mut table = self.table.lock().await;
             let uuid = table.find(domain)?;
-            let run = Self::running(&mut table, &uuid)?;
-            qemu_of(&run.control, &run.live.name)?
+            Self::running(&mut table, &uuid)?.control.clone()
         };
-        set_limits(&qmp, max_downtime_ms, bandwidth_mib_s).await
+        match &control {
+            Control::Qemu(qmp) => set_limits(qmp, max_downtime_ms, bandwidth_mib_s).await,
+            // Without a migration under way there is nothing to tune: svc-migrate keeps the
+            // limits and passes them to the next one, as QEMU keeps its parameters.
+            Control::Vmm(path) => match vmm_run(
+                path,
+                json!({"cmd": "migrate-tune", "max_downtime_ms": max_downtime_ms, "bandwidth_mib_s": bandwidth_mib_s}),
+            )
+            .await
+            {
+                Err(Error::Engine(error)) if error.contains("no migration is running") => Ok(()),
+                other => other.map(drop),
+            },
+        }
     }
 
     /// Starts `xml` paused, waiting on a TCP port for its state; returns (name, uuid, port).
@@ -184,12 +215,11 @@ impl Manager {
         request: &pb::SendDomainStateRequest,
         updates: mpsc::Sender<pb::SendDomainStateUpdate>,
     ) -> Result<(), Error> {
-        let (uuid, qmp, was_running) = {
+        let (uuid, control, was_running) = {
             let mut table = self.table.lock().await;
             let uuid = table.find(domain)?;
             let run = Self::running(&mut table, &uuid)?;
-            let qmp = qemu_of(&run.control, &run.live.name)?;
-            (uuid, qmp, run.state == State::Running)
+            (uuid, run.control.clone(), run.state == State::Running)
         };
         let address = request.address.trim();
         if address.is_empty() || address.contains(['/', ' ']) {
@@ -198,47 +228,79 @@ impl Manager {
                 message: format!("`{address}` is not HOST:PORT"),
             });
         }
-        set_limits(
-            &qmp,
-            (request.max_downtime_ms > 0).then_some(request.max_downtime_ms),
-            Some(request.bandwidth_mib_s),
-        )
-        .await?;
-        qmp_run(
-            &qmp,
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "auto-converge", "state": request.auto_converge}]}),
-        )
-        .await?;
         let started = std::time::Instant::now();
-        qmp_run(&qmp, "migrate", json!({"uri": format!("tcp:{address}")})).await?;
+        let max_downtime_ms = (request.max_downtime_ms > 0).then_some(request.max_downtime_ms);
+        match &control {
+            Control::Qemu(qmp) => {
+                set_limits(qmp, max_downtime_ms, Some(request.bandwidth_mib_s)).await?;
+                qmp_run(
+                    qmp,
+                    "migrate-set-capabilities",
+                    json!({"capabilities": [{"capability": "auto-converge", "state": request.auto_converge}]}),
+                )
+                .await?;
+                qmp_run(qmp, "migrate", json!({"uri": format!("tcp:{address}")})).await?;
+            }
+            Control::Vmm(path) => {
+                vmm_run(
+                    path,
+                    json!({
+                        "cmd": "migrate",
+                        "address": address,
+                        "max_downtime_ms": max_downtime_ms,
+                        "bandwidth_mib_s": request.bandwidth_mib_s,
+                        "auto_converge": request.auto_converge,
+                    }),
+                )
+                .await?;
+            }
+        }
         let elapsed = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         loop {
-            let status = qmp_run(&qmp, "query-migrate", json!({})).await?;
-            let update = update_of(&status, elapsed());
-            match status.get("status").and_then(Value::as_str) {
-                Some("completed") => {
+            let (update, error) = match &control {
+                Control::Qemu(qmp) => {
+                    let status = qmp_run(qmp, "query-migrate", json!({})).await?;
+                    let error = status
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("QEMU cancelled it")
+                        .to_string();
+                    let mut update = update_of(&status, elapsed());
+                    if let Some(state @ ("failed" | "cancelled")) =
+                        status.get("status").and_then(Value::as_str)
+                    {
+                        update.status = state.to_string();
+                    }
+                    (update, error)
+                }
+                Control::Vmm(path) => {
+                    let info = vmm_run(path, json!({"cmd": "info"})).await?;
+                    let migration = &info["migration"];
+                    let error = migration
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("vireo-vmm cancelled it")
+                        .to_string();
+                    (vmm_update_of(migration), error)
+                }
+            };
+            match update.status.as_str() {
+                "completed" => {
                     let _ = updates.send(update).await;
                     break;
                 }
-                Some("failed" | "cancelled") => {
-                    if was_running {
-                        let _ = qmp_run(&qmp, "cont", json!({})).await;
+                "failed" | "cancelled" => {
+                    // vireo-vmm resumes its guest itself; QEMU waits to be told.
+                    if let (Control::Qemu(qmp), true) = (&control, was_running) {
+                        let _ = qmp_run(qmp, "cont", json!({})).await;
                     }
-                    return Err(Error::Engine(format!(
-                        "the migration failed: {}",
-                        status
-                            .get("error-desc")
-                            .and_then(Value::as_str)
-                            .unwrap_or("QEMU cancelled it")
-                    )));
+                    return Err(Error::Engine(format!("the migration failed: {error}")));
                 }
                 _ => {}
             }
             if updates.send(update).await.is_err() {
                 // The caller went away: cancel, and the guest goes on here.
-                let _ = qmp_run(&qmp, "migrate_cancel", json!({})).await;
-                self.resume_after_cancel(&qmp, was_running).await;
+                self.cancel_sending(&control, was_running).await;
                 return Err(Error::State("the migration was cancelled".into()));
             }
             tokio::time::sleep(POLL).await;
@@ -248,11 +310,24 @@ impl Manager {
         if let Some(run) = table.entry(&uuid).run.as_mut() {
             run.intent = super::Intent::Destroy;
         }
-        let _ = qmp_run(&qmp, "quit", json!({})).await;
+        let _ = control.stop().await;
         if let Some(run) = table.entry(&uuid).run.take() {
             self.finish(&mut table, &uuid, run, Outcome::Migrated).await;
         }
         Ok(())
+    }
+
+    /// Cancels an outgoing migration; the guest runs on here once the engine has let go.
+    async fn cancel_sending(&self, control: &Control, was_running: bool) {
+        match control {
+            Control::Qemu(qmp) => {
+                let _ = qmp_run(qmp, "migrate_cancel", json!({})).await;
+                self.resume_after_cancel(qmp, was_running).await;
+            }
+            Control::Vmm(path) => {
+                let _ = vmm_run(path, json!({"cmd": "migrate-cancel"})).await;
+            }
+        }
     }
 
     /// After a cancel QEMU may still be cancelling; the guest runs again once it has.
@@ -279,27 +354,41 @@ impl Manager {
         domain: Option<&ObjectRef>,
         paused: bool,
     ) -> Result<pb::Domain, Error> {
-        let (uuid, qmp) = {
+        let (uuid, control) = {
             let mut table = self.table.lock().await;
             let uuid = table.find(domain)?;
             let run = Self::running(&mut table, &uuid)?;
-            (uuid.clone(), qemu_of(&run.control, &run.live.name)?)
+            (uuid.clone(), run.control.clone())
         };
         let deadline = tokio::time::Instant::now() + INCOMING_TIMEOUT;
         loop {
-            let status = qmp_run(&qmp, "query-status", json!({})).await?;
-            match status.get("status").and_then(Value::as_str) {
-                Some("inmigrate") if tokio::time::Instant::now() < deadline => {
+            // Ok(true): still arriving; Ok(false): arrived; Err: it will not.
+            let arriving = match &control {
+                Control::Qemu(qmp) => {
+                    let status = qmp_run(qmp, "query-status", json!({})).await?;
+                    match status.get("status").and_then(Value::as_str) {
+                        Some("inmigrate") => Ok(true),
+                        Some("paused" | "prelaunch" | "postmigrate" | "running") => Ok(false),
+                        other => Err(format!("QEMU status {}", other.unwrap_or("unknown"))),
+                    }
+                }
+                Control::Vmm(path) => vmm_run(path, json!({"cmd": "info"}))
+                    .await
+                    .map(|info| info.get("state").and_then(Value::as_str) == Some("incoming"))
+                    .map_err(|err| err.to_string()),
+            };
+            let why = match arriving {
+                Ok(false) => break,
+                Ok(true) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(POLL).await;
+                    continue;
                 }
-                Some("paused" | "prelaunch" | "postmigrate" | "running") => break,
-                other => {
-                    return Err(Error::Engine(format!(
-                        "the incoming migration did not complete (QEMU status {})",
-                        other.unwrap_or("unknown")
-                    )));
-                }
-            }
+                Ok(true) => "timed out".to_string(),
+                Err(why) => why,
+            };
+            return Err(Error::Engine(format!(
+                "the incoming migration did not complete ({why})"
+            )));
         }
         let mut table = self.table.lock().await;
         let run = Self::running(&mut table, &uuid)?;

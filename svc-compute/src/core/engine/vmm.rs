@@ -260,6 +260,27 @@ pub fn command(
     })
 }
 
+/// `vireo-vmm receive` for a domain whose `run` command line is `run_args`: the same host ends,
+/// without what the source sends (kernel, command line, vCPUs, memory size).
+pub fn receive_args(run_args: &[String], address: std::net::SocketAddr) -> Vec<String> {
+    let mut args = vec![
+        "receive".to_string(),
+        "--listen".into(),
+        address.to_string(),
+        "--paused".into(),
+    ];
+    let mut given = run_args.iter().skip(1);
+    while let Some(flag) = given.next() {
+        match flag.as_str() {
+            "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" => {
+                given.next();
+            }
+            _ => args.push(flag.clone()),
+        }
+    }
+    args
+}
+
 /// One request on the control socket and its reply.
 pub async fn request(path: &Path, request: Value) -> Result<Value, String> {
     let stream = UnixStream::connect(path)
