@@ -3,6 +3,8 @@
 //! migration lost or left stale stops it with "dirty FAIL". A cancel, a destination killed
 //! midway and a hostile peer leave the source running.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod common;
 
