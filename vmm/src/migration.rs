@@ -40,6 +40,8 @@ const MAX_PREAMBLE_BYTES: u32 = 1 << 20;
 const MAX_STATE_BYTES: u64 = 64 << 20;
 /// libvirt's and QEMU's default downtime limit.
 pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
+/// An expected downtime this short ends the pre-copy at once.
+const SMALL_DOWNTIME_MS: u64 = 10;
 /// How long the source waits for the destination to confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Auto-converge: the first throttle, its step, and its ceiling (percent).
@@ -376,14 +378,41 @@ pub fn memory_crc32(memory: &GuestRam) -> Result<u32, String> {
     Ok(crc.finalize())
 }
 
-fn all_frames(memory: &GuestRam) -> Vec<u64> {
-    memory
-        .iter()
-        .flat_map(|region| {
-            let first = region.start_addr().0 / PAGE_SIZE;
-            first..first + region.len() / PAGE_SIZE
-        })
-        .collect()
+/// The first pass's frames: every page the process ever backed. A page neither present nor
+/// swapped out (the kernel's pagemap says) was never written, so it is zero, as the
+/// destination's fresh memory is. Without a readable pagemap, every page.
+fn populated_frames(memory: &GuestRam) -> Vec<u64> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+    let mut frames = Vec::new();
+    for region in memory.iter() {
+        let first = region.start_addr().0 / PAGE_SIZE;
+        let pages = region.len() / PAGE_SIZE;
+        let entries = pagemap.as_ref().and_then(|pagemap| {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .ok()? as u64;
+            let mut bytes = vec![0u8; usize::try_from(pages * 8).ok()?];
+            std::os::unix::fs::FileExt::read_exact_at(pagemap, &mut bytes, host / PAGE_SIZE * 8)
+                .ok()?;
+            Some(bytes)
+        });
+        match entries {
+            Some(entries) => frames.extend(
+                entries
+                    .chunks_exact(8)
+                    .zip(first..)
+                    .filter(|(entry, _)| {
+                        let entry = u64::from_le_bytes((*entry).try_into().unwrap_or([0xff; 8]));
+                        entry & (PRESENT | SWAPPED) != 0
+                    })
+                    .map(|(_, frame)| frame),
+            ),
+            None => frames.extend(first..first + pages),
+        }
+    }
+    frames
 }
 
 /// What the pre-copy thread needs of the VM.
@@ -493,7 +522,7 @@ fn precopy(
     memory::take_vmm_written(&source.memory);
     let ticking = Arc::new(AtomicBool::new(true));
     let _ticker = Ticker::start(source.kicker, source.run_control.clone(), ticking.clone());
-    let mut frames = all_frames(&source.memory);
+    let mut frames = populated_frames(&source.memory);
     let mut transferred = 0u64;
     let mut bandwidth = 0u64;
     let mut previous_remaining = u64::MAX;
@@ -540,7 +569,12 @@ fn precopy(
         if shared.cancel.load(Ordering::SeqCst) {
             return Err("cancelled".into());
         }
-        if expected_ms <= shared.max_downtime_ms.load(Ordering::SeqCst) {
+        // Within the limit, one more pass is still worth it while it halves what is left: it
+        // costs a little total time and takes that off the downtime.
+        let shrinking = remaining.saturating_mul(2) <= previous_remaining;
+        if expected_ms <= shared.max_downtime_ms.load(Ordering::SeqCst)
+            && (expected_ms <= SMALL_DOWNTIME_MS || !shrinking)
+        {
             ticking.store(false, Ordering::SeqCst);
             return Ok((sender, frames));
         }
@@ -721,8 +755,8 @@ pub fn receive(
         .accept()
         .map_err(|err| format!("accepting the source: {err}"))?;
     let _ = stream.set_nodelay(true);
-    let mut input =
-        BufReader::with_capacity(1 << 20, stream.try_clone().map_err(|err| err.to_string())?);
+    // Unbuffered: pages go from the socket straight into guest memory.
+    let mut input = stream.try_clone().map_err(|err| err.to_string())?;
     let mut magic = [0u8; 8];
     read_exact(&mut input, &mut magic)?;
     if &magic != MAGIC {
@@ -743,7 +777,7 @@ pub fn receive(
     let preamble: Preamble =
         serde_json::from_slice(&json).map_err(|err| format!("preamble: {err}"))?;
     let (vm, memory) = prepare(&preamble)?;
-    let mut page_buffer = vec![0u8; RECORD_PAGES * PAGE_BYTES];
+    let zeros = vec![0u8; RECORD_PAGES * PAGE_BYTES];
     loop {
         let mut tag = [0u8; 1];
         read_exact(&mut input, &mut tag)?;
@@ -755,18 +789,23 @@ pub fn receive(
                     return Err(format!("a record of {count} pages is not one we sent"));
                 }
                 let bytes = count * PAGE_BYTES;
-                let buffer = &mut page_buffer[..bytes];
-                if tag[0] == TAG_PAGES {
-                    read_exact(&mut input, buffer)?;
-                } else {
-                    buffer.fill(0);
-                }
                 let address = frame
                     .checked_mul(PAGE_SIZE)
-                    .ok_or_else(|| format!("page frame {frame:#x} is out of range"))?;
-                memory
-                    .write_slice(buffer, GuestAddress(address))
-                    .map_err(|_| format!("pages at {address:#x} are outside guest memory"))?;
+                    .filter(|address| memory.check_range(GuestAddress(*address), bytes))
+                    .ok_or_else(|| {
+                        format!("{count} pages at frame {frame:#x} are outside guest memory")
+                    })?;
+                if tag[0] == TAG_PAGES {
+                    let mut pages = memory
+                        .get_slice(GuestAddress(address), bytes)
+                        .map_err(|err| format!("pages at {address:#x}: {err}"))?;
+                    vm_memory::ReadVolatile::read_exact_volatile(&mut input, &mut pages)
+                        .map_err(|err| format!("reading from the source: {err}"))?;
+                } else {
+                    memory
+                        .write_slice(&zeros[..bytes], GuestAddress(address))
+                        .map_err(|err| format!("pages at {address:#x}: {err}"))?;
+                }
                 received.fetch_add(13 + bytes as u64, Ordering::Relaxed);
             }
             TAG_STATE => {
