@@ -1,9 +1,9 @@
 //! svc-migrate owns migration jobs between hosts (prepare, perform, finish, confirm, rollback) and
 //! save/restore of domains; the engines move the bytes. Save, restore and managed save are built:
 //! this service asks svc-compute (through its gRPC API on the same host) to write or resume a
-//! guest's state (`vireo dominfo` shows a managed image). Offline migration is built
-//! (`migration.rs`); live migration, jobs, HasManagedSave and the save-image XML calls arrive
-//! with issue #10.
+//! guest's state (`vireo dominfo` shows a managed image). Offline and live migration on both
+//! engines, with their jobs and limits, are in `migration.rs`; copied storage, TLS data and the
+//! save-image XML calls are not built.
 
 mod migration;
 

@@ -2,9 +2,10 @@
 //! host's gateway, which routes by host name.
 //! - Offline (`migrate --offline --persistent [--undefinesource]`): the inactive domain's
 //!   definition is defined there; if undefining the source then fails, the copy is removed.
-//! - Live, QEMU engine (`migrate [--live] [--persistent] [--undefinesource] [--suspend]`): the
+//! - Live, both engines (`migrate [--live] [--persistent] [--undefinesource] [--suspend]`): the
 //!   destination's compute starts the domain waiting on a TCP port, the source's compute sends
-//!   the state straight there (QEMU to QEMU), and the destination resumes. Progress is the job
+//!   the state straight there (QEMU to QEMU, vireo-vmm to vireo-vmm), and the destination
+//!   resumes. Progress is the job
 //!   (`domjobinfo`); `domjobabort`, a failure or a dead destination cancel it, the incoming copy
 //!   is destroyed and the guest goes on at the source.
 
