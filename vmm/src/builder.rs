@@ -255,24 +255,45 @@ pub struct Events {
     pub sender: Sender<VmEvent>,
     pub receiver: Receiver<VmEvent>,
     pub watchers: Vec<Sender<String>>,
+    /// Whether the control socket already feeds the channel; if not, `build` opens it once
+    /// the VM is built, so a VM that cannot be built never shows a socket.
+    control_served: bool,
 }
 
 impl Events {
-    /// The channel, with the control socket (if configured) feeding it.
-    pub fn serve(config: &VmConfig) -> Result<Events, BuildError> {
+    pub fn new() -> Events {
         let (sender, receiver) = mpsc::channel();
-        if let Some(path) = &config.control_socket {
-            control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        Ok(Events {
+        Events {
             sender,
             receiver,
             watchers: Vec::new(),
-        })
+            control_served: false,
+        }
     }
+
+    /// The channel, with the control socket (if configured) feeding it from now on.
+    pub fn serve(config: &VmConfig) -> Result<Events, BuildError> {
+        let mut events = Events::new();
+        serve_control(config, &events.sender)?;
+        events.control_served = true;
+        Ok(events)
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+fn serve_control(config: &VmConfig, sender: &Sender<VmEvent>) -> Result<(), BuildError> {
+    if let Some(path) = &config.control_socket {
+        control::serve(path, sender.clone()).map_err(|source| BuildError::Control {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The VM and its memory, registered with KVM, with its interrupt controllers.
@@ -349,6 +370,7 @@ pub fn build(
         sender,
         receiver: events,
         watchers,
+        control_served,
     } = events;
     let mut bus = PioBus::default();
     let (serial_port, serial_interrupt, serial_info) =
@@ -392,6 +414,10 @@ pub fn build(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
     );
     let devices = Arc::new(Devices { pio: bus, pci });
+
+    if !control_served {
+        serve_control(config, &sender)?;
+    }
 
     vcpu::install_kick_handler().map_err(BuildError::Threads)?;
     let run_control = Arc::new(RunControl::default());

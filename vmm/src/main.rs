@@ -140,8 +140,7 @@ fn parse_run(mut args: impl Iterator<Item = String>, mode: Mode) -> Result<Parse
 }
 
 fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
-    let built = builder::Events::serve(config)
-        .and_then(|events| builder::build(config, start, events, false));
+    let built = builder::build(config, start, builder::Events::new(), false);
     match built {
         Ok(vmm) => run_built(config, vmm),
         Err(err) => {
