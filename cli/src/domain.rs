@@ -166,6 +166,9 @@ pub enum DomainCommand {
         /// Throttle the guest's vCPUs when the copy does not converge
         #[arg(long)]
         auto_converge: bool,
+        /// Encrypt the migration data with TLS (the hosts' certificates)
+        #[arg(long)]
+        tls: bool,
         /// Print each phase
         #[arg(long)]
         verbose: bool,
@@ -854,6 +857,7 @@ pub async fn run(
             bandwidth,
             max_downtime,
             auto_converge,
+            tls,
             verbose,
         } => {
             let persistent_xml = match persistent_xml {
@@ -891,6 +895,7 @@ pub async fn run(
                         persistent_xml,
                         bandwidth_mib_s: bandwidth,
                         max_downtime_ms: max_downtime,
+                        tls,
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -1901,7 +1901,7 @@ impl DomainService for Domains {
         let request = request.into_inner();
         let (name, uuid, port) = self
             .manager
-            .start_incoming(&request.xml, &request.listen_address)
+            .start_incoming(&request.xml, &request.listen_address, request.tls)
             .await?;
         Ok(Response::new(pb::StartIncomingDomainResponse {
             name,

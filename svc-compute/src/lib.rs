@@ -17,8 +17,13 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     context.prepare_state_dir()?;
     let host = std::sync::Arc::new(core::host::Host::new(core::host::HostRoot::system()));
     let engines = std::sync::Arc::new(core::engines::probe().await);
-    let domains =
-        core::domains::Manager::open(&context.state_dir, &context.run_dir, engines.clone()).await?;
+    let domains = core::domains::Manager::open(
+        &context.state_dir,
+        &context.run_dir,
+        engines.clone(),
+        context.file.tls.dir(),
+    )
+    .await?;
     let server = ServerBuilder::new()
         .add_service(grpc::node_server(host.clone(), engines))
         .add_service(grpc_domains::domain_server(domains.clone()));

@@ -35,6 +35,7 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             gateway_socket: context.run_dir.join("gateway.sock"),
             jobs: Default::default(),
             limits: Default::default(),
+            tls_by_default: !context.file.tls.listen.is_empty(),
         }))
         .add_service(MigrationPeerServiceServer::new(Peers))
         .add_service(SaveRestoreServiceServer::new(save_restore));

@@ -33,6 +33,8 @@ pub struct Migrations {
     pub jobs: Arc<Mutex<HashMap<String, Job>>>,
     /// migrate-setmaxdowntime and migrate-setspeed, by UUID: for this domain's migrations.
     pub limits: Arc<Mutex<HashMap<String, Limits>>>,
+    /// The deployment serves TLS (`[tls.listen]`): its migration data goes over TLS too.
+    pub tls_by_default: bool,
 }
 
 /// A domain's migration limits; None is the default.
@@ -93,9 +95,9 @@ fn not_built(flags: &pb::MigrationFlags, options: &pb::MigrationOptions) -> Opti
             "flags.copy_storage_all: copying disks is not built yet (issue #10); the disks must be on storage both hosts see",
         ));
     }
-    if flags.tunnelled || options.parallel_connections.is_some_and(|n| n > 1) || options.tls {
+    if flags.tunnelled || options.parallel_connections.is_some_and(|n| n > 1) {
         return Some(Status::unimplemented(
-            "flags.tunnelled: tunnelled, parallel and TLS data connections are not built yet; the data goes over one direct TCP connection",
+            "flags.tunnelled: tunnelled and parallel data connections are not built; the data goes over one direct connection, TCP or TLS (--tls)",
         ));
     }
     if !options.dest_name.is_empty() || !options.dest_xml.is_empty() {
@@ -320,7 +322,8 @@ impl Migrations {
         dest: String,
     ) -> Result<Live, Status> {
         let flags = request.flags.unwrap_or_default();
-        let options = request.options.unwrap_or_default();
+        let mut options = request.options.unwrap_or_default();
+        options.tls |= self.tls_by_default;
         if let Some(status) = not_built(&flags, &options) {
             return Err(status);
         }
@@ -464,6 +467,7 @@ impl Migrations {
                 host: dest.clone(),
                 xml,
                 listen_address: options.listen_address.clone(),
+                tls: options.tls,
             })
             .await
             .map_err(on_dest)?
@@ -565,6 +569,7 @@ impl Migrations {
                     .or(limits.bandwidth_mib_s)
                     .unwrap_or(0),
                 auto_converge: flags.auto_converge,
+                tls: options.tls,
                 ..Default::default()
             })
             .await?
@@ -658,6 +663,7 @@ impl MigrationService for Migrations {
             gateway_socket: self.gateway_socket.clone(),
             jobs: self.jobs.clone(),
             limits: self.limits.clone(),
+            tls_by_default: self.tls_by_default,
         };
         // The migration runs to its end even if the client goes; domjobinfo follows it.
         tokio::spawn(async move {

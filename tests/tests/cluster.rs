@@ -988,3 +988,128 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
     ok(&a, &["--host", "a", "destroy", "slowdirt"]);
     ok(&b, &["destroy", "dirt"]);
 }
+
+/// `migrate --tls`: the data goes between the hosts over TLS with the deployment's
+/// certificates (the `[tls]` pki_dir), on both engines; the engines themselves listen and send
+/// on loopback only. Without a client certificate the migration is refused naming the file,
+/// and the guest goes on at the source.
+#[test]
+fn migration_data_goes_over_tls_with_the_hosts_certificates() {
+    use std::time::Duration;
+    use vireo_tests::guests::{Console, counting_debian_xml, debian_kit};
+    if let Err(needs) = vireo_tests::kvm_usable() {
+        skip!("needs {needs}");
+    }
+    let kit = match vireo_tests::kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(needs) => skip!("needs {needs}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_arg = pki.to_str().unwrap();
+    for args in [
+        vec!["ca", "--dir", pki_arg],
+        vec![
+            "server",
+            "localhost",
+            "--alt-name",
+            "127.0.0.1",
+            "--dir",
+            pki_arg,
+        ],
+        vec!["client", "host-a", "--dir", pki_arg],
+    ] {
+        let made = std::process::Command::new(vireo_tests::binary("vireo"))
+            .arg("pki")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "vireo pki {args:?}: {made:?}");
+    }
+    let tls = format!("\n[tls]\npki_dir = \"{pki_arg}\"\n");
+    let b = Server::vireod_with(&[], &["--config", &config(dir.path(), "b", &tls)]);
+    let a_hosts = format!(
+        "[gateway.hosts.b]\nrun_dir = \"{}\"\n{tls}",
+        b.run_dir.display()
+    );
+    let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
+    let xml = dir.path().join("sealed.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='kvm'><name>sealed</name><memory unit='MiB'>64</memory>
+             <os><type>hvm</type><kernel>{}</kernel>
+             <cmdline>console=ttyS0 tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate=32 tiny.count_shift=11</cmdline></os>
+             <devices><serial type='pty'/></devices></domain>",
+            kit.join("tiny.elf").display()
+        ),
+    )
+    .unwrap();
+    ok(&a, &["define", xml.to_str().unwrap()]);
+    ok(&a, &["--host", "a", "start", "sealed"]);
+    let console = Console::attach_on(&a, Some("a"), "sealed", false);
+    console.wait_for("count=4096", Duration::from_secs(30));
+
+    // No client certificate: refused before anything moves, naming the file.
+    let client_cert = pki.join("clientcert.pem");
+    let hidden = pki.join("clientcert.pem.away");
+    std::fs::rename(&client_cert, &hidden).unwrap();
+    let refused = vireo_tests::fails(&a, &["migrate", "--live", "--tls", "sealed", "b"]);
+    assert!(refused.contains("clientcert.pem"), "{refused}");
+    assert!(ok(&a, &["--host", "a", "domstate", "sealed"]).contains("running"));
+    assert!(!ok(&b, &["list", "--all"]).contains("sealed"));
+    std::fs::rename(&hidden, &client_cert).unwrap();
+
+    let moved = ok(
+        &a,
+        &["migrate", "--live", "--tls", "--verbose", "sealed", "b"],
+    );
+    assert!(moved.contains("Migration: [100 %]"), "{moved}");
+    let before = console.last_count();
+    assert!(ok(&b, &["domstate", "sealed", "--reason"]).contains("running (migrated)"));
+    let uuid = ok(&b, &["domuuid", "sealed"]);
+    let engine_log = std::fs::read_to_string(
+        b.run_dir
+            .join("compute")
+            .join(uuid.trim())
+            .join("engine.log"),
+    )
+    .unwrap();
+    assert!(
+        engine_log.contains("waiting for a migration on 127.0.0.1:"),
+        "the engine listens on loopback only: {engine_log}"
+    );
+    let on_b = Console::attach_on(&a, Some("b"), "sealed", false);
+    let first = vireo_tests::wait_until(Duration::from_secs(30), "a count on b", || {
+        on_b.counts_since(0).first().copied()
+    });
+    assert!(first > before, "b counts on from {before}: {first}");
+    vireo_tests::wait_until(Duration::from_secs(30), "a pass on b", || {
+        (on_b.last_count() >= first + 16 * 256).then_some(())
+    });
+    assert!(!on_b.leave().contains("FAIL"));
+    ok(&b, &["destroy", "sealed"]);
+
+    // QEMU's migration over the same TLS relay.
+    let Ok(debian) = debian_kit() else {
+        return;
+    };
+    let xml = dir.path().join("sealedq.xml");
+    std::fs::write(&xml, counting_debian_xml("sealedq", &debian)).unwrap();
+    ok(&a, &["define", xml.to_str().unwrap()]);
+    ok(&a, &["--host", "a", "start", "sealedq"]);
+    let console = Console::attach_on(&a, Some("a"), "sealedq", false);
+    console.wait_for("N=3\r\n", Duration::from_secs(120));
+    ok(&a, &["migrate", "--live", "--tls", "sealedq", "b"]);
+    let before = console.last_count();
+    assert!(ok(&b, &["domstate", "sealedq", "--reason"]).contains("running (migrated)"));
+    let on_b = Console::attach_on(&a, Some("b"), "sealedq", false);
+    let first = vireo_tests::wait_until(Duration::from_secs(60), "a count on b", || {
+        on_b.counts_since(0).first().copied()
+    });
+    assert!(
+        first >= before && first < before + 100,
+        "{before} then {first}"
+    );
+    ok(&b, &["destroy", "sealedq"]);
+}

@@ -29,6 +29,7 @@ use super::volumes::Storage;
 use crate::Error;
 
 mod migration;
+mod migration_tls;
 
 use pb::DomainState as State;
 use pb::DomainStateReason as Reason;
@@ -192,6 +193,8 @@ pub struct Manager {
     networks: network::Networks,
     /// svc-nodedev, which detaches and reattaches `<hostdev>` devices.
     host_devices: hostdev::HostDevices,
+    /// The deployment's certificates (`[tls]` pki_dir), for migration data over TLS.
+    pki_dir: PathBuf,
     table: Mutex<Table>,
     events: broadcast::Sender<pb::DomainEvent>,
     seq: AtomicU64,
@@ -225,6 +228,7 @@ impl Manager {
         state_dir: &Path,
         run_dir: &Path,
         engines: Arc<Engines>,
+        pki_dir: PathBuf,
     ) -> Result<Arc<Manager>, Error> {
         let store = Store::open(state_dir).map_err(Error::io("domain definitions"))?;
         let run_root = run_dir.join("compute");
@@ -238,6 +242,7 @@ impl Manager {
             storage: Storage::new(run_dir.join("storage.sock")),
             networks: network::Networks::new(run_dir.join("network.sock")),
             host_devices: hostdev::HostDevices::new(run_dir.join("nodedev.sock")),
+            pki_dir,
             table: Mutex::new(Table {
                 next_id: 1,
                 ..Table::default()

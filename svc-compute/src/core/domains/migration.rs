@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use vireo_proto::common::v1::ObjectRef;
 use vireo_proto::compute::v1 as pb;
 
-use super::{Boot, Entry, Manager, Outcome, Reason, State};
+use super::{Boot, Entry, Manager, Outcome, Reason, State, migration_tls};
 use crate::Error;
 use crate::core::engine::Control;
 
@@ -152,11 +152,14 @@ impl Manager {
         }
     }
 
-    /// Starts `xml` paused, waiting on a TCP port for its state; returns (name, uuid, port).
+    /// Starts `xml` paused, waiting on a TCP port for its state (over TLS with `tls`: the
+    /// engine then waits on loopback behind this service's TLS port); returns (name, uuid,
+    /// port).
     pub async fn start_incoming(
         self: &Arc<Self>,
         xml: &str,
         listen_address: &str,
+        tls: bool,
     ) -> Result<(String, String, u16), Error> {
         let listen: std::net::IpAddr = if listen_address.is_empty() {
             std::net::Ipv4Addr::UNSPECIFIED.into()
@@ -177,6 +180,19 @@ impl Manager {
             )));
         }
         let port = free_port(listen)?;
+        // With TLS this service holds the outside port, and the engine listens on loopback.
+        let (tls_listener, engine_address) = if tls {
+            let acceptor = migration_tls::acceptor(&self.pki_dir)?;
+            let listener =
+                std::net::TcpListener::bind((listen, port)).map_err(Error::io("migration port"))?;
+            let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+            (
+                Some((acceptor, listener)),
+                std::net::SocketAddr::new(loopback, free_port(loopback)?),
+            )
+        } else {
+            (None, std::net::SocketAddr::new(listen, port))
+        };
         let uuid = def.uuid.clone();
         let name = def.name.clone();
         let fresh = !table.entries.contains_key(&uuid);
@@ -189,10 +205,18 @@ impl Manager {
         let saved = entry.persistent.replace(def);
         let id = table.next_id;
         table.next_id += 1;
-        let address = std::net::SocketAddr::new(listen, port);
         let result = self
-            .launch(&mut table, &uuid, id, true, &Boot::IncomingTcp(address))
+            .launch(
+                &mut table,
+                &uuid,
+                id,
+                true,
+                &Boot::IncomingTcp(engine_address),
+            )
             .await;
+        if let (Ok(()), Some((acceptor, listener))) = (&result, tls_listener) {
+            migration_tls::serve_incoming(acceptor, listener, engine_address, INCOMING_TIMEOUT);
+        }
         table.entry(&uuid).persistent = saved;
         if let Err(err) = result {
             if fresh {
@@ -228,6 +252,16 @@ impl Manager {
                 message: format!("`{address}` is not HOST:PORT"),
             });
         }
+        // Over TLS the engine sends to a loopback relay of this service's.
+        let relayed;
+        let address = if request.tls {
+            relayed = migration_tls::relay_outgoing(&self.pki_dir, address)
+                .await?
+                .to_string();
+            relayed.as_str()
+        } else {
+            address
+        };
         let started = std::time::Instant::now();
         let max_downtime_ms = (request.max_downtime_ms > 0).then_some(request.max_downtime_ms);
         match &control {
