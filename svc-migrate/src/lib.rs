@@ -2,8 +2,8 @@
 //! save/restore of domains; the engines move the bytes. Save, restore and managed save are built:
 //! this service asks svc-compute (through its gRPC API on the same host) to write or resume a
 //! guest's state (`vireo dominfo` shows a managed image). Offline and live migration on both
-//! engines, with their jobs and limits, are in `migration.rs`; copied storage, TLS data and the
-//! save-image XML calls are not built.
+//! engines, with their jobs and limits and TLS data, are in `migration.rs`; copied storage and
+//! the save-image XML calls are not built.
 
 mod migration;
 
