@@ -169,6 +169,9 @@ pub enum DomainCommand {
         /// Encrypt the migration data with TLS (the hosts' certificates)
         #[arg(long)]
         tls: bool,
+        /// Checksum all guest memory on both hosts at the switch (vmm engine; longer downtime)
+        #[arg(long)]
+        verify_memory: bool,
         /// Print each phase
         #[arg(long)]
         verbose: bool,
@@ -858,6 +861,7 @@ pub async fn run(
             max_downtime,
             auto_converge,
             tls,
+            verify_memory,
             verbose,
         } => {
             let persistent_xml = match persistent_xml {
@@ -896,6 +900,7 @@ pub async fn run(
                         bandwidth_mib_s: bandwidth,
                         max_downtime_ms: max_downtime,
                         tls,
+                        verify_memory,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -2353,8 +2358,20 @@ fn print_job(info: &migrate::JobInfo) {
             format!("{}         ms", info.expected_downtime_ms),
         ),
     ]);
+    if info.auto_converge_throttle_percent > 0 {
+        fields.push((
+            "Auto converge throttle",
+            info.auto_converge_throttle_percent.to_string(),
+        ));
+    }
     if info.r#type() == JobType::Completed {
         fields.push(("Total downtime", format!("{}         ms", info.downtime_ms)));
+    }
+    if let Some(crc) = info.memory_crc32 {
+        fields.push((
+            "Memory checksum",
+            format!("{crc:08x} (CRC32, equal on both hosts)"),
+        ));
     }
     if !info.error_message.is_empty() {
         fields.push(("Error message", info.error_message.clone()));

@@ -570,6 +570,7 @@ impl Migrations {
                     .unwrap_or(0),
                 auto_converge: flags.auto_converge,
                 tls: options.tls,
+                verify_memory: options.verify_memory,
                 ..Default::default()
             })
             .await?
@@ -610,6 +611,8 @@ impl Migrations {
                     memory_bandwidth_bytes_s: update.bandwidth_bytes_s,
                     expected_downtime_ms: update.expected_downtime_ms,
                     downtime_ms: update.downtime_ms,
+                    memory_crc32: update.memory_crc32,
+                    auto_converge_throttle_percent: update.throttle_percent,
                     ..Default::default()
                 };
                 info = job.info.clone();

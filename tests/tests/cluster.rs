@@ -775,6 +775,10 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
         ok(&a, &["--host", "a", "migrate-getmaxdowntime", "slow"]).trim(),
         "300"
     );
+    let unverifiable =
+        vireo_tests::fails(&a, &["migrate", "--live", "--verify-memory", "slow", "b"]);
+    assert!(unverifiable.contains("verify_memory"), "{unverifiable}");
+    assert!(!ok(&b, &["list", "--all"]).contains("slow"));
     let aborted = slow_migration();
     wait_copying();
     // Limits change while it runs.
@@ -879,6 +883,7 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
             "migrate",
             "--live",
             "--persistent",
+            "--verify-memory",
             "--verbose",
             "dirt",
             "b",
@@ -893,6 +898,10 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
     let job = ok(&a, &["--host", "a", "domjobinfo", "dirt", "--completed"]);
     assert!(
         job.contains("Completed") && job.contains("Total downtime"),
+        "{job}"
+    );
+    assert!(
+        job.contains("Memory checksum") && job.contains("equal on both hosts"),
         "{job}"
     );
     eprintln!("vmm live migration job:\n{job}");

@@ -72,6 +72,11 @@ fn vmm_update_of(migration: &Value) -> pb::SendDomainStateUpdate {
         downtime_ms: number("downtime_ms"),
         elapsed_ms: number("elapsed_ms"),
         bandwidth_bytes_s: number("bandwidth_bytes_s"),
+        memory_crc32: migration
+            .get("memory_crc32")
+            .and_then(Value::as_u64)
+            .and_then(|crc| u32::try_from(crc).ok()),
+        throttle_percent: u32::try_from(number("throttle_percent")).unwrap_or(0),
     }
 }
 
@@ -95,6 +100,8 @@ fn update_of(status: &Value, elapsed_ms: u64) -> pb::SendDomainStateUpdate {
         downtime_ms: number(status, "downtime"),
         elapsed_ms,
         bandwidth_bytes_s: number(&ram, "mbps").saturating_mul(1_000_000) / 8,
+        memory_crc32: None,
+        throttle_percent: u32::try_from(number(status, "cpu-throttle-percentage")).unwrap_or(0),
     }
 }
 
@@ -265,6 +272,12 @@ impl Manager {
         let started = std::time::Instant::now();
         let max_downtime_ms = (request.max_downtime_ms > 0).then_some(request.max_downtime_ms);
         match &control {
+            Control::Qemu(_) if request.verify_memory => {
+                return Err(Error::Unsupported(
+                    "verify_memory: QEMU's migration has no memory checksum; it is vireo-vmm's"
+                        .into(),
+                ));
+            }
             Control::Qemu(qmp) => {
                 set_limits(qmp, max_downtime_ms, Some(request.bandwidth_mib_s)).await?;
                 qmp_run(
@@ -284,6 +297,7 @@ impl Manager {
                         "max_downtime_ms": max_downtime_ms,
                         "bandwidth_mib_s": request.bandwidth_mib_s,
                         "auto_converge": request.auto_converge,
+                        "verify": request.verify_memory,
                     }),
                 )
                 .await?;
