@@ -109,8 +109,8 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> Vmm {
     }
 }
 
-/// A guest dirtying `rate` MiB/s over 16 MiB.
-fn source(dir: &Path, kernel: &Path, vcpus: u8, rate: u32) -> Vmm {
+/// A guest dirtying `rate` MiB/s over `region` MiB.
+fn source(dir: &Path, kernel: &Path, vcpus: u8, rate: u32, region: u64) -> Vmm {
     let vmm = spawn(
         dir,
         "source",
@@ -124,13 +124,13 @@ fn source(dir: &Path, kernel: &Path, vcpus: u8, rate: u32) -> Vmm {
             "128".into(),
             "--cmdline".into(),
             format!(
-                "tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate={rate} tiny.count_shift={SHIFT}"
+                "tiny.test=dirty tiny.dirty_mib={region} tiny.dirty_rate={rate} tiny.count_shift={SHIFT}"
             ),
         ],
     );
     // Two passes over the region: every page has been rewritten (and checked) once.
     wait("the guest dirtying", || {
-        (vmm.counts().last().copied().unwrap_or(0) >= 2 * 16 * 256).then_some(())
+        (vmm.counts().last().copied().unwrap_or(0) >= 2 * region * 256).then_some(())
     });
     vmm
 }
@@ -173,7 +173,7 @@ fn wait_migration(source: &Vmm) -> (Value, u64) {
 fn a_dirtying_guest_migrates_live_and_checks_every_page_on_arrival() {
     let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
-    let source = source(dir.path(), &kernel, 2, 32);
+    let source = source(dir.path(), &kernel, 2, 32, 16);
     let (mut destination, address) = destination(dir.path());
     assert_eq!(destination.info()["state"], "incoming");
     let refused = destination.ask(json!({"cmd": "shutdown"}));
@@ -235,7 +235,7 @@ fn a_dirtying_guest_migrates_live_and_checks_every_page_on_arrival() {
 fn a_cancel_or_a_lost_destination_leaves_the_source_running() {
     let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
-    let source = source(dir.path(), &kernel, 1, 32);
+    let source = source(dir.path(), &kernel, 1, 32, 16);
     for how in ["cancel", "kill"] {
         let (mut destination, address) = destination(dir.path());
         let started = source.ask(json!({
@@ -298,12 +298,12 @@ fn a_cancel_or_a_lost_destination_leaves_the_source_running() {
 fn auto_converge_slows_a_guest_that_outruns_the_link() {
     let kernel = tiny_or_skip!("tiny.elf");
     let dir = tempfile::tempdir().unwrap();
-    // 64 MiB/s dirtied over a 16 MiB region, 8 MiB/s sent, 30 ms allowed: without help this
+    // 64 MiB/s dirtied over an 8 MiB region, 16 MiB/s sent, 30 ms allowed: without help this
     // never fits.
-    let source = source(dir.path(), &kernel, 1, 64);
+    let source = source(dir.path(), &kernel, 1, 64, 8);
     let (mut destination, address) = destination(dir.path());
     let started = source.ask(json!({
-        "cmd": "migrate", "address": address, "bandwidth_mib_s": 8,
+        "cmd": "migrate", "address": address, "bandwidth_mib_s": 16,
         "max_downtime_ms": 30, "auto_converge": true
     }));
     assert_eq!(started["ok"], true, "{started}");
