@@ -540,6 +540,9 @@ impl Vmm {
             Request::Save(path) => self.save(&path).map(|_| Some(VmExit::Saved)),
             Request::Balloon(target_mib) => self.set_balloon(target_mib).map(|()| None),
             Request::Stop => Ok(Some(VmExit::Stopped)),
+            Request::DirtyPages if self.running_migration().is_ok() => {
+                Err("a migration is running: its pre-copy owns the dirty log".into())
+            }
             Request::DirtyPages => {
                 let pages = if self.dirty_logging {
                     self.vm.dirty_pages(&self.memory)
@@ -598,14 +601,26 @@ impl Vmm {
                 machine: self.machine.clone(),
             },
         };
-        self.dirty_logging = true;
         self.outgoing = Some(migration::start(source, request)?);
+        // The migration owns KVM's dirty log now; a later `dirty-pages` starts afresh.
+        self.dirty_logging = false;
         Ok(())
     }
 
     /// The stop-and-copy: the vCPUs pause, the rest goes, and the destination confirms. On any
     /// failure the guest goes on here as it was.
     fn switchover(&mut self, mut switchover: Box<migration::Switchover>) {
+        if switchover.outgoing.cancelled() {
+            // Cancelled between the pre-copy's end and now: the guest never stops.
+            migration::finished(
+                &switchover.outgoing,
+                &Err("cancelled".into()),
+                std::time::Duration::ZERO,
+            );
+            self.run_control.set_throttle(0);
+            let _ = self.vm.set_dirty_logging(&self.memory, false);
+            return;
+        }
         let was_running = self.run_control.state() == RunState::Running;
         migration::entering_device_phase(&switchover.outgoing);
         let paused_at = std::time::Instant::now();
@@ -622,7 +637,6 @@ impl Vmm {
             self.notify(&control::event_line("migrated", None));
         } else {
             let _ = self.vm.set_dirty_logging(&self.memory, false);
-            self.dirty_logging = false;
             if was_running {
                 vcpu::transition(&self.run_control, &self.vcpus, RunState::Running);
             }
@@ -848,6 +862,25 @@ fn adopt_machine(config: &mut VmConfig, preamble: &migration::Preamble) -> Resul
     }
 }
 
+/// The arrived state fits the machine it is for: a vCPU state per vCPU, a device state per
+/// virtio device.
+fn check_state(config: &VmConfig, header: &snapshot::SnapshotHeader) -> Result<(), String> {
+    let devices = usize::from(config.rng)
+        + config.disks.len()
+        + config.nets.len()
+        + usize::from(config.balloon)
+        + usize::from(config.console.is_some());
+    if header.vcpus.len() != usize::from(config.vcpus) || header.devices.virtio.len() != devices {
+        return Err(format!(
+            "the state has {} vCPUs and {} virtio devices, the machine {} and {devices}",
+            header.vcpus.len(),
+            header.devices.virtio.len(),
+            config.vcpus
+        ));
+    }
+    Ok(())
+}
+
 /// Waits for a VM migrating in on `listener`, answering control requests meanwhile; then builds
 /// it (paused if asked, before or while it arrived) and tells the source.
 pub fn receive(
@@ -885,15 +918,27 @@ pub fn receive(
                     arrived,
                     mut stream,
                 } = *arrival;
-                let built = adopt_machine(&mut config, &preamble).and_then(|()| {
-                    build(&config, Start::Incoming(Box::new(arrived)), events, paused)
-                        .map_err(|err| err.to_string())
-                });
-                migration::confirm(
+                // Built paused: it runs only once the source has heard it may stop.
+                let built = adopt_machine(&mut config, &preamble)
+                    .and_then(|()| check_state(&config, &arrived.header))
+                    .and_then(|()| {
+                        build(&config, Start::Incoming(Box::new(arrived)), events, true)
+                            .map_err(|err| err.to_string())
+                    });
+                let told = migration::confirm(
                     &mut stream,
                     &built.as_ref().map(|_| ()).map_err(Clone::clone),
                 );
-                return built.map_err(NotArrived::Failed);
+                let vmm = built.map_err(NotArrived::Failed)?;
+                if let Err(err) = told {
+                    return Err(NotArrived::Failed(format!(
+                        "the source went away before the handover: {err}"
+                    )));
+                }
+                if !paused {
+                    vcpu::transition(&vmm.run_control, &vmm.vcpus, RunState::Running);
+                }
+                return Ok(vmm);
             }
             VmEvent::Arrived(Err(error)) => {
                 return Err(NotArrived::Failed(format!("incoming migration: {error}")));

@@ -153,6 +153,8 @@ pub struct Outgoing {
     auto_converge: AtomicBool,
     verify: bool,
     cancel: AtomicBool,
+    /// The data connection, shut down by a cancel so a write blocked on a stalled peer ends.
+    connection: Mutex<Option<TcpStream>>,
     progress: Mutex<Progress>,
 }
 
@@ -165,6 +167,7 @@ impl Outgoing {
             auto_converge: AtomicBool::new(request.auto_converge),
             verify: request.verify,
             cancel: AtomicBool::new(false),
+            connection: Mutex::new(None),
             progress: Mutex::new(Progress {
                 phase: Phase::Setup,
                 error: None,
@@ -206,8 +209,19 @@ impl Outgoing {
         });
     }
 
+    /// Gives up the migration: the pre-copy stops at once, a switchover not yet begun does
+    /// not begin, and the guest goes on here.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+        if let Ok(connection) = self.connection.lock()
+            && let Some(stream) = connection.as_ref()
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
     }
 
     /// Changes the limits of a running migration; None leaves one as it is.
@@ -261,8 +275,9 @@ fn is_zero(page: &[u8]) -> bool {
 /// The sending end: a buffered stream that counts and paces what it writes.
 pub struct Outbound {
     out: BufWriter<TcpStream>,
-    /// Bytes written since the pacing started, and when it did.
+    /// Bytes written since the pacing started, when it did, and at which limit.
     paced_bytes: u64,
+    paced_limit: u64,
     paced_since: Instant,
     buffer: Vec<u8>,
 }
@@ -276,16 +291,23 @@ impl Outbound {
         Ok(())
     }
 
-    /// Sleeps as long as the bytes written so far run ahead of `bandwidth` (0: unlimited).
-    fn pace(&mut self, bandwidth: u64) {
-        if bandwidth == 0 {
+    /// Sleeps as long as the bytes written since the limit was last set run ahead of
+    /// `bandwidth` (0: unlimited), in short naps that a cancel ends.
+    fn pace(&mut self, bandwidth: u64, cancel: &AtomicBool) {
+        if bandwidth != self.paced_limit {
+            self.paced_limit = bandwidth;
             self.paced_bytes = 0;
             self.paced_since = Instant::now();
+        }
+        if bandwidth == 0 {
             return;
         }
         let due = Duration::from_secs_f64(self.paced_bytes as f64 / bandwidth as f64);
-        if let Some(ahead) = due.checked_sub(self.paced_since.elapsed()) {
-            std::thread::sleep(ahead);
+        while let Some(ahead) = due.checked_sub(self.paced_since.elapsed()) {
+            if cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(ahead.min(Duration::from_millis(50)));
         }
     }
 
@@ -455,6 +477,9 @@ pub fn start(source: Source, request: &Request) -> Result<Arc<Outgoing>, String>
         .map_err(|err| format!("cannot reach the destination {address}: {err}"))?;
     let _ = stream.set_nodelay(true);
     let outgoing = Arc::new(Outgoing::new(request, total));
+    if let Ok(mut connection) = outgoing.connection.lock() {
+        *connection = stream.try_clone().ok();
+    }
     let shared = outgoing.clone();
     std::thread::Builder::new()
         .name("migration".into())
@@ -502,6 +527,7 @@ fn precopy(
     let mut sender = Outbound {
         out: BufWriter::with_capacity(1 << 20, stream),
         paced_bytes: 0,
+        paced_limit: 0,
         paced_since: Instant::now(),
         buffer: Vec::new(),
     };
@@ -542,7 +568,7 @@ fn precopy(
                 if cancel.load(Ordering::SeqCst) {
                     return Err("cancelled".into());
                 }
-                sender.pace(shared.bandwidth_bytes_s.load(Ordering::SeqCst));
+                sender.pace(shared.bandwidth_bytes_s.load(Ordering::SeqCst), cancel);
                 Ok(())
             },
         )?;
@@ -551,14 +577,21 @@ fn precopy(
         let pass_time = pass_started.elapsed();
         if pass_time >= Duration::from_millis(5) && written > 0 {
             bandwidth = per_second(written, pass_time);
+        } else if bandwidth == 0 {
+            // A pass too short to measure: the whole migration's rate so far.
+            bandwidth = per_second(transferred, shared.started.elapsed());
         }
         frames = take_dirty(&source.vm, &source.memory)?;
         let remaining = frames.len() as u64 * PAGE_SIZE;
         let rate = per_second(frames.len() as u64, pass_time);
-        let expected_ms = remaining
-            .saturating_mul(1000)
-            .checked_div(bandwidth)
-            .unwrap_or(u64::MAX);
+        let expected_ms = if remaining == 0 {
+            0
+        } else {
+            remaining
+                .saturating_mul(1000)
+                .checked_div(bandwidth)
+                .unwrap_or(u64::MAX)
+        };
         shared.update(|p| {
             p.transferred_bytes = transferred;
             p.remaining_bytes = remaining;
@@ -631,6 +664,12 @@ pub fn finish(
     memory: &GuestRam,
     header: &SnapshotHeader,
 ) -> Result<(), String> {
+    // A destination that stops reading must not keep this VM paused: writes give up.
+    let _ = switchover
+        .sender
+        .out
+        .get_ref()
+        .set_write_timeout(Some(CONFIRM_TIMEOUT));
     let mut frames = take_dirty(vm, memory)?;
     frames.append(&mut switchover.pending);
     frames.sort_unstable();
@@ -678,6 +717,7 @@ pub fn finished(outgoing: &Outgoing, result: &Result<(), String>, downtime: Dura
             p.downtime_ms = downtime_ms;
             p.phase = Phase::Completed;
         }),
+        Err(_) if outgoing.cancelled() => outgoing.end(Phase::Cancelled, Some("cancelled".into())),
         Err(error) => outgoing.end(Phase::Failed, Some(error.clone())),
     }
 }
@@ -715,12 +755,12 @@ impl std::fmt::Debug for Switchover {
 }
 
 /// Tells the source how building the VM went: "ok", or the error.
-pub fn confirm(stream: &mut TcpStream, result: &Result<(), String>) {
+pub fn confirm(stream: &mut TcpStream, result: &Result<(), String>) -> std::io::Result<()> {
     let line = match result {
         Ok(()) => "ok\n".to_string(),
         Err(error) => format!("{}\n", error.replace('\n', " ")),
     };
-    let _ = stream.write_all(line.as_bytes());
+    stream.write_all(line.as_bytes())
 }
 
 /// Counts bytes as they arrive, for `info`.

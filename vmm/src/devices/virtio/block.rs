@@ -124,12 +124,8 @@ impl Image {
         let slice = memory
             .get_slice(address, length)
             .map_err(|_| unreachable_guest_memory())?;
-        if direction == Direction::FileToGuest {
-            // Written behind vm-memory's back: live migration must still see these pages.
-            vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, length);
-        }
         let guard = slice.ptr_guard_mut();
-        match self {
+        let moved = match self {
             // SAFETY: get_slice checked that `length` bytes at the pointer are guest memory,
             // which stays mapped for the VM's life.
             Image::Raw(file) => unsafe {
@@ -144,7 +140,13 @@ impl Image {
                     Direction::GuestToFile => image.write(&*bytes, offset),
                 }
             }
+        };
+        if direction == Direction::FileToGuest {
+            // Written behind vm-memory's back, and marked only once written (success or not):
+            // a live migration that sent the page meanwhile sends it again.
+            vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, length);
         }
+        moved
     }
 
     fn flush(&self) -> std::io::Result<()> {
