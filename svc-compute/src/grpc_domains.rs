@@ -1969,6 +1969,18 @@ impl DomainService for Domains {
         Ok(Response::new(domain))
     }
 
+    async fn confirm_domain_migration(
+        &self,
+        request: Request<pb::ConfirmDomainMigrationRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let request = request.into_inner();
+        let domain = self
+            .manager
+            .confirm_migration(request.domain.as_ref(), request.succeeded)
+            .await?;
+        Ok(Response::new(domain))
+    }
+
     async fn console(
         &self,
         request: Request<Streaming<pb::ConsoleInput>>,

@@ -377,6 +377,20 @@ impl Migrations {
         })
     }
 
+    /// Tells the source's compute how the migration ended; a domain that was not waiting for
+    /// it is left as it is.
+    async fn confirm_source(&self, uuid: &str, succeeded: bool) {
+        if let Ok(mut source) = client(&self.compute_socket, "svc-compute").await {
+            let _ = source
+                .confirm_domain_migration(compute::ConfirmDomainMigrationRequest {
+                    domain: by_uuid(uuid),
+                    succeeded,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+
     fn running_job(&self, uuid: &str) -> bool {
         self.jobs
             .lock()
@@ -476,32 +490,59 @@ impl Migrations {
         let sent = self
             .send_live(&uuid, &address, &flags, &options, &cancel, out)
             .await;
+        let incoming_host = destination.clone();
+        let destroy_incoming = || {
+            let mut destination = incoming_host.clone();
+            let request = compute::DestroyDomainRequest {
+                host: dest.clone(),
+                domain: by_uuid(&uuid),
+                ..Default::default()
+            };
+            async move {
+                let _ = destination.destroy_domain(request).await;
+            }
+        };
         if let Err(status) = sent {
-            // The guest goes on at the source; the incoming copy goes.
-            let _ = destination
-                .destroy_domain(compute::DestroyDomainRequest {
-                    host: dest.clone(),
-                    domain: by_uuid(&uuid),
-                    ..Default::default()
-                })
-                .await;
+            // The incoming copy goes, and the guest goes on at the source (if its state was
+            // delivered meanwhile, it waits there for this word).
+            destroy_incoming().await;
+            self.confirm_source(&uuid, false).await;
             return Err(status);
         }
         phase(pb::JobPhase::Finish);
         let _ = out
             .send(Ok(progress("finish", format!("resuming on `{dest}`"))))
             .await;
-        let arrived = destination
+        let finished = destination
             .finish_incoming_domain(compute::FinishIncomingDomainRequest {
                 host: dest.clone(),
                 domain: by_uuid(&uuid),
                 paused: flags.suspend,
             })
+            .await;
+        let arrived = match finished {
+            Ok(arrived) => arrived.into_inner().summary.unwrap_or_default(),
+            Err(status) => {
+                destroy_incoming().await;
+                self.confirm_source(&uuid, false).await;
+                return Err(on_dest(status));
+            }
+        };
+        // Only now does the source let go.
+        let mut source = client(&self.compute_socket, "svc-compute").await?;
+        source
+            .confirm_domain_migration(compute::ConfirmDomainMigrationRequest {
+                domain: by_uuid(&uuid),
+                succeeded: true,
+                ..Default::default()
+            })
             .await
-            .map_err(on_dest)?
-            .into_inner()
-            .summary
-            .unwrap_or_default();
+            .map_err(|status| {
+                Status::internal(format!(
+                    "the domain runs on `{dest}`, but stopping it here failed: {}",
+                    status.message()
+                ))
+            })?;
         if flags.persistent {
             destination
                 .define_domain(compute::DefineDomainRequest {

@@ -67,6 +67,8 @@ struct Run {
     intent: Intent,
     /// The last poweroff/reboot/crash the engine reported.
     last_event: Option<EngineEvent>,
+    /// Its state went to another host, which has yet to confirm: whether it ran before.
+    awaiting_confirm: Option<bool>,
 }
 
 struct Entry {
@@ -352,6 +354,7 @@ impl Manager {
                 generation,
                 intent: Intent::None,
                 last_event: None,
+                awaiting_confirm: None,
             };
             if paused && run.state != State::Paused {
                 (run.state, run.reason) = (State::Paused, Reason::PausedUnknown);
@@ -1018,6 +1021,7 @@ impl Manager {
             generation,
             intent: Intent::None,
             last_event: None,
+            awaiting_confirm: None,
         };
         if let Err(err) = apply_pinning(&run) {
             tracing::warn!(%uuid, %err, "vCPU pinning");

@@ -353,16 +353,64 @@ impl Manager {
             }
             tokio::time::sleep(POLL).await;
         }
-        // The destination has everything: this copy stops, shut off as migrated.
+        // The destination has everything; this copy waits, paused, for the orchestrator's
+        // confirmation. If the orchestrator went away before it heard, the guest goes on here.
         let mut table = self.table.lock().await;
+        if updates.is_closed() {
+            drop(table);
+            self.resume_here(&control, was_running).await;
+            return Err(Error::State("the migration was cancelled".into()));
+        }
         if let Some(run) = table.entry(&uuid).run.as_mut() {
-            run.intent = super::Intent::Destroy;
+            run.awaiting_confirm = Some(was_running);
         }
-        let _ = control.stop().await;
-        if let Some(run) = table.entry(&uuid).run.take() {
-            self.finish(&mut table, &uuid, run, Outcome::Migrated).await;
-        }
+        self.set_run_state(&mut table, &uuid, (State::Paused, Reason::PausedMigration));
         Ok(())
+    }
+
+    /// A delivered domain whose state the destination did not take after all runs again here.
+    async fn resume_here(&self, control: &Control, was_running: bool) {
+        if was_running {
+            let _ = control.resume().await;
+        }
+    }
+
+    /// The end of an outgoing migration whose state was delivered: stop here (`succeeded`), or
+    /// go on as before.
+    pub async fn confirm_migration(
+        self: &Arc<Self>,
+        domain: Option<&ObjectRef>,
+        succeeded: bool,
+    ) -> Result<pb::Domain, Error> {
+        let mut table = self.table.lock().await;
+        let uuid = table.find(domain)?;
+        let Some(was_running) = table
+            .entry(&uuid)
+            .run
+            .as_mut()
+            .and_then(|run| run.awaiting_confirm.take())
+        else {
+            return Ok(self.domain_of(&table, &uuid));
+        };
+        if succeeded {
+            if let Some(run) = table.entry(&uuid).run.as_mut() {
+                run.intent = super::Intent::Destroy;
+                let _ = run.control.stop().await;
+            }
+            if let Some(run) = table.entry(&uuid).run.take() {
+                self.finish(&mut table, &uuid, run, Outcome::Migrated).await;
+            }
+        } else {
+            let control = Self::running(&mut table, &uuid)?.control.clone();
+            self.resume_here(&control, was_running).await;
+            let state = if was_running {
+                (State::Running, Reason::RunningMigrationCanceled)
+            } else {
+                (State::Paused, Reason::PausedUser)
+            };
+            self.set_run_state(&mut table, &uuid, state);
+        }
+        Ok(self.domain_of(&table, &uuid))
     }
 
     /// Cancels an outgoing migration; the guest runs on here once the engine has let go.
