@@ -16,6 +16,9 @@ use vireo_runtime::tls::{CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_K
 
 use crate::Error;
 
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn not_ready(what: String) -> Error {
     Error::State(format!("migration over TLS: {what}"))
 }
@@ -102,11 +105,21 @@ pub fn serve_incoming(
                 return;
             }
         };
-        let Ok(Ok((stream, peer))) = tokio::time::timeout(wait, listener.accept()).await else {
-            return;
+        // The first peer that completes the handshake with a certificate of the deployment's
+        // CA is the source; anyone else (a port scan, a stray client) is dropped.
+        let deadline = tokio::time::Instant::now() + wait;
+        let (mut secure, peer) = loop {
+            let Ok(Ok((stream, peer))) = tokio::time::timeout_at(deadline, listener.accept()).await
+            else {
+                return;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(secure)) => break (secure, peer),
+                Ok(Err(err)) => tracing::warn!(%peer, %err, "refused a migration peer"),
+                Err(_) => tracing::warn!(%peer, "a migration peer did not complete the handshake"),
+            }
         };
         let outcome = async {
-            let mut secure = acceptor.accept(stream).await?;
             let mut plain = TcpStream::connect(engine).await?;
             tokio::io::copy_bidirectional(&mut secure, &mut plain).await
         }
@@ -134,9 +147,9 @@ pub async fn relay_outgoing(pki_dir: &Path, destination: &str) -> Result<SocketA
     let remote = TcpStream::connect(destination)
         .await
         .map_err(|err| not_ready(format!("cannot reach {destination}: {err}")))?;
-    let mut secure = connector
-        .connect(name, remote)
+    let mut secure = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, remote))
         .await
+        .map_err(|_| not_ready(format!("handshake with {destination}: timed out")))?
         .map_err(|err| not_ready(format!("handshake with {destination}: {err}")))?;
     let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
