@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vireo_vmm::builder::{self, VmExit};
-use vireo_vmm::config::{ConsoleTarget, VmConfig};
+use vireo_vmm::config::VmConfig;
 use vireo_vmm::devices::serial::SerialOutput;
 use vireo_vmm::vstate::memory::MemoryOptions;
 
@@ -142,7 +142,7 @@ fn parse_run(mut args: impl Iterator<Item = String>, mode: Mode) -> Result<Parse
 fn run(config: &VmConfig, start: builder::Start) -> ExitCode {
     let built = builder::build(config, start, builder::Events::new(), false);
     match built {
-        Ok(vmm) => run_built(config, vmm),
+        Ok(vmm) => run_built(vmm),
         Err(err) => {
             eprintln!("vireo-vmm: {err}");
             ExitCode::FAILURE
@@ -163,22 +163,22 @@ fn receive(config: VmConfig, listen: &str, paused: bool) -> ExitCode {
     match builder::receive(config.clone(), listener, paused) {
         Ok(vmm) => {
             eprintln!("vireo-vmm: the VM arrived");
-            run_built(&config, vmm)
+            run_built(vmm)
         }
         Err(builder::NotArrived::Stopped) => {
             eprintln!("vireo-vmm: stopped before the VM arrived");
-            remove_sockets(&config);
+            remove_sockets();
             ExitCode::from(VmExit::Stopped.exit_code())
         }
         Err(builder::NotArrived::Failed(error)) => {
             eprintln!("vireo-vmm: {error}");
-            remove_sockets(&config);
+            remove_sockets();
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_built(config: &VmConfig, vmm: builder::Vmm) -> ExitCode {
+fn run_built(vmm: builder::Vmm) -> ExitCode {
     if let Some(pty) = &vmm.serial().pty {
         eprintln!("vireo-vmm: serial console on {}", pty.display());
     }
@@ -190,30 +190,13 @@ fn run_built(config: &VmConfig, vmm: builder::Vmm) -> ExitCode {
         VmExit::Stopped => eprintln!("vireo-vmm: stopped"),
         VmExit::Saved => eprintln!("vireo-vmm: saved and stopped"),
     }
-    remove_sockets(config);
+    remove_sockets();
     ExitCode::from(exit.exit_code())
 }
 
-/// The sockets this process listened on go with it.
-fn remove_sockets(config: &VmConfig) {
-    let serial_socket = match &config.serial {
-        SerialOutput::Unix(path) => Some(path),
-        _ => None,
-    };
-    let console_socket = match &config.console {
-        Some(ConsoleTarget::Unix(path)) => Some(path),
-        _ => None,
-    };
-    for path in [
-        serial_socket,
-        console_socket,
-        config.control_socket.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let _ = std::fs::remove_file(path);
-    }
+/// The sockets this process listened on go with it (unless another process took the path).
+fn remove_sockets() {
+    vireo_vmm::control::remove_bound_sockets();
 }
 
 /// Sends one request to a running VMM's control socket and prints the reply (and, for `watch`,

@@ -768,3 +768,60 @@ fn dirty_pages_are_the_ones_the_guest_writes() {
     let _ = control(guest.dir.path(), "stop");
     let _ = guest.finish();
 }
+
+/// A VMM removes at exit only the sockets that are still its own: a later VMM that took over
+/// the same serial path keeps its socket.
+#[test]
+fn a_vmm_leaves_a_socket_another_vmm_took_over() {
+    let kernel = tiny_or_skip!("tiny.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.sock");
+    let start = |control: &str| {
+        Command::new(VMM)
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(["--cmdline", "console=ttyS0 tiny.test=counter"])
+            .arg("--serial")
+            .arg(format!("unix:{}", serial.display()))
+            .arg("--control")
+            .arg(dir.path().join(control))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vireo-vmm")
+    };
+    let wait_socket = |path: &Path| {
+        let started = Instant::now();
+        while !path.exists() {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{} never appeared",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut first = start("first.sock");
+    wait_socket(&dir.path().join("first.sock"));
+    let mut second = start("second.sock");
+    wait_socket(&dir.path().join("second.sock"));
+    ask(
+        &dir.path().join("first.sock"),
+        serde_json::json!({"cmd": "stop"}),
+    );
+    assert_eq!(wait_exit(&mut first), Some(5));
+    assert!(
+        !dir.path().join("first.sock").exists(),
+        "its own socket goes"
+    );
+    assert!(
+        serial.exists(),
+        "the serial socket the second VMM took stays"
+    );
+    std::os::unix::net::UnixStream::connect(&serial).expect("the second VMM's serial answers");
+    ask(
+        &dir.path().join("second.sock"),
+        serde_json::json!({"cmd": "stop"}),
+    );
+    assert_eq!(wait_exit(&mut second), Some(5));
+    assert!(!serial.exists(), "and goes with the second VMM");
+}

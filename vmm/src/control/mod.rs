@@ -169,10 +169,35 @@ fn serve_client(stream: UnixStream, events: &Sender<VmEvent>) -> std::io::Result
     }
 }
 
-/// Listens on `path`; each client gets its own thread.
-pub fn serve(path: &Path, events: Sender<VmEvent>) -> std::io::Result<()> {
+/// The unix sockets this process bound, with their inodes: at exit it removes only those still
+/// its own (another process may have bound the same path since).
+static BOUND: std::sync::Mutex<Vec<(std::path::PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Binds a unix socket at `path`, replacing a stale one, and remembers it for removal at exit.
+pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::MetadataExt;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
+    if let (Ok(metadata), Ok(mut bound)) = (std::fs::metadata(path), BOUND.lock()) {
+        bound.push((path.to_path_buf(), metadata.ino()));
+    }
+    Ok(listener)
+}
+
+/// Removes the sockets `bind_socket` made that are still this process's.
+pub fn remove_bound_sockets() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mut bound) = BOUND.lock() else { return };
+    for (path, inode) in bound.drain(..) {
+        if std::fs::metadata(&path).is_ok_and(|metadata| metadata.ino() == inode) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Listens on `path`; each client gets its own thread.
+pub fn serve(path: &Path, events: Sender<VmEvent>) -> std::io::Result<()> {
+    let listener = bind_socket(path)?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {

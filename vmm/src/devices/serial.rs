@@ -242,8 +242,7 @@ fn open_pty() -> Result<(OwnedFd, PathBuf), SerialError> {
 }
 
 pub(crate) fn unix_listener(path: &Path) -> Result<UnixListener, SerialError> {
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|source| SerialError::Open {
+    crate::control::bind_socket(path).map_err(|source| SerialError::Open {
         path: path.to_path_buf(),
         source,
     })
