@@ -61,6 +61,8 @@ pub enum Command {
         #[arg(long)]
         uuid: bool,
     },
+    /// Create a guest and install it, as virt-install does (--print-xml and --dry-run so far)
+    Install(Box<crate::install::InstallArgs>),
     /// List the hosts behind the gateway, as each answers now
     HostList,
     /// Make a single-use token with which a host joins the cluster (admin)
@@ -158,6 +160,7 @@ pub async fn run(
         Command::Storage(command) => crate::storage::run(connection, format, *command).await,
         Command::Network(command) => crate::network::run(connection, format, *command).await,
         Command::Nodedev(command) => crate::nodedev::run(connection, format, *command).await,
+        Command::Install(args) => crate::install::run(connection, *args).await,
         Command::HostList => host_list(connection, format).await,
         Command::HostJoinToken { ttl, name } => {
             host_join_token(connection, format, ttl, name).await

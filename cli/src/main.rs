@@ -6,6 +6,7 @@ mod commands;
 mod connection;
 mod domain;
 mod edit;
+mod install;
 mod network;
 mod nodedev;
 mod output;

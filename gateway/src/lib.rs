@@ -13,6 +13,7 @@ mod codec;
 mod health;
 mod membership;
 mod metrics;
+mod provisioning;
 mod proxy;
 mod registry;
 mod transfer;
@@ -158,14 +159,24 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
-/// Guest installation, not built yet: it arrives with issue #11 and answers UNIMPLEMENTED until
-/// then. Hosts and domain views are in `cluster_views.rs`, the merged event stream in
-/// `cluster_events.rs`, WhoAmI in `access.rs`.
+/// Guest installation (`provisioning.rs`). Hosts and domain views are in `cluster_views.rs`,
+/// the merged event stream in `cluster_events.rs`, WhoAmI in `access.rs`.
 #[derive(Debug, Clone, Copy)]
 struct Cluster;
 
 #[tonic::async_trait]
-impl cluster::provisioning_service_server::ProvisioningService for Cluster {}
+impl cluster::provisioning_service_server::ProvisioningService for Cluster {
+    async fn install(
+        &self,
+        request: tonic::Request<cluster::InstallRequest>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<cluster::InstallUpdate>>, tonic::Status>
+    {
+        let updates = provisioning::install(&request.into_inner())?;
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(
+            updates.into_iter().map(Ok),
+        ))))
+    }
+}
 
 /// Which process owns a gRPC path (`/vireo.storage.v1.StoragePoolService/ListPools` -> Storage).
 pub fn owner_of_path(path: &str) -> Option<Service> {

@@ -1,0 +1,546 @@
+//! Guest installation (virt-install): an InstallRequest becomes the domain's definitions, the
+//! install phase's (booting its media, tree or network) and the installed guest's (booting its
+//! disk). Built so far: the definitions, `print_xml` and `dry_run`; creating volumes, defining,
+//! starting and following the install phase answer UNIMPLEMENTED naming what is missing.
+
+use std::path::Path;
+
+use tonic::Status;
+use vireo_proto::cluster::v1 as pb;
+use vireo_proto::cluster::v1::install_request::InstallSource;
+use vireo_proto::common::v1::Progress;
+use vireo_proto::compute::v1 as compute;
+
+/// Where install trees keep their installer's kernel and initrd, as virt-install looks for them.
+const TREE_LAYOUTS: &[(&str, &str)] = &[
+    ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"),
+    ("install.amd/vmlinuz", "install.amd/initrd.gz"),
+    ("casper/vmlinuz", "casper/initrd"),
+    ("isolinux/vmlinuz", "isolinux/initrd.img"),
+    ("boot/x86_64/loader/linux", "boot/x86_64/loader/initrd"),
+];
+
+/// --os-variant: the memory (MiB) and vCPUs a guest gets when the request leaves them out.
+const OS_VARIANTS: &[(&str, u64, u32)] = &[
+    ("debian12", 1024, 1),
+    ("debian11", 1024, 1),
+    ("rhel6.0", 1024, 1),
+    ("rhel7.0", 1536, 1),
+    ("rhel8.0", 1536, 2),
+    ("rhel9.0", 1536, 2),
+    ("ubuntu22.04", 2048, 2),
+    ("fedora39", 2048, 2),
+    ("generic", 1024, 1),
+];
+
+/// The XML of the two phases; `install` is None when the guest boots the same way throughout
+/// (--import, --boot kernel=).
+pub struct Plan {
+    pub install: Option<String>,
+    pub installed: String,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+fn escape(text: &str) -> String {
+    quick_xml::escape::escape(text).into_owned()
+}
+
+/// The installer's kernel and initrd in the tree at `location` (a directory on this host).
+fn tree_boot(location: &str) -> Result<(String, String), Status> {
+    if location.contains("://") || location.starts_with("nfs:") {
+        return Err(Status::unimplemented(
+            "location: network install trees (http://, ftp://, nfs:) are not built yet (issue #11); give a directory",
+        ));
+    }
+    let root = Path::new(location);
+    if !root.is_dir() {
+        return Err(invalid(
+            "location",
+            format!("`{location}` is not a directory on this host"),
+        ));
+    }
+    TREE_LAYOUTS
+        .iter()
+        .map(|(kernel, initrd)| (root.join(kernel), root.join(initrd)))
+        .find(|(kernel, initrd)| kernel.is_file() && initrd.is_file())
+        .map(|(kernel, initrd)| (kernel.display().to_string(), initrd.display().to_string()))
+        .ok_or_else(|| {
+            invalid(
+                "location",
+                format!(
+                    "`{location}` has no installer kernel and initrd where install trees keep them ({})",
+                    TREE_LAYOUTS
+                        .iter()
+                        .map(|(kernel, _)| *kernel)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+}
+
+fn disk_xml(index: usize, disk: &pb::InstallDisk) -> Result<String, Status> {
+    let field = format!("disks[{index}]");
+    if !disk.pool.is_empty() || disk.size_gib > 0.0 {
+        return Err(Status::unimplemented(format!(
+            "{field}: creating a volume (pool=, size=) is not built yet (issue #11); give path= of an existing image"
+        )));
+    }
+    if disk.path.is_empty() {
+        return Err(invalid(&field, "path= is required"));
+    }
+    let cdrom = disk.device() == compute::DiskDevice::Cdrom;
+    let bus = match disk.bus() {
+        compute::DiskBus::Unspecified if cdrom => "sata",
+        compute::DiskBus::Unspecified | compute::DiskBus::Virtio => "virtio",
+        compute::DiskBus::Sata => "sata",
+        compute::DiskBus::Ide => "ide",
+        compute::DiskBus::Scsi => "scsi",
+        other => return Err(invalid(&field, format!("bus {other:?} is not offered"))),
+    };
+    let dev = match bus {
+        "virtio" => format!("vd{}", char::from(b'a' + u8::try_from(index).unwrap_or(25))),
+        _ => format!("sd{}", char::from(b'a' + u8::try_from(index).unwrap_or(25))),
+    };
+    let format = match disk.format() {
+        compute::DiskFormat::Qcow2 => "qcow2",
+        _ if disk.path.ends_with(".qcow2") => "qcow2",
+        _ => "raw",
+    };
+    Ok(format!(
+        "<disk type='file' device='{device}'><driver name='qemu' type='{format}'/><source file='{path}'/><target dev='{dev}' bus='{bus}'/>{readonly}</disk>",
+        device = if cdrom { "cdrom" } else { "disk" },
+        path = escape(&disk.path),
+        readonly = if disk.readonly || cdrom {
+            "<readonly/>"
+        } else {
+            ""
+        },
+    ))
+}
+
+fn interface_xml(index: usize, network: &pb::InstallNetwork) -> Result<String, Status> {
+    let field = format!("networks[{index}]");
+    let source = match &network.source {
+        Some(pb::install_network::Source::Network(name)) if !name.is_empty() => {
+            format!("type='network'><source network='{}'/>", escape(name))
+        }
+        Some(pb::install_network::Source::Bridge(name)) if !name.is_empty() => {
+            format!("type='bridge'><source bridge='{}'/>", escape(name))
+        }
+        _ => return Err(invalid(&field, "network= or bridge= is required")),
+    };
+    let model = match network.model() {
+        compute::InterfaceModel::Unspecified | compute::InterfaceModel::Virtio => "virtio",
+        compute::InterfaceModel::E1000 => "e1000",
+        compute::InterfaceModel::Rtl8139 => "rtl8139",
+        other => return Err(invalid(&field, format!("model {other:?} is not offered"))),
+    };
+    let mac = if network.mac.is_empty() {
+        String::new()
+    } else {
+        format!("<mac address='{}'/>", escape(&network.mac))
+    };
+    Ok(format!(
+        "<interface {source}{mac}<model type='{model}'/></interface>"
+    ))
+}
+
+/// The domain XML for one phase: `boot` is the OS element's content (kernel or boot order).
+fn domain_xml(
+    request: &pb::InstallRequest,
+    uuid: &str,
+    memory_mib: u64,
+    vcpus: u32,
+    boot: &str,
+    devices: &str,
+    graphics: bool,
+) -> String {
+    let cpu = match request.cpu_model.as_str() {
+        "" => String::new(),
+        "host-passthrough" | "host-model" => format!("<cpu mode='{}'/>", request.cpu_model),
+        model => format!("<cpu mode='custom'><model>{}</model></cpu>", escape(model)),
+    };
+    format!(
+        "<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>{memory_mib}</memory><vcpu>{vcpus}</vcpu>{cpu}<os><type arch='x86_64'>hvm</type>{boot}</os><features><acpi/></features><devices>{devices}<serial type='pty'/><console type='pty'/>{graphics}</devices></domain>",
+        name = escape(&request.name),
+        graphics = if graphics {
+            "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>"
+        } else {
+            ""
+        },
+    )
+}
+
+fn boot_order(order: &[compute::BootDevice]) -> String {
+    order
+        .iter()
+        .filter_map(|device| match device {
+            compute::BootDevice::Hd => Some("hd"),
+            compute::BootDevice::Cdrom => Some("cdrom"),
+            compute::BootDevice::Network => Some("network"),
+            compute::BootDevice::Fd => Some("fd"),
+            compute::BootDevice::Unspecified => None,
+        })
+        .map(|device| format!("<boot dev='{device}'/>"))
+        .collect()
+}
+
+/// Checks the XML through the same parser `define` uses, and writes it as `dumpxml` would.
+fn checked(xml: &str) -> Result<String, Status> {
+    let mut def =
+        vireo_conf::domain::parse(xml).map_err(|err| Status::invalid_argument(err.to_string()))?;
+    vireo_conf::domain::fill_defaults(&mut def);
+    vireo_conf::domain::validate(&def).map_err(|err| Status::invalid_argument(err.to_string()))?;
+    vireo_conf::domain::format(&def, None).map_err(|err| Status::internal(err.to_string()))
+}
+
+/// The definitions an install request asks for, or the first thing wrong with it, named.
+pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
+    vireo_conf::domain::check_name(&request.name, "name")
+        .map_err(|err| Status::invalid_argument(err.to_string()))?;
+    let variant = if request.os_variant.is_empty() {
+        None
+    } else {
+        Some(
+            OS_VARIANTS
+                .iter()
+                .find(|(name, _, _)| *name == request.os_variant)
+                .ok_or_else(|| {
+                    invalid(
+                        "os_variant",
+                        format!(
+                            "`{}` is not known; known: {}",
+                            request.os_variant,
+                            OS_VARIANTS
+                                .iter()
+                                .map(|(name, _, _)| *name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?,
+        )
+    };
+    let memory_mib = match (request.memory_mib, variant) {
+        (0, Some((_, memory, _))) => *memory,
+        (0, None) => {
+            return Err(invalid(
+                "memory_mib",
+                "required (--memory) without --os-variant",
+            ));
+        }
+        (memory, _) => memory,
+    };
+    let vcpus = match (request.vcpus, variant) {
+        (0, Some((_, _, vcpus))) => *vcpus,
+        (0, None) => 1,
+        (vcpus, _) => vcpus,
+    };
+    let mut disks = request
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| disk_xml(index, disk))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut interfaces = Vec::new();
+    if !request.no_networks {
+        let default_network = [pb::InstallNetwork {
+            source: Some(pb::install_network::Source::Network("default".into())),
+            ..Default::default()
+        }];
+        let networks = if request.networks.is_empty() {
+            &default_network[..]
+        } else {
+            &request.networks[..]
+        };
+        for (index, network) in networks.iter().enumerate() {
+            interfaces.push(interface_xml(index, network)?);
+        }
+    }
+    let installed_order = if request.boot_order.is_empty() {
+        boot_order(&[compute::BootDevice::Hd])
+    } else {
+        boot_order(&request.boot_order().collect::<Vec<_>>())
+    };
+    let kernel_boot = |kernel: &str, initrd: &str, args: &str| {
+        format!(
+            "<kernel>{}</kernel>{}<cmdline>{}</cmdline>",
+            escape(kernel),
+            if initrd.is_empty() {
+                String::new()
+            } else {
+                format!("<initrd>{}</initrd>", escape(initrd))
+            },
+            escape(args)
+        )
+    };
+    let graphics_for = |direct_kernel: bool| match request.graphics() {
+        pb::InstallGraphics::None => false,
+        pb::InstallGraphics::Vnc => true,
+        pb::InstallGraphics::Unspecified => !direct_kernel,
+    };
+    let first_disk_is_media = |source: &Option<InstallSource>| {
+        matches!(source, Some(InstallSource::Import(true))) && request.disks.is_empty()
+    };
+    if first_disk_is_media(&request.install_source) {
+        return Err(invalid("disks", "--import needs a --disk to boot"));
+    }
+    let (install_boot, install_disks, installed_boot, direct_kernel) = match &request.install_source
+    {
+        Some(InstallSource::Cdrom(iso)) => {
+            if !Path::new(iso).exists() {
+                return Err(invalid(
+                    "cdrom",
+                    format!("`{iso}` does not exist on this host"),
+                ));
+            }
+            let mut with_media = disks.clone();
+            with_media.push(disk_xml(
+                disks.len(),
+                &pb::InstallDisk {
+                    path: iso.clone(),
+                    device: compute::DiskDevice::Cdrom as i32,
+                    ..Default::default()
+                },
+            )?);
+            (
+                Some(boot_order(&[
+                    compute::BootDevice::Cdrom,
+                    compute::BootDevice::Hd,
+                ])),
+                with_media,
+                installed_order,
+                false,
+            )
+        }
+        Some(InstallSource::Location(location)) => {
+            let (kernel, initrd) = tree_boot(location)?;
+            (
+                Some(kernel_boot(&kernel, &initrd, &request.extra_args)),
+                disks.clone(),
+                installed_order,
+                false,
+            )
+        }
+        Some(InstallSource::Pxe(true)) => (
+            Some(boot_order(&[
+                compute::BootDevice::Network,
+                compute::BootDevice::Hd,
+            ])),
+            disks.clone(),
+            installed_order,
+            false,
+        ),
+        Some(InstallSource::Import(true)) => (None, Vec::new(), installed_order, false),
+        Some(InstallSource::KernelBoot(boot)) => {
+            if boot.kernel.is_empty() {
+                return Err(invalid("kernel_boot.kernel", "required"));
+            }
+            (
+                None,
+                Vec::new(),
+                kernel_boot(&boot.kernel, &boot.initrd, &boot.kernel_args),
+                true,
+            )
+        }
+        _ => {
+            return Err(invalid(
+                "install_source",
+                "one of --cdrom, --location, --pxe, --import or --boot kernel= is required",
+            ));
+        }
+    };
+    if !request.extra_args.is_empty()
+        && !matches!(request.install_source, Some(InstallSource::Location(_)))
+    {
+        return Err(invalid("extra_args", "--extra-args goes with --location"));
+    }
+    let devices = |disks: &[String]| format!("{}{}", disks.join(""), interfaces.join(""));
+    // One domain through both phases.
+    let uuid = vireo_conf::domain::random_uuid();
+    let install = match install_boot {
+        Some(boot) => Some(checked(&domain_xml(
+            request,
+            &uuid,
+            memory_mib,
+            vcpus,
+            &boot,
+            &devices(&install_disks),
+            graphics_for(false),
+        ))?),
+        None => None,
+    };
+    let installed = checked(&domain_xml(
+        request,
+        &uuid,
+        memory_mib,
+        vcpus,
+        &installed_boot,
+        &devices(&std::mem::take(&mut disks)),
+        graphics_for(direct_kernel),
+    ))?;
+    Ok(Plan { install, installed })
+}
+
+/// Install's answer for what is built: the XML (print_xml), the checks (dry_run), or
+/// UNIMPLEMENTED naming what a real install still needs.
+pub fn install(request: &pb::InstallRequest) -> Result<Vec<pb::InstallUpdate>, Status> {
+    let plan = plan(request)?;
+    let update = |update| pb::InstallUpdate {
+        update: Some(update),
+    };
+    let done = update(pb::install_update::Update::Done(
+        pb::InstallResult::default(),
+    ));
+    if request.print_xml {
+        let mut updates: Vec<_> = plan
+            .install
+            .into_iter()
+            .chain([plan.installed])
+            .map(|xml| update(pb::install_update::Update::Xml(xml)))
+            .collect();
+        updates.push(done);
+        return Ok(updates);
+    }
+    if request.dry_run {
+        return Ok(vec![
+            update(pb::install_update::Update::Progress(Progress {
+                phase: "place".into(),
+                message: format!("`{}` checked; nothing created (--dry-run)", request.name),
+                ..Default::default()
+            })),
+            done,
+        ]);
+    }
+    Err(Status::unimplemented(
+        "Install: creating volumes, defining and starting the guest are not built yet (issue #11); --print-xml gives the XML for `vireo define`",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(source: InstallSource) -> pb::InstallRequest {
+        pb::InstallRequest {
+            name: "guest".into(),
+            memory_mib: 256,
+            no_networks: true,
+            install_source: Some(source),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_install_tree_boots_its_installer_then_the_disk() {
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("images/pxeboot")).unwrap();
+        for file in ["images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"] {
+            std::fs::write(tree.path().join(file), b"x").unwrap();
+        }
+        let mut request = base(InstallSource::Location(tree.path().display().to_string()));
+        request.extra_args = "console=ttyS0 ks=http://h/ks.cfg".into();
+        request.disks.push(pb::InstallDisk {
+            path: "/var/lib/vireo/images/guest.qcow2".into(),
+            ..Default::default()
+        });
+        let plan = plan(&request).unwrap();
+        let install = plan.install.unwrap();
+        assert!(
+            install.contains("images/pxeboot/vmlinuz</kernel>"),
+            "{install}"
+        );
+        assert!(install.contains("<cmdline>console=ttyS0 ks=http://h/ks.cfg</cmdline>"));
+        assert!(!plan.installed.contains("<kernel>"), "{}", plan.installed);
+        assert!(plan.installed.contains("<boot dev='hd'/>"));
+        assert!(plan.installed.contains("type='qcow2'"));
+        let uuid = |xml: &str| xml.split("<uuid>").nth(1).unwrap()[..36].to_string();
+        assert_eq!(uuid(&install), uuid(&plan.installed), "one domain");
+
+        request.install_source = Some(InstallSource::Location("/nonexistent".into()));
+        assert!(plan_err(&request).contains("location: `/nonexistent` is not a directory"));
+        let empty = tempfile::tempdir().unwrap();
+        request.install_source = Some(InstallSource::Location(empty.path().display().to_string()));
+        assert!(plan_err(&request).contains("no installer kernel"));
+    }
+
+    fn plan_err(request: &pb::InstallRequest) -> String {
+        match plan(request) {
+            Ok(_) => panic!("planned"),
+            Err(status) => status.message().to_string(),
+        }
+    }
+
+    #[test]
+    fn a_cdrom_install_boots_the_media_then_leaves_it_out() {
+        let iso = tempfile::NamedTempFile::new().unwrap();
+        let mut request = base(InstallSource::Cdrom(iso.path().display().to_string()));
+        request.disks.push(pb::InstallDisk {
+            path: "/images/disk.img".into(),
+            ..Default::default()
+        });
+        let plan = plan(&request).unwrap();
+        let install = plan.install.unwrap();
+        assert!(install.contains("device='cdrom'") && install.contains("<boot dev='cdrom'/>"));
+        assert!(!plan.installed.contains("cdrom"), "{}", plan.installed);
+    }
+
+    #[test]
+    fn single_phase_sources_and_refusals_name_the_field() {
+        let kernel = base(InstallSource::KernelBoot(pb::KernelBoot {
+            kernel: "/boot/vmlinuz".into(),
+            initrd: String::new(),
+            kernel_args: "console=ttyS0".into(),
+        }));
+        let plan_k = plan(&kernel).unwrap();
+        assert!(plan_k.install.is_none());
+        assert!(
+            !plan_k.installed.contains("<graphics"),
+            "no display for a kernel boot"
+        );
+        let mut import = base(InstallSource::Import(true));
+        assert!(plan_err(&import).contains("--import needs a --disk"));
+        import.disks.push(pb::InstallDisk {
+            path: "/images/root.img".into(),
+            ..Default::default()
+        });
+        assert!(plan(&import).unwrap().install.is_none());
+        let mut pxe = base(InstallSource::Pxe(true));
+        pxe.no_networks = false;
+        let plan_p = plan(&pxe).unwrap();
+        assert!(plan_p.install.unwrap().contains("<boot dev='network'/>"));
+        assert!(plan_p.installed.contains("<source network='default'/>"));
+
+        let mut wrong = base(InstallSource::Pxe(true));
+        wrong.memory_mib = 0;
+        assert!(plan_err(&wrong).contains("memory_mib: required"));
+        wrong.os_variant = "beos5".into();
+        assert!(plan_err(&wrong).contains("os_variant: `beos5` is not known; known: debian12"));
+        wrong.os_variant = "debian12".into();
+        assert!(
+            plan(&wrong)
+                .unwrap()
+                .installed
+                .contains("<memory unit='KiB'>1048576</memory>")
+        );
+        wrong.extra_args = "x".into();
+        assert!(plan_err(&wrong).contains("extra_args"));
+        let mut pool = base(InstallSource::Pxe(true));
+        pool.disks.push(pb::InstallDisk {
+            pool: "default".into(),
+            size_gib: 8.0,
+            ..Default::default()
+        });
+        assert!(plan_err(&pool).contains("disks[0]: creating a volume"));
+        let mut named = base(InstallSource::Pxe(true));
+        named.name = "../etc".into();
+        assert!(plan_err(&named).contains("name"));
+        let mut none = base(InstallSource::Pxe(true));
+        none.install_source = None;
+        assert!(plan_err(&none).contains("install_source"));
+    }
+}
