@@ -696,6 +696,74 @@ fn guest_logs(server: &Server, name: &str) -> String {
     )
 }
 
+/// The tiny guest on the vmm engine rewriting 16 MiB at 32 MiB/s, checking every page, and
+/// printing a count every 2048 pages.
+fn dirtying_tiny_xml(name: &str, kit: &std::path::Path) -> String {
+    format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>
+         <os><type>hvm</type><kernel>{}</kernel>
+         <cmdline>console=ttyS0 tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate=32 tiny.count_shift=11</cmdline></os>
+         <devices><serial type='pty'/></devices></domain>",
+        kit.join("tiny.elf").display()
+    )
+}
+
+/// `migrate --live --bandwidth 1 NAME b` through a, running in the background.
+fn slow_migration(a: &Server, name: &str) -> std::process::Child {
+    std::process::Command::new(vireo_tests::binary("vireo"))
+        .args(["-c", &format!("unix://{}", a.socket.display())])
+        .args(["migrate", "--live", "--bandwidth", "1", name, "b"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until a's job for `name` is copying.
+fn wait_copying(a: &Server, name: &str) {
+    vireo_tests::wait_until(
+        std::time::Duration::from_secs(30),
+        "the copy under way",
+        || {
+            let job = ok(a, &["--host", "a", "domjobinfo", name]);
+            (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
+        },
+    );
+}
+
+/// Starts a slow migration of `name` to b, kills b's incoming engine midway, and checks the
+/// migration fails and the guest counts on at the source; returns its console there.
+fn kill_destination_midway(a: &Server, b: &Server, name: &str) -> vireo_tests::guests::Console {
+    use std::time::Duration;
+    let uuid = ok(a, &["--host", "a", "domuuid", name]).trim().to_string();
+    let mut failing = slow_migration(a, name);
+    wait_copying(a, name);
+    let status = b.run_dir.join("compute").join(&uuid).join("status.json");
+    let pid = vireo_tests::wait_until(Duration::from_secs(10), "the incoming engine on b", || {
+        if let Ok(Some(ended)) = failing.try_wait() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(failing.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the migration ended ({ended}) before b's engine was killed: {stderr}");
+        }
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
+        i32::try_from(status.get("pid")?.as_u64()?).ok()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = failing.wait_with_output().unwrap();
+    assert!(!output.status.success(), "the migration cannot succeed");
+    let console = vireo_tests::guests::Console::attach_on(a, Some("a"), name, false);
+    let mark = console.mark();
+    vireo_tests::wait_until(Duration::from_secs(30), "counting on at the source", || {
+        (console.counts_since(mark).len() >= 3).then_some(())
+    });
+    console
+}
+
 /// Live migration on the qemu engine: the Debian guest counting on its serial port moves from a
 /// to b while it counts, and its console on b goes on from where it was; domjobinfo shows the
 /// finished job. A migration aborted with domjobabort, and one whose destination QEMU is killed
@@ -756,21 +824,6 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
     );
 
     // Aborted: slowed to 1 MiB/s, then domjobabort; the guest goes on at the source.
-    let slow_migration = || {
-        std::process::Command::new(vireo_tests::binary("vireo"))
-            .args(["-c", &format!("unix://{}", a.socket.display())])
-            .args(["migrate", "--live", "--bandwidth", "1", "slow", "b"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let wait_copying = || {
-        vireo_tests::wait_until(Duration::from_secs(30), "the copy under way", || {
-            let job = ok(&a, &["--host", "a", "domjobinfo", "slow"]);
-            (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
-        });
-    };
     assert_eq!(
         ok(&a, &["--host", "a", "migrate-getmaxdowntime", "slow"]).trim(),
         "300"
@@ -779,8 +832,8 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
         vireo_tests::fails(&a, &["migrate", "--live", "--verify-memory", "slow", "b"]);
     assert!(unverifiable.contains("verify_memory"), "{unverifiable}");
     assert!(!ok(&b, &["list", "--all"]).contains("slow"));
-    let aborted = slow_migration();
-    wait_copying();
+    let aborted = slow_migration(&a, "slow");
+    wait_copying(&a, "slow");
     // Limits change while it runs.
     ok(&a, &["--host", "a", "migrate-setmaxdowntime", "slow", "50"]);
     assert_eq!(
@@ -809,31 +862,7 @@ fn a_linux_guest_migrates_live_and_keeps_counting() {
     assert!(job.contains("Cancelled"), "{job}");
 
     // The destination's QEMU killed midway: the migration fails, the guest goes on at the source.
-    let uuid = ok(&a, &["--host", "a", "domuuid", "slow"])
-        .trim()
-        .to_string();
-    let failing = slow_migration();
-    wait_copying();
-    let status = b.run_dir.join("compute").join(&uuid).join("status.json");
-    let pid = vireo_tests::wait_until(Duration::from_secs(10), "the incoming QEMU on b", || {
-        let status: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
-        i32::try_from(status.get("pid")?.as_u64()?).ok()
-    });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let output = failing.wait_with_output().unwrap();
-    assert!(!output.status.success(), "the migration cannot succeed");
-    let slow_console = Console::attach_on(&a, Some("a"), "slow", false);
-    let mark = slow_console.mark();
-    vireo_tests::wait_until(
-        Duration::from_secs(30),
-        "slow counting on at the source",
-        || (slow_console.counts_since(mark).len() >= 3).then_some(()),
-    );
+    kill_destination_midway(&a, &b, "slow");
     ok(&a, &["--host", "a", "destroy", "slow"]);
     ok(&b, &["destroy", "mig"]);
 }
@@ -860,17 +889,7 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
     let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
     for name in ["dirt", "slowdirt"] {
         let xml = dir.path().join(format!("{name}.xml"));
-        std::fs::write(
-            &xml,
-            format!(
-                "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>
-                 <os><type>hvm</type><kernel>{}</kernel>
-                 <cmdline>console=ttyS0 tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate=32 tiny.count_shift=11</cmdline></os>
-                 <devices><serial type='pty'/></devices></domain>",
-                kit.join("tiny.elf").display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&xml, dirtying_tiny_xml(name, &kit)).unwrap();
         ok(&a, &["define", xml.to_str().unwrap()]);
         ok(&a, &["--host", "a", "start", name]);
     }
@@ -932,23 +951,8 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
     assert!(!seen.contains("FAIL"), "{seen}");
 
     // Aborted: slowed to 1 MiB/s, then domjobabort; the guest goes on at the source.
-    let slow_migration = || {
-        std::process::Command::new(vireo_tests::binary("vireo"))
-            .args(["-c", &format!("unix://{}", a.socket.display())])
-            .args(["migrate", "--live", "--bandwidth", "1", "slowdirt", "b"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let wait_copying = || {
-        vireo_tests::wait_until(Duration::from_secs(30), "the copy under way", || {
-            let job = ok(&a, &["--host", "a", "domjobinfo", "slowdirt"]);
-            (job.contains("Unbounded") && job.contains("Memory processed")).then_some(())
-        });
-    };
-    let aborted = slow_migration();
-    wait_copying();
+    let aborted = slow_migration(&a, "slowdirt");
+    wait_copying(&a, "slowdirt");
     ok(
         &a,
         &["--host", "a", "migrate-setmaxdowntime", "slowdirt", "50"],
@@ -963,36 +967,7 @@ fn a_tiny_guest_on_the_vmm_engine_migrates_live_while_it_dirties_memory() {
     );
 
     // The destination's vireo-vmm killed midway: the guest goes on at the source.
-    let uuid = ok(&a, &["--host", "a", "domuuid", "slowdirt"])
-        .trim()
-        .to_string();
-    let mut failing = slow_migration();
-    wait_copying();
-    let status = b.run_dir.join("compute").join(&uuid).join("status.json");
-    let pid = vireo_tests::wait_until(Duration::from_secs(10), "the incoming VMM on b", || {
-        if let Ok(Some(ended)) = failing.try_wait() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(failing.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            panic!("the migration ended ({ended}) before b's VMM was killed: {stderr}");
-        }
-        let status: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
-        i32::try_from(status.get("pid")?.as_u64()?).ok()
-    });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let output = failing.wait_with_output().unwrap();
-    assert!(!output.status.success(), "the migration cannot succeed");
-    let slow_console = Console::attach_on(&a, Some("a"), "slowdirt", false);
-    let mark = slow_console.mark();
-    vireo_tests::wait_until(
-        Duration::from_secs(30),
-        "slowdirt counting on at the source",
-        || (slow_console.counts_since(mark).len() >= 3).then_some(()),
-    );
+    let slow_console = kill_destination_midway(&a, &b, "slowdirt");
     assert!(!slow_console.leave().contains("FAIL"));
     ok(&a, &["--host", "a", "destroy", "slowdirt"]);
     ok(&b, &["destroy", "dirt"]);
@@ -1043,17 +1018,7 @@ fn migration_data_goes_over_tls_with_the_hosts_certificates() {
     );
     let a = Server::vireod_with(&[], &["--config", &config(dir.path(), "a", &a_hosts)]);
     let xml = dir.path().join("sealed.xml");
-    std::fs::write(
-        &xml,
-        format!(
-            "<domain type='kvm'><name>sealed</name><memory unit='MiB'>64</memory>
-             <os><type>hvm</type><kernel>{}</kernel>
-             <cmdline>console=ttyS0 tiny.test=dirty tiny.dirty_mib=16 tiny.dirty_rate=32 tiny.count_shift=11</cmdline></os>
-             <devices><serial type='pty'/></devices></domain>",
-            kit.join("tiny.elf").display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&xml, dirtying_tiny_xml("sealed", &kit)).unwrap();
     ok(&a, &["define", xml.to_str().unwrap()]);
     ok(&a, &["--host", "a", "start", "sealed"]);
     let console = Console::attach_on(&a, Some("a"), "sealed", false);
