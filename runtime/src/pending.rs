@@ -29,7 +29,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "/vireo.migrate.v1.",
-        "live migration and migration jobs arrive with the rest of svc-migrate (issue #10)",
+        "migration events, the save-image XML calls and the migration peer service are not built",
     ),
     (
         "/vireo.cluster.v1.ProvisioningService/",

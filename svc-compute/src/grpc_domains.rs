@@ -1876,7 +1876,7 @@ impl DomainService for Domains {
                     .map(drop)
                     .map_err(|err| Error::Engine(format!("QEMU dump-guest-memory: {err}"))),
                 crate::core::engine::Control::Vmm(_) => Err(Error::Unsupported(
-                    "the vmm engine cannot write a core dump of guest memory; save (issue #10) keeps a guest's whole state".into(),
+                    "the vmm engine cannot write a core dump of guest memory; save keeps a guest's whole state".into(),
                 )),
             })
             .await?;

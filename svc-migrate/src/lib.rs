@@ -121,7 +121,7 @@ impl SaveRestoreService for SaveRestore {
         let request = request.into_inner();
         if !request.xml.is_empty() {
             return Err(Status::failed_precondition(
-                "save --xml (an alternative definition in the image) arrives with issue #10",
+                "xml: save --xml (an alternative definition in the image) is not built",
             ));
         }
         let state = request.restore_state();
@@ -144,7 +144,7 @@ impl SaveRestoreService for SaveRestore {
         let request = request.into_inner();
         if !request.xml.is_empty() {
             return Err(Status::failed_precondition(
-                "restore --xml (an alternative definition) arrives with issue #10",
+                "xml: restore --xml (an alternative definition) is not built",
             ));
         }
         let state = request.restore_state();

@@ -92,7 +92,7 @@ fn progress(phase: &str, message: String) -> pb::MigrationUpdate {
 fn not_built(flags: &pb::MigrationFlags, options: &pb::MigrationOptions) -> Option<Status> {
     if flags.copy_storage_all || flags.copy_storage_inc {
         return Some(Status::unimplemented(
-            "flags.copy_storage_all: copying disks is not built yet (issue #10); the disks must be on storage both hosts see",
+            "flags.copy_storage_all: copying disks is not built; the disks must be on storage both hosts see",
         ));
     }
     if flags.tunnelled || options.parallel_connections.is_some_and(|n| n > 1) {
@@ -117,7 +117,7 @@ fn unsupported(flags: &pb::MigrationFlags, options: &pb::MigrationOptions) -> Op
     }
     if flags.copy_storage_all || flags.copy_storage_inc {
         return Some(Status::unimplemented(
-            "flags.copy_storage_all: copying disks arrives with live migration (issue #10); with --offline the disks must already be on the destination",
+            "flags.copy_storage_all: copying disks is not built; with --offline the disks must already be on the destination",
         ));
     }
     if flags.live || flags.suspend || flags.auto_converge || flags.tunnelled {

@@ -147,15 +147,21 @@ impl Manager {
             Control::Qemu(qmp) => set_limits(qmp, max_downtime_ms, bandwidth_mib_s).await,
             // Without a migration under way there is nothing to tune: svc-migrate keeps the
             // limits and passes them to the next one, as QEMU keeps its parameters.
-            Control::Vmm(path) => match vmm_run(
-                path,
-                json!({"cmd": "migrate-tune", "max_downtime_ms": max_downtime_ms, "bandwidth_mib_s": bandwidth_mib_s}),
-            )
-            .await
-            {
-                Err(Error::Engine(error)) if error.contains("no migration is running") => Ok(()),
-                other => other.map(drop),
-            },
+            Control::Vmm(path) => {
+                let info = vmm_run(path, json!({"cmd": "info"})).await?;
+                let running = matches!(
+                    info["migration"]["status"].as_str(),
+                    Some("setup" | "active" | "device")
+                );
+                if running {
+                    vmm_run(
+                        path,
+                        json!({"cmd": "migrate-tune", "max_downtime_ms": max_downtime_ms, "bandwidth_mib_s": bandwidth_mib_s}),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
         }
     }
 
