@@ -2125,7 +2125,7 @@ impl Drop for RawTerminal {
     }
 }
 
-async fn run_console(
+pub(crate) async fn run_console(
     connection: &mut Connection,
     domain: &str,
     devname: Option<String>,

@@ -4,7 +4,9 @@ use clap::Args;
 use tonic::Status;
 use vireo_proto::cluster::v1 as cluster;
 use vireo_proto::cluster::v1::provisioning_service_client::ProvisioningServiceClient;
+use vireo_proto::common::v1::{ObjectRef, object_ref::Key};
 use vireo_proto::compute::v1 as compute;
+use vireo_proto::compute::v1::domain_service_client::DomainServiceClient;
 
 use crate::connection::Connection;
 
@@ -71,6 +73,20 @@ pub struct InstallArgs {
     /// Do not attach the console
     #[arg(long)]
     noautoconsole: bool,
+    /// Follow the install phase until it ends, then start the installed guest; MIN minutes
+    /// at most (a negative number: no limit)
+    #[arg(long, value_name = "MIN", num_args = 0..=1, default_missing_value = "-1",
+          allow_negative_numbers = true)]
+    wait: Option<i32>,
+    /// kvm, or qemu for software emulation (TCG)
+    #[arg(long, value_parser = ["kvm", "qemu"])]
+    virt_type: Option<String>,
+    /// The engine: vmm or qemu (chosen from the XML when left out)
+    #[arg(long, value_parser = ["vmm", "qemu"])]
+    engine: Option<String>,
+    /// A PCI node device to assign (pci_DDDD_BB_SS_F, see nodedev-list)
+    #[arg(long, value_name = "NODEDEV")]
+    host_device: Vec<String>,
 }
 
 fn invalid(option: &str, message: impl std::fmt::Display) -> Status {
@@ -153,7 +169,7 @@ fn network(text: &str) -> Result<cluster::InstallNetwork, Status> {
 }
 
 /// The request these options ask for.
-fn request(args: InstallArgs) -> Result<cluster::InstallRequest, Status> {
+fn request(args: InstallArgs, host: String) -> Result<cluster::InstallRequest, Status> {
     use cluster::install_request::InstallSource;
     let mut kernel_boot = None;
     let mut boot_order = Vec::new();
@@ -179,11 +195,13 @@ fn request(args: InstallArgs) -> Result<cluster::InstallRequest, Status> {
             kernel_boot = None;
         }
     }
+    // --import --boot kernel=... boots the imported disks with that kernel: one source.
+    let import = args.import && kernel_boot.is_none();
     let sources = [
         args.cdrom.clone().map(InstallSource::Cdrom),
         args.location.clone().map(InstallSource::Location),
         args.pxe.then_some(InstallSource::Pxe(true)),
-        args.import.then_some(InstallSource::Import(true)),
+        import.then_some(InstallSource::Import(true)),
         kernel_boot.map(InstallSource::KernelBoot),
     ];
     let mut given = sources.into_iter().flatten();
@@ -222,7 +240,15 @@ fn request(args: InstallArgs) -> Result<cluster::InstallRequest, Status> {
         autostart: args.autostart,
         print_xml: args.print_xml.is_some(),
         dry_run: args.dry_run,
-        ..Default::default()
+        wait_minutes: args.wait,
+        virt_type: args.virt_type.unwrap_or_default(),
+        engine: match args.engine.as_deref() {
+            Some("vmm") => compute::Engine::Vmm,
+            Some("qemu") => compute::Engine::Qemu,
+            _ => compute::Engine::Unspecified,
+        } as i32,
+        host_devices: args.host_device,
+        host,
     })
 }
 
@@ -231,8 +257,14 @@ pub async fn run(
     args: InstallArgs,
 ) -> Result<(), crate::commands::Call> {
     let step = args.print_xml.clone();
-    let request = request(args)?;
+    let console = !args.noautoconsole && args.wait.is_none();
+    let request = request(args, connection.host.clone().unwrap_or_default())?;
+    let (name, printing) = (request.name.clone(), request.print_xml || request.dry_run);
+    if !printing {
+        println!("Starting install...");
+    }
     let mut xmls = Vec::new();
+    let mut result = None;
     let mut updates = ProvisioningServiceClient::new(connection.channel().await?)
         .install(request)
         .await?
@@ -243,7 +275,8 @@ pub async fn run(
             Some(cluster::install_update::Update::Progress(progress)) => {
                 println!("{}", progress.message);
             }
-            Some(cluster::install_update::Update::Done(_)) | None => {}
+            Some(cluster::install_update::Update::Done(done)) => result = Some(done),
+            None => {}
         }
     }
     // Step 1 is the install phase's XML, step 2 the installed guest's; a guest that boots the
@@ -256,6 +289,63 @@ pub async fn run(
     for xml in chosen {
         print!("{xml}");
     }
+    let Some(result) = result.filter(|_| !printing) else {
+        return Ok(());
+    };
+    // Later calls go to the host the guest was placed on.
+    if connection.host.as_deref() != Some(result.host.as_str()) {
+        let (uri, readonly) = (connection.uri.clone(), connection.readonly);
+        *connection = Connection::new(&uri, readonly, Some(result.host.clone()));
+    }
+    if !console {
+        if result.installing {
+            println!(
+                "Domain installation still in progress. `vireo console {name}` follows it; once the guest powers off, `vireo start {name}` boots the installed guest."
+            );
+        } else {
+            println!("Domain creation completed.");
+        }
+        return Ok(());
+    }
+    crate::domain::run_console(connection, &name, None, false).await?;
+    if result.installing {
+        restart_installed(connection, &name).await?;
+    }
+    Ok(())
+}
+
+/// After the console of an install phase closes: a guest that has stopped is started again,
+/// now from its installed definition, as virt-install does.
+async fn restart_installed(
+    connection: &mut Connection,
+    name: &str,
+) -> Result<(), crate::commands::Call> {
+    let mut domains = DomainServiceClient::new(connection.channel().await?);
+    let domain = Some(ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    });
+    let state = domains
+        .get_domain_state(compute::GetDomainStateRequest {
+            domain: domain.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .state();
+    if state != compute::DomainState::Shutoff {
+        println!("Domain installation still in progress.");
+        return Ok(());
+    }
+    println!("Domain has shut down. Restarting the installed guest.");
+    let mut started = domains
+        .start_domain(compute::StartDomainRequest {
+            domain,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    while started.message().await?.is_some() {}
+    println!("Domain creation completed.");
     Ok(())
 }
 
@@ -287,5 +377,43 @@ mod tests {
                 .message()
                 .contains("color")
         );
+    }
+
+    #[test]
+    fn import_with_a_kernel_boots_the_disks_with_it() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            install: InstallArgs,
+        }
+        let args = Cli::parse_from([
+            "vireo",
+            "--name",
+            "g",
+            "--import",
+            "--disk",
+            "/images/root.img",
+            "--boot",
+            "kernel=/k,initrd=/i,kernel_args=root=/dev/vda",
+            "--wait",
+            "--virt-type",
+            "qemu",
+        ])
+        .install;
+        let request = request(args, String::new()).unwrap();
+        let Some(cluster::install_request::InstallSource::KernelBoot(boot)) =
+            request.install_source
+        else {
+            panic!("{:?}", request.install_source);
+        };
+        assert_eq!(boot.kernel_args, "root=/dev/vda");
+        assert_eq!(request.disks.len(), 1);
+        assert_eq!(
+            request.wait_minutes,
+            Some(-1),
+            "--wait alone waits without limit"
+        );
+        assert_eq!(request.virt_type, "qemu");
     }
 }

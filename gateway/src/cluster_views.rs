@@ -229,7 +229,7 @@ impl ClusterViews {
     }
 
     /// Where a domain with `needs` goes: `named` if it fits there, else the best host.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         needs: &cluster::PlacementRequirements,
         named: &str,

@@ -11,6 +11,7 @@ mod cluster_events;
 mod cluster_views;
 mod codec;
 mod health;
+mod install_flow;
 mod membership;
 mod metrics;
 mod provisioning;
@@ -96,12 +97,16 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
             cluster_views.clone(),
         ))
         .add_service(
+            cluster::provisioning_service_server::ProvisioningServiceServer::new(
+                cluster_views.clone(),
+            ),
+        )
+        .add_service(
             cluster::cluster_domain_service_server::ClusterDomainServiceServer::new(cluster_views),
         )
         .add_service(cluster::event_service_server::EventServiceServer::new(
             cluster_events::ClusterEvents::new(backends.clone()),
         ))
-        .add_service(cluster::provisioning_service_server::ProvisioningServiceServer::new(Cluster))
         .add_service(cluster::access_service_server::AccessServiceServer::new(
             access::WhoAmI {
                 gateway_host: backends.host_name().to_string(),
@@ -157,25 +162,6 @@ pub async fn serve(context: ServiceContext, shutdown: CancellationToken) -> Resu
     transferred?;
     metered?;
     Ok(())
-}
-
-/// Guest installation (`provisioning.rs`). Hosts and domain views are in `cluster_views.rs`,
-/// the merged event stream in `cluster_events.rs`, WhoAmI in `access.rs`.
-#[derive(Debug, Clone, Copy)]
-struct Cluster;
-
-#[tonic::async_trait]
-impl cluster::provisioning_service_server::ProvisioningService for Cluster {
-    async fn install(
-        &self,
-        request: tonic::Request<cluster::InstallRequest>,
-    ) -> Result<tonic::Response<tonic::codegen::BoxStream<cluster::InstallUpdate>>, tonic::Status>
-    {
-        let updates = provisioning::install(&request.into_inner())?;
-        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(
-            updates.into_iter().map(Ok),
-        ))))
-    }
 }
 
 /// Which process owns a gRPC path (`/vireo.storage.v1.StoragePoolService/ListPools` -> Storage).

@@ -1,14 +1,12 @@
 //! Guest installation (virt-install): an InstallRequest becomes the domain's definitions, the
 //! install phase's (booting its media, tree or network) and the installed guest's (booting its
-//! disk). Built so far: the definitions, `print_xml` and `dry_run`; creating volumes, defining,
-//! starting and following the install phase answer UNIMPLEMENTED naming what is missing.
+//! disk). `install_flow.rs` places, creates, starts and follows them.
 
 use std::path::Path;
 
 use tonic::Status;
 use vireo_proto::cluster::v1 as pb;
 use vireo_proto::cluster::v1::install_request::InstallSource;
-use vireo_proto::common::v1::Progress;
 use vireo_proto::compute::v1 as compute;
 
 /// Where install trees keep their installer's kernel and initrd, as virt-install looks for them.
@@ -38,6 +36,13 @@ const OS_VARIANTS: &[(&str, u64, u32)] = &[
 pub struct Plan {
     pub install: Option<String>,
     pub installed: String,
+    /// What placement weighs.
+    pub needs: pb::PlacementRequirements,
+}
+
+/// Whether a disk asks for a new volume (pool=, or path= with size=).
+pub fn is_new_volume(disk: &pb::InstallDisk) -> bool {
+    !disk.pool.is_empty() || disk.size_gib != 0.0
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
@@ -84,13 +89,11 @@ fn tree_boot(location: &str) -> Result<(String, String), Status> {
 
 fn disk_xml(index: usize, disk: &pb::InstallDisk) -> Result<String, Status> {
     let field = format!("disks[{index}]");
-    if !disk.pool.is_empty() || disk.size_gib > 0.0 {
-        return Err(Status::unimplemented(format!(
-            "{field}: creating a volume (pool=, size=) is not built yet (issue #11); give path= of an existing image"
-        )));
-    }
     if disk.path.is_empty() {
-        return Err(invalid(&field, "path= is required"));
+        return Err(invalid(
+            &field,
+            "path= of an image, or pool= and size= of a new one",
+        ));
     }
     let cdrom = disk.device() == compute::DiskDevice::Cdrom;
     let bus = match disk.bus() {
@@ -139,25 +142,60 @@ fn interface_xml(index: usize, network: &pb::InstallNetwork) -> Result<String, S
         compute::InterfaceModel::Rtl8139 => "rtl8139",
         other => return Err(invalid(&field, format!("model {other:?} is not offered"))),
     };
+    // Both phases are one guest: the same address in each.
     let mac = if network.mac.is_empty() {
-        String::new()
+        vireo_conf::domain::random_mac()
     } else {
-        format!("<mac address='{}'/>", escape(&network.mac))
+        network.mac.clone()
     };
+    let mac = format!("<mac address='{}'/>", escape(&mac));
     Ok(format!(
         "<interface {source}{mac}<model type='{model}'/></interface>"
     ))
 }
 
-/// The domain XML for one phase: `boot` is the OS element's content (kernel or boot order).
+/// `<hostdev>` of a --host-device node device name (pci_DDDD_BB_SS_F).
+fn hostdev_xml(index: usize, name: &str) -> Result<String, Status> {
+    let parts: Vec<&str> = name.strip_prefix("pci_").unwrap_or("").split('_').collect();
+    fn hex(text: &str, width: usize) -> Option<&str> {
+        (text.len() == width && text.chars().all(|c| c.is_ascii_hexdigit())).then_some(text)
+    }
+    match parts[..] {
+        [domain, bus, slot, function] => {
+            match (hex(domain, 4), hex(bus, 2), hex(slot, 2), hex(function, 1)) {
+                (Some(domain), Some(bus), Some(slot), Some(function)) => Ok(format!(
+                    "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/></source></hostdev>"
+                )),
+                _ => Err(invalid(
+                    &format!("host_devices[{index}]"),
+                    format!("`{name}` is not a PCI node device name (pci_DDDD_BB_SS_F)"),
+                )),
+            }
+        }
+        _ => Err(invalid(
+            &format!("host_devices[{index}]"),
+            format!("`{name}` is not a PCI node device name (pci_DDDD_BB_SS_F)"),
+        )),
+    }
+}
+
+/// One phase's boot and lifecycle: `boot` is the OS element's content (kernel or boot order).
+struct Phase<'a> {
+    boot: &'a str,
+    devices: &'a str,
+    graphics: bool,
+    /// The install phase ends when the guest reboots: it stops instead, and the next start
+    /// boots the installed definition.
+    ends_at_reboot: bool,
+}
+
+/// The domain XML for one phase.
 fn domain_xml(
     request: &pb::InstallRequest,
     uuid: &str,
     memory_mib: u64,
     vcpus: u32,
-    boot: &str,
-    devices: &str,
-    graphics: bool,
+    phase: &Phase<'_>,
 ) -> String {
     let cpu = match request.cpu_model.as_str() {
         "" => String::new(),
@@ -165,9 +203,21 @@ fn domain_xml(
         model => format!("<cpu mode='custom'><model>{}</model></cpu>", escape(model)),
     };
     format!(
-        "<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>{memory_mib}</memory><vcpu>{vcpus}</vcpu>{cpu}<os><type arch='x86_64'>hvm</type>{boot}</os><features><acpi/></features><devices>{devices}<serial type='pty'/><console type='pty'/>{graphics}</devices></domain>",
+        "<domain type='{virt_type}'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>{memory_mib}</memory><vcpu>{vcpus}</vcpu>{cpu}<os><type arch='x86_64'>hvm</type>{boot}</os><features><acpi/></features>{on_reboot}<devices>{devices}<serial type='pty'/><console type='pty'/>{graphics}</devices></domain>",
+        virt_type = if request.virt_type.is_empty() {
+            "kvm"
+        } else {
+            &request.virt_type
+        },
         name = escape(&request.name),
-        graphics = if graphics {
+        boot = phase.boot,
+        devices = phase.devices,
+        on_reboot = if phase.ends_at_reboot {
+            "<on_reboot>destroy</on_reboot>"
+        } else {
+            ""
+        },
+        graphics = if phase.graphics {
             "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>"
         } else {
             ""
@@ -190,9 +240,10 @@ fn boot_order(order: &[compute::BootDevice]) -> String {
 }
 
 /// Checks the XML through the same parser `define` uses, and writes it as `dumpxml` would.
-fn checked(xml: &str) -> Result<String, Status> {
+fn checked(xml: &str, engine: i32) -> Result<String, Status> {
     let mut def =
         vireo_conf::domain::parse(xml).map_err(|err| Status::invalid_argument(err.to_string()))?;
+    def.engine = engine;
     vireo_conf::domain::fill_defaults(&mut def);
     vireo_conf::domain::validate(&def).map_err(|err| Status::invalid_argument(err.to_string()))?;
     vireo_conf::domain::format(&def, None).map_err(|err| Status::internal(err.to_string()))
@@ -202,6 +253,12 @@ fn checked(xml: &str) -> Result<String, Status> {
 pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
     vireo_conf::domain::check_name(&request.name, "name")
         .map_err(|err| Status::invalid_argument(err.to_string()))?;
+    if !matches!(request.virt_type.as_str(), "" | "kvm" | "qemu") {
+        return Err(invalid(
+            "virt_type",
+            format!("`{}`: kvm or qemu", request.virt_type),
+        ));
+    }
     let variant = if request.os_variant.is_empty() {
         None
     } else {
@@ -240,11 +297,17 @@ pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
         (0, None) => 1,
         (vcpus, _) => vcpus,
     };
-    let mut disks = request
+    let disks = request
         .disks
         .iter()
         .enumerate()
         .map(|(index, disk)| disk_xml(index, disk))
+        .collect::<Result<Vec<_>, _>>()?;
+    let host_devices = request
+        .host_devices
+        .iter()
+        .enumerate()
+        .map(|(index, name)| hostdev_xml(index, name))
         .collect::<Result<Vec<_>, _>>()?;
     let mut interfaces = Vec::new();
     if !request.no_networks {
@@ -359,66 +422,47 @@ pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
     {
         return Err(invalid("extra_args", "--extra-args goes with --location"));
     }
-    let devices = |disks: &[String]| format!("{}{}", disks.join(""), interfaces.join(""));
+    let devices = |disks: &[String]| {
+        format!(
+            "{}{}{}",
+            disks.join(""),
+            host_devices.join(""),
+            interfaces.join("")
+        )
+    };
     // One domain through both phases.
     let uuid = vireo_conf::domain::random_uuid();
+    let phase_xml = |phase: &Phase<'_>| {
+        checked(
+            &domain_xml(request, &uuid, memory_mib, vcpus, phase),
+            request.engine,
+        )
+    };
     let install = match install_boot {
-        Some(boot) => Some(checked(&domain_xml(
-            request,
-            &uuid,
-            memory_mib,
-            vcpus,
-            &boot,
-            &devices(&install_disks),
-            graphics_for(false),
-        ))?),
+        Some(boot) => Some(phase_xml(&Phase {
+            boot: &boot,
+            devices: &devices(&install_disks),
+            graphics: graphics_for(false),
+            ends_at_reboot: true,
+        })?),
         None => None,
     };
-    let installed = checked(&domain_xml(
-        request,
-        &uuid,
-        memory_mib,
-        vcpus,
-        &installed_boot,
-        &devices(&std::mem::take(&mut disks)),
-        graphics_for(direct_kernel),
-    ))?;
-    Ok(Plan { install, installed })
-}
-
-/// Install's answer for what is built: the XML (print_xml), the checks (dry_run), or
-/// UNIMPLEMENTED naming what a real install still needs.
-pub fn install(request: &pb::InstallRequest) -> Result<Vec<pb::InstallUpdate>, Status> {
-    let plan = plan(request)?;
-    let update = |update| pb::InstallUpdate {
-        update: Some(update),
-    };
-    let done = update(pb::install_update::Update::Done(
-        pb::InstallResult::default(),
-    ));
-    if request.print_xml {
-        let mut updates: Vec<_> = plan
-            .install
-            .into_iter()
-            .chain([plan.installed])
-            .map(|xml| update(pb::install_update::Update::Xml(xml)))
-            .collect();
-        updates.push(done);
-        return Ok(updates);
-    }
-    if request.dry_run {
-        return Ok(vec![
-            update(pb::install_update::Update::Progress(Progress {
-                phase: "place".into(),
-                message: format!("`{}` checked; nothing created (--dry-run)", request.name),
-                ..Default::default()
-            })),
-            done,
-        ]);
-    }
-    Err(Status::unimplemented(
-        "Install: creating volumes, defining and starting the guest are not built yet (issue #11); --print-xml gives the XML for `vireo define`",
-    ))
+    let installed = phase_xml(&Phase {
+        boot: &installed_boot,
+        devices: &devices(&disks),
+        graphics: graphics_for(direct_kernel),
+        ends_at_reboot: false,
+    })?;
+    Ok(Plan {
+        install,
+        installed,
+        needs: pb::PlacementRequirements {
+            memory_kib: memory_mib.saturating_mul(1024),
+            vcpus,
+            engine: request.engine,
+            exclude_hosts: Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -455,6 +499,12 @@ mod tests {
             "{install}"
         );
         assert!(install.contains("<cmdline>console=ttyS0 ks=http://h/ks.cfg</cmdline>"));
+        // The install phase ends when the installer reboots; the installed guest restarts.
+        assert!(
+            install.contains("<on_reboot>destroy</on_reboot>"),
+            "{install}"
+        );
+        assert!(plan.installed.contains("<on_reboot>restart</on_reboot>"));
         assert!(!plan.installed.contains("<kernel>"), "{}", plan.installed);
         assert!(plan.installed.contains("<boot dev='hd'/>"));
         assert!(plan.installed.contains("type='qcow2'"));
@@ -529,13 +579,22 @@ mod tests {
         );
         wrong.extra_args = "x".into();
         assert!(plan_err(&wrong).contains("extra_args"));
-        let mut pool = base(InstallSource::Pxe(true));
-        pool.disks.push(pb::InstallDisk {
-            pool: "default".into(),
-            size_gib: 8.0,
-            ..Default::default()
-        });
-        assert!(plan_err(&pool).contains("disks[0]: creating a volume"));
+        let mut devices = base(InstallSource::Pxe(true));
+        devices.host_devices = vec!["pci_0000_03_00_1".into()];
+        devices.virt_type = "qemu".into();
+        let plan_d = plan(&devices).unwrap();
+        for xml in [plan_d.install.unwrap(), plan_d.installed] {
+            assert!(xml.contains("<domain type='qemu'>"), "{xml}");
+            assert!(
+                xml.contains("bus='0x03' slot='0x00' function='0x1'"),
+                "{xml}"
+            );
+        }
+        devices.host_devices = vec!["usb_1_2".into()];
+        assert!(plan_err(&devices).contains("host_devices[0]: `usb_1_2` is not a PCI node device"));
+        devices.host_devices.clear();
+        devices.virt_type = "xen".into();
+        assert!(plan_err(&devices).contains("virt_type: `xen`"));
         let mut named = base(InstallSource::Pxe(true));
         named.name = "../etc".into();
         assert!(plan_err(&named).contains("name"));

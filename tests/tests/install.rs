@@ -1,11 +1,477 @@
-//! `vireo install` through vireod (issue #11, first part): the definitions virt-install's
-//! options ask for, printed with --print-xml and defined with `vireo define`; refusals name the
-//! option, and leave nothing defined. Creating volumes and starting the install phase are not
-//! built yet, and the real install says so.
+//! `vireo install` through vireod (issue #11): Debian guests installed under QEMU TCG from an
+//! ISO the test builds (isolinux), from an install tree (--location with --extra-args), over
+//! PXE from a Vireo NAT network's TFTP root, and imported from a disk with a direct kernel
+//! boot; each reaches its marker on the console, and after the install phase the persistent
+//! definition boots from the disk. --print-xml output defines with `vireo define`, and every
+//! refusal leaves no volume, tap or definition behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vireo_tests::{Server, fails, ok};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vireo_tests::guests::debian_kit;
+use vireo_tests::{Netns, Server, fails, ok, wait_until};
+
+/// Files the test media are built from, and the Debian packages that carry them.
+const BOOT_LOADERS: &[(&str, &str)] = &[
+    ("/usr/lib/ISOLINUX/isolinux.bin", "isolinux"),
+    ("/usr/lib/PXELINUX/pxelinux.0", "pxelinux"),
+    (
+        "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+        "syslinux-common",
+    ),
+];
+
+/// The kit and the boot loaders, or what is missing (a failure under scripts/test).
+fn media_or_skip() -> Option<PathBuf> {
+    let kit = match debian_kit() {
+        Ok(kit) => kit,
+        Err(missing) => {
+            eprintln!("skipped: needs {missing}");
+            return None;
+        }
+    };
+    let missing: Vec<String> = BOOT_LOADERS
+        .iter()
+        .filter(|(file, _)| !Path::new(file).exists())
+        .map(|(file, package)| format!("{file} (Debian package {package})"))
+        .chain(
+            std::process::Command::new("xorriso")
+                .arg("-version")
+                .output()
+                .is_err()
+                .then(|| "xorriso (Debian package xorriso)".to_string()),
+        )
+        .collect();
+    if missing.is_empty() {
+        return Some(kit);
+    }
+    assert!(
+        std::env::var_os("VIREO_GUEST_DIR").is_none(),
+        "scripts/test installs {missing:?}"
+    );
+    eprintln!("skipped: needs {}", missing.join(", "));
+    None
+}
+
+/// A syslinux configuration booting the kit with `append` (isolinux and pxelinux read the same).
+fn syslinux_config(kernel: &str, initrd: &str, append: &str) -> String {
+    format!(
+        "DEFAULT install\nPROMPT 0\nTIMEOUT 0\nLABEL install\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND {append}\n"
+    )
+}
+
+/// The kit's /init runs this (base64, so the kernel command line carries it as one word),
+/// then powers the guest off a second later: the end of its install phase.
+fn run64(command: &str) -> String {
+    use base64::Engine;
+    format!(
+        "vireo.run64={}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("{command}; sleep 1"))
+    )
+}
+
+/// Where the guest's console is logged while it runs (the log goes with the run); None before
+/// the domain exists.
+fn console_log_path(server: &Server, name: &str) -> Option<PathBuf> {
+    let uuid = vireo_tests::stdout(&server.vireo(&["domuuid", name]));
+    let uuid = uuid.trim();
+    (!uuid.is_empty()).then(|| {
+        server
+            .run_dir
+            .join("compute")
+            .join(uuid)
+            .join("console.log")
+    })
+}
+
+/// What the guest wrote on its console in this run.
+fn console_log(server: &Server, name: &str) -> String {
+    console_log_path(server, name)
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default()
+}
+
+/// `vireo install ARGS --wait ...` while watching the guest's console: each run's console log
+/// goes with its run, so the install phase's is read while it lasts. Its stdout, and what the
+/// guest wrote in every run.
+fn install_watching_console(server: &Server, name: &str, args: &[&str]) -> (String, String) {
+    std::thread::scope(|scope| {
+        let install = scope.spawn(|| ok(server, args));
+        let mut runs: Vec<String> = Vec::new();
+        let mut path = None;
+        while !install.is_finished() {
+            if path.is_none() {
+                path = console_log_path(server, name);
+            }
+            let now = path
+                .as_ref()
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .unwrap_or_default();
+            match runs.last_mut() {
+                Some(last) if now.starts_with(last.as_str()) => *last = now,
+                _ if now.is_empty() => {}
+                _ => runs.push(now),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (install.join().unwrap(), runs.concat())
+    })
+}
+
+fn wait_for_console(server: &Server, name: &str, marker: &str) {
+    wait_until(Duration::from_secs(90), marker, || {
+        console_log(server, name).contains(marker).then_some(())
+    });
+}
+
+/// After the install phase: `vireo install --wait` started the installed guest, whose
+/// definition boots its new disk and nothing else. Destroys it.
+fn assert_installed(server: &Server, name: &str, installed: &str) {
+    assert!(
+        installed.contains("starting the installed guest"),
+        "{installed}"
+    );
+    assert_eq!(ok(server, &["domstate", name]).trim(), "running");
+    let disk = format!("{name}.qcow2");
+    assert!(volumes(server).contains(&disk), "{:?}", volumes(server));
+    let inactive = ok(server, &["dumpxml", "--inactive", name]);
+    assert!(inactive.contains("<boot dev='hd'/>"), "{inactive}");
+    assert!(inactive.contains(&disk), "{inactive}");
+    for install_only in [
+        "<kernel>",
+        "device='cdrom'",
+        "<boot dev='network'/>",
+        "on_reboot>destroy",
+    ] {
+        assert!(
+            !inactive.contains(install_only),
+            "{install_only}: {inactive}"
+        );
+    }
+    ok(server, &["destroy", name]);
+}
+
+/// `vireo install` of a 256 MiB guest under TCG with a new 50 MiB disk, and `more` options.
+fn install_args<'a>(name: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let common = [
+        "install",
+        "--name",
+        name,
+        "--memory",
+        "256",
+        "--virt-type",
+        "qemu",
+        "--disk",
+        "pool=default,size=0.05",
+    ];
+    [&common[..], more].concat()
+}
+
+fn volumes(server: &Server) -> Vec<String> {
+    ok(server, &["vol-list", "default"])
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn domains(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = ok(server, &["list", "--all", "--name"])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn cdrom_install_boots_the_built_iso_then_the_disk() {
+    let Some(kit) = media_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("iso");
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    for (file, _) in [BOOT_LOADERS[0], BOOT_LOADERS[2]] {
+        let name = Path::new(file).file_name().unwrap();
+        std::fs::copy(file, tree.join("isolinux").join(name)).unwrap();
+    }
+    std::fs::copy(kit.join("vmlinuz"), tree.join("vmlinuz")).unwrap();
+    std::fs::copy(kit.join("initramfs.cpio.gz"), tree.join("initrd.gz")).unwrap();
+    std::fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        syslinux_config(
+            "/vmlinuz",
+            "/initrd.gz",
+            &format!(
+                "console=ttyS0 quiet {}",
+                run64("echo VIREO-INSTALLED-FROM-$((6*7))")
+            ),
+        ),
+    )
+    .unwrap();
+    let iso = dir.path().join("install.iso");
+    let made = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-o"])
+        .arg(&iso)
+        .args([
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+        ])
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let server = Server::vireod();
+    let (installed, console) = install_watching_console(
+        &server,
+        "isoguest",
+        &install_args(
+            "isoguest",
+            &[
+                "--cdrom",
+                iso.to_str().unwrap(),
+                "--nonetworks",
+                "--graphics",
+                "none",
+                "--wait",
+                "3",
+            ],
+        ),
+    );
+    assert!(
+        installed.contains("created volume `isoguest.qcow2`"),
+        "{installed}"
+    );
+    assert!(
+        console.contains("VIREO-INSTALLED-FROM-42"),
+        "{installed}: {console}"
+    );
+    assert_installed(&server, "isoguest", &installed);
+}
+
+#[test]
+fn location_install_boots_the_trees_installer_with_the_extra_args() {
+    let Some(kit) = media_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("debian-tree");
+    std::fs::create_dir_all(tree.join("install.amd")).unwrap();
+    std::os::unix::fs::symlink(kit.join("vmlinuz"), tree.join("install.amd/vmlinuz")).unwrap();
+    std::os::unix::fs::symlink(
+        kit.join("initramfs.cpio.gz"),
+        tree.join("install.amd/initrd.gz"),
+    )
+    .unwrap();
+    let server = Server::vireod();
+    // The guest reads its own /proc/cmdline: the marker is there only if --extra-args was.
+    let extra_args = format!(
+        "console=ttyS0 quiet vireo.tree.marker=tree-42 {}",
+        run64("sed -n 's/.*vireo.tree.marker=\\([a-z0-9-]*\\).*/CMDLINE-SAYS-\\1/p' /proc/cmdline")
+    );
+    let (installed, console) = install_watching_console(
+        &server,
+        "treeguest",
+        &install_args(
+            "treeguest",
+            &[
+                "--location",
+                tree.to_str().unwrap(),
+                "--extra-args",
+                &extra_args,
+                "--nonetworks",
+                "--wait",
+                "3",
+            ],
+        ),
+    );
+    assert!(console.contains("CMDLINE-SAYS-tree-42"), "{console}");
+    assert_installed(&server, "treeguest", &installed);
+}
+
+#[test]
+fn import_boots_a_disk_with_a_root_filesystem_by_direct_kernel_boot() {
+    let Some(kit) = media_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/vireo-imported"), "VIREO-ROOTFS-IMPORTED\n").unwrap();
+    let image = dir.path().join("root.img");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let server = Server::vireod();
+    let boot = format!(
+        "kernel={},initrd={},kernel_args=console=ttyS0 quiet {}",
+        kit.join("vmlinuz").display(),
+        kit.join("initramfs.cpio.gz").display(),
+        run64("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/etc/vireo-imported"),
+    );
+    let installed = ok(
+        &server,
+        &[
+            "install",
+            "--name",
+            "rootguest",
+            "--memory",
+            "256",
+            "--virt-type",
+            "qemu",
+            "--import",
+            "--disk",
+            &format!("path={}", image.display()),
+            "--boot",
+            &boot,
+            "--nonetworks",
+            "--noautoconsole",
+        ],
+    );
+    assert!(
+        installed.contains("Domain creation completed"),
+        "{installed}"
+    );
+    wait_for_console(&server, "rootguest", "VIREO-ROOTFS-IMPORTED");
+    let inactive = ok(&server, &["dumpxml", "--inactive", "rootguest"]);
+    assert!(
+        inactive.contains(&image.display().to_string()) && inactive.contains("<kernel>"),
+        "{inactive}"
+    );
+    assert!(
+        volumes(&server).is_empty(),
+        "an existing image is not a new volume"
+    );
+    let _ = server.vireo(&["destroy", "rootguest"]);
+}
+
+/// A vireod in a namespace of its own, with a NAT network whose TFTP root serves pxelinux and
+/// the kit. Networks outlive vireod, so dropping it destroys the network first.
+struct PxeWorld {
+    server: Server,
+    host: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PxeWorld {
+    fn drop(&mut self) {
+        let _ = self.server.vireo(&["destroy", "pxeguest"]);
+        let _ = self.server.vireo(&["net-destroy", "pxe"]);
+    }
+}
+
+fn pxe_world(kit: &Path) -> Result<PxeWorld, String> {
+    let host = Netns::create("inst")?;
+    host.ok("ip", &["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    // dnsmasq serves TFTP as an unprivileged user: the root must be readable by anyone.
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir_all(tftp.join("pxelinux.cfg")).unwrap();
+    for (file, _) in &BOOT_LOADERS[1..] {
+        std::fs::copy(file, tftp.join(Path::new(file).file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(kit.join("vmlinuz"), tftp.join("vmlinuz")).unwrap();
+    std::fs::copy(kit.join("initramfs.cpio.gz"), tftp.join("initrd.gz")).unwrap();
+    std::fs::write(
+        tftp.join("pxelinux.cfg/default"),
+        syslinux_config(
+            "vmlinuz",
+            "initrd.gz",
+            &format!(
+                "console=ttyS0 quiet {}",
+                run64("echo VIREO-PXE-BOOTED-$((6*7))")
+            ),
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = dir.path().join("vireo.toml");
+    std::fs::write(&config, "[network]\ndefault_network = false\n").unwrap();
+    let server = Server::vireod_with(
+        &["ip", "netns", "exec", &host.0],
+        &["--config", config.to_str().unwrap()],
+    );
+    let network = dir.path().join("pxe.xml");
+    std::fs::write(
+        &network,
+        format!(
+            "<network><name>pxe</name><forward mode='nat'/><bridge name='vbrpxe'/>
+             <ip address='192.168.150.1' netmask='255.255.255.0'>
+               <tftp root='{}'/>
+               <dhcp><range start='192.168.150.10' end='192.168.150.50'/><bootp file='pxelinux.0'/></dhcp>
+             </ip></network>",
+            tftp.display()
+        ),
+    )
+    .unwrap();
+    ok(&server, &["net-define", network.to_str().unwrap()]);
+    ok(&server, &["net-start", "pxe"]);
+    Ok(PxeWorld {
+        server,
+        host,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn pxe_install_from_a_nat_networks_tftp_root() {
+    let Some(kit) = media_or_skip() else { return };
+    let world = match pxe_world(&kit) {
+        Ok(world) => world,
+        Err(missing) => {
+            eprintln!("skipped: needs {missing}");
+            return;
+        }
+    };
+    let server = &world.server;
+    let (installed, console) = install_watching_console(
+        server,
+        "pxeguest",
+        &install_args(
+            "pxeguest",
+            &["--pxe", "--network", "network=pxe", "--wait", "4"],
+        ),
+    );
+    assert!(console.contains("VIREO-PXE-BOOTED-42"), "{console}");
+    assert_installed(server, "pxeguest", &installed);
+
+    // A guest whose start fails after its volume and its port on the network were made:
+    // both go, and so does its definition.
+    let refused = fails(
+        server,
+        &install_args(
+            "brokenguest",
+            &[
+                "--import",
+                "--boot",
+                "kernel=/nonexistent/vmlinuz",
+                "--network",
+                "network=pxe",
+            ],
+        ),
+    );
+    assert!(refused.contains("/nonexistent/vmlinuz"), "{refused}");
+    assert_eq!(domains(server), ["pxeguest"]);
+    assert_eq!(volumes(server), ["pxeguest.qcow2"]);
+    let taps = world
+        .host
+        .ok("ip", &["-o", "link", "show", "master", "vbrpxe"]);
+    assert!(taps.trim().is_empty(), "taps left on the network: {taps}");
+}
 
 #[test]
 fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
@@ -51,7 +517,8 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
     assert!(defined.contains("<boot dev='hd'/>"), "{defined}");
     assert!(defined.contains(&disk.display().to_string()));
 
-    // A direct kernel boot is one phase; its XML defines as it is.
+    // A direct kernel boot is one phase; its XML defines as it is. A new volume is printed
+    // where the pool will put it, and not created.
     let kernel = ok(
         &server,
         &[
@@ -62,15 +529,39 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
             "64",
             "--boot",
             "kernel=/boot/vmlinuz,kernel_args=console=ttyS0",
+            "--disk",
+            "pool=default,size=1",
             "--nonetworks",
             "--print-xml",
         ],
     );
+    assert!(kernel.contains("images/kernelguest.qcow2'"), "{kernel}");
     let file = dir.path().join("kernelguest.xml");
     std::fs::write(&file, &kernel).unwrap();
     ok(&server, &["define", file.to_str().unwrap()]);
+    assert!(volumes(&server).is_empty());
 
-    // Refusals name what is wrong, and nothing more is defined.
+    // A dry run places and checks everything, and creates nothing.
+    let new_disk = ["--disk", "pool=default,size=0.01", "--nonetworks"];
+    let checked = ok(
+        &server,
+        &[
+            &[
+                "install",
+                "--name",
+                "x",
+                "--memory",
+                "64",
+                "--import",
+                "--dry-run",
+            ][..],
+            &new_disk,
+        ]
+        .concat(),
+    );
+    assert!(checked.contains("nothing created"), "{checked}");
+
+    // Refusals name what is wrong, and nothing more is defined or created.
     for (args, expected) in [
         (
             vec![
@@ -83,6 +574,45 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
                 "/nonexistent.iso",
             ],
             "cdrom: `/nonexistent.iso` does not exist",
+        ),
+        (
+            vec![
+                "install",
+                "--name",
+                "x",
+                "--memory",
+                "64",
+                "--pxe",
+                "--network",
+                "network=nosuch",
+                "--disk",
+                "pool=default,size=0.01",
+            ],
+            "networks[0]: network `nosuch` is not defined on host",
+        ),
+        (
+            [
+                &["install", "--name", "treeguest", "--memory", "64", "--pxe"][..],
+                &new_disk,
+            ]
+            .concat(),
+            "name: a domain `treeguest` already exists",
+        ),
+        (
+            vec![
+                "install",
+                "--name",
+                "x",
+                "--memory",
+                "64",
+                "--pxe",
+                "--nonetworks",
+                "--disk",
+                "pool=default,size=0.01",
+                "--disk",
+                "pool=default,size=100000",
+            ],
+            "disks[1].size_gib: 100000 GiB is more than pool `default` has free",
         ),
         (
             vec!["install", "--name", "x", "--memory", "64", "--import"],
@@ -101,41 +631,20 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
                 "64",
                 "--pxe",
                 "--disk",
-                "pool=default,size=8",
-            ],
-            "creating a volume (pool=, size=) is not built yet",
-        ),
-        (
-            vec![
-                "install",
-                "--name",
-                "x",
-                "--memory",
-                "64",
-                "--pxe",
-                "--disk",
                 "color=red",
             ],
             "--disk: unknown option `color`",
         ),
         (
             vec![
-                "install", "--name", "x", "--memory", "64", "--pxe", "--import",
+                "install", "--name", "x", "--memory", "64", "--pxe", "--cdrom", "/a.iso",
             ],
             "give one of --cdrom, --location, --pxe, --import or --boot kernel=",
-        ),
-        (
-            vec![
-                "install", "--name", "x", "--memory", "64", "--import", "--disk", &disk_arg,
-            ],
-            "not built yet (issue #11)",
         ),
     ] {
         let refused = fails(&server, &args);
         assert!(refused.contains(expected), "{args:?}: {refused}");
     }
-    let listed = ok(&server, &["list", "--all", "--name"]);
-    let mut names: Vec<&str> = listed.split_whitespace().collect();
-    names.sort_unstable();
-    assert_eq!(names, ["kernelguest", "treeguest"]);
+    assert_eq!(domains(&server), ["kernelguest", "treeguest"]);
+    assert!(volumes(&server).is_empty(), "{:?}", volumes(&server));
 }

@@ -1,0 +1,737 @@
+//! The Install RPC as virt-install runs it: place the guest, check what it names on that host
+//! (a free name, defined networks, running pools with room), create its volumes, then run the
+//! install phase as a transient domain whose persistent definition is the installed guest (or
+//! define and start a guest that boots one way throughout). With `wait_minutes` it follows the
+//! install phase and starts the installed guest. A failure removes what the call created.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use vireo_proto::cluster::v1 as pb;
+use vireo_proto::common::v1::{ObjectRef, Progress, object_ref::Key};
+use vireo_proto::compute::v1 as compute;
+use vireo_proto::network::v1 as network;
+use vireo_proto::storage::v1 as storage;
+use vireo_runtime::Service;
+
+use crate::cluster_views::ClusterViews;
+use crate::provisioning::{Plan, is_new_volume, plan};
+
+type Updates = mpsc::Sender<Result<pb::InstallUpdate, Status>>;
+
+const GIB: f64 = (1u64 << 30) as f64;
+/// How often a followed install phase is looked at.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+fn by_name(name: &str) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        key: Some(Key::Name(name.to_string())),
+    })
+}
+
+async fn send(updates: &Updates, update: pb::install_update::Update) {
+    // A client that went away does not stop the install: what was started is left consistent.
+    let _ = updates
+        .send(Ok(pb::InstallUpdate {
+            update: Some(update),
+        }))
+        .await;
+}
+
+async fn progress(updates: &Updates, phase: &str, message: String) {
+    send(
+        updates,
+        pb::install_update::Update::Progress(Progress {
+            phase: phase.to_string(),
+            message,
+            ..Default::default()
+        }),
+    )
+    .await;
+}
+
+#[tonic::async_trait]
+impl pb::provisioning_service_server::ProvisioningService for ClusterViews {
+    async fn install(
+        &self,
+        request: Request<pb::InstallRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::InstallUpdate>>, Status> {
+        let request = request.into_inner();
+        let (updates, receiver) = mpsc::channel(16);
+        let views = self.clone();
+        tokio::spawn(async move {
+            let ended = match install(&views, &request, &updates).await {
+                Ok(result) => Ok(pb::InstallUpdate {
+                    update: Some(pb::install_update::Update::Done(result)),
+                }),
+                Err(status) => Err(status),
+            };
+            let _ = updates.send(ended).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+/// A volume the install creates for one of its disks.
+struct NewVolume {
+    disk: usize,
+    pool: String,
+    name: String,
+    capacity_bytes: u64,
+    format: storage::VolumeFormat,
+    /// Where the pool will put it (the pool's directory or volume group, and the name).
+    path: String,
+}
+
+/// What a failed install removes, newest first.
+#[derive(Default)]
+struct Created {
+    volumes: Vec<pb::CreatedVolume>,
+    defined: bool,
+    running: bool,
+}
+
+/// The host the guest was placed on, and its services.
+struct Target<'a> {
+    views: &'a ClusterViews,
+    host: String,
+}
+
+impl Target<'_> {
+    fn channel(&self, service: Service) -> Result<Channel, Status> {
+        self.views.backends().channel(&self.host, service)
+    }
+
+    fn down(&self, service: Service) -> impl Fn(Status) -> Status + '_ {
+        move |status| {
+            self.views
+                .backends()
+                .unavailable(&self.host, service, status)
+        }
+    }
+
+    fn domains(
+        &self,
+    ) -> Result<compute::domain_service_client::DomainServiceClient<Channel>, Status> {
+        Ok(compute::domain_service_client::DomainServiceClient::new(
+            self.channel(Service::Compute)?,
+        ))
+    }
+
+    fn pools(
+        &self,
+    ) -> Result<storage::storage_pool_service_client::StoragePoolServiceClient<Channel>, Status>
+    {
+        Ok(
+            storage::storage_pool_service_client::StoragePoolServiceClient::new(
+                self.channel(Service::Storage)?,
+            ),
+        )
+    }
+
+    fn volumes(
+        &self,
+    ) -> Result<storage::storage_volume_service_client::StorageVolumeServiceClient<Channel>, Status>
+    {
+        Ok(
+            storage::storage_volume_service_client::StorageVolumeServiceClient::new(
+                self.channel(Service::Storage)?,
+            ),
+        )
+    }
+
+    async fn name_is_free(&self, name: &str) -> Result<(), Status> {
+        let found = self
+            .domains()?
+            .lookup_domain(compute::LookupDomainRequest {
+                host: self.host.clone(),
+                domain: by_name(name),
+            })
+            .await;
+        match found {
+            Ok(_) => Err(Status::already_exists(format!(
+                "name: a domain `{name}` already exists on host `{}`",
+                self.host
+            ))),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(self.down(Service::Compute)(status)),
+        }
+    }
+
+    /// Every network= the guest names is defined on the host.
+    async fn networks_are_defined(&self, request: &pb::InstallRequest) -> Result<(), Status> {
+        if request.no_networks {
+            return Ok(());
+        }
+        let named: Vec<(usize, &str)> = if request.networks.is_empty() {
+            vec![(0, "default")]
+        } else {
+            request
+                .networks
+                .iter()
+                .enumerate()
+                .filter_map(|(index, n)| match &n.source {
+                    Some(pb::install_network::Source::Network(name)) => {
+                        Some((index, name.as_str()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut client = network::network_service_client::NetworkServiceClient::new(
+            self.channel(Service::Network)?,
+        );
+        for (index, name) in named {
+            let found = client
+                .get_network(network::GetNetworkRequest {
+                    host: self.host.clone(),
+                    network: by_name(name),
+                    inactive: false,
+                })
+                .await;
+            match found {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    return Err(Status::not_found(format!(
+                        "networks[{index}]: network `{name}` is not defined on host `{}`",
+                        self.host
+                    )));
+                }
+                Err(status) => return Err(self.down(Service::Network)(status)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool a new volume goes in: pool=, or the pool whose directory holds path=.
+    async fn pool_of(&self, field: &str, disk: &pb::InstallDisk) -> Result<storage::Pool, Status> {
+        let mut pools = self.pools()?;
+        if !disk.pool.is_empty() {
+            return pools
+                .get_pool(storage::GetPoolRequest {
+                    host: self.host.clone(),
+                    pool: by_name(&disk.pool),
+                    inactive: false,
+                })
+                .await
+                .map(Response::into_inner)
+                .map_err(|status| match status.code() {
+                    tonic::Code::NotFound => Status::not_found(format!(
+                        "{field}: pool `{}` is not defined on host `{}`",
+                        disk.pool, self.host
+                    )),
+                    _ => self.down(Service::Storage)(status),
+                });
+        }
+        let directory = std::path::Path::new(&disk.path)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        let listed = pools
+            .list_pools(storage::ListPoolsRequest {
+                host: self.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(self.down(Service::Storage))?
+            .into_inner();
+        for info in listed.pools {
+            let pool = pools
+                .get_pool(storage::GetPoolRequest {
+                    host: self.host.clone(),
+                    pool: by_name(&info.name),
+                    inactive: false,
+                })
+                .await
+                .map_err(self.down(Service::Storage))?
+                .into_inner();
+            let target = pool
+                .definition
+                .as_ref()
+                .and_then(|d| d.target.as_ref())
+                .map(|t| t.path.clone())
+                .unwrap_or_default();
+            if !target.is_empty() && std::path::Path::new(&target) == directory {
+                return Ok(pool);
+            }
+        }
+        Err(Status::invalid_argument(format!(
+            "{field}: `{}` is not the directory of a storage pool on host `{}`; give pool= to create the disk in one",
+            directory.display(),
+            self.host
+        )))
+    }
+
+    /// The volumes the request's new disks need, each checked against its pool: running, with
+    /// room, and a free name (virt-install's NAME.qcow2, NAME-1.qcow2, ...).
+    async fn new_volumes(&self, request: &pb::InstallRequest) -> Result<Vec<NewVolume>, Status> {
+        let mut planned: Vec<NewVolume> = Vec::new();
+        for (index, disk) in request.disks.iter().enumerate() {
+            if !is_new_volume(disk) {
+                continue;
+            }
+            let field = format!("disks[{index}]");
+            if !disk.size_gib.is_finite() || disk.size_gib <= 0.0 {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.size_gib: a new volume needs size= in GiB, more than 0"
+                )));
+            }
+            if disk.size_gib * GIB >= u64::MAX as f64 {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.size_gib: {} GiB is more than a volume can hold",
+                    disk.size_gib
+                )));
+            }
+            // Finite, positive and below u64::MAX: checked above.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let capacity_bytes = (disk.size_gib * GIB).ceil() as u64;
+            let pool = self.pool_of(&field, disk).await?;
+            let definition = pool.definition.clone().unwrap_or_default();
+            if pool.state() != storage::PoolState::Running {
+                return Err(Status::failed_precondition(format!(
+                    "{field}: pool `{}` is not running on host `{}` (pool-start it)",
+                    definition.name, self.host
+                )));
+            }
+            let wanted: u64 = planned
+                .iter()
+                .filter(|v| v.pool == definition.name)
+                .map(|v| v.capacity_bytes)
+                .sum::<u64>()
+                .saturating_add(capacity_bytes);
+            if wanted > definition.available_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "{field}.size_gib: {} GiB is more than pool `{}` has free ({:.2} GiB)",
+                    disk.size_gib,
+                    definition.name,
+                    definition.available_bytes as f64 / GIB
+                )));
+            }
+            let format = match disk.format() {
+                compute::DiskFormat::Raw => storage::VolumeFormat::Raw,
+                compute::DiskFormat::Qcow2 => storage::VolumeFormat::Qcow2,
+                _ if matches!(
+                    definition.r#type(),
+                    storage::PoolType::Dir | storage::PoolType::Fs | storage::PoolType::Netfs
+                ) =>
+                {
+                    storage::VolumeFormat::Qcow2
+                }
+                _ => storage::VolumeFormat::Raw,
+            };
+            let existing: Vec<String> = self
+                .volumes()?
+                .list_volumes(storage::ListVolumesRequest {
+                    host: self.host.clone(),
+                    pool: by_name(&definition.name),
+                    ..Default::default()
+                })
+                .await
+                .map_err(self.down(Service::Storage))?
+                .into_inner()
+                .volumes
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            let taken = |name: &str| {
+                existing.iter().any(|v| v == name) || planned.iter().any(|v| v.name == name)
+            };
+            let name = if disk.pool.is_empty() {
+                let name = std::path::Path::new(&disk.path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if taken(&name) {
+                    return Err(Status::already_exists(format!(
+                        "{field}: `{}` exists; leave out size= to use it as it is",
+                        disk.path
+                    )));
+                }
+                name
+            } else {
+                let extension = if format == storage::VolumeFormat::Qcow2 {
+                    ".qcow2"
+                } else {
+                    ".img"
+                };
+                (0..)
+                    .map(|n| match n {
+                        0 => format!("{}{extension}", request.name),
+                        n => format!("{}-{n}{extension}", request.name),
+                    })
+                    .find(|name| !taken(name))
+                    .unwrap_or_default()
+            };
+            let directory = definition
+                .target
+                .as_ref()
+                .map(|t| t.path.clone())
+                .unwrap_or_default();
+            planned.push(NewVolume {
+                disk: index,
+                path: format!("{}/{name}", directory.trim_end_matches('/')),
+                pool: definition.name,
+                name,
+                capacity_bytes,
+                format,
+            });
+        }
+        Ok(planned)
+    }
+
+    async fn create_volume(
+        &self,
+        volume: &NewVolume,
+        sparse: bool,
+    ) -> Result<pb::CreatedVolume, Status> {
+        let mut stream = self
+            .volumes()?
+            .create_volume(storage::CreateVolumeRequest {
+                host: self.host.clone(),
+                pool: by_name(&volume.pool),
+                source: Some(storage::create_volume_request::Source::Definition(
+                    storage::VolumeDefinition {
+                        name: volume.name.clone(),
+                        capacity_bytes: volume.capacity_bytes,
+                        allocation_bytes: Some(if sparse { 0 } else { volume.capacity_bytes }),
+                        target: Some(storage::VolumeTarget {
+                            format: Some(storage::volume_target::Format::ImageFormat(
+                                volume.format as i32,
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+                prealloc_metadata: false,
+            })
+            .await
+            .map_err(self.down(Service::Storage))?
+            .into_inner();
+        let mut path = volume.path.clone();
+        while let Some(update) = stream
+            .message()
+            .await
+            .map_err(self.down(Service::Storage))?
+        {
+            if let Some(storage::volume_create_update::Update::Done(done)) = update.update
+                && let Some(target) = done.definition.and_then(|d| d.target)
+                && !target.path.is_empty()
+            {
+                path = target.path;
+            }
+        }
+        Ok(pb::CreatedVolume {
+            pool: volume.pool.clone(),
+            name: volume.name.clone(),
+            path,
+            capacity_bytes: volume.capacity_bytes,
+        })
+    }
+
+    async fn start(&self, name: &str) -> Result<(), Status> {
+        let mut stream = self
+            .domains()?
+            .start_domain(compute::StartDomainRequest {
+                host: self.host.clone(),
+                domain: by_name(name),
+                ..Default::default()
+            })
+            .await
+            .map_err(self.down(Service::Compute))?
+            .into_inner();
+        while stream
+            .message()
+            .await
+            .map_err(self.down(Service::Compute))?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    async fn define(&self, xml: &str) -> Result<(), Status> {
+        self.domains()?
+            .define_domain(compute::DefineDomainRequest {
+                host: self.host.clone(),
+                source: Some(compute::define_domain_request::Source::Xml(xml.to_string())),
+                ..Default::default()
+            })
+            .await
+            .map_err(self.down(Service::Compute))?;
+        Ok(())
+    }
+
+    /// Creates the volumes and the domain; on failure removes what it made and says why.
+    async fn create(
+        &self,
+        request: &pb::InstallRequest,
+        volumes: &[NewVolume],
+        updates: &Updates,
+        created: &mut Created,
+    ) -> Result<Plan, Status> {
+        let mut resolved = request.clone();
+        for volume in volumes {
+            let disk = &request.disks[volume.disk];
+            let made = self
+                .create_volume(volume, disk.sparse.unwrap_or(true))
+                .await?;
+            progress(
+                updates,
+                "create-disks",
+                format!(
+                    "created volume `{}` ({:.2} GiB) in pool `{}`",
+                    made.name,
+                    made.capacity_bytes as f64 / GIB,
+                    made.pool
+                ),
+            )
+            .await;
+            resolved.disks[volume.disk] = with_volume(disk, volume, &made.path);
+            created.volumes.push(made);
+        }
+        let plan = plan(&resolved)?;
+        match &plan.install {
+            Some(install) => {
+                // virt-install's way: the install phase runs as a transient domain, and
+                // defining the installed guest makes it persistent; the next start boots that.
+                let mut stream = self
+                    .domains()?
+                    .create_domain(compute::CreateDomainRequest {
+                        host: self.host.clone(),
+                        source: Some(compute::create_domain_request::Source::Xml(install.clone())),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(self.down(Service::Compute))?
+                    .into_inner();
+                created.running = true;
+                while stream
+                    .message()
+                    .await
+                    .map_err(self.down(Service::Compute))?
+                    .is_some()
+                {}
+                progress(
+                    updates,
+                    "start",
+                    format!("install phase of `{}` started", request.name),
+                )
+                .await;
+                self.define(&plan.installed).await?;
+                created.defined = true;
+            }
+            None => {
+                self.define(&plan.installed).await?;
+                created.defined = true;
+                progress(updates, "define", format!("`{}` defined", request.name)).await;
+                created.running = true;
+                self.start(&request.name).await?;
+                progress(updates, "start", format!("`{}` started", request.name)).await;
+            }
+        }
+        if request.autostart {
+            self.domains()?
+                .set_autostart(compute::SetAutostartRequest {
+                    host: self.host.clone(),
+                    domain: by_name(&request.name),
+                    autostart: true,
+                })
+                .await
+                .map_err(self.down(Service::Compute))?;
+        }
+        Ok(plan)
+    }
+
+    /// Removes what a failed install created: the guest, its definition, its new volumes.
+    async fn remove(&self, name: &str, created: Created) {
+        let Ok(mut domains) = self.domains() else {
+            return;
+        };
+        if created.running {
+            let _ = domains
+                .destroy_domain(compute::DestroyDomainRequest {
+                    host: self.host.clone(),
+                    domain: by_name(name),
+                    graceful: false,
+                })
+                .await;
+        }
+        if created.defined {
+            let _ = domains
+                .undefine_domain(compute::UndefineDomainRequest {
+                    host: self.host.clone(),
+                    domain: by_name(name),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let Ok(mut volumes) = self.volumes() else {
+            return;
+        };
+        for volume in created.volumes.iter().rev() {
+            if let Err(status) = volumes
+                .delete_volume(storage::DeleteVolumeRequest {
+                    host: self.host.clone(),
+                    volume: Some(storage::VolumeRef {
+                        pool: volume.pool.clone(),
+                        name: volume.name.clone(),
+                        ..Default::default()
+                    }),
+                    delete_snapshots: false,
+                })
+                .await
+            {
+                tracing::warn!(volume = %volume.path, "a failed install left its volume: {}", status.message());
+            }
+        }
+    }
+
+    async fn state(&self, name: &str) -> Result<compute::DomainState, Status> {
+        Ok(self
+            .domains()?
+            .get_domain_state(compute::GetDomainStateRequest {
+                host: self.host.clone(),
+                domain: by_name(name),
+            })
+            .await
+            .map_err(self.down(Service::Compute))?
+            .into_inner()
+            .state())
+    }
+
+    /// Waits until the install phase ends (the guest stopped), then starts the installed guest.
+    async fn follow(&self, name: &str, minutes: i32, updates: &Updates) -> Result<(), Status> {
+        progress(
+            updates,
+            "install",
+            format!("waiting for the install phase of `{name}` to end"),
+        )
+        .await;
+        let deadline = u64::try_from(minutes)
+            .ok()
+            .map(|minutes| Instant::now() + Duration::from_secs(minutes * 60));
+        while self.state(name).await? != compute::DomainState::Shutoff {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(Status::deadline_exceeded(format!(
+                    "wait_minutes: the install phase of `{name}` has not ended after {minutes} minutes; the guest is left running"
+                )));
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+        }
+        progress(
+            updates,
+            "finish",
+            format!("the install phase of `{name}` ended; starting the installed guest"),
+        )
+        .await;
+        self.start(name).await
+    }
+}
+
+/// The disk as the plan sees it once its volume exists (or will: for --print-xml).
+fn with_volume(disk: &pb::InstallDisk, volume: &NewVolume, path: &str) -> pb::InstallDisk {
+    pb::InstallDisk {
+        path: path.to_string(),
+        pool: String::new(),
+        size_gib: 0.0,
+        format: match volume.format {
+            storage::VolumeFormat::Qcow2 => compute::DiskFormat::Qcow2,
+            _ => compute::DiskFormat::Raw,
+        } as i32,
+        ..disk.clone()
+    }
+}
+
+/// Places, checks, creates and starts; follows the install phase when asked to.
+async fn install(
+    views: &ClusterViews,
+    request: &pb::InstallRequest,
+    updates: &Updates,
+) -> Result<pb::InstallResult, Status> {
+    // Everything that can be checked without a host, first: new disks stand in as paths.
+    let mut stand_in = request.clone();
+    for (index, disk) in stand_in.disks.iter_mut().enumerate() {
+        if is_new_volume(disk) && disk.path.is_empty() {
+            disk.path = format!("/new-volume-{index}");
+        }
+    }
+    let needs = plan(&stand_in)?.needs;
+    let host = if request.print_xml {
+        // Printing creates nothing, so the guest need not fit anywhere yet.
+        views.backends().resolve(&request.host).to_string()
+    } else {
+        let placement = views.place(&needs, &request.host).await?;
+        progress(
+            updates,
+            "place",
+            format!("host `{}`: {}", placement.host, placement.reason),
+        )
+        .await;
+        placement.host
+    };
+    let target = Target { views, host };
+    target.name_is_free(&request.name).await?;
+    target.networks_are_defined(request).await?;
+    let volumes = target.new_volumes(request).await?;
+    let mut result = pb::InstallResult {
+        host: target.host.clone(),
+        ..Default::default()
+    };
+    if request.print_xml || request.dry_run {
+        let mut resolved = request.clone();
+        for volume in &volumes {
+            resolved.disks[volume.disk] =
+                with_volume(&resolved.disks[volume.disk], volume, &volume.path);
+        }
+        let plan = plan(&resolved)?;
+        if request.print_xml {
+            for xml in plan.install.into_iter().chain([plan.installed]) {
+                send(updates, pb::install_update::Update::Xml(xml)).await;
+            }
+        } else {
+            progress(
+                updates,
+                "place",
+                format!(
+                    "`{}` checked on host `{}`; nothing created (--dry-run)",
+                    request.name, target.host
+                ),
+            )
+            .await;
+        }
+        return Ok(result);
+    }
+    let mut created = Created::default();
+    let plan = match target
+        .create(request, &volumes, updates, &mut created)
+        .await
+    {
+        Ok(plan) => plan,
+        Err(status) => {
+            target.remove(&request.name, created).await;
+            return Err(status);
+        }
+    };
+    result.created_volumes = created.volumes;
+    result.installing = plan.install.is_some();
+    if result.installing
+        && let Some(minutes) = request.wait_minutes.filter(|minutes| *minutes != 0)
+    {
+        target.follow(&request.name, minutes, updates).await?;
+        result.installing = false;
+    }
+    result.domain = target
+        .domains()?
+        .lookup_domain(compute::LookupDomainRequest {
+            host: target.host.clone(),
+            domain: by_name(&request.name),
+        })
+        .await
+        .map_err(target.down(Service::Compute))?
+        .into_inner()
+        .into();
+    Ok(result)
+}
