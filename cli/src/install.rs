@@ -307,18 +307,19 @@ pub async fn run(
         }
         return Ok(());
     }
-    crate::domain::run_console(connection, &name, None, false).await?;
-    if result.installing {
-        restart_installed(connection, &name).await?;
+    let attached = crate::domain::run_console(connection, &name, None, false).await;
+    if !result.installing {
+        return attached;
     }
-    Ok(())
+    restart_installed(connection, &name, attached).await
 }
 
-/// After the console of an install phase closes: a guest that has stopped is started again,
-/// now from its installed definition, as virt-install does.
+/// After the console of an install phase closes (`attached`: how): a guest that has stopped
+/// is started again, now from its installed definition, as virt-install does.
 async fn restart_installed(
     connection: &mut Connection,
     name: &str,
+    attached: Result<(), crate::commands::Call>,
 ) -> Result<(), crate::commands::Call> {
     let mut domains = DomainServiceClient::new(connection.channel().await?);
     let domain = Some(ObjectRef {
@@ -333,6 +334,8 @@ async fn restart_installed(
         .into_inner()
         .state();
     if state != compute::DomainState::Shutoff {
+        // The console ended while the guest runs: left, or taken over.
+        attached?;
         println!("Domain installation still in progress.");
         return Ok(());
     }

@@ -3,6 +3,8 @@
 //! install phase as a transient domain whose persistent definition is the installed guest (or
 //! define and start a guest that boots one way throughout). With `wait_minutes` it follows the
 //! install phase and starts the installed guest. A failure removes what the call created.
+//! A --location tree at a URL is fetched here (curl) and its installer put on the host as two
+//! volumes, removed once the install phase has started (the engine has read them by then).
 
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,13 @@ use vireo_proto::storage::v1 as storage;
 use vireo_runtime::Service;
 
 use crate::cluster_views::ClusterViews;
-use crate::provisioning::{Plan, is_new_volume, plan};
+use crate::provisioning::{Plan, TREE_LAYOUTS, is_new_volume, is_url, no_installer, plan};
 
 type Updates = mpsc::Sender<Result<pb::InstallUpdate, Status>>;
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// The size of the chunks a fetched installer is uploaded in.
+const UPLOAD_CHUNK: usize = 1 << 20;
 /// How often a followed install phase is looked at.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -78,7 +82,8 @@ impl pb::provisioning_service_server::ProvisioningService for ClusterViews {
 
 /// A volume the install creates for one of its disks.
 struct NewVolume {
-    disk: usize,
+    /// The --disk it is for; None for a fetched tree's installer.
+    disk: Option<usize>,
     pool: String,
     name: String,
     capacity_bytes: u64,
@@ -91,8 +96,54 @@ struct NewVolume {
 #[derive(Default)]
 struct Created {
     volumes: Vec<pb::CreatedVolume>,
+    /// The installer of a tree at a URL, on the host while the install phase starts.
+    scratch: Vec<pb::CreatedVolume>,
     defined: bool,
     running: bool,
+}
+
+/// The installer of a --location tree at a URL: fetched, and where it goes on the host.
+struct FetchedTree {
+    pool: String,
+    /// (volume name, its path on the host, its bytes): the kernel, then the initrd.
+    files: [(String, String, bytes::Bytes); 2],
+}
+
+impl FetchedTree {
+    fn paths(&self) -> (&str, &str) {
+        (&self.files[0].1, &self.files[1].1)
+    }
+}
+
+/// One file of a tree at a URL (curl: http, https, ftp); None when the tree has no such file.
+async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+    let full = format!("{}/{file}", url.trim_end_matches('/'));
+    let fetched = tokio::process::Command::new("curl")
+        .args([
+            "-fsSL",
+            "--max-time",
+            "600",
+            "--proto",
+            "=http,https,ftp",
+            "--",
+        ])
+        .arg(&full)
+        .output()
+        .await
+        .map_err(|err| {
+            Status::failed_precondition(format!(
+                "location: fetching an install tree needs curl (Debian package curl): {err}"
+            ))
+        })?;
+    match fetched.status.code() {
+        Some(0) => Ok(Some(fetched.stdout)),
+        // An HTTP error status, or a file an FTP server does not have.
+        Some(22 | 78 | 9) => Ok(None),
+        _ => Err(Status::unavailable(format!(
+            "location: fetching {full} failed: {}",
+            String::from_utf8_lossy(&fetched.stderr).trim()
+        ))),
+    }
 }
 
 /// The host the guest was placed on, and its services.
@@ -371,7 +422,7 @@ impl Target<'_> {
                 .map(|t| t.path.clone())
                 .unwrap_or_default();
             planned.push(NewVolume {
-                disk: index,
+                disk: Some(index),
                 path: format!("{}/{name}", directory.trim_end_matches('/')),
                 pool: definition.name,
                 name,
@@ -432,6 +483,56 @@ impl Target<'_> {
         })
     }
 
+    /// Puts a fetched tree's installer on the host: one raw volume per file, written through
+    /// the storage service (so the host may be another machine).
+    async fn upload_tree(&self, tree: &FetchedTree, created: &mut Created) -> Result<(), Status> {
+        for (name, path, bytes) in &tree.files {
+            let volume = NewVolume {
+                disk: None,
+                pool: tree.pool.clone(),
+                name: name.clone(),
+                capacity_bytes: bytes.len() as u64,
+                format: storage::VolumeFormat::Raw,
+                path: path.clone(),
+            };
+            created
+                .scratch
+                .push(self.create_volume(&volume, false).await?);
+            let header = storage::UploadVolumeRequest {
+                host: self.host.clone(),
+                part: Some(storage::upload_volume_request::Part::Header(
+                    storage::UploadVolumeHeader {
+                        volume: Some(storage::VolumeRef {
+                            pool: tree.pool.clone(),
+                            name: name.clone(),
+                            ..Default::default()
+                        }),
+                        offset_bytes: 0,
+                        length_bytes: bytes.len() as u64,
+                        sparse: false,
+                    },
+                )),
+            };
+            let chunks =
+                (0..bytes.len())
+                    .step_by(UPLOAD_CHUNK)
+                    .map(|start| storage::UploadVolumeRequest {
+                        host: String::new(),
+                        part: Some(storage::upload_volume_request::Part::Chunk(
+                            vireo_proto::common::v1::DataChunk {
+                                data: bytes.slice(start..bytes.len().min(start + UPLOAD_CHUNK)),
+                            },
+                        )),
+                    });
+            let parts: Vec<_> = std::iter::once(header).chain(chunks).collect();
+            self.volumes()?
+                .upload_volume(tokio_stream::iter(parts))
+                .await
+                .map_err(self.down(Service::Storage))?;
+        }
+        Ok(())
+    }
+
     async fn start(&self, name: &str) -> Result<(), Status> {
         let mut stream = self
             .domains()?
@@ -469,12 +570,14 @@ impl Target<'_> {
         &self,
         request: &pb::InstallRequest,
         volumes: &[NewVolume],
+        tree: Option<&FetchedTree>,
         updates: &Updates,
         created: &mut Created,
     ) -> Result<Plan, Status> {
         let mut resolved = request.clone();
         for volume in volumes {
-            let disk = &request.disks[volume.disk];
+            let Some(index) = volume.disk else { continue };
+            let disk = &request.disks[index];
             let made = self
                 .create_volume(volume, disk.sparse.unwrap_or(true))
                 .await?;
@@ -489,10 +592,13 @@ impl Target<'_> {
                 ),
             )
             .await;
-            resolved.disks[volume.disk] = with_volume(disk, volume, &made.path);
+            resolved.disks[index] = with_volume(disk, volume, &made.path);
             created.volumes.push(made);
         }
-        let plan = plan(&resolved)?;
+        if let Some(tree) = tree {
+            self.upload_tree(tree, created).await?;
+        }
+        let plan = plan(&resolved, tree.map(FetchedTree::paths))?;
         match &plan.install {
             Some(install) => {
                 // virt-install's way: the install phase runs as a transient domain, and
@@ -545,34 +651,12 @@ impl Target<'_> {
         Ok(plan)
     }
 
-    /// Removes what a failed install created: the guest, its definition, its new volumes.
-    async fn remove(&self, name: &str, created: Created) {
-        let Ok(mut domains) = self.domains() else {
+    async fn delete_volumes(&self, volumes: &[pb::CreatedVolume]) {
+        let Ok(mut client) = self.volumes() else {
             return;
         };
-        if created.running {
-            let _ = domains
-                .destroy_domain(compute::DestroyDomainRequest {
-                    host: self.host.clone(),
-                    domain: by_name(name),
-                    graceful: false,
-                })
-                .await;
-        }
-        if created.defined {
-            let _ = domains
-                .undefine_domain(compute::UndefineDomainRequest {
-                    host: self.host.clone(),
-                    domain: by_name(name),
-                    ..Default::default()
-                })
-                .await;
-        }
-        let Ok(mut volumes) = self.volumes() else {
-            return;
-        };
-        for volume in created.volumes.iter().rev() {
-            if let Err(status) = volumes
+        for volume in volumes.iter().rev() {
+            if let Err(status) = client
                 .delete_volume(storage::DeleteVolumeRequest {
                     host: self.host.clone(),
                     volume: Some(storage::VolumeRef {
@@ -584,9 +668,101 @@ impl Target<'_> {
                 })
                 .await
             {
-                tracing::warn!(volume = %volume.path, "a failed install left its volume: {}", status.message());
+                tracing::warn!(volume = %volume.path, "an install left its volume: {}", status.message());
             }
         }
+    }
+
+    /// Removes what a failed install created: the guest, its definition, its volumes.
+    async fn remove(&self, name: &str, created: Created) {
+        if let Ok(mut domains) = self.domains() {
+            if created.running {
+                let _ = domains
+                    .destroy_domain(compute::DestroyDomainRequest {
+                        host: self.host.clone(),
+                        domain: by_name(name),
+                        graceful: false,
+                    })
+                    .await;
+            }
+            if created.defined {
+                let _ = domains
+                    .undefine_domain(compute::UndefineDomainRequest {
+                        host: self.host.clone(),
+                        domain: by_name(name),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+        self.delete_volumes(&created.scratch).await;
+        self.delete_volumes(&created.volumes).await;
+    }
+
+    /// Fetches the installer of the tree at `url` and decides where it goes on the host: the
+    /// pool of the first new disk, else `default`, as `NAME-install-kernel` and `-initrd`.
+    async fn fetch_tree(
+        &self,
+        request: &pb::InstallRequest,
+        url: &str,
+        volumes: &[NewVolume],
+        updates: &Updates,
+    ) -> Result<FetchedTree, Status> {
+        if url.starts_with("nfs:") {
+            return Err(Status::unimplemented(
+                "location: trees on NFS are not fetched (this host has no NFS client); serve the tree over http://, https:// or ftp://, or give its directory",
+            ));
+        }
+        let mut found = None;
+        for (kernel, initrd) in TREE_LAYOUTS {
+            if let Some(kernel_bytes) = fetch(url, kernel).await? {
+                let initrd_bytes = fetch(url, initrd).await?.ok_or_else(|| no_installer(url))?;
+                found = Some((kernel_bytes, initrd_bytes));
+                break;
+            }
+        }
+        let (kernel, initrd) = found.ok_or_else(|| no_installer(url))?;
+        progress(
+            updates,
+            "fetch",
+            format!(
+                "fetched the installer from {url} ({:.1} MiB)",
+                (kernel.len() + initrd.len()) as f64 / f64::from(1u32 << 20)
+            ),
+        )
+        .await;
+        let pool = volumes
+            .iter()
+            .find(|v| v.disk.is_some())
+            .map_or("default", |v| v.pool.as_str());
+        let pool = self
+            .pool_of(
+                "location",
+                &pb::InstallDisk {
+                    pool: pool.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let definition = pool.definition.unwrap_or_default();
+        let needed = (kernel.len() + initrd.len()) as u64;
+        if pool.state != storage::PoolState::Running as i32 || needed > definition.available_bytes {
+            return Err(Status::failed_precondition(format!(
+                "location: the fetched installer ({needed} bytes) is kept in pool `{}` while the install phase starts, and that pool is not running or has not the room",
+                definition.name
+            )));
+        }
+        let directory = definition.target.map(|t| t.path).unwrap_or_default();
+        let file = |suffix: &str, bytes: Vec<u8>| {
+            let bytes = bytes::Bytes::from(bytes);
+            let name = format!("{}-install-{suffix}", request.name);
+            let path = format!("{}/{name}", directory.trim_end_matches('/'));
+            (name, path, bytes)
+        };
+        Ok(FetchedTree {
+            pool: definition.name.clone(),
+            files: [file("kernel", kernel), file("initrd", initrd)],
+        })
     }
 
     async fn state(&self, name: &str) -> Result<compute::DomainState, Status> {
@@ -651,14 +827,15 @@ async fn install(
     request: &pb::InstallRequest,
     updates: &Updates,
 ) -> Result<pb::InstallResult, Status> {
-    // Everything that can be checked without a host, first: new disks stand in as paths.
+    // Everything that can be checked without a host, first: new disks and a tree at a URL
+    // stand in as paths.
     let mut stand_in = request.clone();
     for (index, disk) in stand_in.disks.iter_mut().enumerate() {
         if is_new_volume(disk) && disk.path.is_empty() {
             disk.path = format!("/new-volume-{index}");
         }
     }
-    let needs = plan(&stand_in)?.needs;
+    let needs = plan(&stand_in, Some(("/fetched/kernel", "/fetched/initrd")))?.needs;
     let host = if request.print_xml {
         // Printing creates nothing, so the guest need not fit anywhere yet.
         views.backends().resolve(&request.host).to_string()
@@ -676,6 +853,12 @@ async fn install(
     target.name_is_free(&request.name).await?;
     target.networks_are_defined(request).await?;
     let volumes = target.new_volumes(request).await?;
+    let tree = match &request.install_source {
+        Some(pb::install_request::InstallSource::Location(url)) if is_url(url) => {
+            Some(target.fetch_tree(request, url, &volumes, updates).await?)
+        }
+        _ => None,
+    };
     let mut result = pb::InstallResult {
         host: target.host.clone(),
         ..Default::default()
@@ -683,10 +866,11 @@ async fn install(
     if request.print_xml || request.dry_run {
         let mut resolved = request.clone();
         for volume in &volumes {
-            resolved.disks[volume.disk] =
-                with_volume(&resolved.disks[volume.disk], volume, &volume.path);
+            if let Some(index) = volume.disk {
+                resolved.disks[index] = with_volume(&resolved.disks[index], volume, &volume.path);
+            }
         }
-        let plan = plan(&resolved)?;
+        let plan = plan(&resolved, tree.as_ref().map(FetchedTree::paths))?;
         if request.print_xml {
             for xml in plan.install.into_iter().chain([plan.installed]) {
                 send(updates, pb::install_update::Update::Xml(xml)).await;
@@ -706,7 +890,7 @@ async fn install(
     }
     let mut created = Created::default();
     let plan = match target
-        .create(request, &volumes, updates, &mut created)
+        .create(request, &volumes, tree.as_ref(), updates, &mut created)
         .await
     {
         Ok(plan) => plan,
@@ -715,6 +899,8 @@ async fn install(
             return Err(status);
         }
     };
+    // The engine has read the fetched installer: it is no longer needed on the host.
+    target.delete_volumes(&created.scratch).await;
     result.created_volumes = created.volumes;
     result.installing = plan.install.is_some();
     if result.installing

@@ -10,7 +10,7 @@ use vireo_proto::cluster::v1::install_request::InstallSource;
 use vireo_proto::compute::v1 as compute;
 
 /// Where install trees keep their installer's kernel and initrd, as virt-install looks for them.
-const TREE_LAYOUTS: &[(&str, &str)] = &[
+pub const TREE_LAYOUTS: &[(&str, &str)] = &[
     ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"),
     ("install.amd/vmlinuz", "install.amd/initrd.gz"),
     ("casper/vmlinuz", "casper/initrd"),
@@ -53,12 +53,33 @@ fn escape(text: &str) -> String {
     quick_xml::escape::escape(text).into_owned()
 }
 
-/// The installer's kernel and initrd in the tree at `location` (a directory on this host).
-fn tree_boot(location: &str) -> Result<(String, String), Status> {
-    if location.contains("://") || location.starts_with("nfs:") {
-        return Err(Status::unimplemented(
-            "location: network install trees (http://, ftp://, nfs:) are not built yet (issue #11); give a directory",
-        ));
+/// Whether --location names a tree at a URL (fetched by `install_flow.rs`), not a directory.
+pub fn is_url(location: &str) -> bool {
+    location.contains("://") || location.starts_with("nfs:")
+}
+
+/// The refusal of a tree without an installer where trees keep one.
+pub fn no_installer(location: &str) -> Status {
+    invalid(
+        "location",
+        format!(
+            "`{location}` has no installer kernel and initrd where install trees keep them ({})",
+            TREE_LAYOUTS
+                .iter()
+                .map(|(kernel, _)| *kernel)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+}
+
+/// The installer's kernel and initrd in the tree at `location`: a directory on this host, or
+/// for a URL the files fetched from it (`fetched`).
+fn tree_boot(location: &str, fetched: Option<(&str, &str)>) -> Result<(String, String), Status> {
+    if is_url(location) {
+        return fetched
+            .map(|(kernel, initrd)| (kernel.to_string(), initrd.to_string()))
+            .ok_or_else(|| Status::internal("location: the tree at a URL was not fetched"));
     }
     let root = Path::new(location);
     if !root.is_dir() {
@@ -72,19 +93,7 @@ fn tree_boot(location: &str) -> Result<(String, String), Status> {
         .map(|(kernel, initrd)| (root.join(kernel), root.join(initrd)))
         .find(|(kernel, initrd)| kernel.is_file() && initrd.is_file())
         .map(|(kernel, initrd)| (kernel.display().to_string(), initrd.display().to_string()))
-        .ok_or_else(|| {
-            invalid(
-                "location",
-                format!(
-                    "`{location}` has no installer kernel and initrd where install trees keep them ({})",
-                    TREE_LAYOUTS
-                        .iter()
-                        .map(|(kernel, _)| *kernel)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })
+        .ok_or_else(|| no_installer(location))
 }
 
 fn disk_xml(index: usize, disk: &pb::InstallDisk) -> Result<String, Status> {
@@ -250,7 +259,11 @@ fn checked(xml: &str, engine: i32) -> Result<String, Status> {
 }
 
 /// The definitions an install request asks for, or the first thing wrong with it, named.
-pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
+/// `fetched_tree` is where the kernel and initrd of a --location URL are on the host.
+pub fn plan(
+    request: &pb::InstallRequest,
+    fetched_tree: Option<(&str, &str)>,
+) -> Result<Plan, Status> {
     vireo_conf::domain::check_name(&request.name, "name")
         .map_err(|err| Status::invalid_argument(err.to_string()))?;
     if !matches!(request.virt_type.as_str(), "" | "kvm" | "qemu") {
@@ -381,7 +394,7 @@ pub fn plan(request: &pb::InstallRequest) -> Result<Plan, Status> {
             )
         }
         Some(InstallSource::Location(location)) => {
-            let (kernel, initrd) = tree_boot(location)?;
+            let (kernel, initrd) = tree_boot(location, fetched_tree)?;
             (
                 Some(kernel_boot(&kernel, &initrd, &request.extra_args)),
                 disks.clone(),
@@ -492,7 +505,7 @@ mod tests {
             path: "/var/lib/vireo/images/guest.qcow2".into(),
             ..Default::default()
         });
-        let plan = plan(&request).unwrap();
+        let plan = plan(&request, None).unwrap();
         let install = plan.install.unwrap();
         assert!(
             install.contains("images/pxeboot/vmlinuz</kernel>"),
@@ -519,7 +532,7 @@ mod tests {
     }
 
     fn plan_err(request: &pb::InstallRequest) -> String {
-        match plan(request) {
+        match plan(request, None) {
             Ok(_) => panic!("planned"),
             Err(status) => status.message().to_string(),
         }
@@ -533,7 +546,7 @@ mod tests {
             path: "/images/disk.img".into(),
             ..Default::default()
         });
-        let plan = plan(&request).unwrap();
+        let plan = plan(&request, None).unwrap();
         let install = plan.install.unwrap();
         assert!(install.contains("device='cdrom'") && install.contains("<boot dev='cdrom'/>"));
         assert!(!plan.installed.contains("cdrom"), "{}", plan.installed);
@@ -546,7 +559,7 @@ mod tests {
             initrd: String::new(),
             kernel_args: "console=ttyS0".into(),
         }));
-        let plan_k = plan(&kernel).unwrap();
+        let plan_k = plan(&kernel, None).unwrap();
         assert!(plan_k.install.is_none());
         assert!(
             !plan_k.installed.contains("<graphics"),
@@ -558,10 +571,10 @@ mod tests {
             path: "/images/root.img".into(),
             ..Default::default()
         });
-        assert!(plan(&import).unwrap().install.is_none());
+        assert!(plan(&import, None).unwrap().install.is_none());
         let mut pxe = base(InstallSource::Pxe(true));
         pxe.no_networks = false;
-        let plan_p = plan(&pxe).unwrap();
+        let plan_p = plan(&pxe, None).unwrap();
         assert!(plan_p.install.unwrap().contains("<boot dev='network'/>"));
         assert!(plan_p.installed.contains("<source network='default'/>"));
 
@@ -572,7 +585,7 @@ mod tests {
         assert!(plan_err(&wrong).contains("os_variant: `beos5` is not known; known: debian12"));
         wrong.os_variant = "debian12".into();
         assert!(
-            plan(&wrong)
+            plan(&wrong, None)
                 .unwrap()
                 .installed
                 .contains("<memory unit='KiB'>1048576</memory>")
@@ -582,7 +595,7 @@ mod tests {
         let mut devices = base(InstallSource::Pxe(true));
         devices.host_devices = vec!["pci_0000_03_00_1".into()];
         devices.virt_type = "qemu".into();
-        let plan_d = plan(&devices).unwrap();
+        let plan_d = plan(&devices, None).unwrap();
         for xml in [plan_d.install.unwrap(), plan_d.installed] {
             assert!(xml.contains("<domain type='qemu'>"), "{xml}");
             assert!(

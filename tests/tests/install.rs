@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vireo_tests::guests::debian_kit;
-use vireo_tests::{Netns, Server, fails, ok, wait_until};
+use vireo_tests::{Netns, Server, binary, fails, ok, wait_until};
 
 /// Files the test media are built from, and the Debian packages that carry them.
 const BOOT_LOADERS: &[(&str, &str)] = &[
@@ -126,13 +126,9 @@ fn wait_for_console(server: &Server, name: &str, marker: &str) {
     });
 }
 
-/// After the install phase: `vireo install --wait` started the installed guest, whose
-/// definition boots its new disk and nothing else. Destroys it.
-fn assert_installed(server: &Server, name: &str, installed: &str) {
-    assert!(
-        installed.contains("starting the installed guest"),
-        "{installed}"
-    );
+/// After the install phase: the installed guest runs, and its definition boots its new disk
+/// and nothing else. Destroys it.
+fn assert_installed(server: &Server, name: &str) {
     assert_eq!(ok(server, &["domstate", name]).trim(), "running");
     let disk = format!("{name}.qcow2");
     assert!(volumes(server).contains(&disk), "{:?}", volumes(server));
@@ -229,11 +225,13 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
         .unwrap();
     assert!(made.status.success(), "{made:?}");
 
+    // virt-install's default: the console follows the install phase, and when the guest has
+    // powered off the installed guest is started. Its stdin stays open, as a terminal's would.
     let server = Server::vireod();
-    let (installed, console) = install_watching_console(
-        &server,
-        "isoguest",
-        &install_args(
+    let mut install = std::process::Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(install_args(
             "isoguest",
             &[
                 "--cdrom",
@@ -241,20 +239,33 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
                 "--nonetworks",
                 "--graphics",
                 "none",
-                "--wait",
-                "3",
             ],
-        ),
-    );
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _terminal = install.stdin.take();
+    let status = wait_until(Duration::from_secs(180), "vireo install to end", || {
+        install.try_wait().unwrap()
+    });
+    let mut installed = String::new();
+    std::io::Read::read_to_string(&mut install.stdout.take().unwrap(), &mut installed).unwrap();
+    std::io::Read::read_to_string(&mut install.stderr.take().unwrap(), &mut installed).unwrap();
+    assert!(status.success(), "{installed}");
     assert!(
         installed.contains("created volume `isoguest.qcow2`"),
         "{installed}"
     );
+    let console_at = installed.find("Connected to domain 'isoguest'");
+    let marker_at = installed.find("VIREO-INSTALLED-FROM-42");
+    let restart_at = installed.find("Restarting the installed guest");
     assert!(
-        console.contains("VIREO-INSTALLED-FROM-42"),
-        "{installed}: {console}"
+        console_at < marker_at && marker_at < restart_at && console_at.is_some(),
+        "{installed}"
     );
-    assert_installed(&server, "isoguest", &installed);
+    assert_installed(&server, "isoguest");
 }
 
 #[test]
@@ -291,8 +302,73 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
             ],
         ),
     );
+    assert!(
+        installed.contains("starting the installed guest"),
+        "{installed}"
+    );
     assert!(console.contains("CMDLINE-SAYS-tree-42"), "{console}");
-    assert_installed(&server, "treeguest", &installed);
+    assert_installed(&server, "treeguest");
+
+    // The same tree served over HTTP: its installer is fetched, put on the host for the
+    // install phase's start, and removed.
+    let port = vireo_tests::storage::free_port();
+    let mut web = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(&tree)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the HTTP server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let (installed, console) = install_watching_console(
+        &server,
+        "webguest",
+        &install_args(
+            "webguest",
+            &[
+                "--location",
+                &url,
+                "--extra-args",
+                &extra_args.replace("tree-42", "web-42"),
+                "--nonetworks",
+                "--wait",
+                "3",
+            ],
+        ),
+    );
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(
+        installed.contains("fetched the installer from"),
+        "{installed}"
+    );
+    assert!(
+        console.contains("CMDLINE-SAYS-web-42"),
+        "{installed}: {console}"
+    );
+    assert_installed(&server, "webguest");
+    let mut left = volumes(&server);
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        ["treeguest.qcow2", "webguest.qcow2"],
+        "the fetched installer is gone"
+    );
+    let refused = fails(
+        &server,
+        &install_args("nowhere", &["--location", &url, "--nonetworks"]),
+    );
+    assert!(refused.contains("location: fetching"), "{refused}");
 }
 
 #[test]
@@ -446,8 +522,12 @@ fn pxe_install_from_a_nat_networks_tftp_root() {
             &["--pxe", "--network", "network=pxe", "--wait", "4"],
         ),
     );
+    assert!(
+        installed.contains("starting the installed guest"),
+        "{installed}"
+    );
     assert!(console.contains("VIREO-PXE-BOOTED-42"), "{console}");
-    assert_installed(server, "pxeguest", &installed);
+    assert_installed(server, "pxeguest");
 
     // A guest whose start fails after its volume and its port on the network were made:
     // both go, and so does its definition.
