@@ -23,7 +23,8 @@ pub struct InstallArgs {
     /// host-passthrough, host-model or a CPU model name
     #[arg(long)]
     cpu: Option<String>,
-    /// path=FILE[,device=disk|cdrom][,bus=virtio|sata|ide|scsi][,format=raw|qcow2][,readonly]
+    /// path=FILE or pool=POOL, [size=GiB][,sparse=yes|no][,device=disk|cdrom]
+    /// [,bus=virtio|sata|ide|scsi][,format=raw|qcow2][,readonly]
     #[arg(long, value_name = "OPTIONS")]
     disk: Vec<String>,
     /// network=NAME|bridge=NAME[,mac=MAC][,model=virtio|e1000|rtl8139]
@@ -73,6 +74,9 @@ pub struct InstallArgs {
     /// Do not attach the console
     #[arg(long)]
     noautoconsole: bool,
+    /// pty[,target_type=serial]: the guest's console (a serial port on a pty; always present)
+    #[arg(long, value_name = "OPTIONS")]
+    console: Option<String>,
     /// Follow the install phase until it ends, then start the installed guest; MIN minutes
     /// at most (a negative number: no limit)
     #[arg(long, value_name = "MIN", num_args = 0..=1, default_missing_value = "-1",
@@ -135,6 +139,13 @@ fn disk(text: &str) -> Result<cluster::InstallDisk, Status> {
                 } as i32
             }
             "readonly" | "ro" => disk.readonly = true,
+            "sparse" => {
+                disk.sparse = Some(match value {
+                    "" | "yes" | "true" | "on" => true,
+                    "no" | "false" | "off" => false,
+                    _ => return Err(invalid("disk", format!("sparse=`{value}`: yes or no"))),
+                })
+            }
             // A bare path, as virt-install takes it.
             path if value.is_empty() && path.contains('/') => disk.path = path.to_string(),
             other => return Err(invalid("disk", format!("unknown option `{other}`"))),
@@ -210,6 +221,21 @@ fn request(args: InstallArgs, host: String) -> Result<cluster::InstallRequest, S
         return Err(Status::invalid_argument(
             "give one of --cdrom, --location, --pxe, --import or --boot kernel=",
         ));
+    }
+    if let Some(console) = &args.console {
+        for (key, value) in pairs(console) {
+            match (key, value) {
+                ("pty", "") | ("target_type", "serial") => {}
+                _ => {
+                    return Err(invalid(
+                        "console",
+                        format!(
+                            "`{console}`: the console is a serial port on a pty (pty,target_type=serial)"
+                        ),
+                    ));
+                }
+            }
+        }
     }
     let graphics = match (args.nographics, args.graphics.as_deref()) {
         (true, _) | (_, Some("none")) => cluster::InstallGraphics::None,

@@ -616,6 +616,28 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
         ],
     );
     assert!(kernel.contains("images/kernelguest.qcow2'"), "{kernel}");
+    // path= with size= is a new volume in the pool whose directory holds it.
+    let in_pool = server.state_dir.join("images/named.img");
+    let named = ok(
+        &server,
+        &[
+            "install",
+            "--name",
+            "namedguest",
+            "--memory",
+            "64",
+            "--import",
+            "--disk",
+            &format!("path={},size=0.01,format=raw,sparse=no", in_pool.display()),
+            "--nonetworks",
+            "--print-xml",
+        ],
+    );
+    assert!(
+        named.contains(&format!("<source file='{}'/>", in_pool.display()))
+            && named.contains("type='raw'"),
+        "{named}"
+    );
     let file = dir.path().join("kernelguest.xml");
     std::fs::write(&file, &kernel).unwrap();
     ok(&server, &["define", file.to_str().unwrap()]);
@@ -642,32 +664,16 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
     assert!(checked.contains("nothing created"), "{checked}");
 
     // Refusals name what is wrong, and nothing more is defined or created.
+    let guest_x =
+        |more: &[&'static str]| [&["install", "--name", "x", "--memory", "64"][..], more].concat();
+    let pool_disk = ["--disk", "pool=default,size=0.01"];
     for (args, expected) in [
         (
-            vec![
-                "install",
-                "--name",
-                "x",
-                "--memory",
-                "64",
-                "--cdrom",
-                "/nonexistent.iso",
-            ],
+            guest_x(&["--cdrom", "/nonexistent.iso"]),
             "cdrom: `/nonexistent.iso` does not exist",
         ),
         (
-            vec![
-                "install",
-                "--name",
-                "x",
-                "--memory",
-                "64",
-                "--pxe",
-                "--network",
-                "network=nosuch",
-                "--disk",
-                "pool=default,size=0.01",
-            ],
+            guest_x(&[&["--pxe", "--network", "network=nosuch"][..], &pool_disk].concat()),
             "networks[0]: network `nosuch` is not defined on host",
         ),
         (
@@ -679,46 +685,40 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
             "name: a domain `treeguest` already exists",
         ),
         (
-            vec![
-                "install",
-                "--name",
-                "x",
-                "--memory",
-                "64",
-                "--pxe",
-                "--nonetworks",
-                "--disk",
-                "pool=default,size=0.01",
-                "--disk",
-                "pool=default,size=100000",
-            ],
+            guest_x(
+                &[
+                    &["--pxe", "--nonetworks"][..],
+                    &pool_disk,
+                    &["--disk", "pool=default,size=100000"],
+                ]
+                .concat(),
+            ),
             "disks[1].size_gib: 100000 GiB is more than pool `default` has free",
         ),
         (
-            vec!["install", "--name", "x", "--memory", "64", "--import"],
-            "--import needs a --disk",
+            guest_x(&[
+                "--import",
+                "--nonetworks",
+                "--disk",
+                "path=/var/tmp/elsewhere.img,size=1",
+            ]),
+            "disks[0]: `/var/tmp` is not the directory of a storage pool",
         ),
+        (
+            guest_x(&["--pxe", "--nonetworks", "--console", "tcp,host=1.2.3.4"]),
+            "--console: `tcp,host=1.2.3.4`",
+        ),
+        (guest_x(&["--import"]), "--import needs a --disk"),
         (
             vec!["install", "--name", "x", "--pxe", "--os-variant", "beos5"],
             "os_variant: `beos5` is not known",
         ),
         (
-            vec![
-                "install",
-                "--name",
-                "x",
-                "--memory",
-                "64",
-                "--pxe",
-                "--disk",
-                "color=red",
-            ],
+            guest_x(&["--pxe", "--disk", "color=red"]),
             "--disk: unknown option `color`",
         ),
         (
-            vec![
-                "install", "--name", "x", "--memory", "64", "--pxe", "--cdrom", "/a.iso",
-            ],
+            guest_x(&["--pxe", "--cdrom", "/a.iso"]),
             "give one of --cdrom, --location, --pxe, --import or --boot kernel=",
         ),
     ] {
