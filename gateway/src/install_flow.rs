@@ -19,7 +19,9 @@ use vireo_proto::storage::v1 as storage;
 use vireo_runtime::Service;
 
 use crate::cluster_views::ClusterViews;
-use crate::provisioning::{Plan, TREE_LAYOUTS, is_new_volume, is_url, no_installer, plan};
+use crate::provisioning::{
+    HostFiles, Plan, TREE_LAYOUTS, is_new_volume, is_url, no_installer, plan,
+};
 
 type Updates = mpsc::Sender<Result<pb::InstallUpdate, Status>>;
 
@@ -150,9 +152,18 @@ async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
 struct Target<'a> {
     views: &'a ClusterViews,
     host: String,
+    /// The host is the gateway's own machine.
+    local: bool,
 }
 
 impl Target<'_> {
+    fn files<'t>(&self, tree: Option<&'t FetchedTree>) -> HostFiles<'t> {
+        HostFiles {
+            local: self.local,
+            tree: tree.map(FetchedTree::paths),
+        }
+    }
+
     fn channel(&self, service: Service) -> Result<Channel, Status> {
         self.views.backends().channel(&self.host, service)
     }
@@ -598,7 +609,7 @@ impl Target<'_> {
         if let Some(tree) = tree {
             self.upload_tree(tree, created).await?;
         }
-        let plan = plan(&resolved, tree.map(FetchedTree::paths))?;
+        let plan = plan(&resolved, self.files(tree))?;
         match &plan.install {
             Some(install) => {
                 // virt-install's way: the install phase runs as a transient domain, and
@@ -835,7 +846,14 @@ async fn install(
             disk.path = format!("/new-volume-{index}");
         }
     }
-    let needs = plan(&stand_in, Some(("/fetched/kernel", "/fetched/initrd")))?.needs;
+    let needs = plan(
+        &stand_in,
+        HostFiles {
+            local: false,
+            tree: Some(("/installer/kernel", "/installer/initrd")),
+        },
+    )?
+    .needs;
     let host = if request.print_xml {
         // Printing creates nothing, so the guest need not fit anywhere yet.
         views.backends().resolve(&request.host).to_string()
@@ -849,7 +867,8 @@ async fn install(
         .await;
         placement.host
     };
-    let target = Target { views, host };
+    let local = host == views.backends().host_name();
+    let target = Target { views, host, local };
     target.name_is_free(&request.name).await?;
     target.networks_are_defined(request).await?;
     let volumes = target.new_volumes(request).await?;
@@ -863,14 +882,16 @@ async fn install(
         host: target.host.clone(),
         ..Default::default()
     };
-    if request.print_xml || request.dry_run {
-        let mut resolved = request.clone();
-        for volume in &volumes {
-            if let Some(index) = volume.disk {
-                resolved.disks[index] = with_volume(&resolved.disks[index], volume, &volume.path);
-            }
+    // The definitions with the volumes where they will be: every path is checked before
+    // anything is created.
+    let mut resolved = request.clone();
+    for volume in &volumes {
+        if let Some(index) = volume.disk {
+            resolved.disks[index] = with_volume(&resolved.disks[index], volume, &volume.path);
         }
-        let plan = plan(&resolved, tree.as_ref().map(FetchedTree::paths))?;
+    }
+    let plan = plan(&resolved, target.files(tree.as_ref()))?;
+    if request.print_xml || request.dry_run {
         if request.print_xml {
             for xml in plan.install.into_iter().chain([plan.installed]) {
                 send(updates, pb::install_update::Update::Xml(xml)).await;

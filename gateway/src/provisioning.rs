@@ -73,13 +73,33 @@ pub fn no_installer(location: &str) -> Status {
     )
 }
 
-/// The installer's kernel and initrd in the tree at `location`: a directory on this host, or
-/// for a URL the files fetched from it (`fetched`).
-fn tree_boot(location: &str, fetched: Option<(&str, &str)>) -> Result<(String, String), Status> {
+/// What the plan knows of the chosen host's files.
+#[derive(Clone, Copy)]
+pub struct HostFiles<'a> {
+    /// The host is the gateway's own machine: paths are checked, and directory trees read, here.
+    pub local: bool,
+    /// Where a --location tree's installer is on the host (fetched from a URL, or a stand-in
+    /// before the host is chosen); None: read the directory tree here.
+    pub tree: Option<(&'a str, &'a str)>,
+}
+
+/// The installer's kernel and initrd of the tree at `location`.
+fn tree_boot(location: &str, files: HostFiles<'_>) -> Result<(String, String), Status> {
+    if let Some((kernel, initrd)) = files.tree {
+        return Ok((kernel.to_string(), initrd.to_string()));
+    }
     if is_url(location) {
-        return fetched
-            .map(|(kernel, initrd)| (kernel.to_string(), initrd.to_string()))
-            .ok_or_else(|| Status::internal("location: the tree at a URL was not fetched"));
+        return Err(Status::internal(
+            "location: the tree at a URL was not fetched",
+        ));
+    }
+    if !files.local {
+        return Err(invalid(
+            "location",
+            format!(
+                "`{location}` is a directory of the gateway's machine, not of the chosen host; serve the tree over http://, https:// or ftp://"
+            ),
+        ));
     }
     let root = Path::new(location);
     if !root.is_dir() {
@@ -259,11 +279,7 @@ fn checked(xml: &str, engine: i32) -> Result<String, Status> {
 }
 
 /// The definitions an install request asks for, or the first thing wrong with it, named.
-/// `fetched_tree` is where the kernel and initrd of a --location URL are on the host.
-pub fn plan(
-    request: &pb::InstallRequest,
-    fetched_tree: Option<(&str, &str)>,
-) -> Result<Plan, Status> {
+pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, Status> {
     vireo_conf::domain::check_name(&request.name, "name")
         .map_err(|err| Status::invalid_argument(err.to_string()))?;
     if !matches!(request.virt_type.as_str(), "" | "kvm" | "qemu") {
@@ -368,7 +384,7 @@ pub fn plan(
     let (install_boot, install_disks, installed_boot, direct_kernel) = match &request.install_source
     {
         Some(InstallSource::Cdrom(iso)) => {
-            if !Path::new(iso).exists() {
+            if files.local && !Path::new(iso).exists() {
                 return Err(invalid(
                     "cdrom",
                     format!("`{iso}` does not exist on this host"),
@@ -394,7 +410,7 @@ pub fn plan(
             )
         }
         Some(InstallSource::Location(location)) => {
-            let (kernel, initrd) = tree_boot(location, fetched_tree)?;
+            let (kernel, initrd) = tree_boot(location, files)?;
             (
                 Some(kernel_boot(&kernel, &initrd, &request.extra_args)),
                 disks.clone(),
@@ -482,6 +498,11 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    const HERE: HostFiles<'static> = HostFiles {
+        local: true,
+        tree: None,
+    };
+
     fn base(source: InstallSource) -> pb::InstallRequest {
         pb::InstallRequest {
             name: "guest".into(),
@@ -505,7 +526,7 @@ mod tests {
             path: "/var/lib/vireo/images/guest.qcow2".into(),
             ..Default::default()
         });
-        let plan = plan(&request, None).unwrap();
+        let plan = plan(&request, HERE).unwrap();
         let install = plan.install.unwrap();
         assert!(
             install.contains("images/pxeboot/vmlinuz</kernel>"),
@@ -532,7 +553,7 @@ mod tests {
     }
 
     fn plan_err(request: &pb::InstallRequest) -> String {
-        match plan(request, None) {
+        match plan(request, HERE) {
             Ok(_) => panic!("planned"),
             Err(status) => status.message().to_string(),
         }
@@ -546,10 +567,24 @@ mod tests {
             path: "/images/disk.img".into(),
             ..Default::default()
         });
-        let plan = plan(&request, None).unwrap();
-        let install = plan.install.unwrap();
+        let phases = plan(&request, HERE).unwrap();
+        let install = phases.install.unwrap();
         assert!(install.contains("device='cdrom'") && install.contains("<boot dev='cdrom'/>"));
-        assert!(!plan.installed.contains("cdrom"), "{}", plan.installed);
+        assert!(!phases.installed.contains("cdrom"), "{}", phases.installed);
+
+        // Another host's files are not looked for here: its own start reports a missing one.
+        let elsewhere = HostFiles {
+            local: false,
+            tree: None,
+        };
+        request.install_source = Some(InstallSource::Cdrom("/only/there.iso".into()));
+        assert!(plan(&request, elsewhere).is_ok());
+        request.install_source = Some(InstallSource::Location("/srv/tree".into()));
+        let refused = plan(&request, elsewhere).err().unwrap();
+        assert!(
+            refused.message().contains("serve the tree over http://"),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -559,7 +594,7 @@ mod tests {
             initrd: String::new(),
             kernel_args: "console=ttyS0".into(),
         }));
-        let plan_k = plan(&kernel, None).unwrap();
+        let plan_k = plan(&kernel, HERE).unwrap();
         assert!(plan_k.install.is_none());
         assert!(
             !plan_k.installed.contains("<graphics"),
@@ -571,10 +606,10 @@ mod tests {
             path: "/images/root.img".into(),
             ..Default::default()
         });
-        assert!(plan(&import, None).unwrap().install.is_none());
+        assert!(plan(&import, HERE).unwrap().install.is_none());
         let mut pxe = base(InstallSource::Pxe(true));
         pxe.no_networks = false;
-        let plan_p = plan(&pxe, None).unwrap();
+        let plan_p = plan(&pxe, HERE).unwrap();
         assert!(plan_p.install.unwrap().contains("<boot dev='network'/>"));
         assert!(plan_p.installed.contains("<source network='default'/>"));
 
@@ -585,7 +620,7 @@ mod tests {
         assert!(plan_err(&wrong).contains("os_variant: `beos5` is not known; known: debian12"));
         wrong.os_variant = "debian12".into();
         assert!(
-            plan(&wrong, None)
+            plan(&wrong, HERE)
                 .unwrap()
                 .installed
                 .contains("<memory unit='KiB'>1048576</memory>")
@@ -595,7 +630,7 @@ mod tests {
         let mut devices = base(InstallSource::Pxe(true));
         devices.host_devices = vec!["pci_0000_03_00_1".into()];
         devices.virt_type = "qemu".into();
-        let plan_d = plan(&devices, None).unwrap();
+        let plan_d = plan(&devices, HERE).unwrap();
         for xml in [plan_d.install.unwrap(), plan_d.installed] {
             assert!(xml.contains("<domain type='qemu'>"), "{xml}");
             assert!(

@@ -669,7 +669,7 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
     let pool_disk = ["--disk", "pool=default,size=0.01"];
     for (args, expected) in [
         (
-            guest_x(&["--cdrom", "/nonexistent.iso"]),
+            guest_x(&["--cdrom", "/nonexistent.iso", "--nonetworks"]),
             "cdrom: `/nonexistent.iso` does not exist",
         ),
         (

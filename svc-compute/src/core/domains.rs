@@ -81,6 +81,16 @@ struct Entry {
 }
 
 impl Entry {
+    /// A domain not defined or run yet: shut off, for no known reason.
+    fn empty() -> Entry {
+        Entry {
+            persistent: None,
+            autostart: false,
+            inactive: (State::Shutoff, Reason::ShutoffUnknown),
+            run: None,
+        }
+    }
+
     fn name(&self) -> &str {
         self.run
             .as_ref()
@@ -361,12 +371,7 @@ impl Manager {
             } else if !paused && run.state == State::Paused {
                 (run.state, run.reason) = (State::Running, Reason::RunningUnpaused);
             }
-            let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
-                persistent: None,
-                autostart: false,
-                inactive: (State::Shutoff, Reason::ShutoffUnknown),
-                run: None,
-            });
+            let entry = table.entries.entry(uuid.clone()).or_insert(Entry::empty());
             entry.run = Some(run);
             tracing::info!(%uuid, pid = status.pid, id = status.id, "re-attached to a running guest");
             self.clone()
@@ -529,12 +534,10 @@ impl Manager {
             "saving the definition of '{}'",
             def.name
         )))?;
-        let entry = table.entries.entry(def.uuid.clone()).or_insert(Entry {
-            persistent: None,
-            autostart: false,
-            inactive: (State::Shutoff, Reason::ShutoffUnknown),
-            run: None,
-        });
+        let entry = table
+            .entries
+            .entry(def.uuid.clone())
+            .or_insert(Entry::empty());
         let updated = existed && entry.persistent.is_some();
         entry.persistent = Some(def.clone());
         let state = entry.state();
@@ -901,30 +904,33 @@ impl Manager {
                 )));
             }
         }
+        self.launch_definition(&mut table, &def, paused, &Boot::Fresh)
+            .await?;
+        Ok(self.domain_of(&table, &def.uuid))
+    }
+
+    /// Runs `def` as given (create's XML, or an incoming migration's); a persistent definition
+    /// the domain has stays its definition for the next start, as libvirt keeps it. On failure
+    /// nothing is left of a domain this added.
+    async fn launch_definition(
+        self: &Arc<Self>,
+        table: &mut Table,
+        def: &pb::DomainDefinition,
+        paused: bool,
+        boot: &Boot,
+    ) -> Result<(), Error> {
         let uuid = def.uuid.clone();
         let fresh = !table.entries.contains_key(&uuid);
-        let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
-            persistent: None,
-            autostart: false,
-            inactive: (State::Shutoff, Reason::ShutoffUnknown),
-            run: None,
-        });
-        // A persistent domain started from new XML runs that XML (libvirt keeps the old config).
+        let entry = table.entries.entry(uuid.clone()).or_insert(Entry::empty());
         let saved = entry.persistent.replace(def.clone());
         let id = table.next_id;
         table.next_id += 1;
-        let result = self
-            .launch(&mut table, &uuid, id, paused, &Boot::Fresh)
-            .await;
-        let entry = table.entry(&uuid);
-        entry.persistent = saved;
-        if let Err(err) = result {
-            if fresh {
-                table.entries.remove(&uuid);
-            }
-            return Err(err);
+        let result = self.launch(table, &uuid, id, paused, boot).await;
+        table.entry(&uuid).persistent = saved;
+        if result.is_err() && fresh {
+            table.entries.remove(&uuid);
         }
-        Ok(self.domain_of(&table, &uuid))
+        result
     }
 
     /// Spawns the engine for a domain and records the run. On failure nothing is left running.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use vireo_proto::common::v1::ObjectRef;
 use vireo_proto::compute::v1 as pb;
 
-use super::{Boot, Entry, Manager, Outcome, Reason, State, migration_tls};
+use super::{Boot, Manager, Outcome, Reason, State, migration_tls};
 use crate::Error;
 use crate::core::engine::Control;
 
@@ -40,10 +40,14 @@ async fn qmp_run(
         .map_err(|err| Error::Engine(format!("QEMU {command}: {err}")))
 }
 
-/// A port of the range free on `address` now.
-fn free_port(address: std::net::IpAddr) -> Result<u16, Error> {
+/// How often an incoming domain is started again on other ports when its engine found the
+/// port taken (free when probed, bound by another process before the engine could).
+const PORT_ATTEMPTS: usize = 4;
+
+/// A port of the range free on `address` now, other than `tried`.
+fn free_port(address: std::net::IpAddr, tried: &[u16]) -> Result<u16, Error> {
     INCOMING_PORTS
-        .into_iter()
+        .filter(|port| !tried.contains(port))
         .find(|port| std::net::TcpListener::bind((address, *port)).is_ok())
         .ok_or_else(|| {
             Error::State(format!(
@@ -192,56 +196,42 @@ impl Manager {
                 def.name
             )));
         }
-        let port = free_port(listen)?;
-        // With TLS this service holds the outside port, and the engine listens on loopback.
-        let (tls_listener, engine_address) = if tls {
-            let acceptor = migration_tls::acceptor(&self.pki_dir)?;
-            let listener =
-                std::net::TcpListener::bind((listen, port)).map_err(Error::io("migration port"))?;
-            let loopback = std::net::Ipv4Addr::LOCALHOST.into();
-            (
-                Some((acceptor, listener)),
-                std::net::SocketAddr::new(loopback, free_port(loopback)?),
-            )
-        } else {
-            (None, std::net::SocketAddr::new(listen, port))
-        };
-        let uuid = def.uuid.clone();
-        let name = def.name.clone();
-        let fresh = !table.entries.contains_key(&uuid);
-        let entry = table.entries.entry(uuid.clone()).or_insert(Entry {
-            persistent: None,
-            autostart: false,
-            inactive: (State::Shutoff, Reason::ShutoffUnknown),
-            run: None,
-        });
-        let saved = entry.persistent.replace(def);
-        let id = table.next_id;
-        table.next_id += 1;
-        let result = self
-            .launch(
-                &mut table,
-                &uuid,
-                id,
-                true,
-                &Boot::IncomingTcp(engine_address),
-            )
-            .await;
-        if let (Ok(()), Some((acceptor, listener))) = (&result, tls_listener) {
-            migration_tls::serve_incoming(acceptor, listener, engine_address, INCOMING_TIMEOUT);
-        }
-        table.entry(&uuid).persistent = saved;
-        if let Err(err) = result {
-            if fresh {
-                table.entries.remove(&uuid);
+        let mut tried = Vec::new();
+        loop {
+            let port = free_port(listen, &tried)?;
+            // With TLS this service holds the outside port, and the engine listens on loopback.
+            let (tls_listener, engine_address) = if tls {
+                let acceptor = migration_tls::acceptor(&self.pki_dir)?;
+                let listener = std::net::TcpListener::bind((listen, port))
+                    .map_err(Error::io("migration port"))?;
+                let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+                (
+                    Some((acceptor, listener)),
+                    std::net::SocketAddr::new(loopback, free_port(loopback, &tried)?),
+                )
+            } else {
+                (None, std::net::SocketAddr::new(listen, port))
+            };
+            let (uuid, name) = (def.uuid.clone(), def.name.clone());
+            let result = self
+                .launch_definition(&mut table, &def, true, &Boot::IncomingTcp(engine_address))
+                .await;
+            if let Err(err) = result {
+                if err.to_string().contains("in use") && tried.len() < 2 * PORT_ATTEMPTS {
+                    tried.extend([port, engine_address.port()]);
+                    continue;
+                }
+                return Err(err);
             }
-            return Err(err);
+            if let Some((acceptor, listener)) = tls_listener {
+                migration_tls::serve_incoming(acceptor, listener, engine_address, INCOMING_TIMEOUT);
+            }
+            if let Some(run) = table.entry(&uuid).run.as_mut() {
+                (run.state, run.reason) = (State::Paused, Reason::PausedMigration);
+            }
+            self.write_status(&table, &uuid);
+            return Ok((name, uuid, port));
         }
-        if let Some(run) = table.entry(&uuid).run.as_mut() {
-            (run.state, run.reason) = (State::Paused, Reason::PausedMigration);
-        }
-        self.write_status(&table, &uuid);
-        Ok((name, uuid, port))
     }
 
     /// Sends a running domain's state to `address`, reporting on `updates`; a closed `updates`
