@@ -430,6 +430,66 @@ fn import_boots_a_disk_with_a_root_filesystem_by_direct_kernel_boot() {
     let _ = server.vireo(&["destroy", "rootguest"]);
 }
 
+#[test]
+fn an_install_on_the_vmm_engine_gives_the_guest_its_new_disk() {
+    if let Err(missing) = vireo_tests::kvm_usable() {
+        eprintln!("skipped: needs {missing}");
+        return;
+    }
+    let kit = match vireo_tests::kit_files(&["tiny.elf"]) {
+        Ok(kit) => kit,
+        Err(missing) => {
+            eprintln!("skipped: needs {missing}");
+            return;
+        }
+    };
+    let server = Server::vireod();
+    let boot = format!(
+        "kernel={},kernel_args=console=ttyS0 tiny.test=blk",
+        kit.join("tiny.elf").display()
+    );
+    let installed = ok(
+        &server,
+        &[
+            "install",
+            "--name",
+            "tinyguest",
+            "--memory",
+            "64",
+            "--engine",
+            "vmm",
+            "--autostart",
+            "--import",
+            "--boot",
+            &boot,
+            "--disk",
+            "pool=default,size=0.01,format=raw",
+            "--nonetworks",
+            "--noautoconsole",
+        ],
+    );
+    assert!(
+        installed.contains("created volume `tinyguest.img`"),
+        "{installed}"
+    );
+    // The tiny guest writes, flushes and reads back a block of the volume made for it.
+    wait_for_console(&server, "tinyguest", "TINY: blk ok");
+    let console = console_log(&server, "tinyguest");
+    assert!(console.contains("wrote=1"), "{console}");
+    let info = ok(&server, &["dominfo", "tinyguest"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Engine:") && l.ends_with("vmm")),
+        "{info}"
+    );
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Autostart:") && l.ends_with("enable")),
+        "{info}"
+    );
+    ok(&server, &["destroy", "tinyguest"]);
+}
+
 /// A vireod in a namespace of its own, with a NAT network whose TFTP root serves pxelinux and
 /// the kit. Networks outlive vireod, so dropping it destroys the network first.
 struct PxeWorld {
