@@ -3,9 +3,10 @@
 //! install phase as a transient domain whose persistent definition is the installed guest (or
 //! define and start a guest that boots one way throughout). With `wait_minutes` it follows the
 //! install phase and starts the installed guest. A failure removes what the call created.
-//! A --location tree at a URL is fetched here (curl) and its installer put on the host as two
-//! volumes, removed once the install phase has started (the engine has read them by then).
+//! A --location tree at a URL is fetched here (curl; nfs-cp for NFS) and its installer put on the
+//! host as two volumes, removed once the install phase has started (the engine has read them).
 
+use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -117,9 +118,70 @@ impl FetchedTree {
     }
 }
 
-/// One file of a tree at a URL (curl: http, https, ftp); None when the tree has no such file.
+/// `nfs://HOST/PATH[?OPTIONS]` of an NFS location (virt-install's `nfs:HOST:/PATH` too).
+fn nfs_url(location: &str) -> Option<String> {
+    if location.starts_with("nfs://") {
+        return Some(location.to_string());
+    }
+    let (host, path) = location.strip_prefix("nfs:")?.split_once(':')?;
+    Some(format!("nfs://{host}{path}"))
+}
+
+/// `file` of the tree at `url`, before the URL's options (libnfs' `?nfsport=...`).
+fn file_url(url: &str, file: &str) -> String {
+    let (base, options) = url
+        .split_once('?')
+        .map_or((url, None), |(b, o)| (b, Some(o)));
+    let options = options.map(|o| format!("?{o}")).unwrap_or_default();
+    format!("{}/{file}{options}", base.trim_end_matches('/'))
+}
+
+/// One file of a tree on NFS (libnfs' nfs-cp, a userspace client), through a private
+/// directory; None when the tree has no such file.
+async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+    static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let source = file_url(url, file);
+    let dir = std::env::temp_dir().join(format!(
+        "vireo-install-{}-{}",
+        std::process::id(),
+        FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    // Made here, not found: nothing else can have put a link in it.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|err| Status::internal(format!("location: {}: {err}", dir.display())))?;
+    let local = dir.join("file");
+    let copied = tokio::process::Command::new("nfs-cp")
+        .arg(&source)
+        .arg(&local)
+        .output()
+        .await;
+    let bytes = tokio::fs::read(&local).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let copied = copied.map_err(|err| {
+        Status::failed_precondition(format!(
+            "location: fetching from NFS needs nfs-cp (Debian package libnfs-utils): {err}"
+        ))
+    })?;
+    let stderr = String::from_utf8_lossy(&copied.stderr);
+    match bytes {
+        Ok(bytes) if copied.status.success() => Ok(Some(bytes)),
+        _ if stderr.contains("NOENT") || stderr.contains("No such file") => Ok(None),
+        _ => Err(Status::unavailable(format!(
+            "location: fetching {source} failed: {}",
+            stderr.trim()
+        ))),
+    }
+}
+
+/// One file of a tree at a URL (curl: http, https, ftp; nfs-cp: nfs); None when the tree has
+/// no such file.
 async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
-    let full = format!("{}/{file}", url.trim_end_matches('/'));
+    if let Some(nfs) = nfs_url(url) {
+        return fetch_nfs(&nfs, file).await;
+    }
+    let full = file_url(url, file);
     let fetched = tokio::process::Command::new("curl")
         .args([
             "-fsSL",
@@ -719,11 +781,6 @@ impl Target<'_> {
         volumes: &[NewVolume],
         updates: &Updates,
     ) -> Result<FetchedTree, Status> {
-        if url.starts_with("nfs:") {
-            return Err(Status::unimplemented(
-                "location: trees on NFS are not fetched (this host has no NFS client); serve the tree over http://, https:// or ftp://, or give its directory",
-            ));
-        }
         let mut found = None;
         for (kernel, initrd) in TREE_LAYOUTS {
             if let Some(kernel_bytes) = fetch(url, kernel).await? {
@@ -941,4 +998,29 @@ async fn install(
         .into_inner()
         .into();
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_urls_name_their_files_before_their_options() {
+        assert_eq!(
+            nfs_url("nfs:server:/srv/trees/debian").as_deref(),
+            Some("nfs://server/srv/trees/debian")
+        );
+        assert_eq!(nfs_url("http://h/tree"), None);
+        assert_eq!(
+            file_url(
+                "nfs://h/export/tree?version=4&nfsport=2049",
+                "install.amd/vmlinuz"
+            ),
+            "nfs://h/export/tree/install.amd/vmlinuz?version=4&nfsport=2049"
+        );
+        assert_eq!(
+            file_url("http://h/debian/", "images/pxeboot/vmlinuz"),
+            "http://h/debian/images/pxeboot/vmlinuz"
+        );
+    }
 }

@@ -282,32 +282,41 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
     .unwrap();
     let server = Server::vireod();
     // The guest reads its own /proc/cmdline: the marker is there only if --extra-args was.
-    let extra_args = format!(
-        "console=ttyS0 quiet vireo.tree.marker=tree-42 {}",
-        run64("sed -n 's/.*vireo.tree.marker=\\([a-z0-9-]*\\).*/CMDLINE-SAYS-\\1/p' /proc/cmdline")
-    );
-    let (installed, console) = install_watching_console(
-        &server,
-        "treeguest",
-        &install_args(
-            "treeguest",
-            &[
-                "--location",
-                tree.to_str().unwrap(),
-                "--extra-args",
-                &extra_args,
-                "--nonetworks",
-                "--wait",
-                "3",
-            ],
-        ),
-    );
-    assert!(
-        installed.contains("starting the installed guest"),
-        "{installed}"
-    );
-    assert!(console.contains("CMDLINE-SAYS-tree-42"), "{console}");
-    assert_installed(&server, "treeguest");
+    let install_from = |name: &str, location: &str, marker: &str| {
+        let extra_args = format!(
+            "console=ttyS0 quiet vireo.tree.marker={marker} {}",
+            run64(
+                "sed -n 's/.*vireo.tree.marker=\\([a-z0-9-]*\\).*/CMDLINE-SAYS-\\1/p' /proc/cmdline"
+            )
+        );
+        let (installed, console) = install_watching_console(
+            &server,
+            name,
+            &install_args(
+                name,
+                &[
+                    "--location",
+                    location,
+                    "--extra-args",
+                    &extra_args,
+                    "--nonetworks",
+                    "--wait",
+                    "3",
+                ],
+            ),
+        );
+        assert!(
+            installed.contains("starting the installed guest"),
+            "{installed}"
+        );
+        assert!(
+            console.contains(&format!("CMDLINE-SAYS-{marker}")),
+            "{installed}: {console}"
+        );
+        assert_installed(&server, name);
+        installed
+    };
+    install_from("treeguest", tree.to_str().unwrap(), "tree-42");
 
     // The same tree served over HTTP: its installer is fetched, put on the host for the
     // install phase's start, and removed.
@@ -330,33 +339,13 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let url = format!("http://127.0.0.1:{port}/");
-    let (installed, console) = install_watching_console(
-        &server,
-        "webguest",
-        &install_args(
-            "webguest",
-            &[
-                "--location",
-                &url,
-                "--extra-args",
-                &extra_args.replace("tree-42", "web-42"),
-                "--nonetworks",
-                "--wait",
-                "3",
-            ],
-        ),
-    );
+    let installed = install_from("webguest", &url, "web-42");
     let _ = web.kill();
     let _ = web.wait();
     assert!(
         installed.contains("fetched the installer from"),
         "{installed}"
     );
-    assert!(
-        console.contains("CMDLINE-SAYS-web-42"),
-        "{installed}: {console}"
-    );
-    assert_installed(&server, "webguest");
     let mut left = volumes(&server);
     left.sort_unstable();
     assert_eq!(
@@ -369,6 +358,35 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
         &install_args("nowhere", &["--location", &url, "--nonetworks"]),
     );
     assert!(refused.contains("location: fetching"), "{refused}");
+
+    // And from an NFS export (libnfs' userspace client: this kernel has no NFS client).
+    let nfs = match vireo_tests::storage::NfsServer::start() {
+        Ok(nfs) => nfs,
+        Err(missing) => {
+            assert!(
+                std::env::var_os("VIREO_GUEST_DIR").is_none(),
+                "scripts/test installs {missing}"
+            );
+            eprintln!("skipped the NFS tree: needs {missing}");
+            return;
+        }
+    };
+    let exported = nfs.export_dir().join("tree/install.amd");
+    std::fs::create_dir_all(&exported).unwrap();
+    std::fs::copy(kit.join("vmlinuz"), exported.join("vmlinuz")).unwrap();
+    std::fs::copy(kit.join("initramfs.cpio.gz"), exported.join("initrd.gz")).unwrap();
+    install_from("nfsguest", &nfs.url_v4("tree"), "nfs-42");
+    let refused = fails(
+        &server,
+        &install_args(
+            "nowhere",
+            &["--location", &nfs.url_v4("no-tree"), "--nonetworks"],
+        ),
+    );
+    assert!(
+        refused.contains("has no installer kernel and initrd"),
+        "{refused}"
+    );
 }
 
 #[test]
