@@ -101,6 +101,8 @@ struct Created {
     volumes: Vec<pb::CreatedVolume>,
     /// The installer of a tree at a URL, on the host while the install phase starts.
     scratch: Vec<pb::CreatedVolume>,
+    /// The domain's, once planned.
+    uuid: String,
     defined: bool,
     running: bool,
 }
@@ -405,7 +407,7 @@ impl Target<'_> {
             }
             if disk.size_gib * GIB >= u64::MAX as f64 {
                 return Err(Status::invalid_argument(format!(
-                    "{field}.size_gib: {} GiB is more than a volume can hold",
+                    "{field}.size_gib: {:e} GiB is more than a volume can hold",
                     disk.size_gib
                 )));
             }
@@ -672,6 +674,7 @@ impl Target<'_> {
             self.upload_tree(tree, created).await?;
         }
         let plan = plan(&resolved, self.files(tree))?;
+        created.uuid.clone_from(&plan.uuid);
         match &plan.install {
             Some(install) => {
                 // virt-install's way: the install phase runs as a transient domain, and
@@ -746,14 +749,18 @@ impl Target<'_> {
         }
     }
 
-    /// Removes what a failed install created: the guest, its definition, its volumes.
-    async fn remove(&self, name: &str, created: Created) {
+    /// Removes what a failed install created: the guest, its definition (by UUID: never
+    /// another domain that took the name meanwhile), its volumes.
+    async fn remove(&self, created: Created) {
+        let domain = Some(ObjectRef {
+            key: Some(Key::Uuid(created.uuid.clone())),
+        });
         if let Ok(mut domains) = self.domains() {
             if created.running {
                 let _ = domains
                     .destroy_domain(compute::DestroyDomainRequest {
                         host: self.host.clone(),
-                        domain: by_name(name),
+                        domain: domain.clone(),
                         graceful: false,
                     })
                     .await;
@@ -762,7 +769,7 @@ impl Target<'_> {
                 let _ = domains
                     .undefine_domain(compute::UndefineDomainRequest {
                         host: self.host.clone(),
-                        domain: by_name(name),
+                        domain,
                         ..Default::default()
                     })
                     .await;
@@ -973,7 +980,7 @@ async fn install(
     {
         Ok(plan) => plan,
         Err(status) => {
-            target.remove(&request.name, created).await;
+            target.remove(created).await;
             return Err(status);
         }
     };

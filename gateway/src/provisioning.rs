@@ -36,6 +36,8 @@ const OS_VARIANTS: &[(&str, u64, u32)] = &[
 pub struct Plan {
     pub install: Option<String>,
     pub installed: String,
+    /// The domain's, the same in both.
+    pub uuid: String,
     /// What placement weighs.
     pub needs: pb::PlacementRequirements,
 }
@@ -51,6 +53,28 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
 
 fn escape(text: &str) -> String {
     quick_xml::escape::escape(text).into_owned()
+}
+
+/// A host path an option names: absolute, without `..` (the gateway's working directory means
+/// nothing to the host, and `..` hides where a path leads).
+fn host_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(invalid(
+            field,
+            format!("`{}` is not an absolute path", path.display()),
+        ));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(invalid(
+            field,
+            format!("`{}` must not contain `..`", path.display()),
+        ));
+    }
+    Ok(path)
 }
 
 /// Whether --location names a tree at a URL (fetched by `install_flow.rs`), not a directory.
@@ -101,7 +125,7 @@ fn tree_boot(location: &str, files: HostFiles<'_>) -> Result<(String, String), S
             ),
         ));
     }
-    let root = Path::new(location);
+    let root = host_path("location", location)?;
     if !root.is_dir() {
         return Err(invalid(
             "location",
@@ -384,7 +408,7 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
     let (install_boot, install_disks, installed_boot, direct_kernel) = match &request.install_source
     {
         Some(InstallSource::Cdrom(iso)) => {
-            if files.local && !Path::new(iso).exists() {
+            if files.local && !host_path("cdrom", iso)?.exists() {
                 return Err(invalid(
                     "cdrom",
                     format!("`{iso}` does not exist on this host"),
@@ -485,6 +509,7 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
     Ok(Plan {
         install,
         installed,
+        uuid,
         needs: pb::PlacementRequirements {
             memory_kib: memory_mib.saturating_mul(1024),
             vcpus,
@@ -545,6 +570,10 @@ mod tests {
         let uuid = |xml: &str| xml.split("<uuid>").nth(1).unwrap()[..36].to_string();
         assert_eq!(uuid(&install), uuid(&plan.installed), "one domain");
 
+        request.install_source = Some(InstallSource::Location("/srv/../etc".into()));
+        assert!(plan_err(&request).contains("location: `/srv/../etc` must not contain `..`"));
+        request.install_source = Some(InstallSource::Location("trees/debian".into()));
+        assert!(plan_err(&request).contains("location: `trees/debian` is not an absolute path"));
         request.install_source = Some(InstallSource::Location("/nonexistent".into()));
         assert!(plan_err(&request).contains("location: `/nonexistent` is not a directory"));
         let empty = tempfile::tempdir().unwrap();
