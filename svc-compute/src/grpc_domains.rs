@@ -2045,20 +2045,22 @@ impl DomainService for Domains {
                     .await;
             }
             loop {
+                // Output first: the hub closes only after publishing the guest's last output.
                 tokio::select! {
-                    () = tx.closed() => break,
-                    changed = attachment.holder.changed() => {
-                        if changed.is_err() || *attachment.holder.borrow() != token {
-                            let _ = tx.send(Err(Status::aborted("the console was taken over by another client or the guest stopped"))).await;
-                            break;
-                        }
-                    }
+                    biased;
                     output = attachment.output.recv() => match output {
                         Ok(data) => {
                             if tx.send(Ok(pb::ConsoleOutput { data })).await.is_err() { break }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => break,
+                    },
+                    () = tx.closed() => break,
+                    changed = attachment.holder.changed() => {
+                        if changed.is_err() || *attachment.holder.borrow() != token {
+                            let _ = tx.send(Err(Status::aborted("the console was taken over by another client or the guest stopped"))).await;
+                            break;
+                        }
                     }
                 }
             }

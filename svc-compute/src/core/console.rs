@@ -108,19 +108,20 @@ impl ConsoleHub {
                         n = read.read(&mut buffer) => {
                             let Ok(n) = n else { break };
                             if n == 0 { break }
-                            let bytes = &buffer[..n];
-                            if let Some(log) = log.as_mut() {
-                                let _ = log.write_all(bytes).await;
-                            }
-                            if let Some(copy) = copy.as_mut() {
-                                let _ = copy.write_all(bytes).await;
-                            }
-                            relay.publish(bytes);
+                            relay.record(&buffer[..n], &mut log, &mut copy).await;
                         }
                         Some(bytes) = input_rx.recv() => {
                             if write.write_all(&bytes).await.is_err() { break }
                         }
-                        () = relay.stop.cancelled() => break,
+                        () = relay.stop.cancelled() => {
+                            // The engine is gone: what it left in the socket is the guest's
+                            // last output, and goes out before the hub closes.
+                            while let Ok(n) = read.try_read(&mut buffer) {
+                                if n == 0 { break }
+                                relay.record(&buffer[..n], &mut log, &mut copy).await;
+                            }
+                            break;
+                        }
                     }
                 }
                 relay.connected.send_replace(false);
@@ -130,8 +131,26 @@ impl ConsoleHub {
                     () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
+            // Closed only now: every client has been sent all of the guest's output first.
+            relay.holder.send_replace(u64::MAX);
         });
         hub
+    }
+
+    /// Guest output: to the log, the definition's file, and every client.
+    async fn record(
+        &self,
+        bytes: &[u8],
+        log: &mut Option<tokio::fs::File>,
+        copy: &mut Option<tokio::fs::File>,
+    ) {
+        if let Some(log) = log.as_mut() {
+            let _ = log.write_all(bytes).await;
+        }
+        if let Some(copy) = copy.as_mut() {
+            let _ = copy.write_all(bytes).await;
+        }
+        self.publish(bytes);
     }
 
     /// Serves the port on a unix socket of the definition's: every client sees the output and
@@ -253,6 +272,5 @@ impl ConsoleHub {
     /// Ends the relay and every client's session.
     pub fn close(&self) {
         self.stop.cancel();
-        self.holder.send_replace(u64::MAX);
     }
 }
