@@ -98,10 +98,26 @@ fn invalid(option: &str, message: impl std::fmt::Display) -> Status {
 }
 
 /// `key=value,flag,...` of one option.
+/// A value with commas goes in double quotes (`kernel_args="console=ttyS0,115200n8"`).
 fn pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    text.split(',')
+    let mut items = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
+        .into_iter()
         .filter(|item| !item.is_empty())
         .map(|item| item.split_once('=').unwrap_or((item, "")))
+        .map(|(key, value)| (key, value.trim_matches('"')))
 }
 
 fn disk(text: &str) -> Result<cluster::InstallDisk, Status> {
@@ -250,14 +266,16 @@ fn request(args: InstallArgs, host: String) -> Result<cluster::InstallRequest, S
         disks: args
             .disk
             .iter()
+            .filter(|text| *text != "none")
             .map(|text| disk(text))
             .collect::<Result<_, _>>()?,
         networks: args
             .network
             .iter()
+            .filter(|text| *text != "none")
             .map(|text| network(text))
             .collect::<Result<_, _>>()?,
-        no_networks: args.nonetworks,
+        no_networks: args.nonetworks || args.network.iter().any(|text| text == "none"),
         install_source,
         extra_args: args.extra_args.unwrap_or_default(),
         os_variant: args.os_variant.unwrap_or_default(),
@@ -283,6 +301,7 @@ pub async fn run(
     args: InstallArgs,
 ) -> Result<(), crate::commands::Call> {
     let step = args.print_xml.clone();
+    // --wait follows the install phase in the gateway; the console is for what comes after.
     let console = !args.noautoconsole && args.wait.is_none();
     let request = request(args, connection.host.clone().unwrap_or_default())?;
     let (name, printing) = (request.name.clone(), request.print_xml || request.dry_run);
@@ -305,19 +324,28 @@ pub async fn run(
             None => {}
         }
     }
+    let Some(result) = result else {
+        return Err(Status::unavailable("the install ended without a result").into());
+    };
     // Step 1 is the install phase's XML, step 2 the installed guest's; a guest that boots the
-    // same way throughout has only the one.
+    // same way throughout has only one, step 1.
     let chosen: Vec<&String> = match step.as_deref() {
         Some("1") => xmls.first().into_iter().collect(),
+        Some("2") if xmls.len() < 2 => {
+            return Err(Status::invalid_argument(
+                "--print-xml 2: this install boots one way throughout; its XML is step 1",
+            )
+            .into());
+        }
         Some("2") => xmls.last().into_iter().collect(),
         _ => xmls.iter().collect(),
     };
     for xml in chosen {
         print!("{xml}");
     }
-    let Some(result) = result.filter(|_| !printing) else {
+    if printing {
         return Ok(());
-    };
+    }
     // Later calls go to the host the guest was placed on.
     if connection.host.as_deref() != Some(result.host.as_str()) {
         let (uri, readonly) = (connection.uri.clone(), connection.readonly);
@@ -357,12 +385,15 @@ async fn restart_installed(
             ..Default::default()
         })
         .await?
-        .into_inner()
-        .state();
-    if state != compute::DomainState::Shutoff {
+        .into_inner();
+    if state.state() != compute::DomainState::Shutoff {
         // The console ended while the guest runs: left, or taken over.
         attached?;
         println!("Domain installation still in progress.");
+        return Ok(());
+    }
+    if state.reason() != compute::DomainStateReason::ShutoffShutdown {
+        println!("The install phase was stopped; the installed guest is not started.");
         return Ok(());
     }
     println!("Domain has shut down. Restarting the installed guest.");
@@ -375,7 +406,7 @@ async fn restart_installed(
         .into_inner();
     while started.message().await?.is_some() {}
     println!("Domain creation completed.");
-    Ok(())
+    crate::domain::run_console(connection, name, None, false).await
 }
 
 #[cfg(test)]
@@ -394,6 +425,16 @@ mod tests {
                 .unwrap_err()
                 .message()
                 .contains("size=`ten`")
+        );
+        let quoted: Vec<_> =
+            pairs("kernel=/k,kernel_args=\"console=ttyS0,115200n8 quiet\",initrd=/i").collect();
+        assert_eq!(
+            quoted,
+            [
+                ("kernel", "/k"),
+                ("kernel_args", "console=ttyS0,115200n8 quiet"),
+                ("initrd", "/i")
+            ]
         );
         let nic = network("bridge=br0,mac=52:54:00:00:00:01").unwrap();
         assert_eq!(

@@ -27,6 +27,10 @@ use crate::provisioning::{
 type Updates = mpsc::Sender<Result<pb::InstallUpdate, Status>>;
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// The largest installer file fetched (curl's --max-filesize): a kernel or an initrd.
+const MAX_INSTALLER_FILE: &str = "2G";
+/// How long fetching one installer file may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// The size of the chunks a fetched installer is uploaded in.
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// How often a followed install phase is looked at.
@@ -112,6 +116,8 @@ struct FetchedTree {
     pool: String,
     /// (volume name, its path on the host, its bytes): the kernel, then the initrd.
     files: [(String, String, bytes::Bytes); 2],
+    /// `inst.repo=URL` or `install=URL` for the installer's command line.
+    source_arg: Option<String>,
 }
 
 impl FetchedTree {
@@ -144,9 +150,10 @@ async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
     static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let source = file_url(url, file);
     let dir = std::env::temp_dir().join(format!(
-        "vireo-install-{}-{}",
+        "vireo-install-{}-{}-{}",
         std::process::id(),
-        FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        vireo_conf::domain::random_uuid()
     ));
     // Made here, not found: nothing else can have put a link in it.
     std::fs::DirBuilder::new()
@@ -154,17 +161,30 @@ async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
         .create(&dir)
         .map_err(|err| Status::internal(format!("location: {}: {err}", dir.display())))?;
     let local = dir.join("file");
-    let copied = tokio::process::Command::new("nfs-cp")
-        .arg(&source)
-        .arg(&local)
-        .output()
-        .await;
+    let copied = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        tokio::process::Command::new("nfs-cp")
+            .arg(&source)
+            .arg(&local)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within 10 minutes",
+        ))
+    });
     let bytes = tokio::fs::read(&local).await;
     let _ = std::fs::remove_dir_all(&dir);
-    let copied = copied.map_err(|err| {
-        Status::failed_precondition(format!(
+    let copied = copied.map_err(|err| match err.kind() {
+        std::io::ErrorKind::TimedOut => {
+            Status::deadline_exceeded(format!("location: fetching {source}: {err}"))
+        }
+        _ => Status::failed_precondition(format!(
             "location: fetching from NFS needs nfs-cp (Debian package libnfs-utils): {err}"
-        ))
+        )),
     })?;
     let stderr = String::from_utf8_lossy(&copied.stderr);
     match bytes {
@@ -189,6 +209,8 @@ async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
             "-fsSL",
             "--max-time",
             "600",
+            "--max-filesize",
+            MAX_INSTALLER_FILE,
             "--proto",
             "=http,https,ftp",
             "--",
@@ -201,13 +223,15 @@ async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
                 "location: fetching an install tree needs curl (Debian package curl): {err}"
             ))
         })?;
+    let stderr = String::from_utf8_lossy(&fetched.stderr);
     match fetched.status.code() {
         Some(0) => Ok(Some(fetched.stdout)),
-        // An HTTP error status, or a file an FTP server does not have.
-        Some(22 | 78 | 9) => Ok(None),
+        // Not there: HTTP 404 or 410, or a file an FTP server does not have.
+        Some(22) if stderr.contains("error: 404") || stderr.contains("error: 410") => Ok(None),
+        Some(78 | 9) => Ok(None),
         _ => Err(Status::unavailable(format!(
             "location: fetching {full} failed: {}",
-            String::from_utf8_lossy(&fetched.stderr).trim()
+            stderr.trim()
         ))),
     }
 }
@@ -333,22 +357,28 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// The pool a new volume goes in: pool=, or the pool whose directory holds path=.
+    /// The pool a new volume goes in: pool=, the pool whose directory holds path=, or (size=
+    /// alone, as virt-install takes it) `default`.
     async fn pool_of(&self, field: &str, disk: &pb::InstallDisk) -> Result<storage::Pool, Status> {
         let mut pools = self.pools()?;
-        if !disk.pool.is_empty() {
+        if !disk.pool.is_empty() || disk.path.is_empty() {
+            let name = if disk.pool.is_empty() {
+                "default"
+            } else {
+                &disk.pool
+            };
             return pools
                 .get_pool(storage::GetPoolRequest {
                     host: self.host.clone(),
-                    pool: by_name(&disk.pool),
+                    pool: by_name(name),
                     inactive: false,
                 })
                 .await
                 .map(Response::into_inner)
                 .map_err(|status| match status.code() {
                     tonic::Code::NotFound => Status::not_found(format!(
-                        "{field}: pool `{}` is not defined on host `{}`",
-                        disk.pool, self.host
+                        "{field}: pool `{name}` is not defined on host `{}`",
+                        self.host
                     )),
                     _ => self.down(Service::Storage)(status),
                 });
@@ -465,7 +495,7 @@ impl Target<'_> {
             let taken = |name: &str| {
                 existing.iter().any(|v| v == name) || planned.iter().any(|v| v.name == name)
             };
-            let name = if disk.pool.is_empty() {
+            let name = if !disk.path.is_empty() {
                 let name = std::path::Path::new(&disk.path)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -558,9 +588,47 @@ impl Target<'_> {
         })
     }
 
+    /// Creates `volume` and records it in `made`; also when the answer is lost (the service
+    /// finishes a creation whose caller went away), so that a cleanup removes it by name.
+    async fn create_recorded(
+        &self,
+        volume: &NewVolume,
+        sparse: bool,
+        made: &mut Vec<pb::CreatedVolume>,
+    ) -> Result<pb::CreatedVolume, Status> {
+        match self.create_volume(volume, sparse).await {
+            Ok(volume) => {
+                made.push(volume.clone());
+                Ok(volume)
+            }
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                        | tonic::Code::DeadlineExceeded
+                ) {
+                    made.push(pb::CreatedVolume {
+                        pool: volume.pool.clone(),
+                        name: volume.name.clone(),
+                        path: volume.path.clone(),
+                        capacity_bytes: volume.capacity_bytes,
+                    });
+                }
+                Err(status)
+            }
+        }
+    }
+
     /// Puts a fetched tree's installer on the host: one raw volume per file, written through
-    /// the storage service (so the host may be another machine).
-    async fn upload_tree(&self, tree: &FetchedTree, created: &mut Created) -> Result<(), Status> {
+    /// the storage service (so the host may be another machine). Their paths on the host.
+    async fn upload_tree(
+        &self,
+        tree: &FetchedTree,
+        created: &mut Created,
+    ) -> Result<(String, String), Status> {
+        let mut paths = Vec::new();
         for (name, path, bytes) in &tree.files {
             let volume = NewVolume {
                 disk: None,
@@ -570,9 +638,10 @@ impl Target<'_> {
                 format: storage::VolumeFormat::Raw,
                 path: path.clone(),
             };
-            created
-                .scratch
-                .push(self.create_volume(&volume, false).await?);
+            let made = self
+                .create_recorded(&volume, false, &mut created.scratch)
+                .await?;
+            paths.push(made.path);
             let header = storage::UploadVolumeRequest {
                 host: self.host.clone(),
                 part: Some(storage::upload_volume_request::Part::Header(
@@ -605,7 +674,8 @@ impl Target<'_> {
                 .await
                 .map_err(self.down(Service::Storage))?;
         }
-        Ok(())
+        let initrd = paths.pop().unwrap_or_default();
+        Ok((paths.pop().unwrap_or_default(), initrd))
     }
 
     async fn start(&self, name: &str) -> Result<(), Status> {
@@ -654,7 +724,7 @@ impl Target<'_> {
             let Some(index) = volume.disk else { continue };
             let disk = &request.disks[index];
             let made = self
-                .create_volume(volume, disk.sparse.unwrap_or(true))
+                .create_recorded(volume, disk.sparse.unwrap_or(true), &mut created.volumes)
                 .await?;
             progress(
                 updates,
@@ -668,17 +738,26 @@ impl Target<'_> {
             )
             .await;
             resolved.disks[index] = with_volume(disk, volume, &made.path);
-            created.volumes.push(made);
         }
-        if let Some(tree) = tree {
-            self.upload_tree(tree, created).await?;
-        }
-        let plan = plan(&resolved, self.files(tree))?;
+        let installer = match tree {
+            Some(tree) => Some(self.upload_tree(tree, created).await?),
+            None => None,
+        };
+        let plan = plan(
+            &resolved,
+            HostFiles {
+                local: self.local,
+                tree: installer.as_ref().map(|(k, i)| (k.as_str(), i.as_str())),
+            },
+        )?;
+        // From here every step may have taken effect even if its answer is lost; the UUID is
+        // this install's own, so removing by it is always safe.
         created.uuid.clone_from(&plan.uuid);
         match &plan.install {
             Some(install) => {
                 // virt-install's way: the install phase runs as a transient domain, and
                 // defining the installed guest makes it persistent; the next start boots that.
+                created.running = true;
                 let mut stream = self
                     .domains()?
                     .create_domain(compute::CreateDomainRequest {
@@ -689,7 +768,6 @@ impl Target<'_> {
                     .await
                     .map_err(self.down(Service::Compute))?
                     .into_inner();
-                created.running = true;
                 while stream
                     .message()
                     .await
@@ -702,12 +780,12 @@ impl Target<'_> {
                     format!("install phase of `{}` started", request.name),
                 )
                 .await;
-                self.define(&plan.installed).await?;
                 created.defined = true;
+                self.define(&plan.installed).await?;
             }
             None => {
-                self.define(&plan.installed).await?;
                 created.defined = true;
+                self.define(&plan.installed).await?;
                 progress(updates, "define", format!("`{}` defined", request.name)).await;
                 created.running = true;
                 self.start(&request.name).await?;
@@ -789,14 +867,16 @@ impl Target<'_> {
         updates: &Updates,
     ) -> Result<FetchedTree, Status> {
         let mut found = None;
-        for (kernel, initrd) in TREE_LAYOUTS {
-            if let Some(kernel_bytes) = fetch(url, kernel).await? {
-                let initrd_bytes = fetch(url, initrd).await?.ok_or_else(|| no_installer(url))?;
-                found = Some((kernel_bytes, initrd_bytes));
+        for layout in TREE_LAYOUTS {
+            let Some(kernel) = fetch(url, layout.kernel).await? else {
+                continue;
+            };
+            if let Some(initrd) = fetch(url, layout.initrd).await? {
+                found = Some((kernel, initrd, layout.source_arg));
                 break;
             }
         }
-        let (kernel, initrd) = found.ok_or_else(|| no_installer(url))?;
+        let (kernel, initrd, source_arg) = found.ok_or_else(|| no_installer(url))?;
         progress(
             updates,
             "fetch",
@@ -828,19 +908,26 @@ impl Target<'_> {
             )));
         }
         let directory = definition.target.map(|t| t.path).unwrap_or_default();
+        // Named for this install only: a leftover of an interrupted one cannot block the next.
+        let install_id = vireo_conf::domain::random_uuid();
         let file = |suffix: &str, bytes: Vec<u8>| {
             let bytes = bytes::Bytes::from(bytes);
-            let name = format!("{}-install-{suffix}", request.name);
+            let name = format!("{}-install-{}-{suffix}", request.name, &install_id[..8]);
             let path = format!("{}/{name}", directory.trim_end_matches('/'));
             (name, path, bytes)
         };
+        // The installer is told where its tree is, unless the extra args say already.
+        let source_arg = source_arg
+            .filter(|arg| !request.extra_args.contains(&format!("{arg}=")))
+            .map(|arg| format!("{arg}={url}"));
         Ok(FetchedTree {
             pool: definition.name.clone(),
             files: [file("kernel", kernel), file("initrd", initrd)],
+            source_arg,
         })
     }
 
-    async fn state(&self, name: &str) -> Result<compute::DomainState, Status> {
+    async fn state(&self, name: &str) -> Result<compute::DomainStateInfo, Status> {
         Ok(self
             .domains()?
             .get_domain_state(compute::GetDomainStateRequest {
@@ -849,12 +936,13 @@ impl Target<'_> {
             })
             .await
             .map_err(self.down(Service::Compute))?
-            .into_inner()
-            .state())
+            .into_inner())
     }
 
-    /// Waits until the install phase ends (the guest stopped), then starts the installed guest.
-    async fn follow(&self, name: &str, minutes: i32, updates: &Updates) -> Result<(), Status> {
+    /// Waits until the install phase ends, then starts the installed guest: when the guest
+    /// shut itself down (powered off, or rebooted), not when it was destroyed, saved or crashed
+    /// (virt-install: "User stopped the VM. Not rebooting."). Whether it started it.
+    async fn follow(&self, name: &str, minutes: i32, updates: &Updates) -> Result<bool, Status> {
         progress(
             updates,
             "install",
@@ -864,13 +952,29 @@ impl Target<'_> {
         let deadline = u64::try_from(minutes)
             .ok()
             .map(|minutes| Instant::now() + Duration::from_secs(minutes * 60));
-        while self.state(name).await? != compute::DomainState::Shutoff {
+        let ended = loop {
+            let state = self.state(name).await?;
+            if state.state() == compute::DomainState::Shutoff {
+                break state.reason();
+            }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Status::deadline_exceeded(format!(
                     "wait_minutes: the install phase of `{name}` has not ended after {minutes} minutes; the guest is left running"
                 )));
             }
             tokio::time::sleep(FOLLOW_INTERVAL).await;
+        };
+        if ended != compute::DomainStateReason::ShutoffShutdown {
+            progress(
+                updates,
+                "finish",
+                format!(
+                    "the install phase of `{name}` was stopped ({}); the installed guest is not started",
+                    ended.as_str_name().trim_start_matches("DOMAIN_STATE_REASON_").to_lowercase()
+                ),
+            )
+            .await;
+            return Ok(false);
         }
         progress(
             updates,
@@ -878,7 +982,8 @@ impl Target<'_> {
             format!("the install phase of `{name}` ended; starting the installed guest"),
         )
         .await;
-        self.start(name).await
+        self.start(name).await?;
+        Ok(true)
     }
 }
 
@@ -933,7 +1038,10 @@ async fn install(
     };
     let local = host == views.backends().host_name();
     let target = Target { views, host, local };
-    target.name_is_free(&request.name).await?;
+    // Printing creates nothing, so the name may be taken (virt-install prints it too).
+    if !request.print_xml {
+        target.name_is_free(&request.name).await?;
+    }
     target.networks_are_defined(request).await?;
     let volumes = target.new_volumes(request).await?;
     let tree = match &request.install_source {
@@ -942,6 +1050,11 @@ async fn install(
         }
         _ => None,
     };
+    let mut request = request.clone();
+    if let Some(arg) = tree.as_ref().and_then(|tree| tree.source_arg.as_ref()) {
+        request.extra_args = format!("{} {arg}", request.extra_args).trim().to_string();
+    }
+    let request = &request;
     let mut result = pb::InstallResult {
         host: target.host.clone(),
         ..Default::default()
@@ -984,6 +1097,8 @@ async fn install(
             return Err(status);
         }
     };
+    // Its bytes are on the host now; the install may be followed for a long time.
+    drop(tree);
     // The engine has read the fetched installer: it is no longer needed on the host.
     target.delete_volumes(&created.scratch).await;
     result.created_volumes = created.volumes;

@@ -9,13 +9,47 @@ use vireo_proto::cluster::v1 as pb;
 use vireo_proto::cluster::v1::install_request::InstallSource;
 use vireo_proto::compute::v1 as compute;
 
-/// Where install trees keep their installer's kernel and initrd, as virt-install looks for them.
-pub const TREE_LAYOUTS: &[(&str, &str)] = &[
-    ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"),
-    ("install.amd/vmlinuz", "install.amd/initrd.gz"),
-    ("casper/vmlinuz", "casper/initrd"),
-    ("isolinux/vmlinuz", "isolinux/initrd.img"),
-    ("boot/x86_64/loader/linux", "boot/x86_64/loader/initrd"),
+/// Where an install tree keeps its installer's kernel and initrd.
+pub struct TreeLayout {
+    pub kernel: &'static str,
+    pub initrd: &'static str,
+    /// The kernel argument that tells this installer where a tree at a URL is (virt-install
+    /// adds it): Fedora, RHEL and CentOS `inst.repo=`, SUSE `install=`.
+    pub source_arg: Option<&'static str>,
+}
+
+/// The layouts virt-install knows, in the order it looks for them.
+pub const TREE_LAYOUTS: &[TreeLayout] = &[
+    TreeLayout {
+        kernel: "images/pxeboot/vmlinuz",
+        initrd: "images/pxeboot/initrd.img",
+        source_arg: Some("inst.repo"),
+    },
+    TreeLayout {
+        kernel: "install.amd/vmlinuz",
+        initrd: "install.amd/initrd.gz",
+        source_arg: None,
+    },
+    TreeLayout {
+        kernel: "current/images/netboot/debian-installer/amd64/linux",
+        initrd: "current/images/netboot/debian-installer/amd64/initrd.gz",
+        source_arg: None,
+    },
+    TreeLayout {
+        kernel: "casper/vmlinuz",
+        initrd: "casper/initrd",
+        source_arg: None,
+    },
+    TreeLayout {
+        kernel: "isolinux/vmlinuz",
+        initrd: "isolinux/initrd.img",
+        source_arg: None,
+    },
+    TreeLayout {
+        kernel: "boot/x86_64/loader/linux",
+        initrd: "boot/x86_64/loader/initrd",
+        source_arg: Some("install"),
+    },
 ];
 
 /// --os-variant: the memory (MiB) and vCPUs a guest gets when the request leaves them out.
@@ -82,6 +116,27 @@ pub fn is_url(location: &str) -> bool {
     location.contains("://") || location.starts_with("nfs:")
 }
 
+/// A URL tree of a kind that is fetched: http, https, ftp, nfs:// or nfs:HOST:/PATH.
+fn check_url(location: &str) -> Result<(), Status> {
+    let fetched = ["http://", "https://", "ftp://", "nfs://"]
+        .iter()
+        .any(|scheme| location.starts_with(scheme))
+        || location
+            .strip_prefix("nfs:")
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(host, path)| !host.is_empty() && path.starts_with('/'));
+    if fetched {
+        Ok(())
+    } else {
+        Err(invalid(
+            "location",
+            format!(
+                "`{location}`: trees are fetched over http://, https://, ftp:// or nfs:// (nfs:HOST:/PATH), or read from a directory"
+            ),
+        ))
+    }
+}
+
 /// The refusal of a tree without an installer where trees keep one.
 pub fn no_installer(location: &str) -> Status {
     invalid(
@@ -90,7 +145,7 @@ pub fn no_installer(location: &str) -> Status {
             "`{location}` has no installer kernel and initrd where install trees keep them ({})",
             TREE_LAYOUTS
                 .iter()
-                .map(|(kernel, _)| *kernel)
+                .map(|layout| layout.kernel)
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -109,6 +164,9 @@ pub struct HostFiles<'a> {
 
 /// The installer's kernel and initrd of the tree at `location`.
 fn tree_boot(location: &str, files: HostFiles<'_>) -> Result<(String, String), Status> {
+    if is_url(location) {
+        check_url(location)?;
+    }
     if let Some((kernel, initrd)) = files.tree {
         return Ok((kernel.to_string(), initrd.to_string()));
     }
@@ -134,33 +192,73 @@ fn tree_boot(location: &str, files: HostFiles<'_>) -> Result<(String, String), S
     }
     TREE_LAYOUTS
         .iter()
-        .map(|(kernel, initrd)| (root.join(kernel), root.join(initrd)))
+        .map(|layout| (root.join(layout.kernel), root.join(layout.initrd)))
         .find(|(kernel, initrd)| kernel.is_file() && initrd.is_file())
         .map(|(kernel, initrd)| (kernel.display().to_string(), initrd.display().to_string()))
         .ok_or_else(|| no_installer(location))
 }
 
-fn disk_xml(index: usize, disk: &pb::InstallDisk) -> Result<String, Status> {
-    let field = format!("disks[{index}]");
-    if disk.path.is_empty() {
-        return Err(invalid(
-            &field,
-            "path= of an image, or pool= and size= of a new one",
-        ));
-    }
+/// A disk's bus: virtio for disks, sata for CD-ROMs unless bus= says otherwise.
+fn bus_of(field: &str, disk: &pb::InstallDisk) -> Result<&'static str, Status> {
     let cdrom = disk.device() == compute::DiskDevice::Cdrom;
-    let bus = match disk.bus() {
+    Ok(match disk.bus() {
         compute::DiskBus::Unspecified if cdrom => "sata",
         compute::DiskBus::Unspecified | compute::DiskBus::Virtio => "virtio",
         compute::DiskBus::Sata => "sata",
         compute::DiskBus::Ide => "ide",
         compute::DiskBus::Scsi => "scsi",
-        other => return Err(invalid(&field, format!("bus {other:?} is not offered"))),
-    };
-    let dev = match bus {
-        "virtio" => format!("vd{}", char::from(b'a' + u8::try_from(index).unwrap_or(25))),
-        _ => format!("sd{}", char::from(b'a' + u8::try_from(index).unwrap_or(25))),
-    };
+        other => return Err(invalid(field, format!("bus {other:?} is not offered"))),
+    })
+}
+
+/// The target name of the `slot`th disk with `prefix`: vda..vdz, vdaa.. as libvirt names them.
+fn target_name(prefix: &str, slot: usize) -> String {
+    let mut letters = Vec::new();
+    let mut rest = slot;
+    loop {
+        letters.push(b'a' + u8::try_from(rest % 26).unwrap_or(0));
+        if rest < 26 {
+            break;
+        }
+        rest = rest / 26 - 1;
+    }
+    letters.reverse();
+    format!("{prefix}{}", String::from_utf8_lossy(&letters))
+}
+
+/// The `<disk>` elements of `disks`, each bus counting its own targets.
+fn disks_xml(
+    disks: &[pb::InstallDisk],
+    field_of: impl Fn(usize) -> String,
+) -> Result<Vec<String>, Status> {
+    let mut used = std::collections::BTreeMap::new();
+    disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| {
+            let field = field_of(index);
+            let prefix = if bus_of(&field, disk)? == "virtio" {
+                "vd"
+            } else {
+                "sd"
+            };
+            let slot = used.entry(prefix).or_insert(0);
+            let dev = target_name(prefix, *slot);
+            *slot += 1;
+            disk_xml(&field, disk, &dev)
+        })
+        .collect()
+}
+
+fn disk_xml(field: &str, disk: &pb::InstallDisk, dev: &str) -> Result<String, Status> {
+    if disk.path.is_empty() {
+        return Err(invalid(
+            field,
+            "path= of an image, or pool= and size= of a new one",
+        ));
+    }
+    let cdrom = disk.device() == compute::DiskDevice::Cdrom;
+    let bus = bus_of(field, disk)?;
     let format = match disk.format() {
         compute::DiskFormat::Qcow2 => "qcow2",
         _ if disk.path.ends_with(".qcow2") => "qcow2",
@@ -350,12 +448,14 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
         (0, None) => 1,
         (vcpus, _) => vcpus,
     };
-    let disks = request
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(index, disk)| disk_xml(index, disk))
-        .collect::<Result<Vec<_>, _>>()?;
+    let field_of = |index: usize| {
+        if index < request.disks.len() {
+            format!("disks[{index}]")
+        } else {
+            "cdrom".to_string()
+        }
+    };
+    let disks = disks_xml(&request.disks, field_of)?;
     let host_devices = request
         .host_devices
         .iter()
@@ -405,6 +505,9 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
     if first_disk_is_media(&request.install_source) {
         return Err(invalid("disks", "--import needs a --disk to boot"));
     }
+    // Without a disk, the installed guest boots what the install phase booted (a live CD, a
+    // network-booted guest), as virt-install does.
+    let diskless = request.disks.is_empty() && request.boot_order.is_empty();
     let (install_boot, install_disks, installed_boot, direct_kernel) = match &request.install_source
     {
         Some(InstallSource::Cdrom(iso)) => {
@@ -414,24 +517,24 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                     format!("`{iso}` does not exist on this host"),
                 ));
             }
-            let mut with_media = disks.clone();
-            with_media.push(disk_xml(
-                disks.len(),
-                &pb::InstallDisk {
-                    path: iso.clone(),
-                    device: compute::DiskDevice::Cdrom as i32,
-                    ..Default::default()
-                },
-            )?);
-            (
-                Some(boot_order(&[
-                    compute::BootDevice::Cdrom,
-                    compute::BootDevice::Hd,
-                ])),
-                with_media,
-                installed_order,
-                false,
-            )
+            let mut with_media = request.disks.clone();
+            with_media.push(pb::InstallDisk {
+                path: iso.clone(),
+                device: compute::DiskDevice::Cdrom as i32,
+                ..Default::default()
+            });
+            let with_media = disks_xml(&with_media, field_of)?;
+            let media_boot = boot_order(&[compute::BootDevice::Cdrom, compute::BootDevice::Hd]);
+            if diskless {
+                (
+                    Some(media_boot.clone()),
+                    with_media.clone(),
+                    media_boot,
+                    false,
+                )
+            } else {
+                (Some(media_boot), with_media, installed_order, false)
+            }
         }
         Some(InstallSource::Location(location)) => {
             let (kernel, initrd) = tree_boot(location, files)?;
@@ -442,15 +545,15 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                 false,
             )
         }
-        Some(InstallSource::Pxe(true)) => (
-            Some(boot_order(&[
-                compute::BootDevice::Network,
-                compute::BootDevice::Hd,
-            ])),
-            disks.clone(),
-            installed_order,
-            false,
-        ),
+        Some(InstallSource::Pxe(true)) => {
+            let network_boot = boot_order(&[compute::BootDevice::Network, compute::BootDevice::Hd]);
+            let installed_boot = if diskless {
+                network_boot.clone()
+            } else {
+                installed_order
+            };
+            (Some(network_boot), disks.clone(), installed_boot, false)
+        }
         Some(InstallSource::Import(true)) => (None, Vec::new(), installed_order, false),
         Some(InstallSource::KernelBoot(boot)) => {
             if boot.kernel.is_empty() {
@@ -474,6 +577,12 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
         && !matches!(request.install_source, Some(InstallSource::Location(_)))
     {
         return Err(invalid("extra_args", "--extra-args goes with --location"));
+    }
+    if install_boot.is_some() && request.engine() == compute::Engine::Vmm {
+        return Err(invalid(
+            "engine",
+            "vmm boots a kernel directly, and this guest boots its disk once installed: install it on qemu (--cdrom, --location and --pxe), or use --import with --boot kernel=",
+        ));
     }
     let devices = |disks: &[String]| {
         format!(
@@ -500,9 +609,11 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
         })?),
         None => None,
     };
+    // A live CD (no disk) keeps its media.
+    let keeps_media = diskless && matches!(request.install_source, Some(InstallSource::Cdrom(_)));
     let installed = phase_xml(&Phase {
         boot: &installed_boot,
-        devices: &devices(&disks),
+        devices: &devices(if keeps_media { &install_disks } else { &disks }),
         graphics: graphics_for(direct_kernel),
         ends_at_reboot: false,
     })?;
@@ -586,6 +697,54 @@ mod tests {
             Ok(_) => panic!("planned"),
             Err(status) => status.message().to_string(),
         }
+    }
+
+    #[test]
+    fn disks_are_named_per_bus_past_z_and_diskless_guests_keep_their_boot() {
+        assert_eq!(target_name("vd", 0), "vda");
+        assert_eq!(target_name("vd", 25), "vdz");
+        assert_eq!(target_name("vd", 26), "vdaa");
+        assert_eq!(target_name("sd", 27), "sdab");
+        let iso = tempfile::NamedTempFile::new().unwrap();
+        let mut request = base(InstallSource::Cdrom(iso.path().display().to_string()));
+        request.disks = (0..27)
+            .map(|n| pb::InstallDisk {
+                path: format!("/images/{n}.img"),
+                ..Default::default()
+            })
+            .collect();
+        let phases = plan(&request, HERE).unwrap();
+        let install = phases.install.unwrap();
+        assert!(
+            install.contains("<target dev='vdaa' bus='virtio'/>"),
+            "{install}"
+        );
+        assert!(
+            install.contains("<target dev='sda' bus='sata'/>"),
+            "the media is the first SATA disk"
+        );
+
+        // A live CD, and a network-booted guest without a disk, boot the same way afterwards.
+        request.disks.clear();
+        let live = plan(&request, HERE).unwrap();
+        assert!(
+            live.installed.contains("device='cdrom'")
+                && live.installed.contains("<boot dev='cdrom'/>")
+        );
+        let mut pxe = base(InstallSource::Pxe(true));
+        pxe.no_networks = false;
+        assert!(
+            plan(&pxe, HERE)
+                .unwrap()
+                .installed
+                .contains("<boot dev='network'/>")
+        );
+
+        // vmm cannot boot the disk the guest is installed to; other URL schemes are not fetched.
+        pxe.engine = compute::Engine::Vmm as i32;
+        assert!(plan_err(&pxe).contains("engine: vmm boots a kernel directly"));
+        let file_tree = base(InstallSource::Location("file:///srv/tree".into()));
+        assert!(plan_err(&file_tree).contains("trees are fetched over http://"));
     }
 
     #[test]

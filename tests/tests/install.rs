@@ -246,12 +246,39 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _terminal = install.stdin.take();
-    let status = wait_until(Duration::from_secs(180), "vireo install to end", || {
+    let terminal = install.stdin.take();
+    let mut output = install.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut output, &mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
+    // Once the installed guest runs, the console is attached to it again; leaving it (the
+    // terminal closing) ends the command.
+    wait_until(
+        Duration::from_secs(180),
+        "the installed guest's console",
+        || {
+            let seen = seen.lock().unwrap();
+            (seen.matches("Connected to domain 'isoguest'").count() == 2).then_some(())
+        },
+    );
+    drop(terminal);
+    let status = wait_until(Duration::from_secs(30), "vireo install to end", || {
         install.try_wait().unwrap()
     });
-    let mut installed = String::new();
-    std::io::Read::read_to_string(&mut install.stdout.take().unwrap(), &mut installed).unwrap();
+    reader.join().unwrap();
+    let mut installed = seen.lock().unwrap().clone();
     std::io::Read::read_to_string(&mut install.stderr.take().unwrap(), &mut installed).unwrap();
     assert!(status.success(), "{installed}");
     assert!(
@@ -722,7 +749,8 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
     assert!(volumes(&server).is_empty());
 
     // A dry run places and checks everything, and creates nothing.
-    let new_disk = ["--disk", "pool=default,size=0.01", "--nonetworks"];
+    // size= alone is a new volume in the `default` pool, as in virt-install.
+    let new_disk = ["--disk", "size=0.01", "--nonetworks"];
     let checked = ok(
         &server,
         &[
@@ -787,6 +815,21 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
             "--console: `tcp,host=1.2.3.4`",
         ),
         (guest_x(&["--import"]), "--import needs a --disk"),
+        (
+            guest_x(&["--location", "file:///srv/tree", "--nonetworks"]),
+            "trees are fetched over http://",
+        ),
+        (
+            guest_x(&[
+                "--import",
+                "--nonetworks",
+                "--disk",
+                "/images/x.img",
+                "--print-xml",
+                "2",
+            ]),
+            "--print-xml 2: this install boots one way throughout",
+        ),
         (
             vec!["install", "--name", "x", "--pxe", "--os-variant", "beos5"],
             "os_variant: `beos5` is not known",
