@@ -357,6 +357,59 @@ impl Target<'_> {
         Ok(())
     }
 
+    /// The request with the image format of each existing disk that does not say it: the
+    /// format its pool knows (svc-storage probes it), else, on the gateway's own host, what the
+    /// file's first bytes say; else the plan guesses from the name.
+    async fn with_disk_formats(
+        &self,
+        request: &pb::InstallRequest,
+    ) -> Result<pb::InstallRequest, Status> {
+        let mut request = request.clone();
+        for disk in &mut request.disks {
+            if is_new_volume(disk)
+                || disk.path.is_empty()
+                || disk.format() != compute::DiskFormat::Unspecified
+                || disk.device() == compute::DiskDevice::Cdrom
+            {
+                continue;
+            }
+            let found = self
+                .volumes()?
+                .get_volume(storage::GetVolumeRequest {
+                    host: self.host.clone(),
+                    volume: Some(storage::VolumeRef {
+                        path: disk.path.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            let format = match found {
+                Ok(volume) => volume
+                    .into_inner()
+                    .definition
+                    .and_then(|d| d.target)
+                    .and_then(|t| t.format),
+                Err(status) if status.code() == tonic::Code::NotFound => None,
+                Err(status) => return Err(self.down(Service::Storage)(status)),
+            };
+            disk.format = match format {
+                Some(storage::volume_target::Format::ImageFormat(f))
+                    if f == storage::VolumeFormat::Qcow2 as i32 =>
+                {
+                    compute::DiskFormat::Qcow2
+                }
+                Some(storage::volume_target::Format::ImageFormat(f))
+                    if f == storage::VolumeFormat::Raw as i32 =>
+                {
+                    compute::DiskFormat::Raw
+                }
+                _ if self.local && starts_as_qcow2(&disk.path) => compute::DiskFormat::Qcow2,
+                _ => compute::DiskFormat::Unspecified,
+            } as i32;
+        }
+        Ok(request)
+    }
+
     /// The pool a new volume goes in: pool=, the pool whose directory holds path=, or (size=
     /// alone, as virt-install takes it) `default`.
     async fn pool_of(&self, field: &str, disk: &pb::InstallDisk) -> Result<storage::Pool, Status> {
@@ -987,6 +1040,14 @@ impl Target<'_> {
     }
 }
 
+/// Whether the file at `path` begins with qcow2's magic ("QFI\xfb").
+fn starts_as_qcow2(path: &str) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}
+
 /// The disk as the plan sees it once its volume exists (or will: for --print-xml).
 fn with_volume(disk: &pb::InstallDisk, volume: &NewVolume, path: &str) -> pb::InstallDisk {
     pb::InstallDisk {
@@ -1044,6 +1105,7 @@ async fn install(
     }
     target.networks_are_defined(request).await?;
     let volumes = target.new_volumes(request).await?;
+    let request = &target.with_disk_formats(request).await?;
     let tree = match &request.install_source {
         Some(pb::install_request::InstallSource::Location(url)) if is_url(url) => {
             Some(target.fetch_tree(request, url, &volumes, updates).await?)

@@ -721,6 +721,36 @@ fn print_xml_defines_cleanly_and_refusals_leave_nothing() {
         ],
     );
     assert!(kernel.contains("images/kernelguest.qcow2'"), "{kernel}");
+    // An existing image's format is read, not guessed from its name.
+    let cloud_image = dir.path().join("cloudimg-amd64.img");
+    vireo_tests::storage::run_tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            cloud_image.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    let imported = ok(
+        &server,
+        &[
+            "install",
+            "--name",
+            "cloudguest",
+            "--memory",
+            "64",
+            "--import",
+            "--disk",
+            cloud_image.to_str().unwrap(),
+            "--nonetworks",
+            "--print-xml",
+        ],
+    );
+    assert!(imported.contains("type='qcow2'"), "{imported}");
+
     // path= with size= is a new volume in the pool whose directory holds it.
     let in_pool = server.state_dir.join("images/named.img");
     let named = ok(
