@@ -264,8 +264,14 @@ fn disk_xml(field: &str, disk: &pb::InstallDisk, dev: &str) -> Result<String, St
         _ if disk.path.ends_with(".qcow2") => "qcow2",
         _ => "raw",
     };
+    // A device node (an LVM or disk pool's volume, a CD-ROM drive) is a block disk.
+    let (kind, source) = if disk.path.starts_with("/dev/") {
+        ("block", "dev")
+    } else {
+        ("file", "file")
+    };
     Ok(format!(
-        "<disk type='file' device='{device}'><driver name='qemu' type='{format}'/><source file='{path}'/><target dev='{dev}' bus='{bus}'/>{readonly}</disk>",
+        "<disk type='{kind}' device='{device}'><driver name='qemu' type='{format}'/><source {source}='{path}'/><target dev='{dev}' bus='{bus}'/>{readonly}</disk>",
         device = if cdrom { "cdrom" } else { "disk" },
         path = escape(&disk.path),
         readonly = if disk.readonly || cdrom {
@@ -722,6 +728,13 @@ mod tests {
         assert!(
             install.contains("<target dev='sda' bus='sata'/>"),
             "the media is the first SATA disk"
+        );
+        request.disks[0].path = "/dev/vg0/guest".into();
+        let block = plan(&request, HERE).unwrap().installed;
+        assert!(
+            block.contains("<disk type='block' device='disk'>")
+                && block.contains("<source dev='/dev/vg0/guest'/>"),
+            "{block}"
         );
 
         // A live CD, and a network-booted guest without a disk, boot the same way afterwards.
