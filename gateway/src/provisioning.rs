@@ -251,14 +251,20 @@ fn disks_xml(
 }
 
 fn disk_xml(field: &str, disk: &pb::InstallDisk, dev: &str) -> Result<String, Status> {
+    let cdrom = disk.device() == compute::DiskDevice::Cdrom;
+    let bus = bus_of(field, disk)?;
     if disk.path.is_empty() {
+        if cdrom {
+            // A drive without media, for media to be inserted later.
+            return Ok(format!(
+                "<disk type='file' device='cdrom'><target dev='{dev}' bus='{bus}'/><readonly/></disk>"
+            ));
+        }
         return Err(invalid(
             field,
             "path= of an image, or pool= and size= of a new one",
         ));
     }
-    let cdrom = disk.device() == compute::DiskDevice::Cdrom;
-    let bus = bus_of(field, disk)?;
     let format = match disk.format() {
         compute::DiskFormat::Qcow2 => "qcow2",
         _ if disk.path.ends_with(".qcow2") => "qcow2",
@@ -462,6 +468,8 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
         }
     };
     let disks = disks_xml(&request.disks, field_of)?;
+    // The installed guest's disks, when they are not `disks`.
+    let mut installed_disks = Vec::new();
     let host_devices = request
         .host_devices
         .iter()
@@ -529,9 +537,9 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                 device: compute::DiskDevice::Cdrom as i32,
                 ..Default::default()
             });
-            let with_media = disks_xml(&with_media, field_of)?;
             let media_boot = boot_order(&[compute::BootDevice::Cdrom, compute::BootDevice::Hd]);
             if diskless {
+                let with_media = disks_xml(&with_media, field_of)?;
                 (
                     Some(media_boot.clone()),
                     with_media.clone(),
@@ -539,7 +547,18 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                     false,
                 )
             } else {
-                (Some(media_boot), with_media, installed_order, false)
+                // The installed guest keeps the drive, without the media (virt-install too).
+                let mut emptied = with_media.clone();
+                if let Some(drive) = emptied.last_mut() {
+                    drive.path.clear();
+                }
+                installed_disks = disks_xml(&emptied, field_of)?;
+                (
+                    Some(media_boot),
+                    disks_xml(&with_media, field_of)?,
+                    installed_order,
+                    false,
+                )
             }
         }
         Some(InstallSource::Location(location)) => {
@@ -619,7 +638,13 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
     let keeps_media = diskless && matches!(request.install_source, Some(InstallSource::Cdrom(_)));
     let installed = phase_xml(&Phase {
         boot: &installed_boot,
-        devices: &devices(if keeps_media { &install_disks } else { &disks }),
+        devices: &devices(if keeps_media {
+            &install_disks
+        } else if installed_disks.is_empty() {
+            &disks
+        } else {
+            &installed_disks
+        }),
         graphics: graphics_for(direct_kernel),
         ends_at_reboot: false,
     })?;
@@ -771,7 +796,18 @@ mod tests {
         let phases = plan(&request, HERE).unwrap();
         let install = phases.install.unwrap();
         assert!(install.contains("device='cdrom'") && install.contains("<boot dev='cdrom'/>"));
-        assert!(!phases.installed.contains("cdrom"), "{}", phases.installed);
+        assert!(
+            phases.installed.contains("device='cdrom'")
+                && phases.installed.contains("<target dev='sda' bus='sata'/>"),
+            "an empty drive stays: {}",
+            phases.installed
+        );
+        assert!(
+            !phases.installed.contains(&iso.path().display().to_string()),
+            "{}",
+            phases.installed
+        );
+        assert!(!phases.installed.contains("<boot dev='cdrom'/>"));
 
         // Another host's files are not looked for here: its own start reports a missing one.
         let elsewhere = HostFiles {

@@ -137,7 +137,7 @@ fn assert_installed(server: &Server, name: &str) {
     assert!(inactive.contains(&disk), "{inactive}");
     for install_only in [
         "<kernel>",
-        "device='cdrom'",
+        ".iso'",
         "<boot dev='network'/>",
         "on_reboot>destroy",
     ] {
@@ -293,6 +293,11 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
         "{installed}"
     );
     assert_installed(&server, "isoguest");
+    let inactive = ok(&server, &["dumpxml", "--inactive", "isoguest"]);
+    assert!(
+        inactive.contains("device='cdrom'") && !inactive.contains("install.iso"),
+        "the drive stays, empty: {inactive}"
+    );
 }
 
 #[test]
