@@ -21,7 +21,8 @@ use vireo_runtime::Service;
 
 use crate::cluster_views::ClusterViews;
 use crate::provisioning::{
-    HostFiles, Plan, TREE_LAYOUTS, is_new_volume, is_url, no_installer, plan,
+    HostFiles, Plan, TREE_LAYOUTS, host_path, is_iso_file, is_new_volume, is_url, no_installer,
+    plan,
 };
 
 type Updates = mpsc::Sender<Result<pb::InstallUpdate, Status>>;
@@ -144,11 +145,16 @@ fn file_url(url: &str, file: &str) -> String {
     format!("{}/{file}{options}", base.trim_end_matches('/'))
 }
 
-/// One file of a tree on NFS (libnfs' nfs-cp, a userspace client), through a private
-/// directory; None when the tree has no such file.
-async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+/// Runs `program ARGS PATH`, which writes one file at PATH in a fresh private directory: the
+/// file's bytes (when it wrote one) and how the program ended. `source` and `package` name what
+/// is read and what brings the program, for errors.
+async fn run_into_private_file(
+    program: &str,
+    args: &[&str],
+    source: &str,
+    package: &str,
+) -> Result<(Option<Vec<u8>>, std::process::Output), Status> {
     static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let source = file_url(url, file);
     let dir = std::env::temp_dir().join(format!(
         "vireo-install-{}-{}-{}",
         std::process::id(),
@@ -161,10 +167,10 @@ async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
         .create(&dir)
         .map_err(|err| Status::internal(format!("location: {}: {err}", dir.display())))?;
     let local = dir.join("file");
-    let copied = tokio::time::timeout(
+    let ran = tokio::time::timeout(
         FETCH_TIMEOUT,
-        tokio::process::Command::new("nfs-cp")
-            .arg(&source)
+        tokio::process::Command::new(program)
+            .args(args)
             .arg(&local)
             .kill_on_drop(true)
             .output(),
@@ -176,30 +182,69 @@ async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
             "no answer within 10 minutes",
         ))
     });
-    let bytes = tokio::fs::read(&local).await;
+    let bytes = tokio::fs::read(&local).await.ok();
     let _ = std::fs::remove_dir_all(&dir);
-    let copied = copied.map_err(|err| match err.kind() {
+    let ran = ran.map_err(|err| match err.kind() {
         std::io::ErrorKind::TimedOut => {
-            Status::deadline_exceeded(format!("location: fetching {source}: {err}"))
+            Status::deadline_exceeded(format!("location: reading {source}: {err}"))
         }
         _ => Status::failed_precondition(format!(
-            "location: fetching from NFS needs nfs-cp (Debian package libnfs-utils): {err}"
+            "location: reading {source} needs {program} (Debian package {package}): {err}"
         )),
     })?;
-    let stderr = String::from_utf8_lossy(&copied.stderr);
+    Ok((bytes, ran))
+}
+
+/// What a copying program's run gave: the file, None when the tree has no such file, or why
+/// it failed.
+fn copied(
+    source: &str,
+    (bytes, ran): (Option<Vec<u8>>, std::process::Output),
+) -> Result<Option<Vec<u8>>, Status> {
+    let stderr = String::from_utf8_lossy(&ran.stderr);
     match bytes {
-        Ok(bytes) if copied.status.success() => Ok(Some(bytes)),
+        Some(bytes) if ran.status.success() => Ok(Some(bytes)),
         _ if stderr.contains("NOENT") || stderr.contains("No such file") => Ok(None),
         _ => Err(Status::unavailable(format!(
-            "location: fetching {source} failed: {}",
+            "location: reading {source} failed: {}",
             stderr.trim()
         ))),
     }
 }
 
+/// One file of a tree on NFS (libnfs' nfs-cp, a userspace client); None when the tree has no
+/// such file.
+async fn fetch_nfs(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+    let source = file_url(url, file);
+    copied(
+        &source,
+        run_into_private_file("nfs-cp", &[&source], &source, "libnfs-utils").await?,
+    )
+}
+
+/// One file of the tree in an ISO image (xorriso reads it; no mount); None when the image has
+/// no such file.
+async fn extract_from_iso(iso: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+    let inside = format!("/{file}");
+    let source = format!("{iso}:{inside}");
+    copied(
+        &source,
+        run_into_private_file(
+            "xorriso",
+            &["-osirrox", "on", "-indev", iso, "-extract", &inside],
+            &source,
+            "xorriso",
+        )
+        .await?,
+    )
+}
+
 /// One file of a tree at a URL (curl: http, https, ftp; nfs-cp: nfs); None when the tree has
 /// no such file.
 async fn fetch(url: &str, file: &str) -> Result<Option<Vec<u8>>, Status> {
+    if is_iso_file(url) {
+        return extract_from_iso(url, file).await;
+    }
     if let Some(nfs) = nfs_url(url) {
         return fetch_nfs(&nfs, file).await;
     }
@@ -971,7 +1016,7 @@ impl Target<'_> {
         };
         // The installer is told where its tree is, unless the extra args say already.
         let source_arg = source_arg
-            .filter(|arg| !request.extra_args.contains(&format!("{arg}=")))
+            .filter(|arg| is_url(url) && !request.extra_args.contains(&format!("{arg}=")))
             .map(|arg| format!("{arg}={url}"));
         Ok(FetchedTree {
             pool: definition.name.clone(),
@@ -1109,6 +1154,12 @@ async fn install(
     let tree = match &request.install_source {
         Some(pb::install_request::InstallSource::Location(url)) if is_url(url) => {
             Some(target.fetch_tree(request, url, &volumes, updates).await?)
+        }
+        Some(pb::install_request::InstallSource::Location(iso))
+            if target.local && is_iso_file(iso) =>
+        {
+            host_path("location", iso)?;
+            Some(target.fetch_tree(request, iso, &volumes, updates).await?)
         }
         _ => None,
     };

@@ -91,7 +91,7 @@ fn escape(text: &str) -> String {
 
 /// A host path an option names: absolute, without `..` (the gateway's working directory means
 /// nothing to the host, and `..` hides where a path leads).
-fn host_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
+pub fn host_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
     let path = Path::new(path);
     if !path.is_absolute() {
         return Err(invalid(
@@ -109,6 +109,12 @@ fn host_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
         ));
     }
     Ok(path)
+}
+
+/// Whether --location names an ISO image on this machine (its tree is read by
+/// `install_flow.rs`), not a directory.
+pub fn is_iso_file(location: &str) -> bool {
+    !is_url(location) && Path::new(location).is_file()
 }
 
 /// Whether --location names a tree at a URL (fetched by `install_flow.rs`), not a directory.
@@ -170,24 +176,24 @@ fn tree_boot(location: &str, files: HostFiles<'_>) -> Result<(String, String), S
     if let Some((kernel, initrd)) = files.tree {
         return Ok((kernel.to_string(), initrd.to_string()));
     }
-    if is_url(location) {
-        return Err(Status::internal(
-            "location: the tree at a URL was not fetched",
-        ));
-    }
-    if !files.local {
+    if !files.local && !is_url(location) {
         return Err(invalid(
             "location",
             format!(
-                "`{location}` is a directory of the gateway's machine, not of the chosen host; serve the tree over http://, https:// or ftp://"
+                "`{location}` is a directory or an image on the gateway's machine, not on the chosen host; serve the tree over http://, https://, ftp:// or nfs://"
             ),
+        ));
+    }
+    if is_url(location) || is_iso_file(location) {
+        return Err(Status::internal(
+            "location: the tree at a URL or in an ISO was not read",
         ));
     }
     let root = host_path("location", location)?;
     if !root.is_dir() {
         return Err(invalid(
             "location",
-            format!("`{location}` is not a directory on this host"),
+            format!("`{location}` is not a directory or an ISO image on this host"),
         ));
     }
     TREE_LAYOUTS
@@ -519,6 +525,24 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
     if first_disk_is_media(&request.install_source) {
         return Err(invalid("disks", "--import needs a --disk to boot"));
     }
+    // The disks with an ISO in a CD-ROM drive, and with the drive left empty, as virt-install
+    // leaves it in the installed guest.
+    let media_disks = |iso: &str| -> Result<(Vec<String>, Vec<String>), Status> {
+        let mut with_media = request.disks.clone();
+        with_media.push(pb::InstallDisk {
+            path: iso.to_string(),
+            device: compute::DiskDevice::Cdrom as i32,
+            ..Default::default()
+        });
+        let mut emptied = with_media.clone();
+        if let Some(drive) = emptied.last_mut() {
+            drive.path.clear();
+        }
+        Ok((
+            disks_xml(&with_media, field_of)?,
+            disks_xml(&emptied, field_of)?,
+        ))
+    };
     // Without a disk, the installed guest boots what the install phase booted (a live CD, a
     // network-booted guest), as virt-install does.
     let diskless = request.disks.is_empty() && request.boot_order.is_empty();
@@ -531,15 +555,9 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                     format!("`{iso}` does not exist on this host"),
                 ));
             }
-            let mut with_media = request.disks.clone();
-            with_media.push(pb::InstallDisk {
-                path: iso.clone(),
-                device: compute::DiskDevice::Cdrom as i32,
-                ..Default::default()
-            });
+            let (with_media, emptied) = media_disks(iso)?;
             let media_boot = boot_order(&[compute::BootDevice::Cdrom, compute::BootDevice::Hd]);
             if diskless {
-                let with_media = disks_xml(&with_media, field_of)?;
                 (
                     Some(media_boot.clone()),
                     with_media.clone(),
@@ -547,28 +565,21 @@ pub fn plan(request: &pb::InstallRequest, files: HostFiles<'_>) -> Result<Plan, 
                     false,
                 )
             } else {
-                // The installed guest keeps the drive, without the media (virt-install too).
-                let mut emptied = with_media.clone();
-                if let Some(drive) = emptied.last_mut() {
-                    drive.path.clear();
-                }
-                installed_disks = disks_xml(&emptied, field_of)?;
-                (
-                    Some(media_boot),
-                    disks_xml(&with_media, field_of)?,
-                    installed_order,
-                    false,
-                )
+                installed_disks = emptied;
+                (Some(media_boot), with_media, installed_order, false)
             }
         }
         Some(InstallSource::Location(location)) => {
             let (kernel, initrd) = tree_boot(location, files)?;
-            (
-                Some(kernel_boot(&kernel, &initrd, &request.extra_args)),
-                disks.clone(),
-                installed_order,
-                false,
-            )
+            let boot = Some(kernel_boot(&kernel, &initrd, &request.extra_args));
+            if is_iso_file(location) {
+                // The installer finds the rest of itself on the ISO, as virt-install gives it.
+                let (with_media, emptied) = media_disks(location)?;
+                installed_disks = emptied;
+                (boot, with_media, installed_order, false)
+            } else {
+                (boot, disks.clone(), installed_order, false)
+            }
         }
         Some(InstallSource::Pxe(true)) => {
             let network_boot = boot_order(&[compute::BootDevice::Network, compute::BootDevice::Hd]);

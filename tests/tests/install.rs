@@ -350,6 +350,35 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
     };
     install_from("treeguest", tree.to_str().unwrap(), "tree-42");
 
+    // The same tree in an ISO image: read with xorriso (nothing is mounted), and the image is
+    // the install phase's CD-ROM.
+    let image = dir.path().join("debian-tree.iso");
+    let made = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-f", "-R", "-o"])
+        .arg(&image)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    install_from("isotreeguest", image.to_str().unwrap(), "iso-42");
+    let step1 = ok(
+        &server,
+        &install_args(
+            "isoprint",
+            &[
+                "--location",
+                image.to_str().unwrap(),
+                "--nonetworks",
+                "--print-xml",
+                "1",
+            ],
+        ),
+    );
+    assert!(
+        step1.contains("device='cdrom'") && step1.contains("debian-tree.iso'"),
+        "{step1}"
+    );
+
     // The same tree served over HTTP: its installer is fetched, put on the host for the
     // install phase's start, and removed.
     let port = vireo_tests::storage::free_port();
@@ -382,7 +411,7 @@ fn location_install_boots_the_trees_installer_with_the_extra_args() {
     left.sort_unstable();
     assert_eq!(
         left,
-        ["treeguest.qcow2", "webguest.qcow2"],
+        ["isotreeguest.qcow2", "treeguest.qcow2", "webguest.qcow2"],
         "the fetched installer is gone"
     );
     let refused = fails(
