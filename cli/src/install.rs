@@ -301,8 +301,10 @@ pub async fn run(
     args: InstallArgs,
 ) -> Result<(), crate::commands::Call> {
     let step = args.print_xml.clone();
-    // --wait follows the install phase in the gateway; the console is for what comes after.
-    let console = !args.noautoconsole && args.wait.is_none();
+    let console = !args.noautoconsole;
+    // With --wait the gateway follows the install phase and restarts the guest; the console
+    // shows it meanwhile.
+    let followed = args.wait.is_some_and(|minutes| minutes != 0);
     let request = request(args, connection.host.clone().unwrap_or_default())?;
     let (name, printing) = (request.name.clone(), request.print_xml || request.dry_run);
     if !printing {
@@ -317,8 +319,13 @@ pub async fn run(
     while let Some(update) = updates.message().await? {
         match update.update {
             Some(cluster::install_update::Update::Xml(xml)) => xmls.push(xml),
+            Some(cluster::install_update::Update::Host(host)) => on_host(connection, host),
             Some(cluster::install_update::Update::Progress(progress)) => {
                 println!("{}", progress.message);
+                if console && followed && progress.phase == "start" && !printing {
+                    // Ends when the install phase does (or the user leaves); the stream goes on.
+                    let _ = crate::domain::run_console(connection, &name, None, false).await;
+                }
             }
             Some(cluster::install_update::Update::Done(done)) => result = Some(done),
             None => {}
@@ -346,12 +353,15 @@ pub async fn run(
     if printing {
         return Ok(());
     }
-    // Later calls go to the host the guest was placed on.
-    if connection.host.as_deref() != Some(result.host.as_str()) {
-        let (uri, readonly) = (connection.uri.clone(), connection.readonly);
-        *connection = Connection::new(&uri, readonly, Some(result.host.clone()));
+    on_host(connection, result.host.clone());
+    let running = result
+        .domain
+        .as_ref()
+        .is_some_and(|d| d.state() == compute::DomainState::Running);
+    if followed && console && running {
+        return crate::domain::run_console(connection, &name, None, false).await;
     }
-    if !console {
+    if !console || followed {
         if result.installing {
             println!(
                 "Domain installation still in progress. `vireo console {name}` follows it; once the guest powers off, `vireo start {name}` boots the installed guest."
@@ -366,6 +376,14 @@ pub async fn run(
         return attached;
     }
     restart_installed(connection, &name, attached).await
+}
+
+/// Later calls go to the host the guest was placed on.
+fn on_host(connection: &mut Connection, host: String) {
+    if connection.host.as_deref() != Some(host.as_str()) {
+        let (uri, readonly) = (connection.uri.clone(), connection.readonly);
+        *connection = Connection::new(&uri, readonly, Some(host));
+    }
 }
 
 /// After the console of an install phase closes (`attached`: how): a guest that has stopped

@@ -1142,6 +1142,7 @@ async fn install(
         .await;
         placement.host
     };
+    send(updates, pb::install_update::Update::Host(host.clone())).await;
     let local = host == views.backends().host_name();
     let target = Target { views, host, local };
     // Printing creates nothing, so the name may be taken (virt-install prints it too).

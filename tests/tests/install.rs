@@ -120,6 +120,56 @@ fn install_watching_console(server: &Server, name: &str, args: &[&str]) -> (Stri
     })
 }
 
+/// `vireo install ARGS` at a terminal: its stdin stays open, so the console it attaches stays
+/// attached, until the console is attached to the installed guest (the second time); then the
+/// terminal closes, which leaves the console and ends the command. Everything it printed.
+fn install_at_a_terminal(server: &Server, name: &str, args: &[&str]) -> String {
+    let mut install = std::process::Command::new(binary("vireo"))
+        .arg("-c")
+        .arg(format!("unix://{}", server.socket.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let terminal = install.stdin.take();
+    let mut output = install.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut output, &mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
+    let connected = format!("Connected to domain '{name}'");
+    wait_until(
+        Duration::from_secs(180),
+        "the installed guest's console",
+        || {
+            let seen = seen.lock().unwrap();
+            (seen.matches(&connected).count() == 2).then_some(())
+        },
+    );
+    drop(terminal);
+    let status = wait_until(Duration::from_secs(30), "vireo install to end", || {
+        install.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    let mut installed = seen.lock().unwrap().clone();
+    std::io::Read::read_to_string(&mut install.stderr.take().unwrap(), &mut installed).unwrap();
+    assert!(status.success(), "{installed}");
+    installed
+}
+
 fn wait_for_console(server: &Server, name: &str, marker: &str) {
     wait_until(Duration::from_secs(90), marker, || {
         console_log(server, name).contains(marker).then_some(())
@@ -228,10 +278,10 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
     // virt-install's default: the console follows the install phase, and when the guest has
     // powered off the installed guest is started. Its stdin stays open, as a terminal's would.
     let server = Server::vireod();
-    let mut install = std::process::Command::new(binary("vireo"))
-        .arg("-c")
-        .arg(format!("unix://{}", server.socket.display()))
-        .args(install_args(
+    let installed = install_at_a_terminal(
+        &server,
+        "isoguest",
+        &install_args(
             "isoguest",
             &[
                 "--cdrom",
@@ -240,47 +290,8 @@ fn cdrom_install_boots_the_built_iso_then_the_disk() {
                 "--graphics",
                 "none",
             ],
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let terminal = install.stdin.take();
-    let mut output = install.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = std::io::Read::read(&mut output, &mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        })
-    };
-    // Once the installed guest runs, the console is attached to it again; leaving it (the
-    // terminal closing) ends the command.
-    wait_until(
-        Duration::from_secs(180),
-        "the installed guest's console",
-        || {
-            let seen = seen.lock().unwrap();
-            (seen.matches("Connected to domain 'isoguest'").count() == 2).then_some(())
-        },
+        ),
     );
-    drop(terminal);
-    let status = wait_until(Duration::from_secs(30), "vireo install to end", || {
-        install.try_wait().unwrap()
-    });
-    reader.join().unwrap();
-    let mut installed = seen.lock().unwrap().clone();
-    std::io::Read::read_to_string(&mut install.stderr.take().unwrap(), &mut installed).unwrap();
-    assert!(status.success(), "{installed}");
     assert!(
         installed.contains("created volume `isoguest.qcow2`"),
         "{installed}"
@@ -653,7 +664,9 @@ fn pxe_install_from_a_nat_networks_tftp_root() {
         }
     };
     let server = &world.server;
-    let (installed, console) = install_watching_console(
+    // With --wait the gateway follows the install phase and starts the installed guest; the
+    // console shows both meanwhile.
+    let installed = install_at_a_terminal(
         server,
         "pxeguest",
         &install_args(
@@ -661,11 +674,9 @@ fn pxe_install_from_a_nat_networks_tftp_root() {
             &["--pxe", "--network", "network=pxe", "--wait", "4"],
         ),
     );
-    assert!(
-        installed.contains("starting the installed guest"),
-        "{installed}"
-    );
-    assert!(console.contains("VIREO-PXE-BOOTED-42"), "{console}");
+    let marker_at = installed.find("VIREO-PXE-BOOTED-42");
+    let restart_at = installed.find("starting the installed guest");
+    assert!(marker_at.is_some() && marker_at < restart_at, "{installed}");
     assert_installed(server, "pxeguest");
 
     // A guest whose start fails after its volume and its port on the network were made:
