@@ -2,9 +2,10 @@
 //! (a free name, defined networks, running pools with room), create its volumes, then run the
 //! install phase as a transient domain whose persistent definition is the installed guest (or
 //! define and start a guest that boots one way throughout). With `wait_minutes` it follows the
-//! install phase and starts the installed guest. A failure removes what the call created.
-//! A --location tree at a URL is fetched here (curl; nfs-cp for NFS) and its installer put on the
-//! host as two volumes, removed once the install phase has started (the engine has read them).
+//! install phase and starts the installed guest. A failure until the guest runs removes what
+//! the call created. A --location tree at a URL (curl; nfs-cp for NFS) or in an ISO image
+//! (xorriso) is read here and its installer put on the host as two volumes, removed once the
+//! install phase has started (the engine has read them).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
