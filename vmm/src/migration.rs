@@ -257,8 +257,6 @@ impl Outgoing {
             "auto_converge": self.auto_converge.load(Ordering::SeqCst),
             "throttle_percent": throttle_percent,
             "memory_crc32": p.memory_crc32,
-            // Cancelled, and still ending: the next migration may start once it has.
-            "cancelling": self.cancelled() && !p.phase.is_over(),
         })
     }
 }

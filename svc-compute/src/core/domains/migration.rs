@@ -21,7 +21,7 @@ use crate::core::engine::Control;
 const INCOMING_PORTS: std::ops::RangeInclusive<u16> = 49152..=49216;
 /// How often the source asks QEMU how the migration goes.
 const POLL: Duration = Duration::from_millis(100);
-/// How long a new migration waits for a cancelled one to end.
+/// How long a new migration waits for one given up to end.
 const CANCEL_SETTLE: Duration = Duration::from_secs(10);
 /// How long a destination waits for the whole state before giving up.
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(600);
@@ -287,13 +287,16 @@ impl Manager {
                 qmp_run(qmp, "migrate", json!({"uri": format!("tcp:{address}")})).await?;
             }
             Control::Vmm(path) => {
-                // A migration cancelled a moment ago (domjobabort answers once it asked) may
-                // still be ending in vireo-vmm: this one starts when it has.
+                // A migration given up a moment ago may still be ending in vireo-vmm (its
+                // caller left, and the cancel follows at this service's next look, or the
+                // engine is ending it): this one starts when it has.
                 let settled = std::time::Instant::now() + CANCEL_SETTLE;
                 while std::time::Instant::now() < settled
-                    && vmm_run(path, json!({"cmd": "info"})).await?["migration"]["cancelling"]
-                        .as_bool()
-                        == Some(true)
+                    && matches!(
+                        vmm_run(path, json!({"cmd": "info"})).await?["migration"]["status"]
+                            .as_str(),
+                        Some("setup" | "active" | "device")
+                    )
                 {
                     tokio::time::sleep(POLL).await;
                 }
