@@ -60,6 +60,20 @@ fn free_port(address: std::net::IpAddr, tried: &[u16]) -> Result<u16, Error> {
         })
 }
 
+/// Whether the engine is still sending a migration (QEMU's and vireo-vmm's status names).
+async fn migration_in_progress(control: &Control) -> Result<bool, Error> {
+    let status = match control {
+        Control::Qemu(qmp) => qmp_run(qmp, "query-migrate", json!({})).await?["status"].clone(),
+        Control::Vmm(path) => {
+            vmm_run(path, json!({"cmd": "info"})).await?["migration"]["status"].clone()
+        }
+    };
+    Ok(matches!(
+        status.as_str(),
+        Some("setup" | "active" | "device" | "cancelling" | "pre-switchover" | "wait-unplug")
+    ))
+}
+
 /// Progress as vireo-vmm's `info` shows it under "migration" (its status names are QEMU's).
 fn vmm_update_of(migration: &Value) -> pb::SendDomainStateUpdate {
     let number = |key: &str| migration.get(key).and_then(Value::as_u64).unwrap_or(0);
@@ -269,6 +283,13 @@ impl Manager {
         };
         let started = std::time::Instant::now();
         let max_downtime_ms = (request.max_downtime_ms > 0).then_some(request.max_downtime_ms);
+        // A migration given up a moment ago may still be ending in the engine (its caller
+        // left, and the cancel follows at this service's next look, or the engine is ending
+        // it): this one starts when it has.
+        let settled = std::time::Instant::now() + CANCEL_SETTLE;
+        while std::time::Instant::now() < settled && migration_in_progress(&control).await? {
+            tokio::time::sleep(POLL).await;
+        }
         match &control {
             Control::Qemu(_) if request.verify_memory => {
                 return Err(Error::Unsupported(
@@ -287,19 +308,6 @@ impl Manager {
                 qmp_run(qmp, "migrate", json!({"uri": format!("tcp:{address}")})).await?;
             }
             Control::Vmm(path) => {
-                // A migration given up a moment ago may still be ending in vireo-vmm (its
-                // caller left, and the cancel follows at this service's next look, or the
-                // engine is ending it): this one starts when it has.
-                let settled = std::time::Instant::now() + CANCEL_SETTLE;
-                while std::time::Instant::now() < settled
-                    && matches!(
-                        vmm_run(path, json!({"cmd": "info"})).await?["migration"]["status"]
-                            .as_str(),
-                        Some("setup" | "active" | "device")
-                    )
-                {
-                    tokio::time::sleep(POLL).await;
-                }
                 vmm_run(
                     path,
                     json!({
