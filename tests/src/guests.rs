@@ -147,11 +147,12 @@ impl Console {
     }
 
     /// The counts printed after `mark`: the counting Debian guest's `N=<count>` lines, the tiny
-    /// guest's `TINY: count=<count>`.
+    /// guest's `TINY: count=<count>`. Only whole lines: a count still arriving ("count=1024"
+    /// of "count=10240") is not one yet.
     pub fn counts_since(&self, mark: usize) -> Vec<u64> {
         let seen = self.seen.lock().unwrap();
-        seen.get(mark..)
-            .unwrap_or("")
+        let since = seen.get(mark..).unwrap_or("");
+        since[..since.rfind('\n').unwrap_or(0)]
             .lines()
             .filter_map(|l| {
                 let l = l.trim();
