@@ -473,8 +473,20 @@ pub fn start(source: Source, request: &Request) -> Result<Arc<Outgoing>, String>
         .map_err(|err| format!("address `{}`: {err}", request.address))?
         .next()
         .ok_or_else(|| format!("address `{}` resolves to nothing", request.address))?;
-    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))
-        .map_err(|err| format!("cannot reach the destination {address}: {err}"))?;
+    // A destination still coming up refuses for a moment: it gets a few seconds.
+    let refused_until = std::time::Instant::now() + Duration::from_secs(2);
+    let stream = loop {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(10)) {
+            Ok(stream) => break stream,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < refused_until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => return Err(format!("cannot reach the destination {address}: {err}")),
+        }
+    };
     let _ = stream.set_nodelay(true);
     let outgoing = Arc::new(Outgoing::new(request, total));
     if let Ok(mut connection) = outgoing.connection.lock() {
