@@ -1234,6 +1234,10 @@ async fn install(
         .map_err(target.down(Service::Compute))?
         .into_inner()
         .into();
+    // As the cluster views name it.
+    if let Some(domain) = result.domain.as_mut() {
+        domain.host.clone_from(&target.host);
+    }
     Ok(result)
 }
 

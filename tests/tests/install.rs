@@ -659,6 +659,10 @@ fn pxe_install_from_a_nat_networks_tftp_root() {
     let world = match pxe_world(&kit) {
         Ok(world) => world,
         Err(missing) => {
+            assert!(
+                std::env::var_os("VIREO_GUEST_DIR").is_none(),
+                "scripts/test runs as root: {missing}"
+            );
             eprintln!("skipped: needs {missing}");
             return;
         }
